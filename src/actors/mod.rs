@@ -1,0 +1,91 @@
+//! The actors, one per file, each with the messages it accepts beside it.
+//!
+//! - [`router::Router`]: accepts events (assigns cursors, keeps the log), holds the four
+//!   priority queues and the subscription index, matches each event once and hands the
+//!   matches to the delivery workers.
+//! - [`delivery::DeliveryWorker`]: per-subscriber waiting queues (priority-ordered,
+//!   bounded, drop lowest-priority-oldest on overflow) and the flow of frames to sessions.
+//! - [`session::Session`]: one per WebSocket connection; decodes commands, owns that
+//!   connection's subscriptions, writes frames.
+//!
+//! [`SubscriptionHandle`] is the one piece of state all three share: the session creates
+//! it, the router indexes it, workers queue for it.
+
+pub mod delivery;
+pub mod router;
+pub mod session;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use actix::Recipient;
+use chrono::{DateTime, Utc};
+
+use crate::protocol::reply::event_frame_prefix;
+use crate::routing::SubscriptionSpec;
+
+/// Identifies one WebSocket connection for the life of the process.
+pub type SessionId = u64;
+
+/// A live subscription: what it selects, where its frames go, and its counters.
+#[derive(Debug)]
+pub struct SubscriptionHandle {
+    pub session_id: SessionId,
+    pub id: String,
+    pub spec: SubscriptionSpec,
+    /// `{"type":"event","subscription_id":"…","event":`, built once.
+    pub frame_prefix: String,
+    pub created_at: DateTime<Utc>,
+    /// Where delivery workers send this subscription's frames (its session).
+    pub frames: Recipient<delivery::WriteFrames>,
+    active: AtomicBool,
+    pub delivered: AtomicU64,
+    pub dropped: AtomicU64,
+    /// Events waiting in a delivery worker for this subscription (lag).
+    pub waiting: AtomicU64,
+}
+
+impl SubscriptionHandle {
+    pub fn new(
+        session_id: SessionId,
+        id: String,
+        spec: SubscriptionSpec,
+        frames: Recipient<delivery::WriteFrames>,
+    ) -> SubscriptionHandle {
+        SubscriptionHandle {
+            session_id,
+            frame_prefix: event_frame_prefix(&id),
+            id,
+            spec,
+            created_at: Utc::now(),
+            frames,
+            active: AtomicBool::new(true),
+            delivered: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
+        }
+    }
+
+    /// False once unsubscribed or its connection closed: nothing more is written for it.
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    pub fn deactivate(&self) {
+        self.active.store(false, Ordering::Release);
+    }
+
+    /// The row of `/api/subscriptions` for this subscription.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "subscription_id": self.id,
+            "kind": self.spec.kind,
+            "patterns": self.spec.patterns,
+            "filter": self.spec.filter,
+            "created_at": self.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "delivered": self.delivered.load(Ordering::Relaxed),
+            "dropped": self.dropped.load(Ordering::Relaxed),
+            "in_flight": 0,
+            "lag": self.waiting.load(Ordering::Relaxed),
+        })
+    }
+}

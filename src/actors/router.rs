@@ -1,0 +1,524 @@
+//! The router actor: the single owner of accepted events and of the subscription index.
+//!
+//! Into the router: [`Connect`], [`Disconnect`], [`Subscribe`], [`Unsubscribe`],
+//! [`Publish`] (from sessions and the HTTP API), the read-only queries [`GetStats`],
+//! [`QueryEvents`], [`GetTopics`], [`ListSubscriptions`], and [`Shutdown`].
+//! Out of the router: [`Dispatch`] to delivery workers, [`CloseSession`] to sessions.
+//!
+//! A publish is accepted in one step (cursor, log, dedupe, queue) and answered at once;
+//! routing happens afterwards in `Drain` turns that pop the queues highest priority
+//! first, match each event once against the index, and send one `Dispatch` per worker.
+//! Must not: write to sockets or hold per-subscriber waiting events (workers do).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::json;
+
+use super::delivery::{DeliveryWorker, Dispatch, DispatchItem};
+use super::session::CloseSession;
+use super::{SessionId, SubscriptionHandle};
+use crate::config::Config;
+use crate::error::{ErrorCode, ProtocolError};
+use crate::metrics::{Metrics, RateWindow};
+use crate::protocol::{EncodedEvent, Event, PublishOk};
+use crate::routing::dedupe::DedupeWindow;
+use crate::routing::Priority;
+use crate::store::memory::MemoryLog;
+use crate::store::EventQuery;
+
+/// Events routed per `Drain` turn before the router yields to its mailbox, so that a
+/// critical publish is never stuck behind a long backlog for more than one turn.
+const DRAIN_BATCH: usize = 256;
+/// How soon to retry when a delivery worker's mailbox was full.
+const WORKER_RETRY: Duration = Duration::from_millis(1);
+/// Router mailbox size: publishers wait (bounded) when it is full.
+const MAILBOX_CAPACITY: usize = 4096;
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+// ---- messages into the router ----
+
+/// A session opened. Answers `false` when the router is shutting down.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Connect {
+    pub session_id: SessionId,
+    pub peer: String,
+    pub close: Recipient<CloseSession>,
+}
+
+/// A session closed: forget it and all its subscriptions.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Disconnect {
+    pub session_id: SessionId,
+}
+
+/// Add a subscription to the index. Events accepted after this is handled match it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    pub handle: Arc<SubscriptionHandle>,
+}
+
+/// Remove a subscription from the index.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribe {
+    pub session_id: SessionId,
+    pub subscription_id: String,
+}
+
+/// Accept validated events. One result per event, in order.
+#[derive(Message)]
+#[rtype(result = "Vec<Result<PublishOk, ProtocolError>>")]
+pub struct Publish {
+    pub events: Vec<Event>,
+}
+
+/// The `/api/stats` document.
+#[derive(Message)]
+#[rtype(result = "serde_json::Value")]
+pub struct GetStats;
+
+/// Stored events for `/api/events`.
+#[derive(Message)]
+#[rtype(result = "Vec<Arc<EncodedEvent>>")]
+pub struct QueryEvents {
+    pub query: EventQuery,
+}
+
+/// The `/api/topics` list.
+#[derive(Message)]
+#[rtype(result = "Vec<TopicInfo>")]
+pub struct GetTopics;
+
+/// The `/api/subscriptions` document.
+#[derive(Message)]
+#[rtype(result = "serde_json::Value")]
+pub struct ListSubscriptions;
+
+/// Stop accepting sessions and publishes, and close every session with a close frame.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// Internal: route a batch of queued events.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Drain;
+
+/// One row of `/api/topics`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopicInfo {
+    pub topic: String,
+    pub count: u64,
+    pub last_cursor: u64,
+    pub last_at: String,
+}
+
+struct TopicStats {
+    count: u64,
+    last_cursor: u64,
+    last_at: DateTime<Utc>,
+}
+
+struct SessionEntry {
+    peer: String,
+    connected_at: DateTime<Utc>,
+    close: Recipient<CloseSession>,
+}
+
+pub struct Router {
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    workers: Vec<Addr<DeliveryWorker>>,
+    /// A `Dispatch` a worker had no room for; routing waits until it is taken.
+    held: Vec<Option<Dispatch>>,
+    sessions: HashMap<SessionId, SessionEntry>,
+    /// The subscription index. Matched in full per event for now.
+    index: Vec<Arc<SubscriptionHandle>>,
+    /// Accepted events waiting to be routed, one queue per priority, critical first.
+    queues: [VecDeque<Arc<EncodedEvent>>; 4],
+    queued: usize,
+    drain_scheduled: bool,
+    last_cursor: u64,
+    log: MemoryLog,
+    dedupe: DedupeWindow,
+    topics: HashMap<String, TopicStats>,
+    expired: u64,
+    published_rate: RateWindow,
+    delivered_rate: RateWindow,
+    shutting_down: bool,
+}
+
+impl Router {
+    pub fn new(
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        workers: Vec<Addr<DeliveryWorker>>,
+    ) -> Self {
+        Router {
+            held: workers.iter().map(|_| None).collect(),
+            workers,
+            sessions: HashMap::new(),
+            index: Vec::new(),
+            queues: Default::default(),
+            queued: 0,
+            drain_scheduled: false,
+            last_cursor: 0,
+            log: MemoryLog::new(config.store.max_events),
+            dedupe: DedupeWindow::new(config.router.dedupe_window),
+            topics: HashMap::new(),
+            expired: 0,
+            published_rate: RateWindow::new(RATE_WINDOW),
+            delivered_rate: RateWindow::new(RATE_WINDOW),
+            shutting_down: false,
+            config,
+            metrics,
+        }
+    }
+
+    fn schedule_drain(&mut self, ctx: &mut Context<Self>) {
+        if !self.drain_scheduled && self.queued > 0 {
+            self.drain_scheduled = true;
+            ctx.notify(Drain);
+        }
+    }
+
+    fn accept(&mut self, mut event: Event) -> Result<PublishOk, ProtocolError> {
+        if let Some(cursor) = self.dedupe.get(&event.id) {
+            self.metrics.duplicates.fetch_add(1, Relaxed);
+            return Ok(PublishOk {
+                event_id: event.id,
+                cursor,
+                duplicate: true,
+            });
+        }
+        if self.queued >= self.config.router.max_queued_events {
+            self.metrics.rejected_busy.fetch_add(1, Relaxed);
+            return Err(ProtocolError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "router queue is full ({} events waiting to be routed); retry shortly",
+                    self.queued
+                ),
+            ));
+        }
+        self.last_cursor += 1;
+        event.cursor = self.last_cursor;
+        self.dedupe.insert(&event.id, event.cursor);
+        self.track_topic(&event);
+        self.metrics.published.add(event.priority, 1);
+        let ok = PublishOk {
+            event_id: event.id.clone(),
+            cursor: event.cursor,
+            duplicate: false,
+        };
+        let encoded = EncodedEvent::new(event);
+        self.log.append(encoded.clone());
+        self.queues[encoded.event.priority.index()].push_back(encoded);
+        self.queued += 1;
+        Ok(ok)
+    }
+
+    fn track_topic(&mut self, event: &Event) {
+        if let Some(t) = self.topics.get_mut(&event.topic) {
+            t.count += 1;
+            t.last_cursor = event.cursor;
+            t.last_at = event.timestamp;
+        } else if self.topics.len() < self.config.router.max_tracked_topics {
+            self.topics.insert(
+                event.topic.clone(),
+                TopicStats {
+                    count: 1,
+                    last_cursor: event.cursor,
+                    last_at: event.timestamp,
+                },
+            );
+        }
+    }
+
+    fn pop_highest(&mut self) -> Option<Arc<EncodedEvent>> {
+        let event = self.queues.iter_mut().find_map(VecDeque::pop_front)?;
+        self.queued -= 1;
+        Some(event)
+    }
+
+    /// Offers held dispatches to their workers again. True when none is left held.
+    fn release_held(&mut self) -> bool {
+        let mut clear = true;
+        for (worker, slot) in self.workers.iter().zip(self.held.iter_mut()) {
+            if let Some(dispatch) = slot.take() {
+                if let Err(SendError::Full(d) | SendError::Closed(d)) = worker.try_send(dispatch) {
+                    *slot = Some(d);
+                    clear = false;
+                }
+            }
+        }
+        clear
+    }
+
+    fn route(&mut self, ctx: &mut Context<Self>) {
+        if !self.release_held() {
+            ctx.run_later(WORKER_RETRY, |act, ctx| act.route(ctx));
+            return;
+        }
+        let workers = self.workers.len();
+        let mut batches: Vec<Vec<DispatchItem>> = (0..workers).map(|_| Vec::new()).collect();
+        let now = Utc::now();
+        for _ in 0..DRAIN_BATCH {
+            let Some(event) = self.pop_highest() else {
+                break;
+            };
+            if event.event.is_expired(now) {
+                self.expired += 1;
+                continue;
+            }
+            let mut per_worker: Vec<Vec<Arc<SubscriptionHandle>>> =
+                (0..workers).map(|_| Vec::new()).collect();
+            for sub in &self.index {
+                if sub.spec.matcher.matches(&event.event) {
+                    per_worker[(sub.session_id % workers as u64) as usize].push(sub.clone());
+                }
+            }
+            for (w, subs) in per_worker.into_iter().enumerate() {
+                if !subs.is_empty() {
+                    batches[w].push(DispatchItem {
+                        event: event.clone(),
+                        subs,
+                    });
+                }
+            }
+        }
+        for ((worker, slot), items) in self.workers.iter().zip(self.held.iter_mut()).zip(batches) {
+            if items.is_empty() {
+                continue;
+            }
+            if let Err(SendError::Full(d) | SendError::Closed(d)) =
+                worker.try_send(Dispatch { items })
+            {
+                *slot = Some(d);
+            }
+        }
+        if self.held.iter().any(Option::is_some) {
+            ctx.run_later(WORKER_RETRY, |act, ctx| act.route(ctx));
+        } else {
+            self.schedule_drain(ctx);
+        }
+    }
+
+    fn queue_depths(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for p in Priority::HIGHEST_FIRST {
+            m.insert(p.as_str().into(), self.queues[p.index()].len().into());
+        }
+        m.insert("total".into(), self.queued.into());
+        serde_json::Value::Object(m)
+    }
+}
+
+impl Actor for Router {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        ctx.run_interval(Duration::from_secs(1), |act, _| {
+            let now = Instant::now();
+            act.published_rate
+                .sample(now, act.metrics.published.total());
+            act.delivered_rate
+                .sample(now, act.metrics.delivered.total());
+        });
+        log::debug!(
+            "router started with {} delivery workers",
+            self.workers.len()
+        );
+    }
+}
+
+impl Handler<Connect> for Router {
+    type Result = bool;
+
+    fn handle(&mut self, msg: Connect, _: &mut Context<Self>) -> bool {
+        if self.shutting_down {
+            return false;
+        }
+        self.sessions.insert(
+            msg.session_id,
+            SessionEntry {
+                peer: msg.peer,
+                connected_at: Utc::now(),
+                close: msg.close,
+            },
+        );
+        true
+    }
+}
+
+impl Handler<Disconnect> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: Disconnect, _: &mut Context<Self>) {
+        self.sessions.remove(&msg.session_id);
+        self.index.retain(|s| s.session_id != msg.session_id);
+    }
+}
+
+impl Handler<Subscribe> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
+        if self.sessions.contains_key(&msg.handle.session_id) {
+            self.index.push(msg.handle);
+        }
+    }
+}
+
+impl Handler<Unsubscribe> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
+        self.index
+            .retain(|s| !(s.session_id == msg.session_id && s.id == msg.subscription_id));
+    }
+}
+
+impl Handler<Publish> for Router {
+    type Result = MessageResult<Publish>;
+
+    fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) -> Self::Result {
+        let results = msg.events.into_iter().map(|e| self.accept(e)).collect();
+        self.schedule_drain(ctx);
+        MessageResult(results)
+    }
+}
+
+impl Handler<Drain> for Router {
+    type Result = ();
+
+    fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) {
+        self.drain_scheduled = false;
+        self.route(ctx);
+    }
+}
+
+impl Handler<GetStats> for Router {
+    type Result = MessageResult<GetStats>;
+
+    fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
+        let m = &self.metrics;
+        MessageResult(json!({
+            "uptime_seconds": m.started.elapsed().as_secs_f64(),
+            "events": {
+                "published": m.published.to_json(),
+                "delivered": m.delivered.to_json(),
+                "dropped": m.dropped.to_json(),
+                "dead_lettered": m.dead_lettered.to_json(),
+                "duplicates": m.duplicates.load(Relaxed),
+                "expired": self.expired,
+                "rejected_busy": m.rejected_busy.load(Relaxed),
+            },
+            "rates_per_second": {
+                "published": self.published_rate.per_second(),
+                "delivered": self.delivered_rate.per_second(),
+                "window_seconds": RATE_WINDOW.as_secs(),
+            },
+            "queues": self.queue_depths(),
+            "connections": {
+                "open": m.connections.load(Relaxed),
+                "total": m.connections_total.load(Relaxed),
+                "refused": m.connections_refused.load(Relaxed),
+            },
+            "subscriptions": self.index.len(),
+            "protocol_errors": m.protocol_errors.load(Relaxed),
+            "store": {
+                "kind": "memory",
+                "event_count": self.log.len(),
+                "capacity": self.config.store.max_events,
+                "first_cursor": self.log.first_cursor(),
+                "last_cursor": self.log.last_cursor(),
+            },
+        }))
+    }
+}
+
+impl Handler<QueryEvents> for Router {
+    type Result = MessageResult<QueryEvents>;
+
+    fn handle(&mut self, msg: QueryEvents, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.log.query(&msg.query))
+    }
+}
+
+impl Handler<GetTopics> for Router {
+    type Result = MessageResult<GetTopics>;
+
+    fn handle(&mut self, _: GetTopics, _: &mut Context<Self>) -> Self::Result {
+        let mut topics: Vec<TopicInfo> = self
+            .topics
+            .iter()
+            .map(|(topic, t)| TopicInfo {
+                topic: topic.clone(),
+                count: t.count,
+                last_cursor: t.last_cursor,
+                last_at: t.last_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+            })
+            .collect();
+        topics.sort_by(|a, b| a.topic.cmp(&b.topic));
+        MessageResult(topics)
+    }
+}
+
+impl Handler<ListSubscriptions> for Router {
+    type Result = MessageResult<ListSubscriptions>;
+
+    fn handle(&mut self, _: ListSubscriptions, _: &mut Context<Self>) -> Self::Result {
+        let mut connections: Vec<_> = self
+            .sessions
+            .iter()
+            .map(|(id, s)| {
+                let subs: Vec<_> = self
+                    .index
+                    .iter()
+                    .filter(|h| h.session_id == *id)
+                    .map(|h| h.to_json())
+                    .collect();
+                (
+                    *id,
+                    json!({
+                        "connection_id": id,
+                        "peer": s.peer,
+                        "connected_at": s.connected_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+                        "subscriptions": subs,
+                    }),
+                )
+            })
+            .collect();
+        connections.sort_by_key(|(id, _)| *id);
+        MessageResult(json!({
+            "connections": connections.into_iter().map(|(_, c)| c).collect::<Vec<_>>(),
+            "subscription_count": self.index.len(),
+        }))
+    }
+}
+
+impl Handler<Shutdown> for Router {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) {
+        self.shutting_down = true;
+        for session in self.sessions.values() {
+            // A session whose mailbox is full is not reading its socket; the HTTP
+            // server's shutdown timeout drops it.
+            let _ = session.close.try_send(CloseSession {
+                reason: "server shutting down".into(),
+            });
+        }
+    }
+}

@@ -1,0 +1,655 @@
+//! The session actor: one per WebSocket connection, and the only file that touches
+//! `actix_web_actors::ws` (deprecated upstream; keep it swappable).
+//!
+//! Into a session: WebSocket frames (as a stream), [`WriteFrames`] from its delivery
+//! worker, [`CloseSession`] from the router. Out of a session: commands to the router.
+//!
+//! Lifecycle: [`upgrade`] takes a connection permit and starts the actor; `started`
+//! registers with the router (stopping if that fails) and makes the connect-time
+//! subscription; a heartbeat pings every interval and closes a connection silent for
+//! two; `stopping` deactivates every subscription and deregisters.
+//! Commands that need the router are handled with `ctx.wait`, so replies leave in the
+//! order the commands arrived. A bad command is answered with an `error` and never
+//! closes the connection, unless the client keeps sending them past the error budget
+//! (close code 1008). A frame over `max_frame_bytes` closes with code 1009.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws::{self, CloseCode, CloseReason};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::delivery::{OutFrame, WriteFrames};
+use super::router::{self, Router};
+use super::{SessionId, SubscriptionHandle};
+use crate::config::Config;
+use crate::error::{ErrorCode, HttpError, ProtocolError};
+use crate::http::AppState;
+use crate::metrics::{ConnectionPermit, Metrics};
+use crate::protocol::reply::event_frame;
+use crate::protocol::{decode, Command, PublishResult, Reply, ValidatedBatch};
+use crate::routing::pattern::Pattern;
+use crate::routing::SubscriptionSpec;
+
+/// Messages a session's mailbox holds before delivery workers see it as slow.
+const MAILBOX_CAPACITY: usize = 64;
+/// Publisher name when the connection is not authenticated.
+const ANONYMOUS: &str = "anonymous";
+
+static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+
+// ---- messages into a session ----
+
+/// Close the connection with a "going away" close frame.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseSession {
+    pub reason: String,
+}
+
+/// Connection query parameters (PROTOCOL.md section 1).
+#[derive(Debug, Default, Deserialize)]
+pub struct ConnectQuery {
+    pub topics: Option<String>,
+    pub kinds: Option<String>,
+    pub agent_id: Option<String>,
+    pub task_id: Option<String>,
+    pub cursor: Option<String>,
+}
+
+/// `GET /ws` (and `GET /` with an upgrade): refuses over `max_connections` with 503,
+/// refuses a bad connect-time subscription with 400, else starts a [`Session`].
+pub async fn upgrade(
+    req: HttpRequest,
+    stream: web::Payload,
+    state: web::Data<AppState>,
+    query: web::Query<ConnectQuery>,
+) -> Result<HttpResponse, HttpError> {
+    let query = query.into_inner();
+    let connect_subscription = connect_subscription(&query)?;
+    let Some(permit) =
+        ConnectionPermit::acquire(&state.metrics, state.config.limits.max_connections)
+    else {
+        return Err(HttpError::new(
+            ErrorCode::TooManyConnections,
+            format!(
+                "connection limit reached ({} open); retry later",
+                state.config.limits.max_connections
+            ),
+        ));
+    };
+    let peer = req
+        .peer_addr()
+        .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+    let session = Session {
+        id: NEXT_SESSION_ID.fetch_add(1, Relaxed),
+        peer,
+        router: state.router.clone(),
+        config: state.config.clone(),
+        metrics: state.metrics.clone(),
+        principal: ANONYMOUS.to_owned(),
+        subscriptions: HashMap::new(),
+        last_seen: Instant::now(),
+        errors: ErrorBudget::default(),
+        connect_subscription,
+        fragments: None,
+        _permit: permit,
+    };
+    ws::WsResponseBuilder::new(session, &req, stream)
+        .frame_size(state.config.limits.max_frame_bytes)
+        .start()
+        .map_err(|e| {
+            HttpError::new(
+                ErrorCode::InvalidRequest,
+                format!("WebSocket handshake failed: {e}"),
+            )
+        })
+}
+
+fn connect_subscription(q: &ConnectQuery) -> Result<Option<SubscriptionSpec>, HttpError> {
+    if q.cursor.is_some() {
+        return Err(HttpError::new(
+            ErrorCode::InvalidRequest,
+            "`cursor` replay needs the durable store, which this server version does not have yet",
+        ));
+    }
+    let Some(topics) = q.topics.as_ref().or(q.kinds.as_ref()) else {
+        return Ok(None);
+    };
+    let topics: Vec<String> = topics
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if topics.is_empty() {
+        return Err(HttpError::new(
+            ErrorCode::InvalidPattern,
+            "`topics` names no pattern",
+        ));
+    }
+    for t in &topics {
+        Pattern::parse(t)?;
+    }
+    Ok(Some(SubscriptionSpec::from_topics(
+        topics,
+        q.agent_id.clone(),
+        q.task_id.clone(),
+    )?))
+}
+
+/// Counts bad frames in a fixed window.
+#[derive(Debug)]
+struct ErrorBudget {
+    window_start: Instant,
+    count: u32,
+}
+
+impl Default for ErrorBudget {
+    fn default() -> Self {
+        ErrorBudget {
+            window_start: Instant::now(),
+            count: 0,
+        }
+    }
+}
+
+impl ErrorBudget {
+    /// Records one error at `now`; true when the budget is exceeded.
+    fn record(&mut self, now: Instant, window: Duration, max: u32) -> bool {
+        if now.duration_since(self.window_start) > window {
+            self.window_start = now;
+            self.count = 0;
+        }
+        self.count += 1;
+        self.count > max
+    }
+}
+
+/// A message being received in several frames.
+struct Fragments {
+    binary: bool,
+    data: Vec<u8>,
+}
+
+pub struct Session {
+    id: SessionId,
+    peer: String,
+    router: Addr<Router>,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    principal: String,
+    subscriptions: HashMap<String, Arc<SubscriptionHandle>>,
+    last_seen: Instant,
+    errors: ErrorBudget,
+    connect_subscription: Option<SubscriptionSpec>,
+    fragments: Option<Fragments>,
+    _permit: ConnectionPermit,
+}
+
+type Ctx = ws::WebsocketContext<Session>;
+
+impl Session {
+    fn send(&self, ctx: &mut Ctx, reply: &Reply) {
+        ctx.text(reply.to_text());
+    }
+
+    fn fail(&mut self, ctx: &mut Ctx, err: &ProtocolError, request_id: Option<Value>) {
+        self.metrics.protocol_errors.fetch_add(1, Relaxed);
+        self.send(ctx, &Reply::error(err, request_id));
+        let limits = &self.config.limits;
+        if self.errors.record(
+            Instant::now(),
+            Duration::from_millis(limits.error_window_ms),
+            limits.max_errors_per_window,
+        ) {
+            log::info!(
+                "session {} ({}): too many bad frames, closing",
+                self.id,
+                self.peer
+            );
+            ctx.close(Some(CloseReason {
+                code: CloseCode::Policy,
+                description: Some("too many invalid frames".into()),
+            }));
+            ctx.stop();
+        }
+    }
+
+    fn close_with(&self, ctx: &mut Ctx, code: CloseCode, why: &str) {
+        ctx.close(Some(CloseReason {
+            code,
+            description: Some(why.into()),
+        }));
+        ctx.stop();
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut Ctx) {
+        let decoded = decode(text);
+        let request_id = decoded.request_id;
+        let command = match decoded.command {
+            Ok(c) => c,
+            Err(e) => return self.fail(ctx, &e, request_id),
+        };
+        let max = self.config.limits.max_event_bytes;
+        if text.len() > max
+            && matches!(
+                command,
+                Command::Publish { .. } | Command::PublishBatch { .. }
+            )
+        {
+            let what = if matches!(command, Command::Publish { .. }) {
+                "event"
+            } else {
+                "batch"
+            };
+            let err = ProtocolError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("{what} is {} bytes, over the limit of {max}", text.len()),
+            );
+            return self.fail(ctx, &err, request_id);
+        }
+        match command {
+            Command::Ping => self.send(
+                ctx,
+                &Reply::Pong {
+                    server_time: chrono::Utc::now()
+                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    request_id,
+                },
+            ),
+            Command::Publish { event } => self.publish(vec![event], false, request_id, ctx),
+            Command::PublishBatch { events } => self.publish(events, true, request_id, ctx),
+            Command::Subscribe { spec } => self.subscribe(*spec, request_id, ctx),
+            Command::Unsubscribe { subscription_id } => {
+                self.unsubscribe(subscription_id, request_id, ctx)
+            }
+            Command::Ack {
+                subscription_id, ..
+            }
+            | Command::Nack {
+                subscription_id, ..
+            } => {
+                let err = if self.subscriptions.contains_key(&subscription_id) {
+                    ProtocolError::new(
+                        ErrorCode::InvalidSubscription,
+                        format!("subscription `{subscription_id}` does not use acknowledgements"),
+                    )
+                } else {
+                    unknown_subscription(&subscription_id)
+                };
+                self.fail(ctx, &err, request_id);
+            }
+        }
+    }
+
+    fn publish(&mut self, raw: Vec<Value>, batch: bool, request_id: Option<Value>, ctx: &mut Ctx) {
+        let max_batch = self.config.limits.max_batch_events;
+        if raw.len() > max_batch {
+            let err = ProtocolError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "batch of {} events is over the limit of {max_batch}",
+                    raw.len()
+                ),
+            );
+            return self.fail(ctx, &err, request_id);
+        }
+        let mut validated = ValidatedBatch::new(raw, &self.principal);
+        if !batch {
+            if let Some(e) = validated.first_error() {
+                let e = e.clone();
+                return self.fail(ctx, &e, request_id);
+            }
+        }
+        let fut = self.router.send(router::Publish {
+            events: validated.take_valid(),
+        });
+        ctx.wait(fut.into_actor(self).map(move |accepted, act, ctx| {
+            let merged = match accepted {
+                Ok(accepted) => validated.merge(accepted),
+                Err(e) => {
+                    let err =
+                        ProtocolError::new(ErrorCode::Internal, format!("router unavailable: {e}"));
+                    return act.fail(ctx, &err, request_id);
+                }
+            };
+            if batch {
+                let results = merged.into_iter().map(PublishResult::from).collect();
+                act.send(
+                    ctx,
+                    &Reply::PublishedBatch {
+                        results,
+                        request_id,
+                    },
+                );
+            } else {
+                match merged.into_iter().next() {
+                    Some(Ok(ok)) => act.send(
+                        ctx,
+                        &Reply::Published {
+                            event_id: ok.event_id,
+                            cursor: ok.cursor,
+                            duplicate: ok.duplicate,
+                            request_id,
+                        },
+                    ),
+                    Some(Err(e)) => act.fail(ctx, &e, request_id),
+                    None => {}
+                }
+            }
+        }));
+    }
+
+    fn subscribe(&mut self, spec: SubscriptionSpec, request_id: Option<Value>, ctx: &mut Ctx) {
+        let max = self.config.limits.max_subscriptions_per_connection;
+        if self.subscriptions.len() >= max {
+            let err = ProtocolError::new(
+                ErrorCode::TooManySubscriptions,
+                format!("this connection already has {max} subscriptions, the limit"),
+            );
+            return self.fail(ctx, &err, request_id);
+        }
+        let id = spec
+            .id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        if self.subscriptions.contains_key(&id) {
+            let err = ProtocolError::new(
+                ErrorCode::InvalidSubscription,
+                format!("subscription id `{id}` is already in use on this connection"),
+            );
+            return self.fail(ctx, &err, request_id);
+        }
+        let handle = Arc::new(SubscriptionHandle::new(
+            self.id,
+            id.clone(),
+            spec,
+            ctx.address().recipient(),
+        ));
+        self.subscriptions.insert(id.clone(), handle.clone());
+        let fut = self.router.send(router::Subscribe { handle });
+        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(()) => act.send(
+                ctx,
+                &Reply::Subscribed {
+                    subscription_id: id,
+                    request_id,
+                },
+            ),
+            Err(e) => {
+                if let Some(h) = act.subscriptions.remove(&id) {
+                    h.deactivate();
+                }
+                let err =
+                    ProtocolError::new(ErrorCode::Internal, format!("router unavailable: {e}"));
+                act.fail(ctx, &err, request_id);
+            }
+        }));
+    }
+
+    fn unsubscribe(&mut self, subscription_id: String, request_id: Option<Value>, ctx: &mut Ctx) {
+        let Some(handle) = self.subscriptions.remove(&subscription_id) else {
+            return self.fail(ctx, &unknown_subscription(&subscription_id), request_id);
+        };
+        // Deactivating first guarantees no frame of it is written after the reply.
+        handle.deactivate();
+        let fut = self.router.send(router::Unsubscribe {
+            session_id: self.id,
+            subscription_id: subscription_id.clone(),
+        });
+        ctx.wait(fut.into_actor(self).map(move |_, act, ctx| {
+            act.send(
+                ctx,
+                &Reply::Unsubscribed {
+                    subscription_id,
+                    request_id,
+                },
+            );
+        }));
+    }
+
+    fn on_fragment(&mut self, item: actix_http::ws::Item, ctx: &mut Ctx) {
+        let max = self.config.limits.max_frame_bytes;
+        let (data, last) = match item {
+            actix_http::ws::Item::FirstText(b) => {
+                self.fragments = Some(Fragments {
+                    binary: false,
+                    data: Vec::new(),
+                });
+                (b, false)
+            }
+            actix_http::ws::Item::FirstBinary(b) => {
+                self.fragments = Some(Fragments {
+                    binary: true,
+                    data: Vec::new(),
+                });
+                (b, false)
+            }
+            actix_http::ws::Item::Continue(b) => (b, false),
+            actix_http::ws::Item::Last(b) => (b, true),
+        };
+        let Some(fragments) = self.fragments.as_mut() else {
+            return self.close_with(
+                ctx,
+                CloseCode::Protocol,
+                "continuation frame without a first frame",
+            );
+        };
+        if fragments.data.len() + data.len() > max {
+            return self.close_with(ctx, CloseCode::Size, "message too big");
+        }
+        fragments.data.extend_from_slice(&data);
+        if !last {
+            return;
+        }
+        let Some(Fragments { binary, data }) = self.fragments.take() else {
+            return;
+        };
+        if binary {
+            let err = ProtocolError::new(
+                ErrorCode::UnsupportedFrame,
+                "binary frames are not supported; send JSON text",
+            );
+            return self.fail(ctx, &err, None);
+        }
+        match String::from_utf8(data) {
+            Ok(text) => self.on_text(&text, ctx),
+            Err(_) => self.close_with(ctx, CloseCode::Invalid, "text message is not valid UTF-8"),
+        }
+    }
+}
+
+fn unknown_subscription(id: &str) -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::UnknownSubscription,
+        format!("no subscription `{id}` on this connection"),
+    )
+}
+
+impl Actor for Session {
+    type Context = Ctx;
+
+    fn started(&mut self, ctx: &mut Ctx) {
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        log::debug!("session {} connected from {}", self.id, self.peer);
+        let interval = self.config.heartbeat_interval();
+        ctx.run_interval(interval, move |act, ctx| {
+            if act.last_seen.elapsed() > interval * 2 {
+                log::info!(
+                    "session {} ({}): heartbeat timeout, closing",
+                    act.id,
+                    act.peer
+                );
+                act.close_with(ctx, CloseCode::Away, "heartbeat timeout");
+            } else {
+                ctx.ping(b"");
+            }
+        });
+        let connect = router::Connect {
+            session_id: self.id,
+            peer: self.peer.clone(),
+            close: ctx.address().recipient(),
+        };
+        ctx.wait(
+            self.router
+                .send(connect)
+                .into_actor(self)
+                .map(|res, act, ctx| {
+                    if res != Ok(true) {
+                        act.close_with(ctx, CloseCode::Again, "server is shutting down");
+                        return;
+                    }
+                    if let Some(spec) = act.connect_subscription.take() {
+                        act.subscribe(spec, None, ctx);
+                    }
+                }),
+        );
+    }
+
+    fn stopping(&mut self, _: &mut Ctx) -> Running {
+        for handle in self.subscriptions.values() {
+            handle.deactivate();
+        }
+        let disconnect = router::Disconnect {
+            session_id: self.id,
+        };
+        if let Err(SendError::Full(msg)) = self.router.try_send(disconnect) {
+            // Bounded wait for room rather than losing the deregistration.
+            let router = self.router.clone();
+            actix::spawn(async move {
+                let _ = router.send(msg).await;
+            });
+        }
+        log::debug!("session {} ({}) closed", self.id, self.peer);
+        Running::Stop
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
+    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Ctx) {
+        self.last_seen = Instant::now();
+        let msg = match msg {
+            Ok(m) => m,
+            Err(ws::ProtocolError::Overflow) => {
+                return self.close_with(ctx, CloseCode::Size, "message too big");
+            }
+            Err(e) => {
+                log::debug!("session {}: protocol error: {e}", self.id);
+                return self.close_with(ctx, CloseCode::Protocol, "WebSocket protocol error");
+            }
+        };
+        match msg {
+            ws::Message::Text(text) => {
+                if self.fragments.is_some() {
+                    return self.close_with(
+                        ctx,
+                        CloseCode::Protocol,
+                        "new message inside a fragmented one",
+                    );
+                }
+                self.on_text(&text, ctx)
+            }
+            ws::Message::Binary(_) => {
+                let err = ProtocolError::new(
+                    ErrorCode::UnsupportedFrame,
+                    "binary frames are not supported; send JSON text",
+                );
+                self.fail(ctx, &err, None);
+            }
+            ws::Message::Continuation(item) => self.on_fragment(item, ctx),
+            ws::Message::Ping(p) => ctx.pong(&p),
+            ws::Message::Pong(_) | ws::Message::Nop => {}
+            ws::Message::Close(reason) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+        }
+    }
+}
+
+impl Handler<WriteFrames> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: WriteFrames, ctx: &mut Ctx) {
+        for frame in msg.frames {
+            match frame {
+                OutFrame::Event {
+                    sub,
+                    event,
+                    attempt,
+                } => {
+                    if !sub.is_active() {
+                        continue;
+                    }
+                    ctx.text(event_frame(&sub.frame_prefix, &event.json, attempt));
+                    sub.delivered.fetch_add(1, Relaxed);
+                    self.metrics.delivered.add(event.event.priority, 1);
+                }
+                OutFrame::Dropped { sub, count } => {
+                    if sub.is_active() {
+                        self.send(
+                            ctx,
+                            &Reply::Dropped {
+                                subscription_id: sub.id.clone(),
+                                count,
+                                reason: "slow_consumer",
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Handler<CloseSession> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseSession, ctx: &mut Ctx) {
+        self.close_with(ctx, CloseCode::Away, &msg.reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_budget_resets_per_window() {
+        let t = Instant::now();
+        let w = Duration::from_secs(10);
+        let mut b = ErrorBudget {
+            window_start: t,
+            count: 0,
+        };
+        assert!(!b.record(t, w, 2));
+        assert!(!b.record(t, w, 2));
+        assert!(b.record(t, w, 2));
+        assert!(!b.record(t + Duration::from_secs(11), w, 2));
+    }
+
+    #[test]
+    fn connect_query_builds_a_pattern_subscription() {
+        let q = ConnectQuery {
+            topics: Some("task.*, agent.>".into()),
+            agent_id: Some("a1".into()),
+            ..Default::default()
+        };
+        let spec = connect_subscription(&q).unwrap().unwrap();
+        assert_eq!(spec.patterns, ["task.*", "agent.>"]);
+        let bad = ConnectQuery {
+            kinds: Some("task..x".into()),
+            ..Default::default()
+        };
+        assert!(connect_subscription(&bad).is_err());
+        assert!(connect_subscription(&ConnectQuery::default())
+            .unwrap()
+            .is_none());
+    }
+}

@@ -1,0 +1,280 @@
+//! Configuration: embedded defaults (`config/switchyard.toml`), an optional file, then
+//! `SWITCHYARD_<SECTION>__<KEY>` environment variables, then command-line flags.
+//!
+//! Owns: the typed [`Config`] and its validation. Must not: start anything.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The checked-in defaults, compiled into the binary.
+pub const DEFAULTS: &str = include_str!("../config/switchyard.toml");
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub limits: LimitsConfig,
+    pub router: RouterConfig,
+    pub store: StoreConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub http_workers: usize,
+    pub delivery_workers: usize,
+    pub heartbeat_interval_ms: u64,
+    pub shutdown_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_event_bytes: usize,
+    pub max_frame_bytes: usize,
+    pub max_batch_events: usize,
+    pub max_subscriptions_per_connection: usize,
+    pub max_waiting_per_subscriber: usize,
+    pub max_connections: usize,
+    pub max_errors_per_window: u32,
+    pub error_window_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConfig {
+    pub max_queued_events: usize,
+    pub dedupe_window: usize,
+    pub max_tracked_topics: usize,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Memory,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    pub max_events: usize,
+}
+
+/// A configuration that cannot be used. The message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0}: not found")]
+    FileNotFound(PathBuf),
+    #[error("config: {0}")]
+    Parse(String),
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// Settings given on the command line; they win over every other source.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads the effective configuration: defaults, then `file`, then the environment,
+    /// then `overrides`.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::FileNotFound(path.to_owned()));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(
+            Env::prefixed("SWITCHYARD_")
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
+        );
+        if let Some(listen) = overrides.listen {
+            figment = figment.merge(Serialized::default("server.listen", listen));
+        }
+        if let Some(dir) = &overrides.data_dir {
+            figment = figment.merge(Serialized::default("server.data_dir", dir));
+        }
+        let config: Config = figment.extract().map_err(|e| {
+            // figment can report several errors; the first names the key, one line.
+            let first = e
+                .into_iter()
+                .next()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            ConfigError::Parse(first.replace('\n', " "))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The embedded defaults alone (tests start from these).
+    pub fn defaults() -> Config {
+        // The embedded file is checked by a unit test, so this cannot fail at run time.
+        Figment::from(Toml::string(DEFAULTS))
+            .extract()
+            .expect("embedded config/switchyard.toml is valid")
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_owned(),
+            })
+        };
+        let l = &self.limits;
+        if l.max_event_bytes == 0 {
+            return invalid("limits.max_event_bytes", "must be greater than 0");
+        }
+        if l.max_frame_bytes < l.max_event_bytes {
+            return invalid(
+                "limits.max_frame_bytes",
+                "must be at least limits.max_event_bytes",
+            );
+        }
+        if l.max_batch_events == 0 {
+            return invalid("limits.max_batch_events", "must be greater than 0");
+        }
+        if l.max_waiting_per_subscriber == 0 {
+            return invalid(
+                "limits.max_waiting_per_subscriber",
+                "must be greater than 0",
+            );
+        }
+        if l.max_connections == 0 {
+            return invalid("limits.max_connections", "must be greater than 0");
+        }
+        if l.error_window_ms == 0 {
+            return invalid("limits.error_window_ms", "must be greater than 0");
+        }
+        if self.server.heartbeat_interval_ms == 0 {
+            return invalid("server.heartbeat_interval_ms", "must be greater than 0");
+        }
+        if self.router.max_queued_events == 0 {
+            return invalid("router.max_queued_events", "must be greater than 0");
+        }
+        if self.store.max_events == 0 {
+            return invalid("store.max_events", "must be greater than 0");
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML, for `switchyard print-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.server.heartbeat_interval_ms)
+    }
+
+    /// Worker threads for HTTP/WebSocket connections.
+    pub fn http_workers(&self) -> usize {
+        or_cores(self.server.http_workers)
+    }
+
+    /// Delivery worker actors.
+    pub fn delivery_workers(&self) -> usize {
+        or_cores(self.server.delivery_workers)
+    }
+}
+
+fn or_cores(n: usize) -> usize {
+    if n > 0 {
+        n
+    } else {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_parse_and_validate() {
+        let c = Config::defaults();
+        c.validate().unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(c.limits.max_event_bytes, 1 << 20);
+        assert_eq!(c.limits.max_frame_bytes, 16 << 20);
+    }
+
+    #[test]
+    fn printed_config_loads_back() {
+        let c = Config::defaults();
+        let again: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(c, again);
+    }
+
+    #[test]
+    fn bad_file_names_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[limits]\nmax_connections = \"lots\"\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_connections"), "{err}");
+        assert!(!err.contains('\n'));
+
+        std::fs::write(&path, "[limits]\nmax_conections = 5\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_conections"), "{err}");
+
+        std::fs::write(&path, "[limits]\nmax_frame_bytes = 10\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.max_frame_bytes"), "{err}");
+    }
+
+    #[test]
+    fn file_and_overrides_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[limits]\nmax_connections = 7\n[server]\nlisten = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:2".parse().unwrap()),
+            data_dir: None,
+        };
+        let c = Config::load(Some(&path), &overrides).unwrap();
+        assert_eq!(c.limits.max_connections, 7);
+        assert_eq!(c.server.listen, "127.0.0.1:2".parse().unwrap());
+        assert_eq!(
+            c.limits.max_event_bytes,
+            1 << 20,
+            "untouched keys keep defaults"
+        );
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = Config::load(
+            Some(Path::new("/nonexistent/x.toml")),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::FileNotFound(_)));
+    }
+}

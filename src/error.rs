@@ -1,0 +1,165 @@
+//! Typed errors with the stable codes of `PROTOCOL.md` section 5.
+//!
+//! Owns: [`ErrorCode`] (the wire codes), [`ProtocolError`] (what a command can fail
+//! with) and [`HttpError`] (the JSON error body of the HTTP API).
+//! Must not: know about actors or sockets; callers decide how to deliver an error.
+
+use actix_web::{http::StatusCode, HttpResponse, ResponseError};
+use serde::Serialize;
+
+/// A stable error code. The string form is part of the wire contract: never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidJson,
+    UnknownCommand,
+    InvalidEvent,
+    InvalidSubscription,
+    InvalidPattern,
+    InvalidCondition,
+    UnknownSubscription,
+    UnknownEvent,
+    UnsupportedFrame,
+    PayloadTooLarge,
+    RateLimited,
+    TooManySubscriptions,
+    Unauthorized,
+    Forbidden,
+    Internal,
+    /// HTTP only: a query parameter or request body that is not valid.
+    InvalidRequest,
+    /// HTTP only: the WebSocket upgrade was refused because `max_connections` is reached.
+    TooManyConnections,
+    /// HTTP only: no such route or resource.
+    NotFound,
+}
+
+impl ErrorCode {
+    /// The wire spelling of this code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::UnknownCommand => "unknown_command",
+            ErrorCode::InvalidEvent => "invalid_event",
+            ErrorCode::InvalidSubscription => "invalid_subscription",
+            ErrorCode::InvalidPattern => "invalid_pattern",
+            ErrorCode::InvalidCondition => "invalid_condition",
+            ErrorCode::UnknownSubscription => "unknown_subscription",
+            ErrorCode::UnknownEvent => "unknown_event",
+            ErrorCode::UnsupportedFrame => "unsupported_frame",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Internal => "internal",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::NotFound => "not_found",
+        }
+    }
+
+    /// The HTTP status that fits this code.
+    pub fn http_status(self) -> StatusCode {
+        match self {
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::NotFound | ErrorCode::UnknownSubscription | ErrorCode::UnknownEvent => {
+                StatusCode::NOT_FOUND
+            }
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a command (or one event of a batch) was refused. Sent to the client as an
+/// `error` reply; never closes the connection by itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ProtocolError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ProtocolError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// `{"code": ..., "message": ...}`, the inner object of every error body.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ "code": self.code, "message": self.message })
+    }
+}
+
+/// An error answered by the HTTP API as `{"error": {"code", "message"}}`.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct HttpError(#[from] pub ProtocolError);
+
+impl HttpError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self(ProtocolError::new(code, message))
+    }
+
+    /// The router actor could not be reached (mailbox closed during shutdown).
+    pub fn router_unavailable(err: actix::MailboxError) -> Self {
+        Self::new(ErrorCode::Internal, format!("router unavailable: {err}"))
+    }
+}
+
+impl ResponseError for HttpError {
+    fn status_code(&self) -> StatusCode {
+        self.0.code.http_status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code())
+            .json(serde_json::json!({ "error": self.0.to_json() }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_serialize_as_their_wire_spelling() {
+        for code in [
+            ErrorCode::InvalidJson,
+            ErrorCode::UnknownCommand,
+            ErrorCode::InvalidEvent,
+            ErrorCode::InvalidSubscription,
+            ErrorCode::InvalidPattern,
+            ErrorCode::InvalidCondition,
+            ErrorCode::UnknownSubscription,
+            ErrorCode::UnknownEvent,
+            ErrorCode::UnsupportedFrame,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::RateLimited,
+            ErrorCode::TooManySubscriptions,
+            ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
+            ErrorCode::Internal,
+            ErrorCode::InvalidRequest,
+            ErrorCode::TooManyConnections,
+            ErrorCode::NotFound,
+        ] {
+            let json = serde_json::to_value(code).unwrap();
+            assert_eq!(json, serde_json::Value::String(code.as_str().to_owned()));
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! Handlers of the JSON API.
+
+use std::sync::atomic::Ordering;
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::AppState;
+use crate::actors::router;
+use crate::error::{ErrorCode, HttpError};
+use crate::protocol::{PublishResult, Reply, ValidatedBatch};
+use crate::routing::pattern::Pattern;
+use crate::routing::Priority;
+use crate::store::{EventQuery, Order, DEFAULT_LIMIT, MAX_LIMIT};
+
+pub async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    if state.shutting_down.load(Ordering::Relaxed) {
+        return HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({ "status": "shutting_down" }));
+    }
+    match state.router.send(router::GetStats).await {
+        Ok(_) => HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })),
+        Err(_) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({ "status": "router_unavailable" })),
+    }
+}
+
+pub async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, HttpError> {
+    let stats = state
+        .router
+        .send(router::GetStats)
+        .await
+        .map_err(HttpError::router_unavailable)?;
+    Ok(HttpResponse::Ok().json(stats))
+}
+
+pub async fn topics(state: web::Data<AppState>) -> Result<HttpResponse, HttpError> {
+    let topics = state
+        .router
+        .send(router::GetTopics)
+        .await
+        .map_err(HttpError::router_unavailable)?;
+    Ok(HttpResponse::Ok().json(topics))
+}
+
+pub async fn subscriptions(state: web::Data<AppState>) -> Result<HttpResponse, HttpError> {
+    let subs = state
+        .router
+        .send(router::ListSubscriptions)
+        .await
+        .map_err(HttpError::router_unavailable)?;
+    Ok(HttpResponse::Ok().json(subs))
+}
+
+/// Query parameters of `GET /api/events`, kept as strings so that a bad value gets
+/// our own error body rather than a bare 400.
+#[derive(Debug, Deserialize)]
+pub struct EventsParams {
+    topic: Option<String>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    priority: Option<String>,
+    after: Option<String>,
+    limit: Option<String>,
+    order: Option<String>,
+}
+
+fn parse_query(p: EventsParams) -> Result<EventQuery, HttpError> {
+    let bad = |msg: String| HttpError::new(ErrorCode::InvalidRequest, msg);
+    let topic = p.topic.as_deref().map(Pattern::parse).transpose()?;
+    let priority = match p.priority.as_deref() {
+        Some(s) => Some(Priority::parse(s).ok_or_else(|| bad(format!("unknown priority `{s}`")))?),
+        None => None,
+    };
+    let after = match p.after.as_deref() {
+        Some(s) => Some(
+            s.parse::<u64>()
+                .map_err(|_| bad(format!("`after` must be a cursor (integer), got `{s}`")))?,
+        ),
+        None => None,
+    };
+    let limit = match p.limit.as_deref() {
+        Some(s) => match s.parse::<usize>() {
+            Ok(0) | Err(_) => {
+                return Err(bad(format!(
+                    "`limit` must be an integer from 1 to {MAX_LIMIT}, got `{s}`"
+                )))
+            }
+            Ok(n) => n.min(MAX_LIMIT),
+        },
+        None => DEFAULT_LIMIT,
+    };
+    let order = match p.order.as_deref() {
+        None | Some("asc") => Order::Asc,
+        Some("desc") => Order::Desc,
+        Some(s) => return Err(bad(format!("`order` must be `asc` or `desc`, got `{s}`"))),
+    };
+    Ok(EventQuery {
+        topic,
+        event_type: p.event_type,
+        priority,
+        after,
+        limit,
+        order,
+    })
+}
+
+/// `GET /api/events`: a JSON array of envelopes, each already encoded once.
+pub async fn events(
+    state: web::Data<AppState>,
+    params: web::Query<EventsParams>,
+) -> Result<HttpResponse, HttpError> {
+    let query = parse_query(params.into_inner())?;
+    let events = state
+        .router
+        .send(router::QueryEvents { query })
+        .await
+        .map_err(HttpError::router_unavailable)?;
+    let mut body =
+        String::with_capacity(2 + events.iter().map(|e| e.json.len() + 1).sum::<usize>());
+    body.push('[');
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&e.json);
+    }
+    body.push(']');
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
+}
+
+/// `POST /api/events`: one event or an array; `201` with a `published_batch` body.
+pub async fn publish(
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, HttpError> {
+    let limits = &state.config.limits;
+    if body.len() > limits.max_event_bytes {
+        return Err(HttpError::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "body is {} bytes, over the limit of {}",
+                body.len(),
+                limits.max_event_bytes
+            ),
+        ));
+    }
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| HttpError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}")))?;
+    let (raw, single) = match value {
+        Value::Array(list) => (list, false),
+        other => (vec![other], true),
+    };
+    if raw.is_empty() {
+        return Err(HttpError::new(
+            ErrorCode::InvalidEvent,
+            "the array holds no event",
+        ));
+    }
+    if raw.len() > limits.max_batch_events {
+        return Err(HttpError::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "{} events is over the limit of {}",
+                raw.len(),
+                limits.max_batch_events
+            ),
+        ));
+    }
+    let mut batch = ValidatedBatch::new(raw, "anonymous");
+    if single {
+        if let Some(e) = batch.first_error() {
+            return Err(HttpError(e.clone()));
+        }
+    }
+    let accepted = state
+        .router
+        .send(router::Publish {
+            events: batch.take_valid(),
+        })
+        .await
+        .map_err(HttpError::router_unavailable)?;
+    let merged = batch.merge(accepted);
+    if single {
+        // The only event was valid; the router may still refuse it (queue full).
+        if let Some(Err(e)) = merged.first() {
+            return Err(HttpError(e.clone()));
+        }
+    }
+    let results: Vec<PublishResult> = merged.into_iter().map(PublishResult::from).collect();
+    Ok(HttpResponse::Created().body(
+        Reply::PublishedBatch {
+            results,
+            request_id: None,
+        }
+        .to_text(),
+    ))
+}

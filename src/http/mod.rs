@@ -1,0 +1,77 @@
+//! The HTTP surface: routes, shared state, and the JSON API of PROTOCOL.md section 6.
+//!
+//! Owns: request parsing and response shapes. Must not: keep state of its own; every
+//! answer comes from the router (or the shared metrics).
+
+mod api;
+
+use std::sync::Arc;
+
+use actix::Addr;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use crate::actors::router::Router;
+use crate::actors::session;
+use crate::config::Config;
+use crate::error::{ErrorCode, HttpError};
+use crate::metrics::Metrics;
+
+/// What every handler can reach.
+pub struct AppState {
+    pub router: Addr<Router>,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    /// Set once shutdown begins; `/ready` answers 503 from then on.
+    pub shutting_down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Registers every route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/ws", web::get().to(session::upgrade))
+        .route("/", web::get().to(root))
+        .route("/health", web::get().to(api::health))
+        .route("/ready", web::get().to(api::ready))
+        .service(
+            web::scope("/api")
+                .route("/stats", web::get().to(api::stats))
+                .route("/topics", web::get().to(api::topics))
+                .route("/events", web::get().to(api::events))
+                .route("/events", web::post().to(api::publish))
+                .route("/subscriptions", web::get().to(api::subscriptions)),
+        )
+        .route("/stats", web::get().to(api::stats))
+        .route("/topics", web::get().to(api::topics))
+        .route("/events", web::get().to(api::events))
+        .default_service(web::to(not_found));
+}
+
+/// `GET /`: a WebSocket upgrade when asked for one (existing clients connect to a bare
+/// `ws://host:port`), otherwise a short description of the service.
+async fn root(
+    req: HttpRequest,
+    stream: web::Payload,
+    state: web::Data<AppState>,
+    query: web::Query<session::ConnectQuery>,
+) -> Result<HttpResponse, HttpError> {
+    let wants_upgrade = req
+        .headers()
+        .get(actix_web::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if wants_upgrade {
+        return session::upgrade(req, stream, state, query).await;
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "name": "switchyard",
+        "version": env!("CARGO_PKG_VERSION"),
+        "websocket": "/ws",
+        "api": ["/api/stats", "/api/topics", "/api/events", "/api/subscriptions", "/health", "/ready"],
+    })))
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, HttpError> {
+    Err(HttpError::new(
+        ErrorCode::NotFound,
+        format!("no route for {} {}", req.method(), req.path()),
+    ))
+}

@@ -1,0 +1,31 @@
+//! # Switchyard
+//!
+//! An actor-based priority event router. Agents and services publish JSON events over
+//! WebSocket; subscribers receive them live, filtered by pattern or fields, highest
+//! priority first. The wire contract is `PROTOCOL.md`; the flow of one event is in
+//! `docs/architecture.md`.
+//!
+//! # Layout
+//!
+//! - [`server`]: starts the actors and the HTTP server, and runs graceful shutdown.
+//! - [`actors`]: the router, delivery workers and per-connection sessions.
+//! - [`http`]: routes and the JSON API.
+//! - [`protocol`]: the event envelope, client commands and server replies.
+//! - [`routing`]: pure policy: priorities, topic patterns, filters, subscription specs.
+//! - [`store`]: event storage (a bounded in-memory log for now).
+//! - [`metrics`]: shared counters behind `/api/stats`.
+//! - [`config`]: layered configuration with embedded defaults.
+//! - [`error`]: typed errors and their stable wire codes.
+
+pub mod actors;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod protocol;
+pub mod routing;
+pub mod server;
+pub mod store;
+
+pub use config::Config;
+pub use server::run;

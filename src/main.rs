@@ -1,0 +1,120 @@
+//! The `switchyard` command: parses the command line and configuration, then calls the
+//! library. Exit codes: 0 on a clean stop, 1 on a runtime failure, 2 on bad
+//! configuration or usage.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use switchyard::config::{Config, Overrides};
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Actor-based priority event router"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// Configuration file (TOML); only the keys it sets override the defaults.
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:9090). Port 0 picks a free port.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Directory for durable data.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the router.
+    Serve(ConfigArgs),
+    /// Print the effective configuration as TOML.
+    PrintConfig(ConfigArgs),
+}
+
+fn load(args: &ConfigArgs) -> Result<Config, ExitCode> {
+    let overrides = Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir.clone(),
+    };
+    Config::load(args.config.as_deref(), &overrides).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match cli.command {
+        Command::PrintConfig(args) => match load(&args) {
+            Ok(config) => {
+                print!("{}", config.to_toml());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Serve(args) => {
+            let config = match load(&args) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let listener = match std::net::TcpListener::bind(config.server.listen) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: cannot listen on {}: {e}", config.server.listen);
+                    return ExitCode::from(1);
+                }
+            };
+            match listener.local_addr() {
+                Ok(addr) => log::info!(
+                    "switchyard listening on http://{addr} (WebSocket at ws://{addr}/ws)"
+                ),
+                Err(e) => log::warn!("listening, but the local address is unknown: {e}"),
+            }
+            let system = actix_web::rt::System::new();
+            match system.block_on(switchyard::run(listener, config, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use actix_web::rt::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio_select(actix_web::rt::signal::ctrl_c(), term.recv()).await;
+            }
+            Err(e) => {
+                log::warn!("cannot listen for SIGTERM ({e}); only Ctrl-C stops the server");
+                let _ = actix_web::rt::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = actix_web::rt::signal::ctrl_c().await;
+    }
+}
+
+/// Waits for whichever of two futures finishes first.
+async fn tokio_select<A: std::future::Future, B: std::future::Future>(a: A, b: B) {
+    futures_util::future::select(std::pin::pin!(a), std::pin::pin!(b)).await;
+}

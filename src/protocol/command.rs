@@ -1,0 +1,323 @@
+//! Decoding client commands (PROTOCOL.md section 3), aliases included.
+//!
+//! Owns: turning one text frame into a typed [`Command`] or a [`ProtocolError`] with the
+//! right code. Must not: validate events against limits that need configuration (the
+//! session does) or touch any actor.
+
+use serde_json::{Map, Value};
+
+use crate::error::{ErrorCode, ProtocolError};
+use crate::routing::SubscriptionSpec;
+
+/// A decoded command.
+#[derive(Debug)]
+pub enum Command {
+    /// `publish_event` (alias `publish`): the raw event, validated by the session.
+    Publish {
+        event: Value,
+    },
+    /// `publish_batch`.
+    PublishBatch {
+        events: Vec<Value>,
+    },
+    /// `subscribe`, or the alias `{"action": "subscribe", "topics": [...]}`.
+    Subscribe {
+        spec: Box<SubscriptionSpec>,
+    },
+    Unsubscribe {
+        subscription_id: String,
+    },
+    Ack {
+        subscription_id: String,
+        event_ids: Vec<String>,
+    },
+    Nack {
+        subscription_id: String,
+        event_id: String,
+        requeue: bool,
+        delay_ms: Option<u64>,
+    },
+    Ping,
+}
+
+/// One frame's decoding: the `request_id` is kept even when the command is bad, so the
+/// error reply can echo it.
+#[derive(Debug)]
+pub struct Decoded {
+    pub request_id: Option<Value>,
+    pub command: Result<Command, ProtocolError>,
+}
+
+/// Decodes one text frame. Never panics, whatever the input.
+pub fn decode(text: &str) -> Decoded {
+    let value: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            return Decoded {
+                request_id: None,
+                command: Err(ProtocolError::new(
+                    ErrorCode::InvalidJson,
+                    format!("invalid JSON: {e}"),
+                )),
+            }
+        }
+    };
+    let Value::Object(mut obj) = value else {
+        return Decoded {
+            request_id: None,
+            command: Err(ProtocolError::new(
+                ErrorCode::InvalidJson,
+                "a command must be a JSON object",
+            )),
+        };
+    };
+    let request_id = obj.remove("request_id").filter(|v| !v.is_null());
+    Decoded {
+        request_id,
+        command: decode_object(obj),
+    }
+}
+
+fn decode_object(mut obj: Map<String, Value>) -> Result<Command, ProtocolError> {
+    let name = match obj.get("type").or_else(|| obj.get("action")) {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => {
+            return Err(ProtocolError::new(
+                ErrorCode::UnknownCommand,
+                format!("command `type` must be a string, got {other}"),
+            ))
+        }
+        None => {
+            return Err(ProtocolError::new(
+                ErrorCode::UnknownCommand,
+                "a command needs a `type` (or `action`) naming it",
+            ))
+        }
+    };
+    match name.as_str() {
+        "publish_event" | "publish" => match obj.remove("event") {
+            Some(event) => Ok(Command::Publish { event }),
+            None => Err(ProtocolError::new(
+                ErrorCode::InvalidEvent,
+                "`publish_event` needs an `event` object",
+            )),
+        },
+        "publish_batch" => match obj.remove("events") {
+            Some(Value::Array(events)) if !events.is_empty() => {
+                Ok(Command::PublishBatch { events })
+            }
+            Some(Value::Array(_)) => Err(ProtocolError::new(
+                ErrorCode::InvalidEvent,
+                "`events` is empty",
+            )),
+            _ => Err(ProtocolError::new(
+                ErrorCode::InvalidEvent,
+                "`publish_batch` needs an `events` array",
+            )),
+        },
+        "subscribe" => decode_subscribe(obj),
+        "unsubscribe" => Ok(Command::Unsubscribe {
+            subscription_id: string_field(&obj, "subscription_id", ErrorCode::InvalidSubscription)?,
+        }),
+        "ack" => {
+            let subscription_id =
+                string_field(&obj, "subscription_id", ErrorCode::InvalidSubscription)?;
+            let event_ids = match (obj.get("event_id"), obj.get("event_ids")) {
+                (Some(Value::String(id)), None) => vec![id.clone()],
+                (None, Some(Value::Array(ids))) if !ids.is_empty() => ids
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        ProtocolError::new(ErrorCode::UnknownEvent, "`event_ids` must be strings")
+                    })?,
+                _ => {
+                    return Err(ProtocolError::new(
+                        ErrorCode::UnknownEvent,
+                        "`ack` needs `event_id` (a string) or `event_ids` (a non-empty list)",
+                    ))
+                }
+            };
+            Ok(Command::Ack {
+                subscription_id,
+                event_ids,
+            })
+        }
+        "nack" => Ok(Command::Nack {
+            subscription_id: string_field(&obj, "subscription_id", ErrorCode::InvalidSubscription)?,
+            event_id: string_field(&obj, "event_id", ErrorCode::UnknownEvent)?,
+            requeue: match obj.get("requeue") {
+                None | Some(Value::Null) => true,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => {
+                    return Err(ProtocolError::new(
+                        ErrorCode::InvalidSubscription,
+                        "`requeue` must be a boolean",
+                    ))
+                }
+            },
+            delay_ms: match obj.get("delay_ms") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_u64().ok_or_else(|| {
+                    ProtocolError::new(
+                        ErrorCode::InvalidSubscription,
+                        "`delay_ms` must be a non-negative integer",
+                    )
+                })?),
+            },
+        }),
+        "ping" => Ok(Command::Ping),
+        other => Err(ProtocolError::new(
+            ErrorCode::UnknownCommand,
+            format!("unknown command `{other}`"),
+        )),
+    }
+}
+
+fn decode_subscribe(mut obj: Map<String, Value>) -> Result<Command, ProtocolError> {
+    if let Some(sub) = obj.remove("subscription") {
+        let spec = SubscriptionSpec::from_json(sub)?;
+        return Ok(Command::Subscribe {
+            spec: Box::new(spec),
+        });
+    }
+    // Alias: {"action": "subscribe", "topics": [...]} (or "kinds"), optionally narrowed.
+    let topics = match obj.get("topics").or_else(|| obj.get("kinds")) {
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                ProtocolError::new(
+                    ErrorCode::InvalidSubscription,
+                    "`topics` must be a list of strings",
+                )
+            })?,
+        Some(Value::String(s)) => s.split(',').map(|t| t.trim().to_owned()).collect(),
+        _ => {
+            return Err(ProtocolError::new(
+                ErrorCode::InvalidSubscription,
+                "`subscribe` needs a `subscription` object (or a `topics` list)",
+            ))
+        }
+    };
+    if topics.is_empty() {
+        return Err(ProtocolError::new(
+            ErrorCode::InvalidSubscription,
+            "`topics` is empty",
+        ));
+    }
+    let opt = |key: &str| obj.get(key).and_then(Value::as_str).map(str::to_owned);
+    let spec = SubscriptionSpec::from_topics(topics, opt("agent_id"), opt("task_id"))?;
+    Ok(Command::Subscribe {
+        spec: Box::new(spec),
+    })
+}
+
+fn string_field(
+    obj: &Map<String, Value>,
+    key: &str,
+    code: ErrorCode,
+) -> Result<String, ProtocolError> {
+    match obj.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        _ => Err(ProtocolError::new(
+            code,
+            format!("`{key}` must be a non-empty string"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn code_of(text: &str) -> ErrorCode {
+        decode(text).command.unwrap_err().code
+    }
+
+    #[test]
+    fn commands_and_aliases_decode() {
+        let table = [
+            r#"{"type": "publish_event", "event": {"type": "a"}}"#,
+            r#"{"type": "publish", "event": {"type": "a"}}"#,
+            r#"{"action": "publish", "event": {"type": "a"}}"#,
+            r#"{"type": "publish_batch", "events": [{"type": "a"}]}"#,
+            r#"{"type": "subscribe", "subscription": {"type": "all"}}"#,
+            r#"{"action": "subscribe", "topics": ["task.*"]}"#,
+            r#"{"type": "unsubscribe", "subscription_id": "s"}"#,
+            r#"{"type": "ack", "subscription_id": "s", "event_id": "e"}"#,
+            r#"{"type": "ack", "subscription_id": "s", "event_ids": ["e", "f"]}"#,
+            r#"{"type": "nack", "subscription_id": "s", "event_id": "e", "requeue": false}"#,
+            r#"{"type": "ping"}"#,
+        ];
+        for text in table {
+            assert!(decode(text).command.is_ok(), "{text}");
+        }
+    }
+
+    #[test]
+    fn request_id_is_kept_even_on_error() {
+        let d = decode(r#"{"type": "nope", "request_id": 7}"#);
+        assert_eq!(d.request_id, Some(json!(7)));
+        assert_eq!(d.command.unwrap_err().code, ErrorCode::UnknownCommand);
+        let d = decode(r#"{"type": "ping", "request_id": "abc"}"#);
+        assert_eq!(d.request_id, Some(json!("abc")));
+    }
+
+    #[test]
+    fn error_codes_table() {
+        let table = [
+            ("not json", ErrorCode::InvalidJson),
+            ("[1, 2]", ErrorCode::InvalidJson),
+            ("{}", ErrorCode::UnknownCommand),
+            (r#"{"type": 3}"#, ErrorCode::UnknownCommand),
+            (r#"{"type": "explode"}"#, ErrorCode::UnknownCommand),
+            (r#"{"type": "publish_event"}"#, ErrorCode::InvalidEvent),
+            (
+                r#"{"type": "publish_batch", "events": []}"#,
+                ErrorCode::InvalidEvent,
+            ),
+            (
+                r#"{"type": "publish_batch", "events": {}}"#,
+                ErrorCode::InvalidEvent,
+            ),
+            (r#"{"type": "subscribe"}"#, ErrorCode::InvalidSubscription),
+            (
+                r#"{"type": "subscribe", "subscription": {"type": "pattern", "patterns": ["a..b"]}}"#,
+                ErrorCode::InvalidPattern,
+            ),
+            (
+                r#"{"action": "subscribe", "topics": [1]}"#,
+                ErrorCode::InvalidSubscription,
+            ),
+            (r#"{"type": "unsubscribe"}"#, ErrorCode::InvalidSubscription),
+            (
+                r#"{"type": "ack", "subscription_id": "s"}"#,
+                ErrorCode::UnknownEvent,
+            ),
+            (
+                r#"{"type": "nack", "subscription_id": "s", "event_id": "e", "delay_ms": -5}"#,
+                ErrorCode::InvalidSubscription,
+            ),
+        ];
+        for (text, code) in table {
+            assert_eq!(code_of(text), code, "{text}");
+        }
+    }
+
+    #[test]
+    fn never_panics_on_odd_input() {
+        for text in [
+            "",
+            "null",
+            "\"x\"",
+            "{\"type\": null}",
+            "{\"action\": {}}",
+            &"[".repeat(10_000),
+        ] {
+            let _ = decode(text);
+        }
+    }
+}

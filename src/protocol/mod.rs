@@ -1,0 +1,121 @@
+//! The wire protocol of `PROTOCOL.md`: the event envelope, client commands and server
+//! replies. Pure data and codecs; no actors, no sockets.
+
+pub mod command;
+pub mod event;
+pub mod reply;
+
+use std::sync::Arc;
+
+pub use command::{decode, Command, Decoded};
+pub use event::Event;
+pub use reply::{PublishOk, PublishResult, Reply};
+
+/// An accepted event together with its JSON envelope, serialised exactly once and
+/// shared (behind an `Arc`) by the log, the HTTP API and every delivery.
+#[derive(Debug)]
+pub struct EncodedEvent {
+    pub event: Event,
+    pub json: Box<str>,
+}
+
+impl EncodedEvent {
+    pub fn new(event: Event) -> Arc<EncodedEvent> {
+        // An `Event` holds only strings, numbers and JSON values: encoding cannot fail.
+        let json = serde_json::to_string(&event)
+            .unwrap_or_else(|_| String::from("{}"))
+            .into_boxed_str();
+        Arc::new(EncodedEvent { event, json })
+    }
+}
+
+/// A batch of published events after validation: the valid ones go to the router,
+/// the invalid ones keep their slot so results come back in the order sent.
+#[derive(Debug)]
+pub struct ValidatedBatch {
+    slots: Vec<Option<crate::error::ProtocolError>>,
+    /// The events that passed validation, in order.
+    pub valid: Vec<Event>,
+}
+
+impl ValidatedBatch {
+    pub fn new(raw: Vec<serde_json::Value>, default_source: &str) -> ValidatedBatch {
+        let mut slots = Vec::with_capacity(raw.len());
+        let mut valid = Vec::with_capacity(raw.len());
+        for value in raw {
+            match Event::from_json(value, default_source) {
+                Ok(event) => {
+                    valid.push(event);
+                    slots.push(None);
+                }
+                Err(e) => slots.push(Some(e)),
+            }
+        }
+        ValidatedBatch { slots, valid }
+    }
+
+    /// The validation error of the first event, if it has one.
+    pub fn first_error(&self) -> Option<&crate::error::ProtocolError> {
+        self.slots.first().and_then(Option::as_ref)
+    }
+
+    /// Takes the valid events out, for the router.
+    pub fn take_valid(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.valid)
+    }
+
+    /// Merges the router's results for the valid events back into the sent order.
+    pub fn merge(
+        self,
+        accepted: Vec<Result<PublishOk, crate::error::ProtocolError>>,
+    ) -> Vec<Result<PublishOk, crate::error::ProtocolError>> {
+        let mut accepted = accepted.into_iter();
+        self.slots
+            .into_iter()
+            .map(|slot| match slot {
+                Some(err) => Err(err),
+                None => accepted.next().unwrap_or_else(|| {
+                    Err(crate::error::ProtocolError::new(
+                        crate::error::ErrorCode::Internal,
+                        "router returned too few results",
+                    ))
+                }),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn batch_results_keep_their_order() {
+        let mut batch = ValidatedBatch::new(
+            vec![json!({"type": "a"}), json!({}), json!({"type": "b"})],
+            "s",
+        );
+        assert!(batch.first_error().is_none());
+        let valid = batch.take_valid();
+        assert_eq!(valid.len(), 2);
+        let accepted = valid
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                Ok(PublishOk {
+                    event_id: e.id.clone(),
+                    cursor: i as u64 + 1,
+                    duplicate: false,
+                })
+            })
+            .collect();
+        let merged = batch.merge(accepted);
+        assert_eq!(merged[0].as_ref().unwrap().cursor, 1);
+        assert_eq!(
+            merged[1].as_ref().unwrap_err().code,
+            crate::error::ErrorCode::InvalidEvent
+        );
+        assert_eq!(merged[2].as_ref().unwrap().cursor, 2);
+    }
+}

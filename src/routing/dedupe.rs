@@ -1,0 +1,59 @@
+//! Duplicate suppression: remembers the cursors of the last N event ids.
+
+use std::collections::{HashMap, VecDeque};
+
+#[derive(Debug)]
+pub struct DedupeWindow {
+    cursors: HashMap<String, u64>,
+    order: VecDeque<String>,
+    capacity: usize,
+}
+
+impl DedupeWindow {
+    pub fn new(capacity: usize) -> Self {
+        DedupeWindow {
+            cursors: HashMap::new(),
+            order: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    /// The cursor an event with this id was accepted at, if it is still remembered.
+    pub fn get(&self, id: &str) -> Option<u64> {
+        self.cursors.get(id).copied()
+    }
+
+    /// Remembers `id`, forgetting the oldest id when full.
+    pub fn insert(&mut self, id: &str, cursor: u64) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.order.len() == self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.cursors.remove(&old);
+            }
+        }
+        self.cursors.insert(id.to_owned(), cursor);
+        self.order.push_back(id.to_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembers_the_last_n() {
+        let mut w = DedupeWindow::new(2);
+        w.insert("a", 1);
+        w.insert("b", 2);
+        assert_eq!(w.get("a"), Some(1));
+        w.insert("c", 3);
+        assert_eq!(w.get("a"), None);
+        assert_eq!(w.get("b"), Some(2));
+        assert_eq!(w.get("c"), Some(3));
+        let mut off = DedupeWindow::new(0);
+        off.insert("a", 1);
+        assert_eq!(off.get("a"), None);
+    }
+}

@@ -1,0 +1,11 @@
+//! Routing policy as pure functions: priorities, topic patterns, filters and
+//! subscription specs. Nothing here does I/O or knows about actors.
+
+pub mod dedupe;
+pub mod filter;
+pub mod pattern;
+pub mod priority;
+pub mod subscription;
+
+pub use priority::Priority;
+pub use subscription::{Matcher, SubscriptionKind, SubscriptionSpec};

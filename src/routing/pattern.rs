@@ -1,0 +1,211 @@
+//! Topic patterns: parsing and matching (PROTOCOL.md section 3, "Topic patterns").
+//!
+//! Segments are separated by `.`; `*` matches exactly one segment; `>` (alias `#`) as
+//! the last segment matches one or more segments; any other segment matches itself.
+//! Empty segments, wildcards inside a segment and `>` before the end are rejected.
+
+use crate::error::{ErrorCode, ProtocolError};
+
+/// Longest accepted topic or pattern, in bytes.
+pub const MAX_TOPIC_LEN: usize = 256;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    /// `*`: exactly one segment.
+    One,
+    /// `>` or `#` at the end: one or more segments.
+    Tail,
+}
+
+/// A compiled topic pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    source: String,
+    segments: Vec<Segment>,
+}
+
+impl Pattern {
+    /// Compiles `pattern`, or answers `invalid_pattern` saying what is wrong.
+    pub fn parse(pattern: &str) -> Result<Pattern, ProtocolError> {
+        let invalid = |why: &str| {
+            ProtocolError::new(
+                ErrorCode::InvalidPattern,
+                format!("pattern `{pattern}`: {why}"),
+            )
+        };
+        if pattern.is_empty() {
+            return Err(invalid("is empty"));
+        }
+        if pattern.len() > MAX_TOPIC_LEN {
+            return Err(invalid(&format!("is longer than {MAX_TOPIC_LEN} bytes")));
+        }
+        let parts: Vec<&str> = pattern.split('.').collect();
+        let last = parts.len() - 1;
+        let mut segments = Vec::with_capacity(parts.len());
+        for (i, part) in parts.into_iter().enumerate() {
+            let segment = match part {
+                "" => return Err(invalid("has an empty segment")),
+                "*" => Segment::One,
+                ">" | "#" if i == last => Segment::Tail,
+                ">" | "#" => return Err(invalid("`>` (or `#`) may only be the last segment")),
+                p if p.contains(['*', '>', '#']) => {
+                    return Err(invalid("a wildcard must be a whole segment"))
+                }
+                p if p.chars().any(char::is_whitespace) => {
+                    return Err(invalid("contains whitespace"))
+                }
+                p => Segment::Literal(p.to_owned()),
+            };
+            segments.push(segment);
+        }
+        Ok(Pattern {
+            source: pattern.to_owned(),
+            segments,
+        })
+    }
+
+    /// The pattern as the client wrote it.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// The literal segments before the first wildcard (`task.*` → `["task"]`).
+    /// An index can use them to skip patterns that cannot match a topic.
+    pub fn literal_prefix(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().map_while(|s| match s {
+            Segment::Literal(l) => Some(l.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Does this pattern match `topic`?
+    pub fn matches(&self, topic: &str) -> bool {
+        let mut parts = topic.split('.');
+        for segment in &self.segments {
+            match segment {
+                Segment::Tail => return parts.next().is_some_and(|p| !p.is_empty()),
+                Segment::One => match parts.next() {
+                    Some(p) if !p.is_empty() => {}
+                    _ => return false,
+                },
+                Segment::Literal(lit) => match parts.next() {
+                    Some(p) if p == lit => {}
+                    _ => return false,
+                },
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+/// Checks a concrete topic given on publish: non-empty dot-separated segments, no
+/// wildcards, no whitespace. Answers `invalid_event` naming the problem.
+pub fn validate_topic(topic: &str) -> Result<(), ProtocolError> {
+    let invalid =
+        |why: &str| ProtocolError::new(ErrorCode::InvalidEvent, format!("topic `{topic}`: {why}"));
+    if topic.is_empty() {
+        return Err(invalid("is empty"));
+    }
+    if topic.len() > MAX_TOPIC_LEN {
+        return Err(invalid(&format!("is longer than {MAX_TOPIC_LEN} bytes")));
+    }
+    for part in topic.split('.') {
+        if part.is_empty() {
+            return Err(invalid("has an empty segment"));
+        }
+        if part.contains(['*', '>', '#']) {
+            return Err(invalid(
+                "wildcards are only allowed in subscription patterns",
+            ));
+        }
+        if part.chars().any(char::is_whitespace) {
+            return Err(invalid("contains whitespace"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matching_table() {
+        let table = [
+            ("task.*", "task.created", true),
+            ("task.*", "task.created.retry", false),
+            ("task.*", "task", false),
+            ("task.>", "task.created", true),
+            ("task.>", "task.created.retry", true),
+            ("task.>", "task", false),
+            ("task.#", "task.created.retry", true),
+            (">", "task", true),
+            (">", "a.b.c", true),
+            ("#", "logs.error", true),
+            ("*", "task", true),
+            ("*", "task.created", false),
+            ("*.created", "task.created", true),
+            ("*.created", "agent.created", true),
+            ("*.created", "agent.failed", false),
+            ("task.created", "task.created", true),
+            ("task.created", "task.created2", false),
+            ("task.created", "task", false),
+            ("task", "task.created", false),
+            ("a.*.c", "a.b.c", true),
+            ("a.*.c", "a.b.d", false),
+            ("a.*.>", "a.b.c.d", true),
+            ("a.*.>", "a.b", false),
+        ];
+        for (pattern, topic, want) in table {
+            let p = Pattern::parse(pattern).unwrap();
+            assert_eq!(p.matches(topic), want, "{pattern} vs {topic}");
+        }
+    }
+
+    #[test]
+    fn invalid_patterns_table() {
+        for bad in [
+            "",
+            ".",
+            "task.",
+            ".task",
+            "task..created",
+            "task.>.x",
+            "#.x",
+            "ta*sk",
+            "a.b>",
+            "a b",
+            "x".repeat(300).as_str(),
+        ] {
+            let err = Pattern::parse(bad).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidPattern, "pattern {bad:?}");
+        }
+    }
+
+    #[test]
+    fn literal_prefix_stops_at_first_wildcard() {
+        let p = Pattern::parse("task.created.*.x").unwrap();
+        assert_eq!(p.literal_prefix().collect::<Vec<_>>(), ["task", "created"]);
+        let p = Pattern::parse(">").unwrap();
+        assert_eq!(p.literal_prefix().count(), 0);
+    }
+
+    #[test]
+    fn topic_validation_table() {
+        let table = [
+            ("task.created", true),
+            ("task", true),
+            ("cost.budget_warning", true),
+            ("", false),
+            ("task.", false),
+            ("task..x", false),
+            ("task.*", false),
+            ("task.>", false),
+            ("a b", false),
+        ];
+        for (topic, ok) in table {
+            assert_eq!(validate_topic(topic).is_ok(), ok, "topic {topic:?}");
+        }
+    }
+}

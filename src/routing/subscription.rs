@@ -1,0 +1,306 @@
+//! Subscription specs (PROTOCOL.md section 3, `subscribe`): parsing, validation and the
+//! compiled [`Matcher`] the router tests events against.
+//!
+//! Owns: what a subscription *selects*. Must not: hold delivery state (workers do) or
+//! know which connection owns it (the session does).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::filter::{Filter, FilterSpec};
+use super::pattern::Pattern;
+use crate::error::{ErrorCode, ProtocolError};
+use crate::protocol::Event;
+
+/// Longest accepted client-chosen subscription id.
+pub const MAX_SUBSCRIPTION_ID_LEN: usize = 128;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscriptionKind {
+    All,
+    Filtered,
+    Pattern,
+    Conditional,
+}
+
+impl SubscriptionKind {
+    fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "all" => Some(Self::All),
+            "filtered" => Some(Self::Filtered),
+            "pattern" => Some(Self::Pattern),
+            "conditional" => Some(Self::Conditional),
+            _ => None,
+        }
+    }
+}
+
+/// The subscription object as a client may send it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubscription {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    id: Option<String>,
+    filter: Option<Value>,
+    patterns: Option<Vec<String>>,
+    pattern: Option<String>,
+    condition: Option<String>,
+    from_cursor: Option<u64>,
+    since: Option<String>,
+    ack: Option<bool>,
+    ack_timeout_ms: Option<u64>,
+    max_attempts: Option<u32>,
+    max_in_flight: Option<u32>,
+    durable: Option<String>,
+    coalesce: Option<Value>,
+}
+
+/// A validated subscription: what it selects, in a form that can be shown back to
+/// operators (`/api/subscriptions`) and a compiled matcher.
+#[derive(Debug, Clone)]
+pub struct SubscriptionSpec {
+    /// Client-chosen id, when given.
+    pub id: Option<String>,
+    pub kind: SubscriptionKind,
+    pub patterns: Vec<String>,
+    pub filter: Option<FilterSpec>,
+    pub matcher: Matcher,
+}
+
+/// Compiled selection: every part given must match.
+#[derive(Debug, Clone, Default)]
+pub struct Matcher {
+    patterns: Vec<Pattern>,
+    filter: Option<Filter>,
+}
+
+impl Matcher {
+    pub fn matches(&self, event: &Event) -> bool {
+        (self.patterns.is_empty() || self.patterns.iter().any(|p| p.matches(&event.topic)))
+            && self.filter.as_ref().is_none_or(|f| f.matches(event))
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> ProtocolError {
+    ProtocolError::new(ErrorCode::InvalidSubscription, msg)
+}
+
+fn not_yet(feature: &str) -> ProtocolError {
+    invalid(format!(
+        "`{feature}` is not supported by this server version yet; subscribe without it"
+    ))
+}
+
+impl SubscriptionSpec {
+    /// Parses the `subscription` object of a `subscribe` command.
+    ///
+    /// When `type` is absent it is inferred: `condition` → conditional, `patterns` →
+    /// pattern, `filter` → filtered, otherwise all.
+    pub fn from_json(value: Value) -> Result<SubscriptionSpec, ProtocolError> {
+        if !value.is_object() {
+            return Err(invalid("`subscription` must be a JSON object"));
+        }
+        let raw: RawSubscription = serde_path_to_error::deserialize(value)
+            .map_err(|e| invalid(format!("field `{}`: {}", e.path(), e.inner())))?;
+
+        if let Some(id) = &raw.id {
+            if id.is_empty() || id.len() > MAX_SUBSCRIPTION_ID_LEN {
+                return Err(invalid(format!(
+                    "`id` must be 1 to {MAX_SUBSCRIPTION_ID_LEN} bytes long"
+                )));
+            }
+        }
+        let mut patterns = raw.patterns.unwrap_or_default();
+        if let Some(p) = raw.pattern {
+            patterns.push(p);
+        }
+        let kind = match &raw.kind {
+            Some(k) => SubscriptionKind::parse(k).ok_or_else(|| {
+                invalid(format!(
+                    "unknown subscription type `{k}`, expected all, filtered, pattern or conditional"
+                ))
+            })?,
+            None if raw.condition.is_some() => SubscriptionKind::Conditional,
+            None if !patterns.is_empty() => SubscriptionKind::Pattern,
+            None if raw.filter.is_some() => SubscriptionKind::Filtered,
+            None => SubscriptionKind::All,
+        };
+        match kind {
+            SubscriptionKind::Filtered if raw.filter.as_ref().is_none_or(Value::is_null) => {
+                return Err(invalid("a `filtered` subscription requires `filter`"))
+            }
+            SubscriptionKind::Pattern if patterns.is_empty() => {
+                return Err(invalid("a `pattern` subscription requires `patterns`"))
+            }
+            SubscriptionKind::Conditional if raw.condition.is_none() => {
+                return Err(invalid("a `conditional` subscription requires `condition`"))
+            }
+            _ => {}
+        }
+        if raw.condition.is_some() {
+            return Err(not_yet("condition"));
+        }
+        if raw.from_cursor.is_some() {
+            return Err(not_yet("from_cursor"));
+        }
+        if raw.since.is_some() {
+            return Err(not_yet("since"));
+        }
+        if raw.ack == Some(true)
+            || raw.durable.is_some()
+            || raw.ack_timeout_ms.is_some()
+            || raw.max_attempts.is_some()
+            || raw.max_in_flight.is_some()
+        {
+            return Err(not_yet("ack"));
+        }
+        if raw.coalesce.is_some() {
+            return Err(not_yet("coalesce"));
+        }
+
+        let compiled_patterns = patterns
+            .iter()
+            .map(|p| Pattern::parse(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (filter_spec, filter) = match raw.filter {
+            Some(Value::Null) | None => (None, None),
+            Some(v) => {
+                let (spec, filter) = Filter::from_json(v)?;
+                (Some(spec), Some(filter))
+            }
+        };
+        Ok(SubscriptionSpec {
+            id: raw.id,
+            kind,
+            patterns,
+            filter: filter_spec,
+            matcher: Matcher {
+                patterns: compiled_patterns,
+                filter,
+            },
+        })
+    }
+
+    /// A pattern subscription on `topics`, optionally narrowed by agent and task ids:
+    /// what the connect-time query (`?topics=…&agent_id=…`) and the `{"action":
+    /// "subscribe", "topics": [...]}` alias create.
+    pub fn from_topics(
+        topics: Vec<String>,
+        agent_id: Option<String>,
+        task_id: Option<String>,
+    ) -> Result<SubscriptionSpec, ProtocolError> {
+        let mut value = serde_json::json!({ "type": "pattern", "patterns": topics });
+        if agent_id.is_some() || task_id.is_some() {
+            let filter = FilterSpec {
+                agent_ids: agent_id.into_iter().collect(),
+                task_ids: task_id.into_iter().collect(),
+                ..FilterSpec::default()
+            };
+            value["filter"] = serde_json::to_value(filter).unwrap_or(Value::Null);
+        }
+        Self::from_json(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(v: Value) -> Event {
+        Event::from_json(v, "svc").unwrap()
+    }
+
+    #[test]
+    fn kinds_and_matching_table() {
+        let created = event(json!({"type": "task_created", "priority": "low"}));
+        let table = [
+            (json!({"type": "all"}), true),
+            (json!({"type": "ALL"}), true),
+            (json!({"type": "pattern", "patterns": ["task.*"]}), true),
+            (json!({"type": "pattern", "pattern": "agent.>"}), false),
+            (
+                json!({"type": "filtered", "filter": {"priorities": ["low"]}}),
+                true,
+            ),
+            (
+                json!({"type": "filtered", "filter": {"min_priority": "high"}}),
+                false,
+            ),
+            (
+                json!({"type": "pattern", "patterns": ["task.*"], "filter": {"sources": ["x"]}}),
+                false,
+            ),
+            (json!({"patterns": ["task.>"]}), true),
+            (json!({}), true),
+            (json!({"type": "all", "ack": false}), true),
+        ];
+        for (spec, want) in table {
+            let s = SubscriptionSpec::from_json(spec.clone()).unwrap();
+            assert_eq!(s.matcher.matches(&created), want, "spec {spec}");
+        }
+    }
+
+    #[test]
+    fn invalid_specs_table() {
+        let table = [
+            (json!([]), ErrorCode::InvalidSubscription),
+            (
+                json!({"type": "everything"}),
+                ErrorCode::InvalidSubscription,
+            ),
+            (json!({"type": "filtered"}), ErrorCode::InvalidSubscription),
+            (json!({"type": "pattern"}), ErrorCode::InvalidSubscription),
+            (
+                json!({"type": "pattern", "patterns": []}),
+                ErrorCode::InvalidSubscription,
+            ),
+            (
+                json!({"type": "conditional"}),
+                ErrorCode::InvalidSubscription,
+            ),
+            (
+                json!({"type": "pattern", "patterns": ["a..b"]}),
+                ErrorCode::InvalidPattern,
+            ),
+            (
+                json!({"type": "pattern", "patterns": [">.a"]}),
+                ErrorCode::InvalidPattern,
+            ),
+            (
+                json!({"type": "all", "id": ""}),
+                ErrorCode::InvalidSubscription,
+            ),
+            (
+                json!({"type": "all", "colour": "red"}),
+                ErrorCode::InvalidSubscription,
+            ),
+            (
+                json!({"type": "all", "patterns": "task.*"}),
+                ErrorCode::InvalidSubscription,
+            ),
+        ];
+        for (spec, code) in table {
+            let err = SubscriptionSpec::from_json(spec.clone()).unwrap_err();
+            assert_eq!(err.code, code, "spec {spec}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn from_topics_narrows_by_ids() {
+        let s =
+            SubscriptionSpec::from_topics(vec!["task.>".into()], Some("a1".into()), None).unwrap();
+        assert_eq!(s.kind, SubscriptionKind::Pattern);
+        assert!(s
+            .matcher
+            .matches(&event(json!({"type": "task_created", "agent_id": "a1"}))));
+        assert!(!s
+            .matcher
+            .matches(&event(json!({"type": "task_created", "agent_id": "a2"}))));
+        assert!(!s
+            .matcher
+            .matches(&event(json!({"type": "agent_started", "agent_id": "a1"}))));
+    }
+}

@@ -1,0 +1,98 @@
+//! Starting and stopping the whole router: actors, HTTP server, graceful shutdown.
+//!
+//! Shutdown is a visible sequence: `/ready` turns 503, the router closes every session
+//! with a close frame, the HTTP server stops accepting and waits for connections
+//! (bounded by `server.shutdown_timeout_ms`), then the actor threads stop.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::{web, App, HttpServer};
+
+use crate::actors::delivery::DeliveryWorker;
+use crate::actors::router::{self, Router};
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot serve on the listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs Switchyard on `listener` until `shutdown` resolves, then shuts down gracefully.
+/// Must be called inside an actix system (`actix_web::rt::System`).
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::default());
+
+    let mut arbiters = Vec::new();
+    let workers: Vec<Addr<DeliveryWorker>> = (0..config.delivery_workers())
+        .map(|_| {
+            let arbiter = Arbiter::new();
+            let (m, max) = (metrics.clone(), config.limits.max_waiting_per_subscriber);
+            let addr = DeliveryWorker::start_in_arbiter(&arbiter.handle(), move |_| {
+                DeliveryWorker::new(m, max)
+            });
+            arbiters.push(arbiter);
+            addr
+        })
+        .collect();
+    let router_arbiter = Arbiter::new();
+    let router = {
+        let (c, m, w) = (config.clone(), metrics.clone(), workers);
+        Router::start_in_arbiter(&router_arbiter.handle(), move |_| Router::new(c, m, w))
+    };
+    arbiters.push(router_arbiter);
+
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let state = web::Data::new(AppState {
+        router: router.clone(),
+        config: config.clone(),
+        metrics,
+        shutting_down: shutting_down.clone(),
+    });
+    let max_payload = config.limits.max_frame_bytes;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(web::PayloadConfig::new(max_payload))
+            .wrap(
+                actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms")
+                    .log_target("switchyard::http"),
+            )
+            .configure(http::configure)
+    })
+    .workers(config.http_workers())
+    .disable_signals()
+    .shutdown_timeout(config.server.shutdown_timeout_ms.div_ceil(1000).max(1))
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    let server_task = actix_web::rt::spawn(server);
+
+    shutdown.await;
+    log::info!("shutting down: closing sessions");
+    shutting_down.store(true, Ordering::Relaxed);
+    let timeout = Duration::from_millis(config.server.shutdown_timeout_ms);
+    let _ = actix_web::rt::time::timeout(timeout, router.send(router::Shutdown)).await;
+    // Give sessions a moment to flush their close frames before connections go.
+    actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    handle.stop(true).await;
+    let _ = server_task.await;
+    for arbiter in arbiters {
+        arbiter.stop();
+    }
+    log::info!("shutdown complete");
+    Ok(())
+}
