@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The one test command (see README): installs what the suite needs when it is absent,
+# then runs every test. Servers the tests use are started and stopped by the tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Python + websockets, for the conformance run of PROTOCOL.md's literal frames.
+if ! command -v python3 >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq python3 python3-websockets
+fi
+if ! python3 -c 'import websockets' >/dev/null 2>&1; then
+    python3 -m pip install --quiet 'websockets>=12' 2>/dev/null \
+        || { apt-get update -qq && apt-get install -y -qq python3-websockets; }
+fi
+
+cargo test --all-targets
+cargo build --quiet --bin switchyard
+python3 tests/python/protocol_conformance.py --binary target/debug/switchyard
