@@ -1,0 +1,246 @@
+//! Test harness shared by every integration test: a real server on `127.0.0.1:0` in
+//! the test's own actix system, a WebSocket client that speaks raw JSON frames, and
+//! small HTTP helpers. Every receive has a timeout, so a missing reply fails the test
+//! instead of hanging it.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use awc::ws::{self, CloseReason, Frame};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use switchyard::Config;
+
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<actix_rt::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// A server with the embedded defaults (one HTTP worker, two delivery workers).
+    pub async fn start() -> TestServer {
+        TestServer::with(|_| {}).await
+    }
+
+    /// A server with the defaults changed by `tweak`.
+    pub async fn with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = Config::defaults();
+        config.server.http_workers = 1;
+        config.server.delivery_workers = 2;
+        config.server.shutdown_timeout_ms = 2000;
+        tweak(&mut config);
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = actix_rt::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            switchyard::run(listener, config, shutdown)
+                .await
+                .expect("server runs");
+        });
+        TestServer {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// A WebSocket client on `/ws`.
+    pub async fn ws(&self) -> WsClient {
+        WsClient::connect(&self.ws_url("/ws")).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let mut res = awc::Client::new()
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("GET");
+        let body = res.body().limit(64 << 20).await.expect("body");
+        (
+            res.status().as_u16(),
+            serde_json::from_slice(&body).unwrap_or(Value::Null),
+        )
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_raw(path, body.to_string()).await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: String) -> (u16, Value) {
+        let mut res = awc::Client::new()
+            .post(self.url(path))
+            .insert_header(("content-type", "application/json"))
+            .send_body(body)
+            .await
+            .expect("POST");
+        let body = res.body().limit(64 << 20).await.expect("body");
+        (
+            res.status().as_u16(),
+            serde_json::from_slice(&body).unwrap_or(Value::Null),
+        )
+    }
+
+    /// Graceful shutdown; waits until the server has stopped.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("server stops within 10 s")
+                .expect("server task");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+type Conn = actix_codec::Framed<awc::BoxedSocket, ws::Codec>;
+
+/// A WebSocket client that speaks raw JSON text frames.
+pub struct WsClient {
+    conn: Conn,
+}
+
+impl WsClient {
+    pub async fn connect(url: &str) -> WsClient {
+        WsClient::try_connect(url).await.expect("WebSocket connect")
+    }
+
+    /// Connects, or returns the HTTP status the upgrade was refused with.
+    pub async fn try_connect(url: &str) -> Result<WsClient, u16> {
+        match awc::Client::new()
+            .ws(url)
+            .max_frame_size(64 << 20)
+            .connect()
+            .await
+        {
+            Ok((_, conn)) => Ok(WsClient { conn }),
+            Err(awc::error::WsClientError::InvalidResponseStatus(status)) => Err(status.as_u16()),
+            Err(e) => panic!("WebSocket connect to {url}: {e}"),
+        }
+    }
+
+    pub async fn send(&mut self, v: &Value) {
+        self.send_text(&v.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.conn
+            .send(ws::Message::Text(text.to_owned().into()))
+            .await
+            .expect("send text");
+    }
+
+    pub async fn send_message(&mut self, msg: ws::Message) {
+        self.conn.send(msg).await.expect("send frame");
+    }
+
+    /// The next frame, answering pings; `None` on timeout.
+    async fn next_frame(&mut self, timeout: Duration) -> Option<Frame> {
+        loop {
+            let frame = tokio::time::timeout(timeout, self.conn.next()).await.ok()?;
+            match frame {
+                Some(Ok(Frame::Ping(p))) => {
+                    let _ = self.conn.send(ws::Message::Pong(p)).await;
+                }
+                Some(Ok(Frame::Pong(_))) => {}
+                Some(Ok(f)) => return Some(f),
+                Some(Err(e)) => panic!("WebSocket protocol error: {e}"),
+                None => return Some(Frame::Close(None)),
+            }
+        }
+    }
+
+    /// The next JSON message; panics on timeout or close.
+    pub async fn recv(&mut self) -> Value {
+        match self.next_frame(RECV_TIMEOUT).await {
+            Some(Frame::Text(bytes)) => {
+                serde_json::from_slice(&bytes).expect("server sent valid JSON")
+            }
+            Some(other) => panic!("expected a text frame, got {other:?}"),
+            None => panic!("no message within {RECV_TIMEOUT:?}"),
+        }
+    }
+
+    /// Sends a command and returns the next message (its reply).
+    pub async fn request(&mut self, v: Value) -> Value {
+        self.send(&v).await;
+        self.recv().await
+    }
+
+    /// Subscribes and returns the subscription id.
+    pub async fn subscribe(&mut self, subscription: Value) -> String {
+        let reply = self
+            .request(json!({"type": "subscribe", "subscription": subscription}))
+            .await;
+        assert_eq!(reply["type"], "subscribed", "subscribe reply: {reply}");
+        reply["subscription_id"]
+            .as_str()
+            .expect("subscription_id")
+            .to_owned()
+    }
+
+    /// Publishes one event and returns the `published` reply.
+    pub async fn publish(&mut self, event: Value) -> Value {
+        let reply = self
+            .request(json!({"type": "publish_event", "event": event}))
+            .await;
+        assert_eq!(reply["type"], "published", "publish reply: {reply}");
+        reply
+    }
+
+    /// The next `event` delivery.
+    pub async fn recv_event(&mut self) -> Value {
+        let msg = self.recv().await;
+        assert_eq!(msg["type"], "event", "expected an event, got {msg}");
+        msg
+    }
+
+    /// Asserts nothing arrives for `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Some(frame) = self.next_frame(wait).await {
+            panic!("expected silence, got {frame:?}");
+        }
+    }
+
+    /// Reads until the server closes; returns its close reason.
+    pub async fn recv_close(&mut self) -> Option<CloseReason> {
+        loop {
+            match self.next_frame(RECV_TIMEOUT).await {
+                Some(Frame::Close(reason)) => return reason,
+                Some(_) => continue,
+                None => panic!("connection not closed within {RECV_TIMEOUT:?}"),
+            }
+        }
+    }
+
+    /// Pings at the protocol level and checks the pong: the connection still works.
+    pub async fn assert_alive(&mut self) {
+        let reply = self.request(json!({"type": "ping"})).await;
+        assert_eq!(reply["type"], "pong", "{reply}");
+    }
+}
