@@ -159,10 +159,13 @@ impl WsClient {
         self.conn.send(msg).await.expect("send frame");
     }
 
-    /// The next frame, answering pings; `None` on timeout.
+    /// The next frame, answering pings; `None` when `timeout` passes first.
     async fn next_frame(&mut self, timeout: Duration) -> Option<Frame> {
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let frame = tokio::time::timeout(timeout, self.conn.next()).await.ok()?;
+            let frame = tokio::time::timeout_at(deadline, self.conn.next())
+                .await
+                .ok()?;
             match frame {
                 Some(Ok(Frame::Ping(p))) => {
                     let _ = self.conn.send(ws::Message::Pong(p)).await;

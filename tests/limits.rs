@@ -1,0 +1,224 @@
+//! Every configured limit, driven one step over it: what happens, and that the server
+//! (and, where promised, the connection) survives.
+
+mod common;
+
+use std::time::Duration;
+
+use awc::ws::CloseCode;
+use common::{TestServer, WsClient};
+use serde_json::json;
+
+#[actix_rt::test]
+async fn event_over_max_event_bytes_gets_payload_too_large_and_connection_stays() {
+    let server = TestServer::with(|c| c.limits.max_event_bytes = 4096).await;
+    let mut c = server.ws().await;
+    let at_limit = "x".repeat(3900);
+    let reply = c
+        .request(
+            json!({"type": "publish_event", "event": {"type": "big_one", "payload": at_limit}}),
+        )
+        .await;
+    assert_eq!(reply["type"], "published", "just under the limit is fine");
+    let over = "x".repeat(4096);
+    let reply = c
+        .request(json!({"type": "publish_event", "request_id": 1, "event": {"type": "big_one", "payload": over}}))
+        .await;
+    assert_eq!(reply["code"], "payload_too_large");
+    assert_eq!(reply["request_id"], 1);
+    let reply = c
+        .request(json!({"type": "publish_batch", "events": [{"type": "a_b", "payload": over}]}))
+        .await;
+    assert_eq!(reply["code"], "payload_too_large");
+    c.assert_alive().await;
+    let (status, body) = server
+        .post("/api/events", &json!({"type": "big_one", "payload": over}))
+        .await;
+    assert_eq!(status, 413);
+    assert_eq!(body["error"]["code"], "payload_too_large");
+}
+
+#[actix_rt::test]
+async fn frame_over_max_frame_bytes_closes_with_1009() {
+    let server = TestServer::with(|c| {
+        c.limits.max_event_bytes = 1024;
+        c.limits.max_frame_bytes = 8192;
+    })
+    .await;
+    let mut c = server.ws().await;
+    c.send_text(&"x".repeat(8193)).await;
+    let reason = c.recv_close().await.expect("close reason");
+    assert_eq!(reason.code, CloseCode::Size);
+    // The server is fine.
+    server.ws().await.assert_alive().await;
+}
+
+#[actix_rt::test]
+async fn batch_over_max_batch_events_is_refused() {
+    let server = TestServer::with(|c| c.limits.max_batch_events = 3).await;
+    let mut c = server.ws().await;
+    let events: Vec<_> = (0..4).map(|_| json!({"type": "a_b"})).collect();
+    let reply = c
+        .request(json!({"type": "publish_batch", "events": events}))
+        .await;
+    assert_eq!(reply["code"], "payload_too_large");
+    let (status, _) = server
+        .post("/api/events", &serde_json::Value::Array(events))
+        .await;
+    assert_eq!(status, 413);
+    let (_, stats) = server.get("/api/stats").await;
+    assert_eq!(
+        stats["events"]["published"]["total"], 0,
+        "nothing of a refused batch is routed"
+    );
+}
+
+#[actix_rt::test]
+async fn subscriptions_over_the_limit_get_too_many_subscriptions() {
+    let server = TestServer::with(|c| c.limits.max_subscriptions_per_connection = 3).await;
+    let mut c = server.ws().await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(c.subscribe(json!({"type": "all"})).await);
+    }
+    let reply = c
+        .request(json!({"type": "subscribe", "subscription": {"type": "all"}}))
+        .await;
+    assert_eq!(reply["code"], "too_many_subscriptions");
+    // Unsubscribing frees a slot.
+    c.request(json!({"type": "unsubscribe", "subscription_id": ids[0]}))
+        .await;
+    c.subscribe(json!({"type": "all"})).await;
+}
+
+#[actix_rt::test]
+async fn connections_over_max_connections_are_refused_with_503() {
+    let server = TestServer::with(|c| c.limits.max_connections = 2).await;
+    let mut a = server.ws().await;
+    let _b = server.ws().await;
+    let refused = WsClient::try_connect(&server.ws_url("/ws")).await.err();
+    assert_eq!(refused, Some(503));
+    a.assert_alive().await;
+    drop(a);
+    // The slot is released when a connection closes.
+    let mut third = None;
+    for _ in 0..50 {
+        if let Ok(c) = WsClient::try_connect(&server.ws_url("/ws")).await {
+            third = Some(c);
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    third
+        .expect("a freed slot is reusable")
+        .assert_alive()
+        .await;
+    let (_, stats) = server.get("/api/stats").await;
+    assert!(stats["connections"]["refused"].as_u64().unwrap() >= 1);
+}
+
+#[actix_rt::test]
+async fn too_many_bad_frames_close_with_1008() {
+    let server = TestServer::with(|c| {
+        c.limits.max_errors_per_window = 5;
+        c.limits.error_window_ms = 60_000;
+    })
+    .await;
+    let mut c = server.ws().await;
+    for _ in 0..5 {
+        c.send_text("garbage").await;
+        assert_eq!(c.recv().await["code"], "invalid_json");
+    }
+    c.send_text("garbage").await;
+    assert_eq!(c.recv().await["code"], "invalid_json");
+    let reason = c.recv_close().await.expect("close reason");
+    assert_eq!(reason.code, CloseCode::Policy);
+    server.ws().await.assert_alive().await;
+}
+
+#[actix_rt::test]
+async fn silent_connection_is_closed_after_two_heartbeat_intervals() {
+    let server = TestServer::with(|c| c.server.heartbeat_interval_ms = 100).await;
+    // A raw TCP client that completes the upgrade, then never answers pings. Blocking
+    // reads run off the test's thread, where the server's own tasks live.
+    let addr = server.addr;
+    let (seen, elapsed) = actix_rt::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            tcp,
+            "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let started = std::time::Instant::now();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        // Read until the server closes the TCP connection (or 5 s pass).
+        loop {
+            match tcp.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("server did not close a silent connection: {e}"),
+            }
+        }
+        (seen, started.elapsed())
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    // A close frame (opcode 0x8) with code 1001 was sent before the connection ended.
+    let close = seen
+        .windows(4)
+        .any(|w| w[0] == 0x88 && w[2..4] == [0x03, 0xE9]);
+    assert!(close, "close frame with 1001 expected");
+    assert!(
+        elapsed >= Duration::from_millis(200),
+        "not before two intervals"
+    );
+    // A connection that answers pings (the harness does, while it reads) stays open.
+    let mut live = server.ws().await;
+    live.expect_silence(Duration::from_millis(450)).await;
+    live.assert_alive().await;
+}
+
+#[actix_rt::test]
+async fn router_queue_full_answers_rate_limited_and_loses_nothing_accepted() {
+    let server = TestServer::with(|c| c.router.max_queued_events = 5).await;
+    let mut p = server.ws().await;
+    // One batch larger than the queue: the first five are accepted, the rest refused.
+    let events: Vec<_> = (0..8)
+        .map(|i| json!({"type": "burst_event", "payload": {"i": i}}))
+        .collect();
+    let reply = p
+        .request(json!({"type": "publish_batch", "events": events}))
+        .await;
+    let results = reply["results"].as_array().unwrap();
+    let accepted = results.iter().filter(|r| r["cursor"].is_u64()).count();
+    let limited = results
+        .iter()
+        .filter(|r| r["error"]["code"] == "rate_limited")
+        .count();
+    assert_eq!((accepted, limited), (5, 3), "{reply}");
+    // Once routed, the queue has room again.
+    let mut ok = false;
+    for _ in 0..50 {
+        let r = p
+            .request(json!({"type": "publish_event", "event": {"type": "later_event"}}))
+            .await;
+        if r["type"] == "published" {
+            ok = true;
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(ok, "queue drains");
+    let (_, stats) = server.get("/api/stats").await;
+    assert_eq!(stats["events"]["rejected_busy"], 3);
+    assert_eq!(
+        stats["store"]["event_count"], 6,
+        "every accepted event is stored"
+    );
+}

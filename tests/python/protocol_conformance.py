@@ -1,0 +1,646 @@
+#!/usr/bin/env python3
+"""Protocol conformance checks for Switchyard, written as a client we do not write.
+
+Sends the literal JSON frames of /work/shared/PROTOCOL.md (wire protocol v1) over
+WebSocket and HTTP and checks the replies are exactly what that document promises.
+
+Run from the repository root after `cargo build --bin switchyard`:
+
+    python3 tests/python/protocol_conformance.py --binary target/debug/switchyard
+
+Needs Python 3.11+ and `websockets>=12` (`pip install websockets`). The script starts
+the server itself (`serve --listen 127.0.0.1:0`), parses the port from its log, runs
+every check on fresh connections (each receive times out after 5 s), stops the server
+with SIGTERM (expecting exit code 0), prints `PASS name` / `FAIL name: reason` per check
+and finally one line `N passed, M failed`. Exit status is 1 if any check failed.
+
+Not covered (not implemented yet in this build): ack/nack, condition, from_cursor,
+since, durable, coalesce, authentication and /metrics.
+"""
+import argparse
+import asyncio
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from contextlib import AsyncExitStack
+
+import websockets
+
+RECV_TIMEOUT = 5.0
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+ENVELOPE_FIELDS = ["id", "type", "topic", "priority", "timestamp", "source", "target",
+                   "correlation_id", "agent_id", "task_id", "payload", "metadata", "ttl_ms", "cursor"]
+PRIORITIES = ["critical", "high", "normal", "low"]
+BASE = ""  # http://127.0.0.1:PORT, set once the server is up
+WS = ""    # ws://127.0.0.1:PORT
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise CheckFailed(msg)
+
+
+def eq(got, want, what):
+    check(got == want, f"{what}: expected {want!r}, got {got!r}")
+
+
+def is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def is_rfc3339(x):
+    return isinstance(x, str) and RFC3339.match(x) is not None
+
+
+# ---------------------------------------------------------------- WebSocket helpers
+async def connect(stack, path="/ws"):
+    return await stack.enter_async_context(
+        # short close_timeout: the server echoes the close frame at once but leaves the TCP
+        # close to a later timer, and websockets would otherwise wait for it on every close
+        websockets.connect(WS + path, open_timeout=RECV_TIMEOUT, close_timeout=0.2))
+
+
+async def recv(ws):
+    try:
+        raw = await asyncio.wait_for(ws.recv(), RECV_TIMEOUT)
+    except asyncio.TimeoutError:
+        raise CheckFailed(f"no message within {RECV_TIMEOUT:.0f} s") from None
+    check(isinstance(raw, str), f"expected a text frame, got binary {raw!r}")
+    try:
+        msg = json.loads(raw)
+    except ValueError:
+        raise CheckFailed(f"server sent invalid JSON: {raw!r}") from None
+    check(isinstance(msg, dict), f"expected a JSON object, got {raw!r}")
+    return msg
+
+
+async def command(ws, frame):
+    """Send one command (dict, or a raw str/bytes frame) and return its reply."""
+    await ws.send(frame if isinstance(frame, (str, bytes)) else json.dumps(frame))
+    return await recv(ws)
+
+
+async def expect_type(ws, frame, want_type):
+    reply = await command(ws, frame)
+    check(reply.get("type") == want_type, f"sent {frame!r}: expected type {want_type!r}, got {reply!r}")
+    return reply
+
+
+async def expect_error(ws, frame, code):
+    reply = await command(ws, frame)
+    check(reply.get("type") == "error" and reply.get("code") == code,
+          f"sent {frame!r}: expected error {code!r}, got {reply!r}")
+    check(isinstance(reply.get("message"), str), f"error without string message: {reply!r}")
+    return reply
+
+
+async def still_open(ws):
+    reply = await command(ws, {"type": "ping"})
+    check(reply.get("type") == "pong", f"ping after error: expected pong, got {reply!r}")
+
+
+def check_published(reply, what="published reply"):
+    eq(reply.get("type"), "published", f"{what} type")
+    check(isinstance(reply.get("event_id"), str) and reply["event_id"], f"{what}: bad event_id in {reply!r}")
+    check(is_int(reply.get("cursor")), f"{what}: cursor not an integer in {reply!r}")
+    check(reply.get("duplicate") is False, f"{what}: expected duplicate false in {reply!r}")
+    return reply
+
+
+async def publish(pub, event):
+    return check_published(await command(pub, {"type": "publish_event", "event": event}), f"publish {event!r}")
+
+
+async def subscriber(stack, subscription, path="/ws"):
+    ws = await connect(stack, path)
+    reply = await expect_type(ws, {"type": "subscribe", "subscription": subscription}, "subscribed")
+    sid = reply.get("subscription_id")
+    check(isinstance(sid, str) and sid, f"subscribed without subscription_id: {reply!r}")
+    return ws, sid
+
+
+async def next_event(ws, sid=None):
+    msg = await recv(ws)
+    eq(msg.get("type"), "event", f"message type (message {msg!r})")
+    check(isinstance(msg.get("event"), dict), f"event without envelope: {msg!r}")
+    eq(msg.get("attempt"), 1, "attempt")
+    if sid is not None:
+        eq(msg.get("subscription_id"), sid, "delivery subscription_id")
+    return msg["event"]
+
+
+async def collect(ws, expected_ids, label):
+    """Receive events until every id in expected_ids arrived; any other event fails."""
+    pending, got = set(expected_ids), []
+    while pending:
+        try:
+            ev = await next_event(ws)
+        except CheckFailed as e:
+            raise CheckFailed(f"{label}: {e} (still waiting for {len(pending)} event(s))") from None
+        check(ev.get("id") in pending,
+              f"{label}: unexpected event topic={ev.get('topic')!r} type={ev.get('type')!r} id={ev.get('id')}")
+        pending.discard(ev["id"])
+        got.append(ev)
+    return got
+
+
+# ---------------------------------------------------------------- HTTP helpers
+def http(method, path, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(BASE + path, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=RECV_TIMEOUT) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+async def ahttp(method, path, body=None):
+    return await asyncio.to_thread(http, method, path, body)
+
+
+def event_list(body, what):
+    """GET /api/events returns stored events; accept a bare list or an object with `events`."""
+    if isinstance(body, dict) and isinstance(body.get("events"), list):
+        body = body["events"]
+    check(isinstance(body, list), f"{what}: expected a list of events, got {body!r}")
+    return body
+
+
+def topic_matches(pattern, topic):
+    p, t = pattern.split("."), topic.split(".")
+    for i, seg in enumerate(p):
+        if seg in (">", "#") and i == len(p) - 1:
+            return len(t) > i
+        if i >= len(t) or (seg != "*" and seg != t[i]):
+            return False
+    return len(t) == len(p)
+
+
+# ---------------------------------------------------------------- checks: commands
+async def ping_pong():
+    async with AsyncExitStack() as s:
+        ws = await connect(s)
+        reply = await expect_type(ws, {"type": "ping"}, "pong")
+        check(is_rfc3339(reply.get("server_time")), f"server_time not RFC 3339: {reply!r}")
+
+
+async def request_id_echo():
+    async with AsyncExitStack() as s:
+        ws = await connect(s)
+        for rid in ("req-1", 42):
+            eq((await expect_type(ws, {"type": "ping", "request_id": rid}, "pong")).get("request_id"), rid,
+               "request_id on pong")
+        reply = await expect_type(ws, {"type": "publish_event", "request_id": "p-7", "event": {"type": "rid_test"}},
+                                  "published")
+        eq(reply.get("request_id"), "p-7", "request_id on published")
+        reply = await expect_error(ws, {"type": "explode", "request_id": 9}, "unknown_command")
+        eq(reply.get("request_id"), 9, "request_id on error")
+
+
+async def publish_variants():
+    async with AsyncExitStack() as s:
+        ws = await connect(s)
+        cursors = []
+        for frame in ({"type": "publish_event", "event": {"type": "variant_a"}},
+                      {"type": "publish", "event": {"type": "variant_b"}},
+                      {"action": "publish", "event": {"type": "variant_c"}}):
+            cursors.append(check_published(await command(ws, frame), f"reply to {frame!r}")["cursor"])
+        check(cursors[0] < cursors[1] < cursors[2], f"cursors not strictly increasing: {cursors}")
+
+
+async def publish_duplicate():
+    async with AsyncExitStack() as s:
+        ws = await connect(s)
+        frame = {"type": "publish_event", "event": {"id": "dup-evt-1", "type": "dup_test"}}
+        first = check_published(await command(ws, frame), "first publish")
+        eq(first["event_id"], "dup-evt-1", "event_id")
+        second = await expect_type(ws, frame, "published")
+        eq(second.get("duplicate"), True, "duplicate on second publish")
+        eq(second.get("cursor"), first["cursor"], "cursor on duplicate")
+        eq(second.get("event_id"), "dup-evt-1", "event_id on duplicate")
+
+
+async def publish_batch_partial():
+    async with AsyncExitStack() as s:
+        ws = await connect(s)
+        reply = await expect_type(ws, {"type": "publish_batch", "events": [
+            {"type": "batch_one"}, {"payload": {"no": "type or topic"}}, {"type": "batch_three"}]},
+            "published_batch")
+        res = reply.get("results")
+        check(isinstance(res, list) and len(res) == 3, f"expected 3 results, got {reply!r}")
+        for i in (0, 2):
+            check(isinstance(res[i].get("event_id"), str) and is_int(res[i].get("cursor"))
+                  and res[i].get("duplicate") is False, f"result {i} not a success: {res[i]!r}")
+        err = res[1].get("error")
+        check(isinstance(err, dict) and err.get("code") == "invalid_event" and isinstance(err.get("message"), str),
+              f"result 1: expected error invalid_event, got {res[1]!r}")
+        check(res[0]["cursor"] < res[2]["cursor"], f"batch cursors out of order: {res!r}")
+
+
+async def subscribe_all_envelope():
+    async with AsyncExitStack() as s:
+        sub, sid = await subscriber(s, {"type": "all"})
+        pub = await connect(s)
+        r = await publish(pub, {"type": "envelope_check"})
+        ev = await next_event(sub, sid)
+        missing = [f for f in ENVELOPE_FIELDS if f not in ev]
+        check(not missing, f"envelope lacks fields {missing}: {ev!r}")
+        for field, want in (("id", r["event_id"]), ("cursor", r["cursor"]), ("type", "envelope_check"),
+                            ("topic", "envelope.check"), ("priority", "normal"), ("source", "anonymous"),
+                            ("payload", {}), ("metadata", {})):
+            eq(ev[field], want, f"envelope {field}")
+        check(is_rfc3339(ev["timestamp"]), f"timestamp not RFC 3339: {ev['timestamp']!r}")
+
+
+async def subscribe_client_id():
+    async with AsyncExitStack() as s:
+        sub, sid = await subscriber(s, {"type": "all", "id": "my-sub-1"})
+        eq(sid, "my-sub-1", "subscription_id")
+        r = await publish(await connect(s), {"type": "client_id_check"})
+        eq((await next_event(sub, "my-sub-1"))["id"], r["event_id"], "delivered event id")
+
+
+async def pattern_subscriptions():
+    cases = {"task.*": [False, False, True], "task.>": [False, True, True], ">": [True, True, True],
+             "task.#": [False, True, True]}
+    async with AsyncExitStack() as s:
+        subs = {p: await subscriber(s, {"type": "pattern", "patterns": [p]}) for p in cases}
+        alias_ws, alias_sid = await subscriber(s, {"type": "PATTERN", "pattern": "task.*"})
+        pub = await connect(s)
+        ids = [(await publish(pub, {"topic": t}))["event_id"] for t in ("zzz.other", "task.created.retry",
+                                                                        "task.created")]
+        for p, (ws, sid) in subs.items():
+            want = [i for i, m in zip(ids, cases[p]) if m]
+            got = [ev["id"] for ev in await collect(ws, want, f"pattern {p!r}")]
+            eq(got, want, f"ids delivered for pattern {p!r}")
+        eq((await next_event(alias_ws, alias_sid))["id"], ids[2], "single `pattern` alias delivery")
+
+
+async def filtered_subscriptions():
+    filters = {"types": {"event_types": ["filt_a"]}, "prios": {"priorities": ["high"]},
+               "minprio": {"min_priority": "high"}, "sources": {"sources": ["src-x"]},
+               "agents": {"agent_ids": ["agent-7"]},
+               "combined": {"event_types": ["filt_b"], "priorities": ["high", "critical"]}}
+    events = [  # (event, names of the filters it matches)
+        ({"type": "filt_a", "priority": "low", "source": "src-y"}, {"types"}),
+        ({"type": "filt_b", "priority": "high"}, {"prios", "minprio", "combined"}),
+        ({"type": "filt_b", "priority": "critical"}, {"minprio", "combined"}),
+        ({"type": "filt_b", "source": "src-x"}, {"sources"}),
+        ({"type": "filt_b", "agent_id": "agent-7"}, {"agents"}),
+        ({"type": "filt_b", "priority": "normal", "agent_id": "agent-8"}, set()),
+        ({"type": "filt_a", "priority": "high", "source": "src-x", "agent_id": "agent-7"}, set(filters) - {"combined"}),
+    ]
+    async with AsyncExitStack() as s:
+        subs = {n: await subscriber(s, {"type": "filtered", "filter": f}) for n, f in filters.items()}
+        pub = await connect(s)
+        ids = [(await publish(pub, ev))["event_id"] for ev, _ in events]
+        for name, (ws, _) in subs.items():
+            want = [i for i, (_, names) in zip(ids, events) if name in names]
+            await collect(ws, want, f"filter {filters[name]!r}")
+        # the last matching event proves the non-matching ones were skipped, not late
+        ws, sid = subs["combined"]
+        eid = (await publish(pub, {"type": "filt_b", "priority": "high"}))["event_id"]
+        eq((await next_event(ws, sid))["id"], eid, "combined filter: next delivery")
+
+
+async def topic_derivation():
+    cases = [  # (published event, expected envelope fields)
+        ({"type": "task_created", "payload": {"agent_id": "ag-1", "task_id": "tk-1"}},
+         {"topic": "task.created", "agent_id": "ag-1", "task_id": "tk-1"}),
+        ({"type": "cost_budget_warning"}, {"topic": "cost.budget_warning", "type": "cost_budget_warning"}),
+        ({"type": "custom_event", "priority": "CRITICAL"}, {"topic": "custom.event", "priority": "critical"}),
+        ({"topic": "agent.failed"}, {"type": "agent_failed", "topic": "agent.failed"}),
+        ({"type": "explicit_ids", "agent_id": "explicit", "payload": {"agent_id": "inner", "task_id": 5}},
+         {"agent_id": "explicit", "task_id": None}),
+    ]
+    async with AsyncExitStack() as s:
+        sub, _ = await subscriber(s, {"type": "pattern", "patterns": [">"]})
+        pub = await connect(s)
+        ids = [(await publish(pub, ev))["event_id"] for ev, _ in cases]
+        got = {ev["id"]: ev for ev in await collect(sub, ids, "topic derivation")}
+        for eid, (sent, want) in zip(ids, cases):
+            for field, value in want.items():
+                eq(got[eid].get(field), value, f"{field} of event published as {sent!r}")
+
+
+async def action_subscribe_alias():
+    async with AsyncExitStack() as s:
+        sub = await connect(s)
+        sid = (await expect_type(sub, {"action": "subscribe", "topics": ["task.*"]}, "subscribed")).get("subscription_id")
+        check(isinstance(sid, str) and sid, "subscribed without subscription_id")
+        pub = await connect(s)
+        await publish(pub, {"topic": "task.created.retry"})
+        eid = (await publish(pub, {"topic": "task.created"}))["event_id"]
+        eq((await next_event(sub, sid))["id"], eid, "first delivery (task.created.retry must not match)")
+
+
+async def connect_time_subscription(query, sent, want_index):
+    async with AsyncExitStack() as s:
+        sub = await connect(s, "/ws?" + query)
+        first = await recv(sub)
+        check(first.get("type") == "subscribed" and isinstance(first.get("subscription_id"), str),
+              f"first message: expected subscribed, got {first!r}")
+        pub = await connect(s)
+        ids = [(await publish(pub, ev))["event_id"] for ev in sent]
+        for i in want_index:
+            eq((await next_event(sub, first["subscription_id"]))["id"], ids[i], f"delivery of {sent[i]!r}")
+
+
+async def connect_topics():
+    await connect_time_subscription("topics=task.*,agent.%3E",
+                                    [{"topic": "other.x"}, {"topic": "task.a.b"}, {"topic": "agent.x.y"},
+                                     {"topic": "task.done"}], [2, 3])
+
+
+async def connect_kinds():
+    await connect_time_subscription("kinds=task.*", [{"topic": "task.a.b"}, {"topic": "task.a"}], [1])
+
+
+async def connect_agent_id():
+    await connect_time_subscription("topics=task.*&agent_id=ag-9",
+                                    [{"topic": "task.created", "agent_id": "ag-1"},
+                                     {"topic": "task.created", "agent_id": "ag-9"}], [1])
+
+
+async def bare_root_upgrade():
+    async with AsyncExitStack() as s:
+        ws = await connect(s, "")
+        await expect_type(ws, {"type": "ping"}, "pong")
+
+
+async def unsubscribe():
+    async with AsyncExitStack() as s:
+        sub, sid = await subscriber(s, {"type": "pattern", "patterns": ["unsub.*"], "id": "gone"})
+        reply = await expect_type(sub, {"type": "unsubscribe", "subscription_id": "gone"}, "unsubscribed")
+        eq(reply.get("subscription_id"), "gone", "unsubscribed subscription_id")
+        await expect_error(sub, {"type": "unsubscribe", "subscription_id": "never-was"}, "unknown_subscription")
+        await expect_type(sub, {"type": "subscribe", "subscription": {"type": "pattern", "patterns": ["probe.*"],
+                                                                       "id": "probe"}}, "subscribed")
+        pub = await connect(s)
+        await publish(pub, {"topic": "unsub.a"})
+        eid = (await publish(pub, {"topic": "probe.b"}))["event_id"]
+        eq((await next_event(sub, "probe"))["id"], eid, "next delivery after unsubscribe")
+
+
+async def priority_order():
+    async with AsyncExitStack() as s:
+        sub, sid = await subscriber(s, {"type": "pattern", "patterns": ["prio.*"]})
+        pub = await connect(s)
+        prios = ["low", "low", "normal", "critical", "high"]
+        reply = await expect_type(pub, {"type": "publish_batch", "events": [
+            {"topic": "prio.test", "priority": p, "payload": {"seq": i}} for i, p in enumerate(prios)]},
+            "published_batch")
+        check(all("event_id" in r for r in reply.get("results", [])), f"batch not accepted: {reply!r}")
+        got = [(ev["priority"], ev["payload"].get("seq")) for ev in [await next_event(sub, sid) for _ in prios]]
+        eq(got, [("critical", 3), ("high", 4), ("normal", 2), ("low", 0), ("low", 1)], "delivery order")
+
+
+def error_check(frame, code):
+    async def run():
+        async with AsyncExitStack() as s:
+            ws = await connect(s)
+            await expect_error(ws, frame, code)
+            await still_open(ws)
+    return run
+
+
+# ---------------------------------------------------------------- checks: HTTP
+async def http_health_ready():
+    for path in ("/health", "/ready"):
+        status, body = await ahttp("GET", path)
+        eq(status, 200, f"GET {path} status (body {body!r})")
+
+
+async def http_post_single():
+    status, body = await ahttp("POST", "/api/events", {"type": "http_single"})
+    eq(status, 201, f"status (body {body!r})")
+    check(isinstance(body, dict) and body.get("type") == "published_batch", f"body: {body!r}")
+    res = body.get("results")
+    check(isinstance(res, list) and len(res) == 1 and isinstance(res[0].get("event_id"), str)
+          and is_int(res[0].get("cursor")) and res[0].get("duplicate") is False, f"results: {res!r}")
+
+
+async def http_post_array():
+    status, body = await ahttp("POST", "/api/events", [{"type": "http_a"}, {"priority": "high"}, {"type": "http_b"}])
+    eq(status, 201, f"status (body {body!r})")
+    check(isinstance(body, dict) and body.get("type") == "published_batch", f"body: {body!r}")
+    res = body.get("results")
+    check(isinstance(res, list) and len(res) == 3, f"expected 3 results: {body!r}")
+    check(res[0].get("cursor") is not None and res[2].get("cursor") is not None and res[0]["cursor"] < res[2]["cursor"],
+          f"results 0 and 2 should succeed in order: {res!r}")
+    eq(res[1].get("error", {}).get("code"), "invalid_event", f"result 1 error code ({res[1]!r})")
+
+
+async def http_events_query():
+    _, body = await ahttp("POST", "/api/events", [{"topic": f"task.hq{i}"} for i in range(3)])
+    cursors = [r["cursor"] for r in body["results"]]
+    status, body = await ahttp("GET", "/api/events?topic=task.*&limit=2&order=desc")
+    eq(status, 200, f"status (body {body!r})")
+    evs = event_list(body, "topic=task.*&limit=2&order=desc")
+    eq([e.get("cursor") for e in evs], cursors[:0:-1], "cursors (newest first, at most 2)")
+    check(all(topic_matches("task.*", e.get("topic", "")) for e in evs), f"non-matching topic in {evs!r}")
+
+
+async def http_events_filters():
+    _, body = await ahttp("POST", "/api/events", [{"type": "hq_kind", "priority": "high"}, {"type": "hq_other"},
+                                                  {"type": "hq_kind", "priority": "low"}])
+    c = [r["cursor"] for r in body["results"]]
+    _, body = await ahttp("GET", f"/api/events?after={c[0]}")
+    evs = event_list(body, "after")
+    eq([e.get("cursor") for e in evs], c[1:], f"cursors after {c[0]} (ascending)")
+    _, body = await ahttp("GET", "/api/events?type=hq_kind")
+    eq([e.get("cursor") for e in event_list(body, "type")], [c[0], c[2]], "cursors for type=hq_kind")
+    _, body = await ahttp("GET", "/api/events?priority=high")
+    evs = event_list(body, "priority")
+    check(all(e.get("priority") == "high" for e in evs) and c[0] in [e.get("cursor") for e in evs],
+          f"priority=high returned {[(e.get('cursor'), e.get('priority')) for e in evs]}")
+
+
+async def http_topics():
+    _, body = await ahttp("POST", "/api/events", [{"topic": "topics.check"}, {"topic": "topics.check"}])
+    last = body["results"][1]["cursor"]
+    status, body = await ahttp("GET", "/api/topics")
+    eq(status, 200, "status")
+    check(isinstance(body, list), f"expected a list: {body!r}")
+    for t in body:
+        check(isinstance(t.get("topic"), str) and is_int(t.get("count")) and is_int(t.get("last_cursor"))
+              and is_rfc3339(t.get("last_at")), f"bad topic entry {t!r}")
+    mine = [t for t in body if t["topic"] == "topics.check"]
+    check(len(mine) == 1 and mine[0]["count"] == 2 and mine[0]["last_cursor"] == last,
+          f"expected topics.check count 2 last_cursor {last}, got {mine!r}")
+
+
+def find_per_priority(obj, key_test):
+    """Find dicts under a key satisfying key_test whose value has an integer per priority."""
+    found = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if key_test(k) and isinstance(v, dict) and all(is_int(v.get(p)) for p in PRIORITIES):
+                found.append(v)
+            found += find_per_priority(v, key_test)
+    return found
+
+
+async def http_stats():
+    status, body = await ahttp("GET", "/api/stats")
+    eq(status, 200, "status")
+    for label, test in (("published", lambda k: k == "published"), ("delivered", lambda k: k == "delivered"),
+                        ("queue depths", lambda k: "queue" in k)):
+        check(find_per_priority(body, test), f"no {label} per priority in {body!r}")
+
+
+async def http_aliases():
+    for alias in ("/stats", "/topics", "/events"):
+        status, body = await ahttp("GET", alias)
+        eq(status, 200, f"GET {alias} status")
+        _, canonical = await ahttp("GET", "/api" + alias)
+        eq(type(body).__name__, type(canonical).__name__, f"GET {alias} body kind vs /api{alias}")
+    _, body = await ahttp("GET", "/topics")
+    check(isinstance(body, list), f"/topics should be a list: {body!r}")
+    event_list((await ahttp("GET", "/events?limit=1"))[1], "/events")
+
+
+async def http_subscriptions():
+    async with AsyncExitStack() as s:
+        await subscriber(s, {"type": "pattern", "patterns": ["listed.*"], "id": "listed-sub-xyz"})
+        status, body = await ahttp("GET", "/api/subscriptions")
+        eq(status, 200, "status")
+        check("listed-sub-xyz" in json.dumps(body), f"subscription listed-sub-xyz not in {body!r}")
+
+
+async def http_bad_param():
+    status, body = await ahttp("GET", "/api/events?limit=abc")
+    eq(status, 400, f"status (body {body!r})")
+    err = body.get("error") if isinstance(body, dict) else None
+    check(isinstance(err, dict) and isinstance(err.get("code"), str) and isinstance(err.get("message"), str),
+          f"expected {{\"error\":{{\"code\",\"message\"}}}}, got {body!r}")
+
+
+CHECKS = [
+    ("ping_pong", ping_pong), ("request_id_echo", request_id_echo), ("publish_variants", publish_variants),
+    ("publish_duplicate", publish_duplicate), ("publish_batch_partial", publish_batch_partial),
+    ("subscribe_all_envelope", subscribe_all_envelope), ("subscribe_client_id", subscribe_client_id),
+    ("pattern_subscriptions", pattern_subscriptions), ("filtered_subscriptions", filtered_subscriptions),
+    ("topic_derivation", topic_derivation), ("action_subscribe_alias", action_subscribe_alias),
+    ("connect_topics", connect_topics), ("connect_kinds", connect_kinds), ("connect_agent_id", connect_agent_id),
+    ("bare_root_upgrade", bare_root_upgrade), ("unsubscribe", unsubscribe), ("priority_order", priority_order),
+    ("error_invalid_json", error_check("not json", "invalid_json")),
+    ("error_unknown_command", error_check({"type": "explode"}, "unknown_command")),
+    ("error_unsupported_frame", error_check(b"\x00\x01binary", "unsupported_frame")),
+    ("error_invalid_event", error_check({"type": "publish_event", "event": {"payload": {}}}, "invalid_event")),
+    ("error_invalid_pattern", error_check({"type": "subscribe", "subscription": {"type": "pattern",
+                                           "patterns": ["task..x"]}}, "invalid_pattern")),
+    ("error_invalid_subscription", error_check({"type": "subscribe", "subscription": {"type": "filtered"}},
+                                               "invalid_subscription")),
+    ("http_health_ready", http_health_ready), ("http_post_single", http_post_single),
+    ("http_post_array", http_post_array), ("http_events_query", http_events_query),
+    ("http_events_filters", http_events_filters), ("http_topics", http_topics), ("http_stats", http_stats),
+    ("http_aliases", http_aliases), ("http_subscriptions", http_subscriptions), ("http_bad_param", http_bad_param),
+]
+
+
+# ---------------------------------------------------------------- server and main
+def start_server(binary):
+    env = dict(os.environ, RUST_LOG="info", SWITCHYARD_SERVER__HEARTBEAT_INTERVAL_MS="30000")
+    proc = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0"], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines = queue.Queue()
+
+    def drain():  # keep reading so the server never blocks on a full stderr pipe
+        for line in proc.stderr:
+            lines.put(line)
+        lines.put(None)
+    threading.Thread(target=drain, daemon=True).start()
+    return proc, lines
+
+
+def wait_for_port(lines, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        if line is None:
+            raise RuntimeError("server exited before listening")
+        m = re.search(r"switchyard listening on http://127\.0\.0\.1:(\d+)", line)
+        if m:
+            return int(m.group(1))
+    raise RuntimeError(f"no 'switchyard listening on' line within {timeout:.0f} s")
+
+
+def stop_server(proc):
+    if proc.poll() is not None:
+        return proc.returncode, "server had already exited"
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=10), None
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None, "did not exit within 10 s of SIGTERM (killed)"
+
+
+async def run_checks(results):
+    for name, fn in CHECKS:
+        try:
+            await asyncio.wait_for(fn(), 20)
+            results.append((name, None))
+        except asyncio.TimeoutError:
+            results.append((name, "check timed out after 20 s"))
+        except Exception as e:  # noqa: BLE001 - every failure is reported, never fatal
+            results.append((name, str(e) or type(e).__name__))
+        print(f"PASS {name}" if results[-1][1] is None else f"FAIL {name}: {results[-1][1]}", flush=True)
+
+
+def main():
+    global BASE, WS
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--binary", default="target/debug/switchyard")
+    binary = os.path.abspath(ap.parse_args().binary)
+    results = []
+    try:
+        proc, lines = start_server(binary)
+    except OSError as e:
+        print(f"FAIL server_start: cannot run {binary}: {e}")
+        print("0 passed, 1 failed")
+        sys.exit(1)
+    try:
+        try:
+            port = wait_for_port(lines)
+        except RuntimeError as e:
+            results.append(("server_start", str(e)))
+            print(f"FAIL server_start: {e}", flush=True)
+        else:
+            BASE, WS = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}"
+            asyncio.run(run_checks(results))
+    finally:
+        code, why = stop_server(proc)
+    failure = why or (None if code == 0 else f"exit code {code} after SIGTERM, expected 0")
+    results.append(("graceful_shutdown", failure))
+    print("PASS graceful_shutdown" if failure is None else f"FAIL graceful_shutdown: {failure}")
+    failed = sum(1 for _, f in results if f is not None)
+    print(f"{len(results) - failed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
