@@ -58,6 +58,7 @@ pub struct RouterConfig {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
+    Sqlite,
     Memory,
 }
 
@@ -65,7 +66,19 @@ pub enum StoreKind {
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     pub kind: StoreKind,
-    pub max_events: usize,
+    pub max_events: u64,
+    pub max_age_secs: u64,
+    pub synchronous_full: bool,
+}
+
+impl StoreConfig {
+    /// The retention policy these settings describe.
+    pub fn retention(&self) -> crate::store::Retention {
+        crate::store::Retention {
+            max_events: (self.max_events > 0).then_some(self.max_events),
+            max_age: (self.max_age_secs > 0).then(|| Duration::from_secs(self.max_age_secs)),
+        }
+    }
 }
 
 /// A configuration that cannot be used. The message names the key.
@@ -166,9 +179,6 @@ impl Config {
         }
         if self.router.max_queued_events == 0 {
             return invalid("router.max_queued_events", "must be greater than 0");
-        }
-        if self.store.max_events == 0 {
-            return invalid("store.max_events", "must be greater than 0");
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ use actix_web::{web, App, HttpServer};
 
 use crate::actors::delivery::DeliveryWorker;
 use crate::actors::router::{self, Router};
+use crate::actors::store::StoreActor;
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
@@ -24,6 +25,8 @@ use crate::metrics::Metrics;
 pub enum ServerError {
     #[error("cannot serve on the listener: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cannot open the event store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Runs Switchyard on `listener` until `shutdown` resolves, then shuts down gracefully.
@@ -35,8 +38,18 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::default());
+    let store = crate::store::open(&config)?;
+    let last_cursor = store.last_cursor()?;
+    log::info!("event store: {} (last cursor {last_cursor})", store.kind());
 
     let mut arbiters = Vec::new();
+    let store_arbiter = Arbiter::new();
+    let store = {
+        let retention = config.store.retention();
+        StoreActor::start_in_arbiter(&store_arbiter.handle(), move |_| {
+            StoreActor::new(store, retention)
+        })
+    };
     let workers: Vec<Addr<DeliveryWorker>> = (0..config.delivery_workers())
         .map(|_| {
             let arbiter = Arbiter::new();
@@ -50,14 +63,17 @@ pub async fn run(
         .collect();
     let router_arbiter = Arbiter::new();
     let router = {
-        let (c, m, w) = (config.clone(), metrics.clone(), workers);
-        Router::start_in_arbiter(&router_arbiter.handle(), move |_| Router::new(c, m, w))
+        let (c, m, s, w) = (config.clone(), metrics.clone(), store.clone(), workers);
+        Router::start_in_arbiter(&router_arbiter.handle(), move |_| {
+            Router::new(c, m, s, last_cursor, w)
+        })
     };
     arbiters.push(router_arbiter);
 
     let shutting_down = Arc::new(AtomicBool::new(false));
     let state = web::Data::new(AppState {
         router: router.clone(),
+        store,
         config: config.clone(),
         metrics,
         shutting_down: shutting_down.clone(),
@@ -90,9 +106,21 @@ pub async fn run(
     actix_web::rt::time::sleep(Duration::from_millis(50)).await;
     handle.stop(true).await;
     let _ = server_task.await;
+    // Every accepted event is committed before the store goes away.
+    let flushed = actix_web::rt::time::timeout(timeout, async {
+        while !matches!(router.send(router::Flush).await, Ok(true) | Err(_)) {
+            actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    if flushed.is_err() {
+        log::error!("shutdown: the store did not finish its last commit within {timeout:?}");
+    }
     for arbiter in arbiters {
         arbiter.stop();
     }
+    store_arbiter.stop();
+    let _ = actix_web::rt::task::spawn_blocking(move || store_arbiter.join()).await;
     log::info!("shutdown complete");
     Ok(())
 }

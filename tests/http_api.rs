@@ -4,6 +4,7 @@ mod common;
 
 use common::TestServer;
 use serde_json::{json, Value};
+use switchyard::config::StoreKind;
 
 async fn seed(server: &TestServer) -> Vec<u64> {
     let (status, body) = server
@@ -165,9 +166,19 @@ async fn bad_query_parameters_get_a_json_error() {
 }
 
 #[actix_rt::test]
-async fn memory_log_is_bounded_by_store_max_events() {
-    let server = TestServer::with(|c| c.store.max_events = 3).await;
-    let c = seed(&server).await;
+async fn log_is_bounded_by_store_max_events() {
+    for kind in [StoreKind::Sqlite, StoreKind::Memory] {
+        let server = TestServer::with(|c| {
+            c.store.kind = kind;
+            c.store.max_events = 3;
+        })
+        .await;
+        bounded_log(&server).await;
+    }
+}
+
+async fn bounded_log(server: &TestServer) {
+    let c = seed(server).await;
     let (_, body) = server.get("/api/events").await;
     assert_eq!(cursors(&body), c[2..].to_vec());
     let (_, stats) = server.get("/api/stats").await;
@@ -224,7 +235,7 @@ async fn stats_count_published_delivered_and_connections() {
         assert_eq!(s["subscriptions"], 1);
         assert!(s["rates_per_second"]["published"].is_number());
         assert!(s["uptime_seconds"].as_f64().unwrap() >= 0.0);
-        assert_eq!(s["store"]["kind"], "memory");
+        assert_eq!(s["store"]["kind"], "sqlite");
     }
 }
 

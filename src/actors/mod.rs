@@ -14,6 +14,7 @@
 pub mod delivery;
 pub mod router;
 pub mod session;
+pub mod store;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 

@@ -2,11 +2,14 @@
 //!
 //! Into the router: [`Connect`], [`Disconnect`], [`Subscribe`], [`Unsubscribe`],
 //! [`Publish`] (from sessions and the HTTP API), the read-only queries [`GetStats`],
-//! [`QueryEvents`], [`GetTopics`], [`ListSubscriptions`], and [`Shutdown`].
-//! Out of the router: [`Dispatch`] to delivery workers, [`CloseSession`] to sessions.
+//! [`GetTopics`], [`ListSubscriptions`], and [`Shutdown`] / [`Flush`].
+//! Out of the router: [`Append`] to the store, [`Dispatch`] to delivery workers,
+//! [`CloseSession`] to sessions.
 //!
-//! A publish is accepted in one step (cursor, log, dedupe, queue) and answered at once;
-//! routing happens afterwards in `Drain` turns that pop the queues highest priority
+//! A publish is accepted in one step (dedupe, cursor) into the commit buffer. Group
+//! commit: one `Append` is in flight at a time, and everything accepted meanwhile goes
+//! into the next one. Only when its transaction has committed is an event answered
+//! (`published`) and queued for routing. `Drain` turns pop the queues highest priority
 //! first, match each event once against the index, and send one `Dispatch` per worker.
 //! Must not: write to sockets or hold per-subscriber waiting events (workers do).
 
@@ -22,6 +25,7 @@ use serde_json::json;
 
 use super::delivery::{DeliveryWorker, Dispatch, DispatchItem};
 use super::session::CloseSession;
+use super::store::{Append, StoreActor};
 use super::{SessionId, SubscriptionHandle};
 use crate::config::Config;
 use crate::error::{ErrorCode, ProtocolError};
@@ -29,8 +33,6 @@ use crate::metrics::{Metrics, RateWindow};
 use crate::protocol::{EncodedEvent, Event, PublishOk};
 use crate::routing::dedupe::DedupeWindow;
 use crate::routing::Priority;
-use crate::store::memory::MemoryLog;
-use crate::store::EventQuery;
 
 /// Events routed per `Drain` turn before the router yields to its mailbox, so that a
 /// critical publish is never stuck behind a long backlog for more than one turn.
@@ -86,13 +88,6 @@ pub struct Publish {
 #[rtype(result = "serde_json::Value")]
 pub struct GetStats;
 
-/// Stored events for `/api/events`.
-#[derive(Message)]
-#[rtype(result = "Vec<Arc<EncodedEvent>>")]
-pub struct QueryEvents {
-    pub query: EventQuery,
-}
-
 /// The `/api/topics` list.
 #[derive(Message)]
 #[rtype(result = "Vec<TopicInfo>")]
@@ -107,6 +102,11 @@ pub struct ListSubscriptions;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Shutdown;
+
+/// Answers `true` once nothing accepted is still waiting to be committed.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Flush;
 
 /// Internal: route a batch of queued events.
 #[derive(Message)]
@@ -134,21 +134,31 @@ struct SessionEntry {
     close: Recipient<CloseSession>,
 }
 
+/// Results of one `Publish`, answered when the batch holding its events commits.
+type PublishReply = tokio::sync::oneshot::Sender<Vec<Result<PublishOk, ProtocolError>>>;
+
 pub struct Router {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
+    store: Addr<StoreActor>,
+    /// Accepted, not yet sent to the store.
+    commit_buffer: Vec<Arc<EncodedEvent>>,
+    /// The publishes whose results wait for `commit_buffer` to commit.
+    commit_waiters: Vec<(PublishReply, Vec<Result<PublishOk, ProtocolError>>)>,
+    /// An `Append` is in flight.
+    committing: bool,
     workers: Vec<Addr<DeliveryWorker>>,
     /// A `Dispatch` a worker had no room for; routing waits until it is taken.
     held: Vec<Option<Dispatch>>,
     sessions: HashMap<SessionId, SessionEntry>,
     /// The subscription index. Matched in full per event for now.
     index: Vec<Arc<SubscriptionHandle>>,
-    /// Accepted events waiting to be routed, one queue per priority, critical first.
+    /// Committed events waiting to be routed, one queue per priority, critical first.
     queues: [VecDeque<Arc<EncodedEvent>>; 4],
+    /// Accepted events not yet routed: uncommitted plus queued.
     queued: usize,
     drain_scheduled: bool,
     last_cursor: u64,
-    log: MemoryLog,
     dedupe: DedupeWindow,
     topics: HashMap<String, TopicStats>,
     expired: u64,
@@ -158,12 +168,19 @@ pub struct Router {
 }
 
 impl Router {
+    /// `last_cursor` is the store's high-water mark: cursors continue after it.
     pub fn new(
         config: Arc<Config>,
         metrics: Arc<Metrics>,
+        store: Addr<StoreActor>,
+        last_cursor: u64,
         workers: Vec<Addr<DeliveryWorker>>,
     ) -> Self {
         Router {
+            store,
+            commit_buffer: Vec::new(),
+            commit_waiters: Vec::new(),
+            committing: false,
             held: workers.iter().map(|_| None).collect(),
             workers,
             sessions: HashMap::new(),
@@ -171,8 +188,7 @@ impl Router {
             queues: Default::default(),
             queued: 0,
             drain_scheduled: false,
-            last_cursor: 0,
-            log: MemoryLog::new(config.store.max_events),
+            last_cursor,
             dedupe: DedupeWindow::new(config.router.dedupe_window),
             topics: HashMap::new(),
             expired: 0,
@@ -213,18 +229,93 @@ impl Router {
         self.last_cursor += 1;
         event.cursor = self.last_cursor;
         self.dedupe.insert(&event.id, event.cursor);
-        self.track_topic(&event);
-        self.metrics.published.add(event.priority, 1);
         let ok = PublishOk {
             event_id: event.id.clone(),
             cursor: event.cursor,
             duplicate: false,
         };
-        let encoded = EncodedEvent::new(event);
-        self.log.append(encoded.clone());
-        self.queues[encoded.event.priority.index()].push_back(encoded);
+        self.commit_buffer.push(EncodedEvent::new(event));
         self.queued += 1;
         Ok(ok)
+    }
+
+    /// Sends the commit buffer to the store unless a commit is already in flight (then
+    /// it goes when that one is done: group commit).
+    fn commit(&mut self, ctx: &mut Context<Self>) {
+        if self.committing || self.commit_waiters.is_empty() {
+            return;
+        }
+        let events = std::mem::take(&mut self.commit_buffer);
+        let waiters = std::mem::take(&mut self.commit_waiters);
+        if events.is_empty() {
+            // Only duplicates or refusals: nothing to store.
+            for (reply, results) in waiters {
+                let _ = reply.send(results);
+            }
+            return;
+        }
+        self.committing = true;
+        let append = self.store.send(Append {
+            events: events.clone(),
+        });
+        ctx.spawn(append.into_actor(self).map(move |res, act, ctx| {
+            act.committing = false;
+            match res
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+            {
+                Ok(()) => act.committed(events, waiters, ctx),
+                Err(e) => act.commit_failed(&e, events, waiters),
+            }
+            act.commit(ctx);
+        }));
+    }
+
+    fn committed(
+        &mut self,
+        events: Vec<Arc<EncodedEvent>>,
+        waiters: Vec<(PublishReply, Vec<Result<PublishOk, ProtocolError>>)>,
+        ctx: &mut Context<Self>,
+    ) {
+        for event in events {
+            self.track_topic(&event.event);
+            self.metrics.published.add(event.event.priority, 1);
+            self.queues[event.event.priority.index()].push_back(event);
+        }
+        for (reply, results) in waiters {
+            let _ = reply.send(results);
+        }
+        self.schedule_drain(ctx);
+    }
+
+    /// Nothing of a failed batch is routed or acknowledged; its ids are forgotten so a
+    /// retry is not taken for a duplicate. Its cursors are never reused.
+    fn commit_failed(
+        &mut self,
+        error: &str,
+        events: Vec<Arc<EncodedEvent>>,
+        waiters: Vec<(PublishReply, Vec<Result<PublishOk, ProtocolError>>)>,
+    ) {
+        log::error!("store write of {} events failed: {error}", events.len());
+        self.queued -= events.len();
+        for e in &events {
+            self.dedupe.remove(&e.event.id);
+        }
+        let failed: std::collections::HashSet<u64> =
+            events.iter().map(|e| e.event.cursor).collect();
+        for (reply, results) in waiters {
+            let results = results
+                .into_iter()
+                .map(|r| match r {
+                    Ok(ok) if failed.contains(&ok.cursor) => Err(ProtocolError::new(
+                        ErrorCode::Internal,
+                        format!("event not stored: {error}"),
+                    )),
+                    other => other,
+                })
+                .collect();
+            let _ = reply.send(results);
+        }
     }
 
     fn track_topic(&mut self, event: &Event) {
@@ -390,12 +481,31 @@ impl Handler<Unsubscribe> for Router {
 }
 
 impl Handler<Publish> for Router {
-    type Result = MessageResult<Publish>;
+    type Result = ResponseFuture<Vec<Result<PublishOk, ProtocolError>>>;
 
     fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) -> Self::Result {
-        let results = msg.events.into_iter().map(|e| self.accept(e)).collect();
-        self.schedule_drain(ctx);
-        MessageResult(results)
+        let results: Vec<_> = msg.events.into_iter().map(|e| self.accept(e)).collect();
+        let count = results.len();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.commit_waiters.push((reply, results));
+        self.commit(ctx);
+        Box::pin(async move {
+            answer.await.unwrap_or_else(|_| {
+                let lost = ProtocolError::new(
+                    ErrorCode::Internal,
+                    "router stopped before the store answered",
+                );
+                vec![Err(lost); count]
+            })
+        })
+    }
+}
+
+impl Handler<Flush> for Router {
+    type Result = bool;
+
+    fn handle(&mut self, _: Flush, _: &mut Context<Self>) -> bool {
+        !self.committing && self.commit_waiters.is_empty()
     }
 }
 
@@ -437,22 +547,7 @@ impl Handler<GetStats> for Router {
             },
             "subscriptions": self.index.len(),
             "protocol_errors": m.protocol_errors.load(Relaxed),
-            "store": {
-                "kind": "memory",
-                "event_count": self.log.len(),
-                "capacity": self.config.store.max_events,
-                "first_cursor": self.log.first_cursor(),
-                "last_cursor": self.log.last_cursor(),
-            },
         }))
-    }
-}
-
-impl Handler<QueryEvents> for Router {
-    type Result = MessageResult<QueryEvents>;
-
-    fn handle(&mut self, msg: QueryEvents, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.log.query(&msg.query))
     }
 }
 

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::AppState;
-use crate::actors::router;
+use crate::actors::{router, store};
 use crate::error::{ErrorCode, HttpError};
 use crate::protocol::{PublishResult, Reply, ValidatedBatch};
 use crate::routing::pattern::Pattern;
@@ -31,11 +31,18 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
 }
 
 pub async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, HttpError> {
-    let stats = state
+    let mut stats = state
         .router
         .send(router::GetStats)
         .await
         .map_err(HttpError::router_unavailable)?;
+    let store = state
+        .store
+        .send(store::Stats)
+        .await
+        .map_err(HttpError::store_unavailable)?
+        .map_err(HttpError::store)?;
+    stats["store"] = serde_json::to_value(store).unwrap_or_default();
     Ok(HttpResponse::Ok().json(stats))
 }
 
@@ -117,10 +124,11 @@ pub async fn events(
 ) -> Result<HttpResponse, HttpError> {
     let query = parse_query(params.into_inner())?;
     let events = state
-        .router
-        .send(router::QueryEvents { query })
+        .store
+        .send(store::Query { query })
         .await
-        .map_err(HttpError::router_unavailable)?;
+        .map_err(HttpError::store_unavailable)?
+        .map_err(HttpError::store)?;
     let mut body =
         String::with_capacity(2 + events.iter().map(|e| e.json.len() + 1).sum::<usize>());
     body.push('[');

@@ -12,6 +12,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::actors::router::Router;
 use crate::actors::session;
+use crate::actors::store::StoreActor;
 use crate::config::Config;
 use crate::error::{ErrorCode, HttpError};
 use crate::metrics::Metrics;
@@ -19,6 +20,7 @@ use crate::metrics::Metrics;
 /// What every handler can reach.
 pub struct AppState {
     pub router: Addr<Router>,
+    pub store: Addr<StoreActor>,
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
     /// Set once shutdown begins; `/ready` answers 503 from then on.

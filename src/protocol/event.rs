@@ -16,8 +16,9 @@ use crate::routing::Priority;
 pub const MAX_FIELD_LEN: usize = 256;
 
 /// The full envelope, every defaulted field filled in. `cursor` is `0` until the router
-/// accepts the event.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// accepts the event. Deserialising is for envelopes this server wrote (the store);
+/// publishers' input goes through [`Event::from_json`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub id: String,
     #[serde(rename = "type")]

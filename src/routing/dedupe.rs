@@ -23,6 +23,12 @@ impl DedupeWindow {
         self.cursors.get(id).copied()
     }
 
+    /// Forgets `id` (its event was not stored after all). Its slot in the eviction
+    /// order stays until it ages out.
+    pub fn remove(&mut self, id: &str) {
+        self.cursors.remove(id);
+    }
+
     /// Remembers `id`, forgetting the oldest id when full.
     pub fn insert(&mut self, id: &str, cursor: u64) {
         if self.capacity == 0 {
@@ -30,7 +36,10 @@ impl DedupeWindow {
         }
         if self.order.len() == self.capacity {
             if let Some(old) = self.order.pop_front() {
-                self.cursors.remove(&old);
+                // Only forget `old` if it was not re-inserted since.
+                if self.order.iter().all(|o| o != &old) {
+                    self.cursors.remove(&old);
+                }
             }
         }
         self.cursors.insert(id.to_owned(), cursor);

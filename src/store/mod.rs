@@ -1,10 +1,31 @@
-//! Event storage. Until the durable store lands, the router keeps a bounded in-memory
-//! log ([`memory::MemoryLog`]) that serves `/api/events`.
+//! Event storage: a trait and one file per backend.
+//!
+//! - [`sqlite::SqliteStore`] (default): a WAL-mode SQLite file under `--data-dir`;
+//!   survives restarts, cursors continue where they stopped.
+//! - [`memory::MemoryStore`] (`store.kind = "memory"`): a bounded in-process log.
+//!
+//! The trait is what a shared backend for several router nodes (Redis) implements next:
+//! every method is cursor-based and stateless between calls, so state lives in the
+//! backend, not in the router.
+//!
+//! Owns: persisted events, the cursor high-water mark and retention. Must not: assign
+//! cursors (the router does, in acceptance order) or route anything. Backends are
+//! blocking; they run on the store actor's `SyncArbiter` thread, never on an actor
+//! thread of the router.
 
 pub mod memory;
+pub mod sqlite;
 
-use serde::Deserialize;
+#[cfg(test)]
+mod contract;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, StoreKind};
+use crate::protocol::EncodedEvent;
 use crate::routing::pattern::Pattern;
 use crate::routing::Priority;
 
@@ -20,7 +41,7 @@ pub enum Order {
     Desc,
 }
 
-/// A query over stored events (the parameters of `GET /api/events`).
+/// A query over stored events (the parameters of `GET /api/events`, and replay).
 #[derive(Debug, Clone, Default)]
 pub struct EventQuery {
     pub topic: Option<Pattern>,
@@ -30,4 +51,75 @@ pub struct EventQuery {
     pub after: Option<u64>,
     pub limit: usize,
     pub order: Order,
+}
+
+impl EventQuery {
+    /// Does a stored event pass the query's filters (all but `after` and `limit`)?
+    pub fn matches(&self, e: &EncodedEvent) -> bool {
+        let ev = &e.event;
+        self.topic.as_ref().is_none_or(|p| p.matches(&ev.topic))
+            && self.event_type.as_ref().is_none_or(|t| *t == ev.event_type)
+            && self.priority.is_none_or(|p| p == ev.priority)
+    }
+}
+
+/// What `/api/stats` shows of the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StoreStats {
+    pub kind: &'static str,
+    pub event_count: u64,
+    pub first_cursor: Option<u64>,
+    pub last_cursor: Option<u64>,
+}
+
+/// How much to keep. Either limit may be off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub max_events: Option<u64>,
+    pub max_age: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("stored event at cursor {cursor} is unreadable: {message}")]
+    Corrupt { cursor: u64, message: String },
+}
+
+/// A backend for the event log.
+pub trait EventStore: Send {
+    fn kind(&self) -> &'static str;
+
+    /// The highest cursor ever stored, `0` for a new store. Survives retention, so
+    /// cursors are never reused.
+    fn last_cursor(&self) -> Result<u64, StoreError>;
+
+    /// Stores events in one transaction, all or nothing. Cursors are strictly
+    /// increasing across calls.
+    fn append(&mut self, events: &[Arc<EncodedEvent>]) -> Result<(), StoreError>;
+
+    /// Events matching `q`, in its order, at most `q.limit`.
+    fn query(&self, q: &EventQuery) -> Result<Vec<Arc<EncodedEvent>>, StoreError>;
+
+    fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    /// Deletes what `retention` no longer keeps; returns how many events went.
+    fn apply_retention(&mut self, retention: &Retention) -> Result<u64, StoreError>;
+}
+
+/// Opens the backend the configuration names.
+pub fn open(config: &Config) -> Result<Box<dyn EventStore>, StoreError> {
+    match config.store.kind {
+        StoreKind::Memory => Ok(Box::new(memory::MemoryStore::new())),
+        StoreKind::Sqlite => Ok(Box::new(sqlite::SqliteStore::open_in(
+            &config.server.data_dir,
+            config.store.synchronous_full,
+        )?)),
+    }
 }

@@ -17,19 +17,26 @@ pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The data directory of the SQLite store; removed when the server is dropped.
+    pub data_dir: std::sync::Arc<tempfile::TempDir>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<actix_rt::task::JoinHandle<()>>,
 }
 
 impl TestServer {
-    /// A server with the embedded defaults (one HTTP worker, two delivery workers).
+    /// A server with the embedded defaults (SQLite store in a temporary directory, one
+    /// HTTP worker, two delivery workers).
     pub async fn start() -> TestServer {
         TestServer::with(|_| {}).await
     }
 
     /// A server with the defaults changed by `tweak`.
     pub async fn with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let data_dir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
         let mut config = Config::defaults();
+        config.server.data_dir = data_dir.path().to_owned();
+        // Commits survive a crash of the process; tests need not fsync to the platter.
+        config.store.synchronous_full = false;
         config.server.http_workers = 1;
         config.server.delivery_workers = 2;
         config.server.shutdown_timeout_ms = 2000;
@@ -47,6 +54,7 @@ impl TestServer {
         });
         TestServer {
             addr,
+            data_dir,
             stop: Some(stop),
             task: Some(task),
         }

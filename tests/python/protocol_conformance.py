@@ -26,6 +26,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -558,9 +559,13 @@ CHECKS = [
 
 
 # ---------------------------------------------------------------- server and main
+DATA_DIR = tempfile.TemporaryDirectory(prefix="switchyard-conformance-")
+
+
 def start_server(binary):
     env = dict(os.environ, RUST_LOG="info", SWITCHYARD_SERVER__HEARTBEAT_INTERVAL_MS="30000")
-    proc = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0"], env=env,
+    # The default store is SQLite: give it a fresh data directory of its own.
+    proc = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", DATA_DIR.name], env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines = queue.Queue()
 

@@ -1,0 +1,280 @@
+//! The contract every backend must pass. Each test runs against every backend.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::memory::MemoryStore;
+use super::sqlite::SqliteStore;
+use super::{EventQuery, EventStore, Order, Retention};
+use crate::protocol::{EncodedEvent, Event};
+use crate::routing::pattern::Pattern;
+use crate::routing::Priority;
+
+fn ev(cursor: u64, topic: &str, priority: &str) -> Arc<EncodedEvent> {
+    let mut e = Event::from_json(
+        json!({"topic": topic, "priority": priority, "payload": {"c": cursor}}),
+        "s",
+    )
+    .unwrap();
+    e.cursor = cursor;
+    EncodedEvent::new(e)
+}
+
+fn cursors(v: Vec<Arc<EncodedEvent>>) -> Vec<u64> {
+    v.iter().map(|e| e.event.cursor).collect()
+}
+
+fn all(limit: usize) -> EventQuery {
+    EventQuery {
+        limit,
+        ..Default::default()
+    }
+}
+
+/// Runs `check` against a fresh instance of every backend.
+fn each_backend(check: impl Fn(&mut dyn EventStore)) {
+    check(&mut MemoryStore::new());
+    let dir = tempfile::tempdir().unwrap();
+    check(&mut SqliteStore::open_in(dir.path(), false).unwrap());
+}
+
+fn seed(store: &mut dyn EventStore) {
+    store
+        .append(&[
+            ev(1, "task.a", "low"),
+            ev(2, "agent.b", "high"),
+            ev(3, "task.c", "high"),
+        ])
+        .unwrap();
+    store
+        .append(&[ev(4, "task.d.e", "low"), ev(5, "logs.e", "low")])
+        .unwrap();
+}
+
+#[test]
+fn new_store_is_empty() {
+    each_backend(|s| {
+        assert_eq!(s.last_cursor().unwrap(), 0);
+        let stats = s.stats().unwrap();
+        assert_eq!(
+            (stats.event_count, stats.first_cursor, stats.last_cursor),
+            (0, None, None)
+        );
+        assert!(s.query(&all(10)).unwrap().is_empty());
+    });
+}
+
+#[test]
+fn append_then_query_round_trips_envelopes() {
+    each_backend(|s| {
+        seed(s);
+        assert_eq!(s.last_cursor().unwrap(), 5);
+        let got = s.query(&all(100)).unwrap();
+        assert_eq!(cursors(got.clone()), [1, 2, 3, 4, 5]);
+        let original = ev(3, "task.c", "high");
+        assert_eq!(got[2].event.topic, original.event.topic);
+        assert_eq!(got[2].event.payload, json!({"c": 3}));
+        let reparsed: serde_json::Value = serde_json::from_str(&got[2].json).unwrap();
+        assert_eq!(reparsed["cursor"], 3);
+    });
+}
+
+#[test]
+fn query_filters_order_and_limit() {
+    each_backend(|s| {
+        seed(s);
+        let table: Vec<(EventQuery, Vec<u64>)> = vec![
+            (
+                EventQuery {
+                    topic: Some(Pattern::parse("task.*").unwrap()),
+                    ..all(100)
+                },
+                vec![1, 3],
+            ),
+            (
+                EventQuery {
+                    topic: Some(Pattern::parse("task.>").unwrap()),
+                    ..all(100)
+                },
+                vec![1, 3, 4],
+            ),
+            (
+                EventQuery {
+                    topic: Some(Pattern::parse(">").unwrap()),
+                    ..all(100)
+                },
+                vec![1, 2, 3, 4, 5],
+            ),
+            (
+                EventQuery {
+                    topic: Some(Pattern::parse("*.e").unwrap()),
+                    ..all(100)
+                },
+                vec![5],
+            ),
+            (
+                EventQuery {
+                    event_type: Some("agent_b".into()),
+                    ..all(100)
+                },
+                vec![2],
+            ),
+            (
+                EventQuery {
+                    priority: Some(Priority::High),
+                    ..all(100)
+                },
+                vec![2, 3],
+            ),
+            (
+                EventQuery {
+                    after: Some(3),
+                    ..all(100)
+                },
+                vec![4, 5],
+            ),
+            (all(2), vec![1, 2]),
+            (
+                EventQuery {
+                    order: Order::Desc,
+                    ..all(2)
+                },
+                vec![5, 4],
+            ),
+            (
+                EventQuery {
+                    order: Order::Desc,
+                    after: Some(3),
+                    ..all(100)
+                },
+                vec![5, 4],
+            ),
+        ];
+        for (q, want) in table {
+            assert_eq!(cursors(s.query(&q).unwrap()), want, "{} {q:?}", s.kind());
+        }
+    });
+}
+
+#[test]
+fn topic_query_pages_past_non_matching_rows() {
+    each_backend(|s| {
+        let events: Vec<_> = (1..=2500)
+            .map(|c| {
+                ev(
+                    c,
+                    if c % 1000 == 0 {
+                        "rare.hit"
+                    } else {
+                        "common.miss"
+                    },
+                    "normal",
+                )
+            })
+            .collect();
+        s.append(&events).unwrap();
+        let q = EventQuery {
+            topic: Some(Pattern::parse("rare.*").unwrap()),
+            ..all(10)
+        };
+        assert_eq!(cursors(s.query(&q).unwrap()), [1000, 2000]);
+        let q = EventQuery {
+            topic: Some(Pattern::parse("*.hit").unwrap()),
+            order: Order::Desc,
+            ..all(10)
+        };
+        assert_eq!(cursors(s.query(&q).unwrap()), [2000, 1000]);
+    });
+}
+
+#[test]
+fn retention_by_count_keeps_the_newest_and_cursor_survives() {
+    each_backend(|s| {
+        seed(s);
+        let deleted = s
+            .apply_retention(&Retention {
+                max_events: Some(2),
+                max_age: None,
+            })
+            .unwrap();
+        assert_eq!(deleted, 3);
+        assert_eq!(cursors(s.query(&all(100)).unwrap()), [4, 5]);
+        let stats = s.stats().unwrap();
+        assert_eq!(
+            (stats.event_count, stats.first_cursor, stats.last_cursor),
+            (2, Some(4), Some(5))
+        );
+        s.apply_retention(&Retention {
+            max_events: Some(0),
+            max_age: None,
+        })
+        .unwrap();
+        assert_eq!(s.stats().unwrap().event_count, 0);
+        assert_eq!(s.last_cursor().unwrap(), 5, "cursors are never reused");
+    });
+}
+
+#[test]
+fn retention_by_age_uses_storage_time() {
+    each_backend(|s| {
+        seed(s);
+        let keep = Retention {
+            max_events: None,
+            max_age: Some(Duration::from_secs(3600)),
+        };
+        assert_eq!(s.apply_retention(&keep).unwrap(), 0);
+        std::thread::sleep(Duration::from_millis(20));
+        let drop_all = Retention {
+            max_events: None,
+            max_age: Some(Duration::from_millis(10)),
+        };
+        assert_eq!(s.apply_retention(&drop_all).unwrap(), 5);
+    });
+}
+
+#[test]
+fn sqlite_keeps_events_and_cursor_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = SqliteStore::open_in(dir.path(), true).unwrap();
+        seed(&mut s);
+        s.apply_retention(&Retention {
+            max_events: Some(0),
+            max_age: None,
+        })
+        .unwrap();
+        s.append(&[ev(9, "after.gap", "critical")]).unwrap();
+    }
+    let s = SqliteStore::open_in(dir.path(), true).unwrap();
+    assert_eq!(s.last_cursor().unwrap(), 9);
+    assert_eq!(cursors(s.query(&all(10)).unwrap()), [9]);
+}
+
+#[test]
+fn sqlite_rejects_a_duplicate_cursor_without_partial_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = SqliteStore::open_in(dir.path(), false).unwrap();
+    seed(&mut s);
+    assert!(s
+        .append(&[ev(6, "x.y", "low"), ev(5, "dup.cursor", "low")])
+        .is_err());
+    assert_eq!(s.last_cursor().unwrap(), 5);
+    assert_eq!(
+        s.stats().unwrap().event_count,
+        5,
+        "the failed batch left nothing behind"
+    );
+}
+
+#[test]
+fn sqlite_refuses_a_file_that_is_not_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("events.db"),
+        b"this is not sqlite, just garbage bytes ....",
+    )
+    .unwrap();
+    assert!(SqliteStore::open_in(dir.path(), false).is_err());
+}

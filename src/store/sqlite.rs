@@ -1,0 +1,228 @@
+//! The SQLite backend (default): one WAL-mode database file, `events.db`, under the data
+//! directory. Appends are one transaction per batch (the store actor groups many
+//! publishes into one batch), so durable ingest pays one fsync per batch.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::Utc;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{EventQuery, EventStore, Order, Retention, StoreError, StoreStats};
+use crate::protocol::{EncodedEvent, Event};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    cursor    INTEGER PRIMARY KEY,
+    id        TEXT    NOT NULL,
+    topic     TEXT    NOT NULL,
+    type      TEXT    NOT NULL,
+    priority  TEXT    NOT NULL,
+    stored_ms INTEGER NOT NULL,
+    envelope  TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_stored ON events(stored_ms);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+";
+
+/// Rows read per page when a topic pattern must be checked in Rust.
+const PAGE: usize = 1000;
+
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `events.db` in `dir`. `synchronous_full` makes every
+    /// commit survive power loss; without it a commit survives a process crash.
+    pub fn open_in(dir: &Path, synchronous_full: bool) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        Self::open(&dir.join("events.db"), synchronous_full)
+    }
+
+    pub fn open(path: &Path, synchronous_full: bool) -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            if synchronous_full { "FULL" } else { "NORMAL" },
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        // Reading the schema back proves the file is a usable database.
+        conn.query_row("SELECT count(*) FROM meta", [], |r| r.get::<_, i64>(0))?;
+        Ok(SqliteStore { conn })
+    }
+
+    fn decode(cursor: u64, envelope: &str) -> Result<Arc<EncodedEvent>, StoreError> {
+        let event: Event = serde_json::from_str(envelope).map_err(|e| StoreError::Corrupt {
+            cursor,
+            message: e.to_string(),
+        })?;
+        Ok(Arc::new(EncodedEvent {
+            event,
+            json: envelope.into(),
+        }))
+    }
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl EventStore for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn last_cursor(&self) -> Result<u64, StoreError> {
+        let v: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'last_cursor'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.unwrap_or(0).max(0) as u64)
+    }
+
+    fn append(&mut self, events: &[Arc<EncodedEvent>]) -> Result<(), StoreError> {
+        let Some(last) = events.last() else {
+            return Ok(());
+        };
+        let now = Utc::now().timestamp_millis();
+        let tx = self.conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO events (cursor, id, topic, type, priority, stored_ms, envelope)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for e in events {
+                let ev = &e.event;
+                insert.execute(params![
+                    to_i64(ev.cursor),
+                    ev.id,
+                    ev.topic,
+                    ev.event_type,
+                    ev.priority.as_str(),
+                    now,
+                    &*e.json
+                ])?;
+            }
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('last_cursor', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![to_i64(last.event.cursor)],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn query(&self, q: &EventQuery) -> Result<Vec<Arc<EncodedEvent>>, StoreError> {
+        // Type and priority filter in SQL; the topic pattern is checked here, page by
+        // page, narrowed by its literal prefix.
+        let prefix: Vec<&str> = q
+            .topic
+            .as_ref()
+            .map(|p| p.literal_prefix().collect())
+            .unwrap_or_default();
+        let like = if prefix.is_empty() {
+            "%".to_owned()
+        } else {
+            let escaped = prefix
+                .join(".")
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("{escaped}%")
+        };
+        let sql = format!(
+            "SELECT cursor, envelope FROM events
+             WHERE (?1 IS NULL OR cursor > ?1) AND (?2 IS NULL OR cursor < ?2)
+               AND (?3 IS NULL OR type = ?3) AND (?4 IS NULL OR priority = ?4)
+               AND topic LIKE ?5 ESCAPE '\\'
+             ORDER BY cursor {} LIMIT ?6",
+            if q.order == Order::Asc { "ASC" } else { "DESC" }
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut found = Vec::new();
+        let (mut lower, mut upper) = (q.after.map(to_i64), None::<i64>);
+        loop {
+            let page: Vec<(i64, String)> = stmt
+                .query_map(
+                    params![
+                        lower,
+                        upper,
+                        q.event_type,
+                        q.priority.map(|p| p.as_str()),
+                        like,
+                        PAGE as i64
+                    ],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?
+                .collect::<Result<_, _>>()?;
+            let Some(&(last, _)) = page.last() else { break };
+            let full = page.len() == PAGE;
+            for (cursor, envelope) in page {
+                let e = Self::decode(cursor as u64, &envelope)?;
+                if q.matches(&e) {
+                    found.push(e);
+                    if found.len() >= q.limit {
+                        return Ok(found);
+                    }
+                }
+            }
+            if !full {
+                break;
+            }
+            match q.order {
+                Order::Asc => lower = Some(last),
+                Order::Desc => upper = Some(last),
+            }
+        }
+        Ok(found)
+    }
+
+    fn stats(&self) -> Result<StoreStats, StoreError> {
+        let (count, first, last): (i64, Option<i64>, Option<i64>) = self.conn.query_row(
+            "SELECT count(*), min(cursor), max(cursor) FROM events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        Ok(StoreStats {
+            kind: self.kind(),
+            event_count: count.max(0) as u64,
+            first_cursor: first.map(|c| c as u64),
+            last_cursor: last.map(|c| c as u64),
+        })
+    }
+
+    fn apply_retention(&mut self, retention: &Retention) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        if let Some(max) = retention.max_events {
+            deleted += self.conn.execute(
+                "DELETE FROM events WHERE cursor <=
+                 (SELECT cursor FROM events ORDER BY cursor DESC LIMIT 1 OFFSET ?1)",
+                params![to_i64(max)],
+            )? as u64;
+        }
+        if let Some(age) = retention.max_age {
+            let cutoff =
+                Utc::now().timestamp_millis() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+            deleted += self
+                .conn
+                .execute("DELETE FROM events WHERE stored_ms < ?1", params![cutoff])?
+                as u64;
+        }
+        Ok(deleted)
+    }
+}
