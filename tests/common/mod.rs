@@ -33,6 +33,14 @@ impl TestServer {
     /// A server with the defaults changed by `tweak`.
     pub async fn with(tweak: impl FnOnce(&mut Config)) -> TestServer {
         let data_dir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
+        TestServer::with_data_dir(data_dir, tweak).await
+    }
+
+    /// A server on an existing data directory (to test restarts).
+    pub async fn with_data_dir(
+        data_dir: std::sync::Arc<tempfile::TempDir>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestServer {
         let mut config = Config::defaults();
         config.server.data_dir = data_dir.path().to_owned();
         // Commits survive a crash of the process; tests need not fsync to the platter.
@@ -180,9 +188,20 @@ impl WsClient {
                 }
                 Some(Ok(Frame::Pong(_))) => {}
                 Some(Ok(f)) => return Some(f),
-                Some(Err(e)) => panic!("WebSocket protocol error: {e}"),
+                Some(Err(e)) => {
+                    eprintln!("WebSocket error, treated as a close: {e}");
+                    return Some(Frame::Close(None));
+                }
                 None => return Some(Frame::Close(None)),
             }
+        }
+    }
+
+    /// The next JSON message, or `None` on timeout or when the connection ends.
+    pub async fn try_recv(&mut self, timeout: Duration) -> Option<Value> {
+        match self.next_frame(timeout).await {
+            Some(Frame::Text(bytes)) => serde_json::from_slice(&bytes).ok(),
+            _ => None,
         }
     }
 
