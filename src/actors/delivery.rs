@@ -2,7 +2,12 @@
 //! subscriber stall anyone else.
 //!
 //! Into a worker: [`Dispatch`] from the router (events with the subscriptions they
-//! matched). Out of a worker: [`WriteFrames`] to sessions, sent with `try_send`.
+//! matched) and [`ReplayEvents`] (stored events for one subscription, from the router's replay
+//! task). Out of a worker: [`WriteFrames`] to sessions, sent with `try_send`.
+//!
+//! A replaying subscription gets its stored events first, in cursor order, then a
+//! `replay_complete` notice, and only then its live events, which wait (bounded, like
+//! any waiting events) meanwhile.
 //!
 //! Each subscription has a waiting queue per priority, bounded by
 //! `limits.max_waiting_per_subscriber`. Frames are released highest priority first,
@@ -42,6 +47,16 @@ pub struct Dispatch {
     pub items: Vec<DispatchItem>,
 }
 
+/// Stored events for one subscription, in cursor order. `complete_at` ends the replay:
+/// the `replay_complete` notice carries it as `last_cursor`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReplayEvents {
+    pub sub: Arc<SubscriptionHandle>,
+    pub events: Vec<Arc<EncodedEvent>>,
+    pub complete_at: Option<u64>,
+}
+
 pub struct DispatchItem {
     pub event: Arc<EncodedEvent>,
     pub subs: Vec<Arc<SubscriptionHandle>>,
@@ -67,6 +82,16 @@ pub enum OutFrame {
         sub: Arc<SubscriptionHandle>,
         count: u64,
     },
+    /// A stored event delivered by replay.
+    Replayed {
+        sub: Arc<SubscriptionHandle>,
+        event: Arc<EncodedEvent>,
+    },
+    /// The replay of `sub` is done; live events follow.
+    ReplayComplete {
+        sub: Arc<SubscriptionHandle>,
+        last_cursor: u64,
+    },
 }
 
 /// Waiting events of one subscription, per priority.
@@ -76,6 +101,11 @@ struct SubQueue {
     len: usize,
     /// Dropped since the last `dropped` notice was sent.
     unreported_drops: u64,
+    /// Stored events still to deliver, in cursor order (never dropped; the replay task
+    /// reads the next page only when this has drained).
+    replay: VecDeque<Arc<EncodedEvent>>,
+    /// Set when the replay task is done: the `last_cursor` of `replay_complete`.
+    replay_complete: Option<u64>,
 }
 
 impl SubQueue {
@@ -85,6 +115,31 @@ impl SubQueue {
             waiting: Default::default(),
             len: 0,
             unreported_drops: 0,
+            replay: VecDeque::new(),
+            replay_complete: None,
+        }
+    }
+
+    /// Moves replayed events, then the completion notice, into `frames`.
+    fn take_replay(&mut self, frames: &mut Vec<OutFrame>) {
+        while frames.len() < FRAMES_PER_BATCH {
+            let Some(event) = self.replay.pop_front() else {
+                break;
+            };
+            self.handle.replay_backlog.fetch_sub(1, Relaxed);
+            frames.push(OutFrame::Replayed {
+                sub: self.handle.clone(),
+                event,
+            });
+        }
+        if self.replay.is_empty() && frames.len() < FRAMES_PER_BATCH {
+            if let Some(last_cursor) = self.replay_complete.take() {
+                self.handle.set_replaying(false);
+                frames.push(OutFrame::ReplayComplete {
+                    sub: self.handle.clone(),
+                    last_cursor,
+                });
+            }
         }
     }
 
@@ -148,8 +203,11 @@ impl Outbox {
                 });
             }
         }
+        for q in self.subs.values_mut() {
+            q.take_replay(&mut frames);
+        }
         'fill: for p in Priority::HIGHEST_FIRST {
-            for q in self.subs.values_mut() {
+            for q in self.subs.values_mut().filter(|q| !q.handle.is_replaying()) {
                 while frames.len() < FRAMES_PER_BATCH {
                     match q.pop(p) {
                         Some(event) => frames.push(OutFrame::Event {
@@ -182,6 +240,18 @@ impl Outbox {
                         q.unreported_drops += count;
                     }
                 }
+                OutFrame::Replayed { sub, event } => {
+                    if let Some(q) = self.subs.get_mut(&key(&sub)) {
+                        q.replay.push_front(event);
+                        sub.replay_backlog.fetch_add(1, Relaxed);
+                    }
+                }
+                OutFrame::ReplayComplete { sub, last_cursor } => {
+                    if let Some(q) = self.subs.get_mut(&key(&sub)) {
+                        q.replay_complete = Some(last_cursor);
+                        sub.set_replaying(true);
+                    }
+                }
             }
         }
     }
@@ -208,6 +278,22 @@ impl Outbox {
         }
         result
     }
+}
+
+/// The waiting queue of `sub`, created on first use.
+fn queue<'a>(
+    outboxes: &'a mut HashMap<SessionId, Outbox>,
+    sub: &Arc<SubscriptionHandle>,
+) -> &'a mut SubQueue {
+    outboxes
+        .entry(sub.session_id)
+        .or_insert_with(|| Outbox {
+            frames: sub.frames.clone(),
+            subs: HashMap::new(),
+        })
+        .subs
+        .entry(key(sub))
+        .or_insert_with(|| SubQueue::new(sub.clone()))
 }
 
 pub struct DeliveryWorker {
@@ -274,17 +360,12 @@ impl Handler<Dispatch> for DeliveryWorker {
                 if !sub.is_active() {
                     continue;
                 }
-                let session = sub.session_id;
-                let outbox = self.outboxes.entry(session).or_insert_with(|| Outbox {
-                    frames: sub.frames.clone(),
-                    subs: HashMap::new(),
-                });
-                outbox
-                    .subs
-                    .entry(key(&sub))
-                    .or_insert_with(|| SubQueue::new(sub.clone()))
-                    .push(item.event.clone(), self.max_waiting, &self.metrics);
-                touched.insert(session);
+                queue(&mut self.outboxes, &sub).push(
+                    item.event.clone(),
+                    self.max_waiting,
+                    &self.metrics,
+                );
+                touched.insert(sub.session_id);
             }
         }
         for session in touched {
@@ -293,6 +374,28 @@ impl Handler<Dispatch> for DeliveryWorker {
             if !self.stalled.contains(&session) {
                 self.flush(session);
             }
+        }
+    }
+}
+
+impl Handler<ReplayEvents> for DeliveryWorker {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReplayEvents, _: &mut Context<Self>) {
+        if !msg.sub.is_active() {
+            return;
+        }
+        msg.sub
+            .replay_backlog
+            .fetch_add(msg.events.len() as u64, Relaxed);
+        let q = queue(&mut self.outboxes, &msg.sub);
+        q.replay.extend(msg.events);
+        if msg.complete_at.is_some() {
+            q.replay_complete = msg.complete_at;
+        }
+        let session = msg.sub.session_id;
+        if !self.stalled.contains(&session) {
+            self.flush(session);
         }
     }
 }

@@ -39,6 +39,10 @@ pub struct SubscriptionHandle {
     /// Where delivery workers send this subscription's frames (its session).
     pub frames: Recipient<delivery::WriteFrames>,
     active: AtomicBool,
+    /// Live events are held back while stored ones are replayed first.
+    replaying: AtomicBool,
+    /// Replayed events queued in the worker, not yet handed to the session.
+    pub replay_backlog: AtomicU64,
     pub delivered: AtomicU64,
     pub dropped: AtomicU64,
     /// Events waiting in a delivery worker for this subscription (lag).
@@ -56,13 +60,15 @@ impl SubscriptionHandle {
             session_id,
             frame_prefix: event_frame_prefix(&id),
             id,
-            spec,
             created_at: Utc::now(),
             frames,
             active: AtomicBool::new(true),
+            replaying: AtomicBool::new(spec.replay.is_some()),
+            replay_backlog: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
+            spec,
         }
     }
 
@@ -73,6 +79,15 @@ impl SubscriptionHandle {
 
     pub fn deactivate(&self) {
         self.active.store(false, Ordering::Release);
+    }
+
+    /// True until its replay (if it asked for one) has been handed to the session.
+    pub fn is_replaying(&self) -> bool {
+        self.replaying.load(Ordering::Acquire)
+    }
+
+    pub fn set_replaying(&self, replaying: bool) {
+        self.replaying.store(replaying, Ordering::Release);
     }
 
     /// The row of `/api/subscriptions` for this subscription.
@@ -86,7 +101,8 @@ impl SubscriptionHandle {
             "delivered": self.delivered.load(Ordering::Relaxed),
             "dropped": self.dropped.load(Ordering::Relaxed),
             "in_flight": 0,
-            "lag": self.waiting.load(Ordering::Relaxed),
+            "lag": self.waiting.load(Ordering::Relaxed) + self.replay_backlog.load(Ordering::Relaxed),
+            "replaying": self.is_replaying(),
         })
     }
 }

@@ -13,7 +13,7 @@
 //! first, match each event once against the index, and send one `Dispatch` per worker.
 //! Must not: write to sockets or hold per-subscriber waiting events (workers do).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,16 +23,17 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::json;
 
-use super::delivery::{DeliveryWorker, Dispatch, DispatchItem};
+use super::delivery::{DeliveryWorker, Dispatch, DispatchItem, ReplayEvents};
 use super::session::CloseSession;
-use super::store::{Append, StoreActor};
+use super::store::{Append, Query, StoreActor};
 use super::{SessionId, SubscriptionHandle};
 use crate::config::Config;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::metrics::{Metrics, RateWindow};
 use crate::protocol::{EncodedEvent, Event, PublishOk};
 use crate::routing::dedupe::DedupeWindow;
-use crate::routing::Priority;
+use crate::routing::{Priority, Replay};
+use crate::store::EventQuery;
 
 /// Events routed per `Drain` turn before the router yields to its mailbox, so that a
 /// critical publish is never stuck behind a long backlog for more than one turn.
@@ -61,7 +62,9 @@ pub struct Disconnect {
     pub session_id: SessionId,
 }
 
-/// Add a subscription to the index. Events accepted after this is handled match it.
+/// Add a subscription to the index. Events committed after this is handled match it
+/// live; when the subscription asks for a replay, every stored match routed before it
+/// is replayed first (no gap, no duplicate).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Subscribe {
@@ -113,6 +116,62 @@ pub struct Flush;
 #[rtype(result = "()")]
 struct Drain;
 
+/// Events per replay page read from the store, and the most replayed events a worker
+/// holds for one subscription before the next page is read.
+const REPLAY_PAGE: usize = 1000;
+
+/// Hands the stored events of `sub` in `(after, upper]` that `replay` admits, match the
+/// subscription, and are not in `pending` (those arrive live), to `worker`, in pages.
+async fn replay_stored(
+    store: &Addr<StoreActor>,
+    worker: &Addr<DeliveryWorker>,
+    sub: &Arc<SubscriptionHandle>,
+    replay: Replay,
+    mut after: u64,
+    upper: u64,
+    pending: &HashSet<u64>,
+) -> Result<(), String> {
+    let now = Utc::now();
+    while after < upper && sub.is_active() {
+        let query = EventQuery {
+            after: Some(after),
+            limit: REPLAY_PAGE,
+            ..EventQuery::default()
+        };
+        let page = store
+            .send(Query { query })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let Some(last) = page.last() else { break };
+        after = last.event.cursor;
+        let events: Vec<_> = page
+            .into_iter()
+            .filter(|e| {
+                let ev = &e.event;
+                ev.cursor <= upper
+                    && !pending.contains(&ev.cursor)
+                    && replay.admits(ev)
+                    && !ev.is_expired(now)
+                    && sub.spec.matcher.matches(ev)
+            })
+            .collect();
+        if !events.is_empty() {
+            let msg = ReplayEvents {
+                sub: sub.clone(),
+                events,
+                complete_at: None,
+            };
+            worker.send(msg).await.map_err(|e| e.to_string())?;
+        }
+        // Bounded: the next page waits until this one has mostly reached the session.
+        while sub.replay_backlog.load(Relaxed) as usize > REPLAY_PAGE && sub.is_active() {
+            actix::clock::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    Ok(())
+}
+
 /// One row of `/api/topics`.
 #[derive(Debug, Clone, Serialize)]
 pub struct TopicInfo {
@@ -159,6 +218,9 @@ pub struct Router {
     queued: usize,
     drain_scheduled: bool,
     last_cursor: u64,
+    /// The highest committed cursor. Commits are in cursor order, so every cursor at or
+    /// below it is committed (or was refused by a failed commit).
+    last_committed: u64,
     dedupe: DedupeWindow,
     topics: HashMap<String, TopicStats>,
     expired: u64,
@@ -189,6 +251,7 @@ impl Router {
             queued: 0,
             drain_scheduled: false,
             last_cursor,
+            last_committed: last_cursor,
             dedupe: DedupeWindow::new(config.router.dedupe_window),
             topics: HashMap::new(),
             expired: 0,
@@ -277,6 +340,9 @@ impl Router {
         waiters: Vec<(PublishReply, Vec<Result<PublishOk, ProtocolError>>)>,
         ctx: &mut Context<Self>,
     ) {
+        if let Some(last) = events.last() {
+            self.last_committed = last.event.cursor;
+        }
         for event in events {
             self.track_topic(&event.event);
             self.metrics.published.add(event.event.priority, 1);
@@ -404,6 +470,48 @@ impl Router {
         }
     }
 
+    /// Replays stored matches of `sub` that were routed before it joined the index.
+    ///
+    /// The boundary is `last_committed`: events above it are not committed yet, so they
+    /// will be routed (live) after the subscription joins. Of the events at or below it,
+    /// those still waiting in the priority queues will be routed live as well; all
+    /// others were routed before and are replayed. A task reads the store page by page,
+    /// handing each page to the subscription's worker once the previous one drained.
+    fn start_replay(
+        &mut self,
+        sub: Arc<SubscriptionHandle>,
+        replay: Replay,
+        ctx: &mut Context<Self>,
+    ) {
+        let upper = self.last_committed;
+        let pending: HashSet<u64> = self
+            .queues
+            .iter()
+            .flatten()
+            .map(|e| e.event.cursor)
+            .filter(|c| *c <= upper)
+            .collect();
+        let worker = self.workers[(sub.session_id % self.workers.len() as u64) as usize].clone();
+        let store = self.store.clone();
+        ctx.spawn(
+            async move {
+                let after = replay.start_after();
+                if let Err(e) =
+                    replay_stored(&store, &worker, &sub, replay, after, upper, &pending).await
+                {
+                    log::error!("replay for subscription {} stopped: {e}", sub.id);
+                }
+                let done = ReplayEvents {
+                    sub,
+                    events: Vec::new(),
+                    complete_at: Some(upper),
+                };
+                let _ = worker.send(done).await;
+            }
+            .into_actor(self),
+        );
+    }
+
     fn queue_depths(&self) -> serde_json::Value {
         let mut m = serde_json::Map::new();
         for p in Priority::HIGHEST_FIRST {
@@ -464,10 +572,14 @@ impl Handler<Disconnect> for Router {
 impl Handler<Subscribe> for Router {
     type Result = ();
 
-    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
-        if self.sessions.contains_key(&msg.handle.session_id) {
-            self.index.push(msg.handle);
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
+        if !self.sessions.contains_key(&msg.handle.session_id) {
+            return;
         }
+        if let Some(replay) = msg.handle.spec.replay {
+            self.start_replay(msg.handle.clone(), replay, ctx);
+        }
+        self.index.push(msg.handle);
     }
 }
 

@@ -112,13 +112,22 @@ pub async fn upgrade(
 }
 
 fn connect_subscription(q: &ConnectQuery) -> Result<Option<SubscriptionSpec>, HttpError> {
-    if q.cursor.is_some() {
-        return Err(HttpError::new(
-            ErrorCode::InvalidRequest,
-            "`cursor` replay needs the durable store, which this server version does not have yet",
-        ));
-    }
+    let cursor = match q.cursor.as_deref() {
+        Some(c) => Some(c.parse::<u64>().map_err(|_| {
+            HttpError::new(
+                ErrorCode::InvalidRequest,
+                format!("`cursor` must be an integer, got `{c}`"),
+            )
+        })?),
+        None => None,
+    };
     let Some(topics) = q.topics.as_ref().or(q.kinds.as_ref()) else {
+        if cursor.is_some() {
+            return Err(HttpError::new(
+                ErrorCode::InvalidRequest,
+                "`cursor` needs `topics`",
+            ));
+        }
         return Ok(None);
     };
     let topics: Vec<String> = topics
@@ -140,6 +149,7 @@ fn connect_subscription(q: &ConnectQuery) -> Result<Option<SubscriptionSpec>, Ht
         topics,
         q.agent_id.clone(),
         q.task_id.clone(),
+        cursor,
     )?))
 }
 
@@ -590,6 +600,25 @@ impl Handler<WriteFrames> for Session {
                     ctx.text(event_frame(&sub.frame_prefix, &event.json, attempt));
                     sub.delivered.fetch_add(1, Relaxed);
                     self.metrics.delivered.add(event.event.priority, 1);
+                }
+                OutFrame::Replayed { sub, event } => {
+                    if !sub.is_active() {
+                        continue;
+                    }
+                    ctx.text(event_frame(&sub.frame_prefix, &event.json, 1));
+                    sub.delivered.fetch_add(1, Relaxed);
+                    self.metrics.delivered.add(event.event.priority, 1);
+                }
+                OutFrame::ReplayComplete { sub, last_cursor } => {
+                    if sub.is_active() {
+                        self.send(
+                            ctx,
+                            &Reply::ReplayComplete {
+                                subscription_id: sub.id.clone(),
+                                last_cursor,
+                            },
+                        );
+                    }
                 }
                 OutFrame::Dropped { sub, count } => {
                     if sub.is_active() {

@@ -208,7 +208,7 @@ fn decode_subscribe(mut obj: Map<String, Value>) -> Result<Command, ProtocolErro
         ));
     }
     let opt = |key: &str| obj.get(key).and_then(Value::as_str).map(str::to_owned);
-    let spec = SubscriptionSpec::from_topics(topics, opt("agent_id"), opt("task_id"))?;
+    let spec = SubscriptionSpec::from_topics(topics, opt("agent_id"), opt("task_id"), None)?;
     Ok(Command::Subscribe {
         spec: Box::new(spec),
     })

@@ -86,6 +86,10 @@ pub enum Reply {
         count: u64,
         reason: &'static str,
     },
+    ReplayComplete {
+        subscription_id: String,
+        last_cursor: u64,
+    },
 }
 
 impl Reply {

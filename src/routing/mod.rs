@@ -8,4 +8,4 @@ pub mod priority;
 pub mod subscription;
 
 pub use priority::Priority;
-pub use subscription::{Matcher, SubscriptionKind, SubscriptionSpec};
+pub use subscription::{Matcher, Replay, SubscriptionKind, SubscriptionSpec};

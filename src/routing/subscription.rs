@@ -67,6 +67,35 @@ pub struct SubscriptionSpec {
     pub patterns: Vec<String>,
     pub filter: Option<FilterSpec>,
     pub matcher: Matcher,
+    /// Stored events to deliver before live ones.
+    pub replay: Option<Replay>,
+}
+
+/// Where a replay starts (PROTOCOL.md `from_cursor` and its alias `since`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// Events with a cursor greater than this; `0` replays everything retained.
+    AfterCursor(u64),
+    /// Events whose `timestamp` is at or after this time.
+    Since(chrono::DateTime<chrono::Utc>),
+}
+
+impl Replay {
+    /// Does a stored event belong to this replay (cursor range aside)?
+    pub fn admits(&self, event: &Event) -> bool {
+        match self {
+            Replay::AfterCursor(c) => event.cursor > *c,
+            Replay::Since(t) => event.timestamp >= *t,
+        }
+    }
+
+    /// The cursor to start reading after.
+    pub fn start_after(&self) -> u64 {
+        match self {
+            Replay::AfterCursor(c) => *c,
+            Replay::Since(_) => 0,
+        }
+    }
 }
 
 /// Compiled selection: every part given must match.
@@ -142,12 +171,16 @@ impl SubscriptionSpec {
         if raw.condition.is_some() {
             return Err(not_yet("condition"));
         }
-        if raw.from_cursor.is_some() {
-            return Err(not_yet("from_cursor"));
-        }
-        if raw.since.is_some() {
-            return Err(not_yet("since"));
-        }
+        let replay = match (raw.from_cursor, raw.since) {
+            (Some(_), Some(_)) => return Err(invalid("give `from_cursor` or `since`, not both")),
+            (Some(c), None) => Some(Replay::AfterCursor(c)),
+            (None, Some(t)) => Some(Replay::Since(
+                chrono::DateTime::parse_from_rfc3339(&t)
+                    .map_err(|e| invalid(format!("`since` must be an RFC 3339 time: {e}")))?
+                    .with_timezone(&chrono::Utc),
+            )),
+            (None, None) => None,
+        };
         if raw.ack == Some(true)
             || raw.durable.is_some()
             || raw.ack_timeout_ms.is_some()
@@ -180,6 +213,7 @@ impl SubscriptionSpec {
                 patterns: compiled_patterns,
                 filter,
             },
+            replay,
         })
     }
 
@@ -190,8 +224,12 @@ impl SubscriptionSpec {
         topics: Vec<String>,
         agent_id: Option<String>,
         task_id: Option<String>,
+        from_cursor: Option<u64>,
     ) -> Result<SubscriptionSpec, ProtocolError> {
         let mut value = serde_json::json!({ "type": "pattern", "patterns": topics });
+        if let Some(c) = from_cursor {
+            value["from_cursor"] = c.into();
+        }
         if agent_id.is_some() || task_id.is_some() {
             let filter = FilterSpec {
                 agent_ids: agent_id.into_iter().collect(),
@@ -290,8 +328,8 @@ mod tests {
 
     #[test]
     fn from_topics_narrows_by_ids() {
-        let s =
-            SubscriptionSpec::from_topics(vec!["task.>".into()], Some("a1".into()), None).unwrap();
+        let s = SubscriptionSpec::from_topics(vec!["task.>".into()], Some("a1".into()), None, None)
+            .unwrap();
         assert_eq!(s.kind, SubscriptionKind::Pattern);
         assert!(s
             .matcher
