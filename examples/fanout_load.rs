@@ -11,7 +11,8 @@
 //! `publish_batch` commands (topic `load.test`, priority normal) with up to `--window`
 //! batches in flight. Each subscriber counts `event` frames and `dropped` notices and stops
 //! when it has accounted for every accepted event; everything stops at `--timeout-secs`.
-//! Prints a human-readable report, then one line of JSON.
+//! Prints a human-readable report, then one line of JSON; exits 2 if any event was
+//! rejected or anything timed out or failed.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
@@ -59,7 +60,7 @@ struct Args {
 fn check_local(url: &str) -> anyhow::Result<()> {
     let uri: awc::http::Uri = url.parse().with_context(|| format!("bad --url `{url}`"))?;
     match uri.host() {
-        Some("127.0.0.1" | "localhost" | "[::1]" | "::1") => Ok(()),
+        Some("127.0.0.1" | "localhost" | "[::1]") => Ok(()),
         host => bail!("refusing --url `{url}`: host {host:?} is not loopback"),
     }
 }
@@ -273,9 +274,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     for (who, problem) in problems.iter().filter_map(|(w, p)| Some((w, p.as_ref()?))) {
         println!("{who}: {problem}");
     }
-    let ok = problems.iter().all(|(_, p)| p.is_none());
+    let ok = rejected == 0 && problems.iter().all(|(_, p)| p.is_none());
     let report = json!({"published": publ.accepted, "publish_rate": publish_rate.round(), "delivered": delivered,
-        "delivered_rate": delivered_rate.round(), "dropped": dropped, "seconds": (wall * 1000.0).round() / 1000.0});
+        "delivered_rate": delivered_rate.round(), "dropped": dropped, "rejected": rejected, "seconds": (wall * 1000.0).round() / 1000.0});
     println!("{report}");
     Ok(ok)
 }

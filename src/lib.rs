@@ -8,17 +8,19 @@
 //! # Layout
 //!
 //! - [`server`]: starts the actors and the HTTP server, and runs graceful shutdown.
-//! - [`actors`]: the router, delivery workers and per-connection sessions.
+//! - [`actors`]: the router, delivery workers, the store actor and per-connection sessions.
+//! - [`delivery`]: delivery state machines: waiting queues, replay, ack tracking.
 //! - [`http`]: routes and the JSON API.
 //! - [`protocol`]: the event envelope, client commands and server replies.
 //! - [`routing`]: pure policy: priorities, topic patterns, filters, subscription specs.
-//! - [`store`]: event storage (a bounded in-memory log for now).
+//! - [`store`]: the event log and dead letters: a storage trait, SQLite and memory backends.
 //! - [`metrics`]: shared counters behind `/api/stats`.
 //! - [`config`]: layered configuration with embedded defaults.
 //! - [`error`]: typed errors and their stable wire codes.
 
 pub mod actors;
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod http;
 pub mod metrics;

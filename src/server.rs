@@ -13,7 +13,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use actix_web::{web, App, HttpServer};
 
-use crate::actors::delivery::DeliveryWorker;
+use crate::actors::delivery::{AttachRouter, DeliveryWorker};
 use crate::actors::router::{self, Router};
 use crate::actors::store::StoreActor;
 use crate::config::Config;
@@ -63,16 +63,30 @@ pub async fn run(
         .collect();
     let router_arbiter = Arbiter::new();
     let router = {
-        let (c, m, s, w) = (config.clone(), metrics.clone(), store.clone(), workers);
+        let (c, m, s, w) = (
+            config.clone(),
+            metrics.clone(),
+            store.clone(),
+            workers.clone(),
+        );
         Router::start_in_arbiter(&router_arbiter.handle(), move |_| {
             Router::new(c, m, s, last_cursor, w)
         })
     };
     arbiters.push(router_arbiter);
+    for worker in &workers {
+        let attach = AttachRouter {
+            dead_letters: router.clone().recipient(),
+        };
+        if worker.try_send(attach).is_err() {
+            log::error!("a delivery worker could not be attached to the router");
+        }
+    }
 
     let shutting_down = Arc::new(AtomicBool::new(false));
     let state = web::Data::new(AppState {
         router: router.clone(),
+        workers: workers.into(),
         store,
         config: config.clone(),
         metrics,

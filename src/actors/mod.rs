@@ -45,6 +45,8 @@ pub struct SubscriptionHandle {
     pub replay_backlog: AtomicU64,
     pub delivered: AtomicU64,
     pub dropped: AtomicU64,
+    /// Deliveries awaiting an ack (with `ack: true`).
+    pub in_flight: AtomicU64,
     /// Events waiting in a delivery worker for this subscription (lag).
     pub waiting: AtomicU64,
 }
@@ -67,6 +69,7 @@ impl SubscriptionHandle {
             replay_backlog: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
             spec,
         }
@@ -100,7 +103,8 @@ impl SubscriptionHandle {
             "created_at": self.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             "delivered": self.delivered.load(Ordering::Relaxed),
             "dropped": self.dropped.load(Ordering::Relaxed),
-            "in_flight": 0,
+            "ack": self.spec.ack.is_some(),
+            "in_flight": self.in_flight.load(Ordering::Relaxed),
             "lag": self.waiting.load(Ordering::Relaxed) + self.replay_backlog.load(Ordering::Relaxed),
             "replaying": self.is_replaying(),
         })

@@ -23,17 +23,19 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::json;
 
+use super::delivery::{worker_for, worker_index, Redeliver};
 use super::delivery::{DeliveryWorker, Dispatch, DispatchItem, ReplayEvents};
 use super::session::CloseSession;
-use super::store::{Append, Query, StoreActor};
+use super::store::{AddDeadLetter, Append, Query, StoreActor, TakeDeadLetter};
 use super::{SessionId, SubscriptionHandle};
 use crate::config::Config;
+use crate::delivery::ack::DeadReason;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::metrics::{Metrics, RateWindow};
 use crate::protocol::{EncodedEvent, Event, PublishOk};
 use crate::routing::dedupe::DedupeWindow;
 use crate::routing::{Priority, Replay};
-use crate::store::EventQuery;
+use crate::store::{DeadLetter, EventQuery, NewDeadLetter};
 
 /// Events routed per `Drain` turn before the router yields to its mailbox, so that a
 /// critical publish is never stuck behind a long backlog for more than one turn.
@@ -270,8 +272,18 @@ impl Router {
         }
     }
 
-    fn accept(&mut self, mut event: Event) -> Result<PublishOk, ProtocolError> {
-        if let Some(cursor) = self.dedupe.get(&event.id) {
+    fn accept(&mut self, event: Event) -> Result<PublishOk, ProtocolError> {
+        self.accept_checked(event, true)
+    }
+
+    /// Accepts an event; `dedupe: false` routes it again even if its id was seen (a
+    /// republished dead letter).
+    fn accept_checked(
+        &mut self,
+        mut event: Event,
+        dedupe: bool,
+    ) -> Result<PublishOk, ProtocolError> {
+        if let Some(cursor) = self.dedupe.get(&event.id).filter(|_| dedupe) {
             self.metrics.duplicates.fetch_add(1, Relaxed);
             return Ok(PublishOk {
                 event_id: event.id,
@@ -441,7 +453,7 @@ impl Router {
                 (0..workers).map(|_| Vec::new()).collect();
             for sub in &self.index {
                 if sub.spec.matcher.matches(&event.event) {
-                    per_worker[(sub.session_id % workers as u64) as usize].push(sub.clone());
+                    per_worker[worker_index(sub.session_id, workers)].push(sub.clone());
                 }
             }
             for (w, subs) in per_worker.into_iter().enumerate() {
@@ -491,24 +503,32 @@ impl Router {
             .map(|e| e.event.cursor)
             .filter(|c| *c <= upper)
             .collect();
-        let worker = self.workers[(sub.session_id % self.workers.len() as u64) as usize].clone();
+        let worker = worker_for(sub.session_id, &self.workers);
         let store = self.store.clone();
+        let session = sub.session_id;
         ctx.spawn(
             async move {
                 let after = replay.start_after();
-                if let Err(e) =
-                    replay_stored(&store, &worker, &sub, replay, after, upper, &pending).await
-                {
-                    log::error!("replay for subscription {} stopped: {e}", sub.id);
-                }
+                replay_stored(&store, &worker, &sub, replay, after, upper, &pending).await?;
                 let done = ReplayEvents {
                     sub,
                     events: Vec::new(),
                     complete_at: Some(upper),
                 };
-                let _ = worker.send(done).await;
+                worker.send(done).await.map_err(|e| e.to_string())
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(move |res, act, _| {
+                if let Err(e) = res {
+                    // Never a silent gap: the client reconnects and resumes from its cursor.
+                    log::error!("replay for connection {session} failed, closing it: {e}");
+                    if let Some(s) = act.sessions.get(&session) {
+                        let _ = s.close.try_send(CloseSession {
+                            reason: "replay failed; reconnect to resume".into(),
+                        });
+                    }
+                }
+            }),
         );
     }
 
@@ -712,6 +732,145 @@ impl Handler<ListSubscriptions> for Router {
             "connections": connections.into_iter().map(|(_, c)| c).collect::<Vec<_>>(),
             "subscription_count": self.index.len(),
         }))
+    }
+}
+
+/// A delivery worker gave up on an event for a subscription: store it as a dead letter
+/// and publish a notice on `switchyard.dead_letter`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeadLettered {
+    pub event: Arc<EncodedEvent>,
+    pub subscription_id: String,
+    pub connection_id: SessionId,
+    pub reason: DeadReason,
+    pub attempts: u32,
+}
+
+/// Retry a dead letter: redeliver it to its subscription, or republish it when that
+/// subscription is gone. `None` when there is no such dead letter.
+#[derive(Message)]
+#[rtype(result = "Result<Option<serde_json::Value>, ProtocolError>")]
+pub struct RetryDeadLetter {
+    pub id: u64,
+}
+
+/// Topic of dead-letter notices.
+pub const DEAD_LETTER_TOPIC: &str = "switchyard.dead_letter";
+
+impl Router {
+    /// Accepts an event of the router's own and commits it; nobody waits for the reply.
+    fn publish_own(&mut self, event: Event, ctx: &mut Context<Self>) {
+        match self.accept(event) {
+            Ok(ok) => {
+                let (reply, _) = tokio::sync::oneshot::channel();
+                self.commit_waiters.push((reply, vec![Ok(ok)]));
+                self.commit(ctx);
+            }
+            Err(e) => log::warn!("dead-letter notice not published: {e}"),
+        }
+    }
+}
+
+impl Handler<DeadLettered> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeadLettered, ctx: &mut Context<Self>) {
+        let dead_letter = NewDeadLetter {
+            event: msg.event,
+            subscription_id: msg.subscription_id,
+            connection_id: msg.connection_id,
+            reason: msg.reason.as_str().to_owned(),
+            attempts: msg.attempts,
+        };
+        let add = self.store.send(AddDeadLetter { dead_letter });
+        ctx.spawn(add.into_actor(self).map(|res, act, ctx| match res {
+            Ok(Ok(dl)) => {
+                let notice = serde_json::json!({
+                    "type": "dead_letter",
+                    "topic": DEAD_LETTER_TOPIC,
+                    "priority": "high",
+                    "source": "switchyard",
+                    "payload": dl.to_json(),
+                });
+                match Event::from_json(notice, "switchyard") {
+                    Ok(event) => act.publish_own(event, ctx),
+                    Err(e) => log::error!("dead-letter notice invalid: {e}"),
+                }
+            }
+            Ok(Err(e)) => log::error!("dead letter not stored: {e}"),
+            Err(e) => log::error!("dead letter not stored, store unavailable: {e}"),
+        }));
+    }
+}
+
+impl Handler<RetryDeadLetter> for Router {
+    type Result = ResponseActFuture<Self, Result<Option<serde_json::Value>, ProtocolError>>;
+
+    fn handle(&mut self, msg: RetryDeadLetter, _: &mut Context<Self>) -> Self::Result {
+        let take = self.store.send(TakeDeadLetter { id: msg.id });
+        Box::pin(take.into_actor(self).then(move |res, act, ctx| {
+            let next = match res {
+                Ok(Ok(Some(dl))) => act.retry(dl, ctx),
+                Ok(Ok(None)) => RetryStep::Done(Ok(None)),
+                Ok(Err(e)) => RetryStep::Done(Err(ProtocolError::new(ErrorCode::Internal, e.to_string()))),
+                Err(e) => RetryStep::Done(Err(ProtocolError::new(ErrorCode::Internal, e.to_string()))),
+            };
+            async move {
+                match next {
+                    RetryStep::Done(result) => result,
+                    RetryStep::Republished { id, answer } => match answer.await.ok().and_then(|mut r| r.pop()) {
+                        Some(Ok(ok)) => Ok(Some(serde_json::json!({"id": id, "retried": "republished", "cursor": ok.cursor}))),
+                        Some(Err(e)) => Err(e),
+                        None => Err(ProtocolError::new(ErrorCode::Internal, "router stopped before the store answered")),
+                    },
+                }
+            }
+            .into_actor(act)
+        }))
+    }
+}
+
+/// Where a dead-letter retry stands once the dead letter is out of the store.
+enum RetryStep {
+    Done(Result<Option<serde_json::Value>, ProtocolError>),
+    /// Republished; the answer arrives when its commit does.
+    Republished {
+        id: u64,
+        answer: tokio::sync::oneshot::Receiver<Vec<Result<PublishOk, ProtocolError>>>,
+    },
+}
+
+impl Router {
+    /// Redelivers a dead letter to its live subscription, or republishes its event.
+    fn retry(&mut self, dl: DeadLetter, ctx: &mut Context<Self>) -> RetryStep {
+        let live = self
+            .index
+            .iter()
+            .find(|s| {
+                s.session_id == dl.connection_id && s.id == dl.subscription_id && s.is_active()
+            })
+            .cloned();
+        if let Some(sub) = live {
+            let done = serde_json::json!({"id": dl.id, "retried": "redelivered", "subscription": dl.subscription_id});
+            let worker = worker_for(sub.session_id, &self.workers);
+            if let Err(SendError::Full(msg)) = worker.try_send(Redeliver {
+                sub,
+                event: dl.event,
+            }) {
+                actix::spawn(async move {
+                    let _ = worker.send(msg).await;
+                });
+            }
+            return RetryStep::Done(Ok(Some(done)));
+        }
+        let mut event = dl.event.event.clone();
+        event.cursor = 0;
+        let result = self.accept_checked(event, false);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.commit_waiters.push((reply, vec![result]));
+        self.commit(ctx);
+        RetryStep::Republished { id: dl.id, answer }
     }
 }
 

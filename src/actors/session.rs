@@ -24,7 +24,7 @@ use actix_web_actors::ws::{self, CloseCode, CloseReason};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::delivery::{OutFrame, WriteFrames};
+use super::delivery::{self, worker_for, DeliveryWorker, OutFrame, WriteFrames};
 use super::router::{self, Router};
 use super::{SessionId, SubscriptionHandle};
 use crate::config::Config;
@@ -90,6 +90,7 @@ pub async fn upgrade(
         id: NEXT_SESSION_ID.fetch_add(1, Relaxed),
         peer,
         router: state.router.clone(),
+        workers: state.workers.clone(),
         config: state.config.clone(),
         metrics: state.metrics.clone(),
         principal: ANONYMOUS.to_owned(),
@@ -191,6 +192,7 @@ pub struct Session {
     id: SessionId,
     peer: String,
     router: Addr<Router>,
+    workers: Arc<[Addr<DeliveryWorker>]>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     principal: String,
@@ -280,21 +282,62 @@ impl Session {
                 self.unsubscribe(subscription_id, request_id, ctx)
             }
             Command::Ack {
-                subscription_id, ..
-            }
-            | Command::Nack {
-                subscription_id, ..
-            } => {
-                let err = if self.subscriptions.contains_key(&subscription_id) {
-                    ProtocolError::new(
-                        ErrorCode::InvalidSubscription,
-                        format!("subscription `{subscription_id}` does not use acknowledgements"),
-                    )
-                } else {
-                    unknown_subscription(&subscription_id)
-                };
-                self.fail(ctx, &err, request_id);
-            }
+                subscription_id,
+                event_ids,
+            } => match self.acked_subscription(&subscription_id) {
+                Ok(sub) => {
+                    let ack =
+                        worker_for(self.id, &self.workers).send(delivery::Ack { sub, event_ids });
+                    ctx.spawn(ack.into_actor(self).map(move |res, act, ctx| match res {
+                        Ok(unknown) if unknown.is_empty() => {}
+                        Ok(unknown) => {
+                            let err = ProtocolError::new(
+                                ErrorCode::UnknownEvent,
+                                format!(
+                                    "not in flight on `{subscription_id}`: {}",
+                                    unknown.join(", ")
+                                ),
+                            );
+                            act.fail(ctx, &err, request_id);
+                        }
+                        Err(e) => act.fail(ctx, &worker_unavailable(e), request_id),
+                    }));
+                }
+                Err(e) => self.fail(ctx, &e, request_id),
+            },
+            Command::Nack {
+                subscription_id,
+                event_id,
+                requeue,
+                delay_ms,
+            } => match self.acked_subscription(&subscription_id) {
+                Ok(sub) => {
+                    let nack = worker_for(self.id, &self.workers).send(delivery::Nack {
+                        sub,
+                        event_id,
+                        requeue,
+                        delay: Duration::from_millis(delay_ms.unwrap_or(0)),
+                    });
+                    ctx.spawn(nack.into_actor(self).map(move |res, act, ctx| match res {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => act.fail(ctx, &e, request_id),
+                        Err(e) => act.fail(ctx, &worker_unavailable(e), request_id),
+                    }));
+                }
+                Err(e) => self.fail(ctx, &e, request_id),
+            },
+        }
+    }
+
+    /// The subscription an `ack`/`nack` names, if it exists and uses acknowledgements.
+    fn acked_subscription(&self, id: &str) -> Result<Arc<SubscriptionHandle>, ProtocolError> {
+        match self.subscriptions.get(id) {
+            Some(h) if h.spec.ack.is_some() => Ok(h.clone()),
+            Some(_) => Err(ProtocolError::new(
+                ErrorCode::InvalidSubscription,
+                format!("subscription `{id}` does not use acknowledgements"),
+            )),
+            None => Err(unknown_subscription(id)),
         }
     }
 
@@ -473,6 +516,13 @@ impl Session {
             Err(_) => self.close_with(ctx, CloseCode::Invalid, "text message is not valid UTF-8"),
         }
     }
+}
+
+fn worker_unavailable(e: MailboxError) -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::Internal,
+        format!("delivery worker unavailable: {e}"),
+    )
 }
 
 fn unknown_subscription(id: &str) -> ProtocolError {

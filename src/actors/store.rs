@@ -1,7 +1,9 @@
 //! The store actor: the only place the event log is read or written.
 //!
-//! Into the store: [`Append`] (from the router: one group commit), [`Query`] and
-//! [`Stats`] (from the HTTP API). Out of the store: nothing; answers only.
+//! Into the store: [`Append`] (from the router: one group commit), [`Query`] (HTTP API
+//! and replay), [`Stats`], and the dead letters: [`AddDeadLetter`] (router),
+//! [`ListDeadLetters`], [`TakeDeadLetter`] (HTTP API and router).
+//! Out of the store: nothing; answers only.
 //!
 //! It runs alone on its own arbiter thread, so the blocking backend calls stall nothing
 //! else — the guarantee a `SyncArbiter` gives — while a plain `Context` also gives it a
@@ -13,7 +15,9 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::protocol::EncodedEvent;
-use crate::store::{EventQuery, EventStore, Retention, StoreError, StoreStats};
+use crate::store::{
+    DeadLetter, EventQuery, EventStore, NewDeadLetter, Retention, StoreError, StoreStats,
+};
 
 /// How often retention runs even without new appends (age limits need it).
 const RETENTION_INTERVAL: Duration = Duration::from_secs(1);
@@ -54,9 +58,10 @@ impl StoreActor {
         }
     }
 
-    fn enforce_retention(&mut self) {
-        self.since_retention = 0;
-        match self.store.apply_retention(&self.retention) {
+    /// Count limits are enforced after appends (every tenth of the limit), age limits on
+    /// the timer, so a large log is not scanned every second.
+    fn enforce_retention(&mut self, retention: Retention) {
+        match self.store.apply_retention(&retention) {
             Ok(0) => {}
             Ok(n) => log::debug!("retention removed {n} events"),
             Err(e) => log::error!("retention failed: {e}"),
@@ -69,7 +74,14 @@ impl Actor for StoreActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         if self.retention != Retention::default() {
-            ctx.run_interval(RETENTION_INTERVAL, |act, _| act.enforce_retention());
+            ctx.run_interval(RETENTION_INTERVAL, |act, _| {
+                if act.retention.max_age.is_some() {
+                    act.enforce_retention(Retention {
+                        max_events: None,
+                        ..act.retention
+                    });
+                }
+            });
         }
     }
 }
@@ -82,7 +94,11 @@ impl Handler<Append> for StoreActor {
         self.since_retention += msg.events.len() as u64;
         if let Some(max) = self.retention.max_events {
             if self.since_retention >= (max / 10).max(1) {
-                self.enforce_retention();
+                self.since_retention = 0;
+                self.enforce_retention(Retention {
+                    max_age: None,
+                    ..self.retention
+                });
             }
         }
         Ok(())
@@ -102,5 +118,51 @@ impl Handler<Stats> for StoreActor {
 
     fn handle(&mut self, _: Stats, _: &mut Context<Self>) -> Self::Result {
         self.store.stats()
+    }
+}
+
+/// Store a dead letter.
+#[derive(Message)]
+#[rtype(result = "Result<DeadLetter, StoreError>")]
+pub struct AddDeadLetter {
+    pub dead_letter: NewDeadLetter,
+}
+
+/// Dead letters after an id.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<DeadLetter>, StoreError>")]
+pub struct ListDeadLetters {
+    pub after: u64,
+    pub limit: usize,
+}
+
+/// Remove and return a dead letter (retry and delete both start here).
+#[derive(Message)]
+#[rtype(result = "Result<Option<DeadLetter>, StoreError>")]
+pub struct TakeDeadLetter {
+    pub id: u64,
+}
+
+impl Handler<AddDeadLetter> for StoreActor {
+    type Result = Result<DeadLetter, StoreError>;
+
+    fn handle(&mut self, msg: AddDeadLetter, _: &mut Context<Self>) -> Self::Result {
+        self.store.add_dead_letter(msg.dead_letter)
+    }
+}
+
+impl Handler<ListDeadLetters> for StoreActor {
+    type Result = Result<Vec<DeadLetter>, StoreError>;
+
+    fn handle(&mut self, msg: ListDeadLetters, _: &mut Context<Self>) -> Self::Result {
+        self.store.dead_letters(msg.after, msg.limit)
+    }
+}
+
+impl Handler<TakeDeadLetter> for StoreActor {
+    type Result = Result<Option<DeadLetter>, StoreError>;
+
+    fn handle(&mut self, msg: TakeDeadLetter, _: &mut Context<Self>) -> Self::Result {
+        self.store.take_dead_letter(msg.id)
     }
 }

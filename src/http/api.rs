@@ -211,3 +211,90 @@ pub async fn publish(
         .to_text(),
     ))
 }
+
+#[derive(Debug, Deserialize)]
+pub struct DeadLetterParams {
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+/// `GET /api/dead-letters?after=&limit=`.
+pub async fn dead_letters(
+    state: web::Data<AppState>,
+    params: web::Query<DeadLetterParams>,
+) -> Result<HttpResponse, HttpError> {
+    let bad = |msg: String| HttpError::new(ErrorCode::InvalidRequest, msg);
+    let after = match params.after.as_deref() {
+        Some(s) => s
+            .parse::<u64>()
+            .map_err(|_| bad(format!("`after` must be an id (integer), got `{s}`")))?,
+        None => 0,
+    };
+    let limit = match params.limit.as_deref() {
+        Some(s) => match s.parse::<usize>() {
+            Ok(0) | Err(_) => {
+                return Err(bad(format!(
+                    "`limit` must be an integer from 1 to {MAX_LIMIT}, got `{s}`"
+                )))
+            }
+            Ok(n) => n.min(MAX_LIMIT),
+        },
+        None => DEFAULT_LIMIT,
+    };
+    let list = state
+        .store
+        .send(store::ListDeadLetters { after, limit })
+        .await
+        .map_err(HttpError::store_unavailable)?
+        .map_err(HttpError::store)?;
+    let rows: Vec<Value> = list.iter().map(|d| d.to_json()).collect();
+    Ok(HttpResponse::Ok().json(rows))
+}
+
+fn dead_letter_id(raw: &str) -> Result<u64, HttpError> {
+    raw.parse().map_err(|_| {
+        HttpError::new(
+            ErrorCode::InvalidRequest,
+            format!("dead-letter id must be an integer, got `{raw}`"),
+        )
+    })
+}
+
+fn no_dead_letter(id: u64) -> HttpError {
+    HttpError::new(ErrorCode::NotFound, format!("no dead letter {id}"))
+}
+
+/// `POST /api/dead-letters/{id}/retry`.
+pub async fn retry_dead_letter(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, HttpError> {
+    let id = dead_letter_id(&id)?;
+    let retried = state
+        .router
+        .send(router::RetryDeadLetter { id })
+        .await
+        .map_err(HttpError::router_unavailable)??;
+    match retried {
+        Some(body) => Ok(HttpResponse::Ok().json(body)),
+        None => Err(no_dead_letter(id)),
+    }
+}
+
+/// `DELETE /api/dead-letters/{id}`.
+pub async fn delete_dead_letter(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, HttpError> {
+    let id = dead_letter_id(&id)?;
+    let taken = state
+        .store
+        .send(store::TakeDeadLetter { id })
+        .await
+        .map_err(HttpError::store_unavailable)?
+        .map_err(HttpError::store)?;
+    match taken {
+        Some(_) => Ok(HttpResponse::NoContent().finish()),
+        None => Err(no_dead_letter(id)),
+    }
+}

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use actix::Addr;
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use crate::actors::delivery::DeliveryWorker;
 use crate::actors::router::Router;
 use crate::actors::session;
 use crate::actors::store::StoreActor;
@@ -20,6 +21,8 @@ use crate::metrics::Metrics;
 /// What every handler can reach.
 pub struct AppState {
     pub router: Addr<Router>,
+    /// Delivery workers, for acks: a session talks to the worker serving it.
+    pub workers: Arc<[Addr<DeliveryWorker>]>,
     pub store: Addr<StoreActor>,
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
@@ -39,7 +42,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/topics", web::get().to(api::topics))
                 .route("/events", web::get().to(api::events))
                 .route("/events", web::post().to(api::publish))
-                .route("/subscriptions", web::get().to(api::subscriptions)),
+                .route("/subscriptions", web::get().to(api::subscriptions))
+                .route("/dead-letters", web::get().to(api::dead_letters))
+                .route(
+                    "/dead-letters/{id}/retry",
+                    web::post().to(api::retry_dead_letter),
+                )
+                .route(
+                    "/dead-letters/{id}",
+                    web::delete().to(api::delete_dead_letter),
+                ),
         )
         .route("/stats", web::get().to(api::stats))
         .route("/topics", web::get().to(api::topics))

@@ -5,7 +5,9 @@ use std::collections::{HashMap, VecDeque};
 #[derive(Debug)]
 pub struct DedupeWindow {
     cursors: HashMap<String, u64>,
-    order: VecDeque<String>,
+    /// Insertion order, with the cursor each entry was inserted for: an evicted entry
+    /// is forgotten only if it was not inserted again since (O(1) per insert).
+    order: VecDeque<(String, u64)>,
     capacity: usize,
 }
 
@@ -35,15 +37,14 @@ impl DedupeWindow {
             return;
         }
         if self.order.len() == self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                // Only forget `old` if it was not re-inserted since.
-                if self.order.iter().all(|o| o != &old) {
+            if let Some((old, old_cursor)) = self.order.pop_front() {
+                if self.cursors.get(&old) == Some(&old_cursor) {
                     self.cursors.remove(&old);
                 }
             }
         }
         self.cursors.insert(id.to_owned(), cursor);
-        self.order.push_back(id.to_owned());
+        self.order.push_back((id.to_owned(), cursor));
     }
 }
 
@@ -61,6 +62,25 @@ mod tests {
         assert_eq!(w.get("a"), None);
         assert_eq!(w.get("b"), Some(2));
         assert_eq!(w.get("c"), Some(3));
+        // An id inserted again outlives its first slot.
+        let mut w = DedupeWindow::new(2);
+        w.insert("a", 1);
+        w.remove("a");
+        w.insert("a", 5);
+        w.insert("b", 6);
+        w.insert("c", 7);
+        assert_eq!(w.get("a"), None, "its second slot aged out too");
+        let mut w = DedupeWindow::new(3);
+        w.insert("a", 1);
+        w.remove("a");
+        w.insert("b", 2);
+        w.insert("a", 3);
+        w.insert("c", 4);
+        assert_eq!(
+            w.get("a"),
+            Some(3),
+            "evicting the old slot keeps the new entry"
+        );
         let mut off = DedupeWindow::new(0);
         off.insert("a", 1);
         assert_eq!(off.get("a"), None);

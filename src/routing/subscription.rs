@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::filter::{Filter, FilterSpec};
 use super::pattern::Pattern;
+use crate::delivery::ack::AckOptions;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::protocol::Event;
 
@@ -69,6 +70,8 @@ pub struct SubscriptionSpec {
     pub matcher: Matcher,
     /// Stored events to deliver before live ones.
     pub replay: Option<Replay>,
+    /// At-least-once settings, for `ack: true`.
+    pub ack: Option<AckOptions>,
 }
 
 /// Where a replay starts (PROTOCOL.md `from_cursor` and its alias `since`).
@@ -181,14 +184,46 @@ impl SubscriptionSpec {
             )),
             (None, None) => None,
         };
-        if raw.ack == Some(true)
-            || raw.durable.is_some()
-            || raw.ack_timeout_ms.is_some()
+        if raw.durable.is_some() {
+            return Err(not_yet("durable"));
+        }
+        let ack = if raw.ack == Some(true) {
+            let defaults = AckOptions::default();
+            let positive = |name: &str, v: Option<u64>, default: u64| match v {
+                Some(0) => Err(invalid(format!("`{name}` must be greater than 0"))),
+                Some(v) => Ok(v),
+                None => Ok(default),
+            };
+            let timeout = positive(
+                "ack_timeout_ms",
+                raw.ack_timeout_ms,
+                defaults.timeout.as_millis() as u64,
+            )?;
+            let attempts = positive(
+                "max_attempts",
+                raw.max_attempts.map(u64::from),
+                defaults.max_attempts.into(),
+            )?;
+            let in_flight = positive(
+                "max_in_flight",
+                raw.max_in_flight.map(u64::from),
+                defaults.max_in_flight as u64,
+            )?;
+            Some(AckOptions {
+                timeout: std::time::Duration::from_millis(timeout),
+                max_attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                max_in_flight: usize::try_from(in_flight).unwrap_or(usize::MAX),
+            })
+        } else if raw.ack_timeout_ms.is_some()
             || raw.max_attempts.is_some()
             || raw.max_in_flight.is_some()
         {
-            return Err(not_yet("ack"));
-        }
+            return Err(invalid(
+                "`ack_timeout_ms`, `max_attempts` and `max_in_flight` need `ack: true`",
+            ));
+        } else {
+            None
+        };
         if raw.coalesce.is_some() {
             return Err(not_yet("coalesce"));
         }
@@ -214,6 +249,7 @@ impl SubscriptionSpec {
                 filter,
             },
             replay,
+            ack,
         })
     }
 
@@ -317,6 +353,34 @@ mod tests {
             ),
             (
                 json!({"type": "all", "patterns": "task.*"}),
+                ErrorCode::InvalidSubscription,
+            ),
+            (
+                json!({"type": "all", "from_cursor": 1, "since": "2026-01-01T00:00:00Z"}),
+                ErrorCode::InvalidSubscription,
+            ),
+            (
+                json!({"type": "all", "since": "yesterday"}),
+                ErrorCode::InvalidSubscription,
+            ),
+            (
+                json!({"type": "all", "from_cursor": -1}),
+                ErrorCode::InvalidSubscription,
+            ),
+            (
+                json!({"type": "all", "max_attempts": 3}),
+                ErrorCode::InvalidSubscription,
+            ),
+            (
+                json!({"type": "all", "ack": true, "max_in_flight": 0}),
+                ErrorCode::InvalidSubscription,
+            ),
+            (
+                json!({"type": "all", "ack": true, "ack_timeout_ms": 0}),
+                ErrorCode::InvalidSubscription,
+            ),
+            (
+                json!({"type": "all", "ack": "yes"}),
                 ErrorCode::InvalidSubscription,
             ),
         ];

@@ -235,6 +235,42 @@ fn retention_by_age_uses_storage_time() {
 }
 
 #[test]
+fn dead_letters_are_stored_listed_and_taken() {
+    each_backend(|s| {
+        assert_eq!(s.dead_letter_count().unwrap(), 0);
+        let mut ids = Vec::new();
+        for (i, reason) in ["max_attempts", "rejected", "expired"]
+            .into_iter()
+            .enumerate()
+        {
+            let dl = s
+                .add_dead_letter(super::NewDeadLetter {
+                    event: ev(i as u64 + 1, "task.a", "high"),
+                    subscription_id: "sub-1".into(),
+                    connection_id: 7,
+                    reason: reason.into(),
+                    attempts: i as u32 + 1,
+                })
+                .unwrap();
+            ids.push(dl.id);
+        }
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        let listed = s.dead_letters(0, 10).unwrap();
+        assert_eq!(listed.iter().map(|d| d.id).collect::<Vec<_>>(), ids);
+        assert_eq!(listed[1].reason, "rejected");
+        assert_eq!(listed[1].attempts, 2);
+        assert_eq!(listed[1].event.event.cursor, 2);
+        assert_eq!(listed[0].to_json()["subscription"], "sub-1");
+        assert_eq!(s.dead_letters(ids[0], 1).unwrap()[0].id, ids[1]);
+        let taken = s.take_dead_letter(ids[1]).unwrap().unwrap();
+        assert_eq!(taken.reason, "rejected");
+        assert!(s.take_dead_letter(ids[1]).unwrap().is_none());
+        assert_eq!(s.dead_letter_count().unwrap(), 2);
+        assert_eq!(s.stats().unwrap().dead_letters, 2);
+    });
+}
+
+#[test]
 fn sqlite_keeps_events_and_cursor_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {

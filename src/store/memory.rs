@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::{EventQuery, EventStore, Order, Retention, StoreError, StoreStats};
+use super::{
+    DeadLetter, EventQuery, EventStore, NewDeadLetter, Order, Retention, StoreError, StoreStats,
+};
 use crate::protocol::EncodedEvent;
 
 #[derive(Debug, Default)]
@@ -14,6 +16,8 @@ pub struct MemoryStore {
     /// publisher's timestamp).
     events: VecDeque<(DateTime<Utc>, Arc<EncodedEvent>)>,
     last_cursor: u64,
+    dead_letters: std::collections::BTreeMap<u64, DeadLetter>,
+    last_dead_letter: u64,
 }
 
 impl MemoryStore {
@@ -68,6 +72,7 @@ impl EventStore for MemoryStore {
         Ok(StoreStats {
             kind: self.kind(),
             event_count: self.events.len() as u64,
+            dead_letters: self.dead_letters.len() as u64,
             first_cursor: self.events.front().map(|(_, e)| e.event.cursor),
             last_cursor: self.events.back().map(|(_, e)| e.event.cursor),
         })
@@ -88,5 +93,37 @@ impl EventStore for MemoryStore {
             }
         }
         Ok((before - self.events.len()) as u64)
+    }
+
+    fn add_dead_letter(&mut self, dl: NewDeadLetter) -> Result<DeadLetter, StoreError> {
+        self.last_dead_letter += 1;
+        let stored = DeadLetter {
+            id: self.last_dead_letter,
+            event: dl.event,
+            subscription_id: dl.subscription_id,
+            connection_id: dl.connection_id,
+            reason: dl.reason,
+            attempts: dl.attempts,
+            dead_at: Utc::now(),
+        };
+        self.dead_letters.insert(stored.id, stored.clone());
+        Ok(stored)
+    }
+
+    fn dead_letters(&self, after: u64, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        Ok(self
+            .dead_letters
+            .range(after.saturating_add(1)..)
+            .take(limit)
+            .map(|(_, d)| d.clone())
+            .collect())
+    }
+
+    fn take_dead_letter(&mut self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        Ok(self.dead_letters.remove(&id))
+    }
+
+    fn dead_letter_count(&self) -> Result<u64, StoreError> {
+        Ok(self.dead_letters.len() as u64)
     }
 }

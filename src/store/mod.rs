@@ -10,8 +10,8 @@
 //!
 //! Owns: persisted events, the cursor high-water mark and retention. Must not: assign
 //! cursors (the router does, in acceptance order) or route anything. Backends are
-//! blocking; they run on the store actor's `SyncArbiter` thread, never on an actor
-//! thread of the router.
+//! blocking; they run only on the store actor's own arbiter thread, never on a thread
+//! shared with the router, workers or sessions.
 
 pub mod memory;
 pub mod sqlite;
@@ -22,6 +22,7 @@ mod contract;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, StoreKind};
@@ -68,8 +69,47 @@ impl EventQuery {
 pub struct StoreStats {
     pub kind: &'static str,
     pub event_count: u64,
+    pub dead_letters: u64,
     pub first_cursor: Option<u64>,
     pub last_cursor: Option<u64>,
+}
+
+/// An event a subscription could not get acknowledged, kept for inspection and retry.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub id: u64,
+    pub event: Arc<EncodedEvent>,
+    pub subscription_id: String,
+    pub connection_id: u64,
+    pub reason: String,
+    pub attempts: u32,
+    pub dead_at: DateTime<Utc>,
+}
+
+impl DeadLetter {
+    /// The row of `GET /api/dead-letters`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let event: serde_json::Value = serde_json::from_str(&self.event.json).unwrap_or_default();
+        serde_json::json!({
+            "id": self.id,
+            "event": event,
+            "subscription": self.subscription_id,
+            "connection_id": self.connection_id,
+            "reason": self.reason,
+            "attempts": self.attempts,
+            "dead_at": self.dead_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        })
+    }
+}
+
+/// A dead letter before it is stored (the store assigns `id` and `dead_at`).
+#[derive(Debug, Clone)]
+pub struct NewDeadLetter {
+    pub event: Arc<EncodedEvent>,
+    pub subscription_id: String,
+    pub connection_id: u64,
+    pub reason: String,
+    pub attempts: u32,
 }
 
 /// How much to keep. Either limit may be off.
@@ -111,6 +151,17 @@ pub trait EventStore: Send {
 
     /// Deletes what `retention` no longer keeps; returns how many events went.
     fn apply_retention(&mut self, retention: &Retention) -> Result<u64, StoreError>;
+
+    /// Stores a dead letter; ids are strictly increasing.
+    fn add_dead_letter(&mut self, dl: NewDeadLetter) -> Result<DeadLetter, StoreError>;
+
+    /// Dead letters with an id greater than `after`, oldest first, at most `limit`.
+    fn dead_letters(&self, after: u64, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Removes and returns a dead letter.
+    fn take_dead_letter(&mut self, id: u64) -> Result<Option<DeadLetter>, StoreError>;
+
+    fn dead_letter_count(&self) -> Result<u64, StoreError>;
 }
 
 /// Opens the backend the configuration names.

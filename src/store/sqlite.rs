@@ -8,7 +8,9 @@ use std::sync::Arc;
 use chrono::Utc;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{EventQuery, EventStore, Order, Retention, StoreError, StoreStats};
+use super::{
+    DeadLetter, EventQuery, EventStore, NewDeadLetter, Order, Retention, StoreError, StoreStats,
+};
 use crate::protocol::{EncodedEvent, Event};
 
 const SCHEMA: &str = "
@@ -22,6 +24,15 @@ CREATE TABLE IF NOT EXISTS events (
     envelope  TEXT    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_stored ON events(stored_ms);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    subscription_id TEXT    NOT NULL,
+    connection_id   INTEGER NOT NULL,
+    reason          TEXT    NOT NULL,
+    attempts        INTEGER NOT NULL,
+    dead_at         TEXT    NOT NULL,
+    envelope        TEXT    NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -201,6 +212,7 @@ impl EventStore for SqliteStore {
         Ok(StoreStats {
             kind: self.kind(),
             event_count: count.max(0) as u64,
+            dead_letters: self.dead_letter_count()?,
             first_cursor: first.map(|c| c as u64),
             last_cursor: last.map(|c| c as u64),
         })
@@ -224,5 +236,112 @@ impl EventStore for SqliteStore {
                 as u64;
         }
         Ok(deleted)
+    }
+
+    fn add_dead_letter(&mut self, dl: NewDeadLetter) -> Result<DeadLetter, StoreError> {
+        let dead_at = Utc::now();
+        self.conn.execute(
+            "INSERT INTO dead_letters (subscription_id, connection_id, reason, attempts, dead_at, envelope)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                dl.subscription_id,
+                to_i64(dl.connection_id),
+                dl.reason,
+                dl.attempts,
+                dead_at.to_rfc3339(),
+                &*dl.event.json
+            ],
+        )?;
+        Ok(DeadLetter {
+            id: self.conn.last_insert_rowid().max(0) as u64,
+            event: dl.event,
+            subscription_id: dl.subscription_id,
+            connection_id: dl.connection_id,
+            reason: dl.reason,
+            attempts: dl.attempts,
+            dead_at,
+        })
+    }
+
+    fn dead_letters(&self, after: u64, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, subscription_id, connection_id, reason, attempts, dead_at, envelope
+             FROM dead_letters WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(
+            params![to_i64(after), i64::try_from(limit).unwrap_or(i64::MAX)],
+            row_to_dead,
+        )?;
+        rows.map(|r| r.map_err(StoreError::from).and_then(|raw| raw.decode()))
+            .collect()
+    }
+
+    fn take_dead_letter(&mut self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let raw = tx
+            .query_row(
+                "SELECT id, subscription_id, connection_id, reason, attempts, dead_at, envelope
+                 FROM dead_letters WHERE id = ?1",
+                params![to_i64(id)],
+                row_to_dead,
+            )
+            .optional()?;
+        tx.execute(
+            "DELETE FROM dead_letters WHERE id = ?1",
+            params![to_i64(id)],
+        )?;
+        tx.commit()?;
+        raw.map(RawDeadLetter::decode).transpose()
+    }
+
+    fn dead_letter_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    }
+}
+
+/// A dead-letter row before its envelope and time are parsed.
+struct RawDeadLetter {
+    id: i64,
+    subscription_id: String,
+    connection_id: i64,
+    reason: String,
+    attempts: u32,
+    dead_at: String,
+    envelope: String,
+}
+
+fn row_to_dead(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawDeadLetter> {
+    Ok(RawDeadLetter {
+        id: r.get(0)?,
+        subscription_id: r.get(1)?,
+        connection_id: r.get(2)?,
+        reason: r.get(3)?,
+        attempts: r.get(4)?,
+        dead_at: r.get(5)?,
+        envelope: r.get(6)?,
+    })
+}
+
+impl RawDeadLetter {
+    fn decode(self) -> Result<DeadLetter, StoreError> {
+        let event = SqliteStore::decode(0, &self.envelope)?;
+        let dead_at = chrono::DateTime::parse_from_rfc3339(&self.dead_at)
+            .map_err(|e| StoreError::Corrupt {
+                cursor: event.event.cursor,
+                message: format!("dead letter {}: {e}", self.id),
+            })?
+            .with_timezone(&Utc);
+        Ok(DeadLetter {
+            id: self.id.max(0) as u64,
+            event,
+            subscription_id: self.subscription_id,
+            connection_id: self.connection_id.max(0) as u64,
+            reason: self.reason,
+            attempts: self.attempts,
+            dead_at,
+        })
     }
 }

@@ -1,0 +1,442 @@
+//! Delivery state held by a delivery worker, as plain data structures: the waiting
+//! events of each subscription ([`SubQueue`]), everything waiting for one session
+//! ([`Outbox`]), and at-least-once bookkeeping ([`ack::AckTracker`]).
+//!
+//! Owns: which frame goes next, what is dropped or dead-lettered, and in what order.
+//! Must not: send messages (the worker actor does) or match events (the router does).
+
+pub mod ack;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use chrono::Utc;
+
+use self::ack::{AckTracker, DeadReason, Outcome};
+use crate::actors::delivery::{OutFrame, WriteFrames};
+use crate::actors::SubscriptionHandle;
+use crate::metrics::Metrics;
+use crate::protocol::EncodedEvent;
+use crate::routing::Priority;
+
+/// Frames per `WriteFrames` message.
+pub const FRAMES_PER_BATCH: usize = 256;
+/// Batches sent to one session per flush before giving other sessions a turn.
+pub const BATCHES_PER_FLUSH: usize = 8;
+
+/// An event a subscription lost for good: stored as a dead letter by the router.
+#[derive(Debug)]
+pub struct DeadNote {
+    pub sub: Arc<SubscriptionHandle>,
+    pub event: Arc<EncodedEvent>,
+    pub reason: DeadReason,
+    pub attempts: u32,
+}
+
+/// A waiting event and the attempt number its next delivery carries.
+#[derive(Debug)]
+struct Waiting {
+    event: Arc<EncodedEvent>,
+    attempt: u32,
+}
+
+/// The waiting events of one subscription, per priority, and its ack state.
+pub struct SubQueue {
+    pub handle: Arc<SubscriptionHandle>,
+    waiting: [VecDeque<Waiting>; 4],
+    len: usize,
+    /// Dropped since the last `dropped` notice was sent.
+    unreported_drops: u64,
+    /// Stored events still to deliver, in cursor order (never dropped; the replay task
+    /// reads the next page only when this has drained).
+    replay: VecDeque<Arc<EncodedEvent>>,
+    /// Set when the replay task is done: the `last_cursor` of `replay_complete`.
+    replay_complete: Option<u64>,
+    /// Present for `ack: true` subscriptions.
+    pub ack: Option<AckTracker>,
+}
+
+impl SubQueue {
+    pub fn new(handle: Arc<SubscriptionHandle>) -> Self {
+        let ack = handle.spec.ack.map(AckTracker::new);
+        SubQueue {
+            handle,
+            waiting: Default::default(),
+            len: 0,
+            unreported_drops: 0,
+            replay: VecDeque::new(),
+            replay_complete: None,
+            ack,
+        }
+    }
+
+    /// Queues a live event. On overflow the lowest-priority, oldest waiting event goes
+    /// (possibly the new one): dropped and announced without acks, dead-lettered with.
+    pub fn push(
+        &mut self,
+        event: Arc<EncodedEvent>,
+        max: usize,
+        metrics: &Metrics,
+        dead: &mut Vec<DeadNote>,
+    ) {
+        self.waiting[event.event.priority.index()].push_back(Waiting { event, attempt: 1 });
+        self.len += 1;
+        if self.len <= max {
+            return;
+        }
+        let Some(lost) = self.waiting.iter_mut().rev().find_map(VecDeque::pop_front) else {
+            return;
+        };
+        self.len -= 1;
+        if self.ack.is_some() {
+            dead.push(DeadNote {
+                sub: self.handle.clone(),
+                event: lost.event,
+                reason: DeadReason::Overflow,
+                attempts: lost.attempt - 1,
+            });
+        } else {
+            self.unreported_drops += 1;
+            self.handle.dropped.fetch_add(1, Relaxed);
+            metrics.dropped.add(lost.event.event.priority, 1);
+        }
+    }
+
+    /// Queues a redelivery ahead of the waiting events of its priority.
+    pub fn requeue(&mut self, event: Arc<EncodedEvent>, attempt: u32) {
+        self.waiting[event.event.priority.index()].push_front(Waiting { event, attempt });
+        self.len += 1;
+    }
+
+    /// Applies what the ack tracker let go of.
+    pub fn apply(&mut self, outcomes: Vec<Outcome>, dead: &mut Vec<DeadNote>) {
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Redeliver { event, attempt } => self.requeue(event, attempt),
+                Outcome::DeadLetter {
+                    event,
+                    reason,
+                    attempts,
+                } => dead.push(DeadNote {
+                    sub: self.handle.clone(),
+                    event,
+                    reason,
+                    attempts,
+                }),
+            }
+        }
+    }
+
+    /// Appends stored events to replay.
+    pub fn add_replay(&mut self, events: Vec<Arc<EncodedEvent>>, complete_at: Option<u64>) {
+        self.handle
+            .replay_backlog
+            .fetch_add(events.len() as u64, Relaxed);
+        self.replay.extend(events);
+        if complete_at.is_some() {
+            self.replay_complete = complete_at;
+        }
+    }
+
+    /// Moves replayed events, then the completion notice, into `frames`.
+    fn take_replay(&mut self, frames: &mut Vec<OutFrame>) {
+        while frames.len() < FRAMES_PER_BATCH {
+            let Some(event) = self.replay.pop_front() else {
+                break;
+            };
+            self.handle.replay_backlog.fetch_sub(1, Relaxed);
+            frames.push(OutFrame::Replayed {
+                sub: self.handle.clone(),
+                event,
+            });
+        }
+        if self.replay.is_empty() && frames.len() < FRAMES_PER_BATCH {
+            if let Some(last_cursor) = self.replay_complete.take() {
+                self.handle.set_replaying(false);
+                frames.push(OutFrame::ReplayComplete {
+                    sub: self.handle.clone(),
+                    last_cursor,
+                });
+            }
+        }
+    }
+
+    /// Moves live events of `priority` into `frames`, as far as the batch and (with
+    /// acks) `max_in_flight` allow. Expired events are skipped, or dead-lettered with acks.
+    fn take_live(
+        &mut self,
+        priority: Priority,
+        frames: &mut Vec<OutFrame>,
+        now: Instant,
+        dead: &mut Vec<DeadNote>,
+    ) {
+        let wall = Utc::now();
+        while frames.len() < FRAMES_PER_BATCH && self.ack.as_ref().is_none_or(AckTracker::has_room)
+        {
+            let Some(w) = self.waiting[priority.index()].pop_front() else {
+                break;
+            };
+            self.len -= 1;
+            if w.event.event.is_expired(wall) {
+                if self.ack.is_some() {
+                    dead.push(DeadNote {
+                        sub: self.handle.clone(),
+                        event: w.event,
+                        reason: DeadReason::Expired,
+                        attempts: w.attempt - 1,
+                    });
+                }
+                continue;
+            }
+            if let Some(ack) = self.ack.as_mut() {
+                ack.sent(w.event.clone(), w.attempt, now);
+            }
+            frames.push(OutFrame::Event {
+                sub: self.handle.clone(),
+                event: w.event,
+                attempt: w.attempt,
+            });
+        }
+    }
+
+    fn publish_gauges(&self) {
+        self.handle.waiting.store(self.len as u64, Relaxed);
+        if let Some(ack) = &self.ack {
+            self.handle.in_flight.store(ack.in_flight() as u64, Relaxed);
+        }
+    }
+}
+
+/// What a flush achieved.
+pub enum Flush {
+    /// Nothing left that may be sent now.
+    Done,
+    /// The session's mailbox is full (or this flush's share is used up).
+    Stalled,
+    /// The session is gone.
+    Closed,
+}
+
+/// Everything waiting for one session.
+pub struct Outbox {
+    frames: Recipient<WriteFrames>,
+    /// Keyed by handle address: ids can be reused after an unsubscribe.
+    pub subs: HashMap<usize, SubQueue>,
+}
+
+/// The key of a subscription in an [`Outbox`].
+pub fn key(h: &Arc<SubscriptionHandle>) -> usize {
+    Arc::as_ptr(h) as usize
+}
+
+impl Outbox {
+    pub fn new(frames: Recipient<WriteFrames>) -> Self {
+        Outbox {
+            frames,
+            subs: HashMap::new(),
+        }
+    }
+
+    /// The queue of `sub`, created on first use.
+    pub fn queue(&mut self, sub: &Arc<SubscriptionHandle>) -> &mut SubQueue {
+        self.subs
+            .entry(key(sub))
+            .or_insert_with(|| SubQueue::new(sub.clone()))
+    }
+
+    /// Takes the next batch: drop notices, then replays, then live events highest
+    /// priority first.
+    fn next_batch(&mut self, now: Instant, dead: &mut Vec<DeadNote>) -> Vec<OutFrame> {
+        let mut frames = Vec::new();
+        self.subs.retain(|_, q| q.handle.is_active());
+        for q in self.subs.values_mut() {
+            if q.unreported_drops > 0 {
+                frames.push(OutFrame::Dropped {
+                    sub: q.handle.clone(),
+                    count: std::mem::take(&mut q.unreported_drops),
+                });
+            }
+        }
+        for q in self.subs.values_mut() {
+            q.take_replay(&mut frames);
+        }
+        for p in Priority::HIGHEST_FIRST {
+            for q in self.subs.values_mut().filter(|q| !q.handle.is_replaying()) {
+                q.take_live(p, &mut frames, now, dead);
+            }
+            if frames.len() >= FRAMES_PER_BATCH {
+                break;
+            }
+        }
+        frames
+    }
+
+    /// Puts back a batch the session had no room for, keeping its order.
+    fn restore(&mut self, frames: Vec<OutFrame>) {
+        for frame in frames.into_iter().rev() {
+            let q = match &frame {
+                OutFrame::Event { sub, .. }
+                | OutFrame::Dropped { sub, .. }
+                | OutFrame::Replayed { sub, .. }
+                | OutFrame::ReplayComplete { sub, .. } => self.subs.get_mut(&key(sub)),
+            };
+            let Some(q) = q else { continue };
+            match frame {
+                OutFrame::Event { event, attempt, .. } => {
+                    if let Some(ack) = q.ack.as_mut() {
+                        ack.unsend(&event.event.id);
+                    }
+                    q.requeue(event, attempt);
+                }
+                OutFrame::Dropped { count, .. } => q.unreported_drops += count,
+                OutFrame::Replayed { event, .. } => {
+                    q.replay.push_front(event);
+                    q.handle.replay_backlog.fetch_add(1, Relaxed);
+                }
+                OutFrame::ReplayComplete { last_cursor, .. } => {
+                    q.replay_complete = Some(last_cursor);
+                    q.handle.set_replaying(true);
+                }
+            }
+        }
+    }
+
+    /// Sends what may be sent now, in batches, until done or the session is full.
+    pub fn flush(&mut self, dead: &mut Vec<DeadNote>) -> Flush {
+        let now = Instant::now();
+        let mut result = Flush::Stalled;
+        for _ in 0..BATCHES_PER_FLUSH {
+            let frames = self.next_batch(now, dead);
+            if frames.is_empty() {
+                result = Flush::Done;
+                break;
+            }
+            match self.frames.try_send(WriteFrames { frames }) {
+                Ok(()) => {}
+                Err(SendError::Full(msg)) => {
+                    self.restore(msg.frames);
+                    break;
+                }
+                Err(SendError::Closed(_)) => return Flush::Closed,
+            }
+        }
+        for q in self.subs.values() {
+            q.publish_gauges();
+        }
+        result
+    }
+
+    /// Runs the ack deadlines of every subscription; true when something changed.
+    pub fn run_deadlines(&mut self, now: Instant, dead: &mut Vec<DeadNote>) -> bool {
+        let mut changed = false;
+        for q in self.subs.values_mut() {
+            let Some(ack) = q.ack.as_mut() else { continue };
+            if ack.is_idle() {
+                continue;
+            }
+            let outcomes = ack.due(now);
+            if !outcomes.is_empty() {
+                changed = true;
+                q.apply(outcomes, dead);
+            }
+        }
+        changed
+    }
+
+    /// True when nothing is waiting, replaying or in flight.
+    pub fn is_idle(&self) -> bool {
+        self.subs.values().all(|q| {
+            q.len == 0
+                && q.replay.is_empty()
+                && q.replay_complete.is_none()
+                && q.ack.as_ref().is_none_or(AckTracker::is_idle)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Event;
+    use serde_json::json;
+
+    fn ev(priority: &str, n: u64) -> Arc<EncodedEvent> {
+        let mut e = Event::from_json(json!({"topic": "t", "priority": priority}), "s").unwrap();
+        e.cursor = n;
+        EncodedEvent::new(e)
+    }
+
+    struct Sink;
+    impl Actor for Sink {
+        type Context = Context<Self>;
+    }
+    impl Handler<WriteFrames> for Sink {
+        type Result = ();
+        fn handle(&mut self, _: WriteFrames, _: &mut Context<Self>) {}
+    }
+
+    fn handle(spec: serde_json::Value) -> Arc<SubscriptionHandle> {
+        let sink = Sink.start().recipient();
+        let spec = crate::routing::SubscriptionSpec::from_json(spec).unwrap();
+        Arc::new(SubscriptionHandle::new(1, "s".into(), spec, sink))
+    }
+
+    fn drain(q: &mut SubQueue) -> Vec<u64> {
+        let mut frames = Vec::new();
+        let mut dead = Vec::new();
+        for p in Priority::HIGHEST_FIRST {
+            q.take_live(p, &mut frames, Instant::now(), &mut dead);
+        }
+        frames
+            .iter()
+            .filter_map(|f| match f {
+                OutFrame::Event { event, .. } => Some(event.event.cursor),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[actix_rt::test]
+    async fn overflow_drops_lowest_priority_oldest_first() {
+        let metrics = Metrics::default();
+        let mut dead = Vec::new();
+        let mut q = SubQueue::new(handle(json!({"type": "all"})));
+        for (i, p) in ["low", "normal", "low", "critical", "high"]
+            .into_iter()
+            .enumerate()
+        {
+            q.push(ev(p, i as u64 + 1), 3, &metrics, &mut dead);
+        }
+        // 5 pushed into 3 slots: both lows went first (oldest first).
+        assert_eq!(q.unreported_drops, 2);
+        assert_eq!(metrics.dropped.get(Priority::Low), 2);
+        assert!(dead.is_empty());
+        assert_eq!(drain(&mut q), [4, 5, 2]);
+        // A new low event, when everything waiting outranks it, drops itself.
+        q.push(ev("high", 6), 1, &metrics, &mut dead);
+        q.push(ev("low", 7), 1, &metrics, &mut dead);
+        assert_eq!(drain(&mut q), [6]);
+    }
+
+    #[actix_rt::test]
+    async fn with_acks_overflow_dead_letters_and_in_flight_is_bounded() {
+        let metrics = Metrics::default();
+        let mut dead = Vec::new();
+        let mut q = SubQueue::new(handle(
+            json!({"type": "all", "ack": true, "max_in_flight": 2}),
+        ));
+        for i in 1..=4 {
+            q.push(ev("normal", i), 3, &metrics, &mut dead);
+        }
+        assert_eq!(dead.len(), 1);
+        assert_eq!(
+            (dead[0].event.event.cursor, dead[0].reason),
+            (1, DeadReason::Overflow)
+        );
+        assert_eq!(metrics.dropped.total(), 0, "nothing is dropped with acks");
+        assert_eq!(drain(&mut q), [2, 3], "max_in_flight");
+    }
+}
