@@ -293,3 +293,33 @@ async fn dead_letters_can_be_retried_listed_and_deleted_over_http() {
     let (status, _) = server.get("/api/dead-letters?limit=zero").await;
     assert_eq!(status, 400);
 }
+
+/// Replayed events of an acknowledged subscription are deliveries like live ones:
+/// bounded by `max_in_flight` and redelivered until acknowledged.
+#[actix_rt::test]
+async fn replayed_events_are_acknowledged_deliveries_too() {
+    let server = TestServer::start().await;
+    let mut p = server.ws().await;
+    for i in 0..3 {
+        p.publish(json!({"type": "audit_entry", "payload": {"i": i}}))
+            .await;
+    }
+    let mut sub = server.ws().await;
+    let sid = sub
+        .subscribe(json!({"type": "pattern", "patterns": ["audit.*"], "from_cursor": 0, "ack": true, "max_in_flight": 1, "ack_timeout_ms": 150}))
+        .await;
+    let first = sub.recv_event().await;
+    assert_eq!(first["event"]["payload"]["i"], 0);
+    // max_in_flight 1: nothing else until the first is acked; unacked, it comes back.
+    let again = sub.recv_event().await;
+    assert_eq!(again["event"]["id"], first["event"]["id"]);
+    assert_eq!(again["attempt"], 2);
+    ack(&mut sub, &sid, &again["event"]["id"]).await;
+    for i in 1..3 {
+        let e = sub.recv_event().await;
+        assert_eq!(e["event"]["payload"]["i"], i);
+        ack(&mut sub, &sid, &e["event"]["id"]).await;
+    }
+    assert_eq!(sub.recv().await["type"], "replay_complete");
+    sub.expect_silence(Duration::from_millis(300)).await;
+}

@@ -126,6 +126,7 @@ pub enum OutFrame {
     Replayed {
         sub: Arc<SubscriptionHandle>,
         event: Arc<EncodedEvent>,
+        attempt: u32,
     },
     /// The replay of `sub` is done; live events follow.
     ReplayComplete {

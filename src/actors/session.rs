@@ -643,19 +643,16 @@ impl Handler<WriteFrames> for Session {
                     sub,
                     event,
                     attempt,
+                }
+                | OutFrame::Replayed {
+                    sub,
+                    event,
+                    attempt,
                 } => {
                     if !sub.is_active() {
                         continue;
                     }
                     ctx.text(event_frame(&sub.frame_prefix, &event.json, attempt));
-                    sub.delivered.fetch_add(1, Relaxed);
-                    self.metrics.delivered.add(event.event.priority, 1);
-                }
-                OutFrame::Replayed { sub, event } => {
-                    if !sub.is_active() {
-                        continue;
-                    }
-                    ctx.text(event_frame(&sub.frame_prefix, &event.json, 1));
                     sub.delivered.fetch_add(1, Relaxed);
                     self.metrics.delivered.add(event.event.priority, 1);
                 }

@@ -52,7 +52,7 @@ pub struct SubQueue {
     unreported_drops: u64,
     /// Stored events still to deliver, in cursor order (never dropped; the replay task
     /// reads the next page only when this has drained).
-    replay: VecDeque<Arc<EncodedEvent>>,
+    replay: VecDeque<Waiting>,
     /// Set when the replay task is done: the `last_cursor` of `replay_complete`.
     replay_complete: Option<u64>,
     /// Present for `ack: true` subscriptions.
@@ -115,6 +115,11 @@ impl SubQueue {
     pub fn apply(&mut self, outcomes: Vec<Outcome>, dead: &mut Vec<DeadNote>) {
         for outcome in outcomes {
             match outcome {
+                // While replaying, a redelivery goes first, ahead of the rest of the replay.
+                Outcome::Redeliver { event, attempt } if self.handle.is_replaying() => {
+                    self.handle.replay_backlog.fetch_add(1, Relaxed);
+                    self.replay.push_front(Waiting { event, attempt });
+                }
                 Outcome::Redeliver { event, attempt } => self.requeue(event, attempt),
                 Outcome::DeadLetter {
                     event,
@@ -135,22 +140,33 @@ impl SubQueue {
         self.handle
             .replay_backlog
             .fetch_add(events.len() as u64, Relaxed);
-        self.replay.extend(events);
+        self.replay.extend(
+            events
+                .into_iter()
+                .map(|event| Waiting { event, attempt: 1 }),
+        );
         if complete_at.is_some() {
             self.replay_complete = complete_at;
         }
     }
 
     /// Moves replayed events, then the completion notice, into `frames`.
-    fn take_replay(&mut self, frames: &mut Vec<OutFrame>) {
-        while frames.len() < FRAMES_PER_BATCH {
-            let Some(event) = self.replay.pop_front() else {
+    /// With acks, replayed events are deliveries like any other: bounded by
+    /// `max_in_flight` and tracked until acknowledged.
+    fn take_replay(&mut self, frames: &mut Vec<OutFrame>, now: Instant) {
+        while frames.len() < FRAMES_PER_BATCH && self.ack.as_ref().is_none_or(AckTracker::has_room)
+        {
+            let Some(w) = self.replay.pop_front() else {
                 break;
             };
             self.handle.replay_backlog.fetch_sub(1, Relaxed);
+            if let Some(ack) = self.ack.as_mut() {
+                ack.sent(w.event.clone(), w.attempt, now);
+            }
             frames.push(OutFrame::Replayed {
                 sub: self.handle.clone(),
-                event,
+                event: w.event,
+                attempt: w.attempt,
             });
         }
         if self.replay.is_empty() && frames.len() < FRAMES_PER_BATCH {
@@ -261,7 +277,7 @@ impl Outbox {
             }
         }
         for q in self.subs.values_mut() {
-            q.take_replay(&mut frames);
+            q.take_replay(&mut frames, now);
         }
         for p in Priority::HIGHEST_FIRST {
             for q in self.subs.values_mut().filter(|q| !q.handle.is_replaying()) {
@@ -292,8 +308,11 @@ impl Outbox {
                     q.requeue(event, attempt);
                 }
                 OutFrame::Dropped { count, .. } => q.unreported_drops += count,
-                OutFrame::Replayed { event, .. } => {
-                    q.replay.push_front(event);
+                OutFrame::Replayed { event, attempt, .. } => {
+                    if let Some(ack) = q.ack.as_mut() {
+                        ack.unsend(&event.event.id);
+                    }
+                    q.replay.push_front(Waiting { event, attempt });
                     q.handle.replay_backlog.fetch_add(1, Relaxed);
                 }
                 OutFrame::ReplayComplete { last_cursor, .. } => {
