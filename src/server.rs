@@ -77,6 +77,7 @@ pub async fn run(
     for worker in &workers {
         let attach = AttachRouter {
             dead_letters: router.clone().recipient(),
+            durable_acks: store.clone().recipient(),
         };
         if worker.try_send(attach).is_err() {
             log::error!("a delivery worker could not be attached to the router");

@@ -18,18 +18,22 @@
 //! Must not: match events (the router does) or encode envelopes (done once, upstream).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
 use super::router::DeadLettered;
-use super::{SessionId, SubscriptionHandle};
+use super::store::DurableAcked;
+use super::{send_or_wait, SessionId, SubscriptionHandle};
 use crate::delivery::{DeadNote, Flush, Outbox};
 use crate::error::{ErrorCode, ProtocolError};
 use crate::metrics::Metrics;
 use crate::protocol::EncodedEvent;
 
+/// A durable subscription's stored state is compacted every this many resolved cursors.
+const COMPACT_EVERY: u64 = 1000;
 /// How often stalled sessions are retried and ack deadlines checked.
 const TICK: Duration = Duration::from_millis(5);
 /// Mailbox size: the router holds a dispatch back (and stops routing) when it is full.
@@ -100,6 +104,8 @@ pub struct Redeliver {
 #[rtype(result = "()")]
 pub struct AttachRouter {
     pub dead_letters: Recipient<DeadLettered>,
+    /// Where resolved cursors of durable subscriptions are recorded (the store).
+    pub durable_acks: Recipient<DurableAcked>,
 }
 
 // ---- messages out of a worker ----
@@ -141,6 +147,7 @@ pub struct DeliveryWorker {
     outboxes: HashMap<SessionId, Outbox>,
     stalled: HashSet<SessionId>,
     dead_letters: Option<Recipient<DeadLettered>>,
+    durable_acks: Option<Recipient<DurableAcked>>,
 }
 
 impl DeliveryWorker {
@@ -151,6 +158,7 @@ impl DeliveryWorker {
             outboxes: HashMap::new(),
             stalled: HashSet::new(),
             dead_letters: None,
+            durable_acks: None,
         }
     }
 
@@ -191,8 +199,29 @@ impl DeliveryWorker {
         }
     }
 
+    /// Records resolved cursors of a durable subscription; asks for compaction every
+    /// [`COMPACT_EVERY`] of them.
+    fn resolve_durable(&mut self, sub: &Arc<SubscriptionHandle>, cursors: Vec<u64>) {
+        let (Some(name), Some(store)) = (&sub.spec.durable, &self.durable_acks) else {
+            return;
+        };
+        if cursors.is_empty() {
+            return;
+        }
+        let resolved = sub.resolved.fetch_add(cursors.len() as u64, Relaxed) + cursors.len() as u64;
+        let compact = resolved / COMPACT_EVERY != (resolved - cursors.len() as u64) / COMPACT_EVERY;
+        let msg = DurableAcked {
+            principal: sub.principal.clone(),
+            name: name.clone(),
+            cursors,
+            compact_with: compact.then(|| sub.spec.matcher.clone()),
+        };
+        send_or_wait(store, msg);
+    }
+
     fn send_dead(&mut self, dead: Vec<DeadNote>) {
         for note in dead {
+            self.resolve_durable(&note.sub, vec![note.event.event.cursor]);
             self.metrics.dead_lettered.add(note.event.event.priority, 1);
             let msg = DeadLettered {
                 event: note.event,
@@ -202,15 +231,7 @@ impl DeliveryWorker {
                 attempts: note.attempts,
             };
             match &self.dead_letters {
-                // The router's mailbox is bounded: wait for room rather than lose it.
-                Some(router) => {
-                    if let Err(SendError::Full(msg)) = router.try_send(msg) {
-                        let router = router.clone();
-                        actix::spawn(async move {
-                            let _ = router.send(msg).await;
-                        });
-                    }
-                }
+                Some(router) => send_or_wait(router, msg),
                 None => log::error!(
                     "dead letter for subscription {} lost: no router attached",
                     msg.subscription_id
@@ -252,6 +273,7 @@ impl Handler<AttachRouter> for DeliveryWorker {
 
     fn handle(&mut self, msg: AttachRouter, _: &mut Context<Self>) {
         self.dead_letters = Some(msg.dead_letters);
+        self.durable_acks = Some(msg.durable_acks);
     }
 }
 
@@ -305,14 +327,20 @@ impl Handler<Ack> for DeliveryWorker {
 
     fn handle(&mut self, msg: Ack, _: &mut Context<Self>) -> Self::Result {
         let q = self.outbox(&msg.sub).queue(&msg.sub);
-        let unknown = match q.ack.as_mut() {
-            Some(tracker) => msg
-                .event_ids
-                .into_iter()
-                .filter(|id| !tracker.ack(id))
-                .collect(),
-            None => msg.event_ids,
-        };
+        let mut unknown = Vec::new();
+        let mut acked = Vec::new();
+        match q.ack.as_mut() {
+            Some(tracker) => {
+                for id in msg.event_ids {
+                    match tracker.ack(&id) {
+                        Some(cursor) => acked.push(cursor),
+                        None => unknown.push(id),
+                    }
+                }
+            }
+            None => unknown = msg.event_ids,
+        }
+        self.resolve_durable(&msg.sub, acked);
         self.flush_soon(msg.sub.session_id);
         MessageResult(unknown)
     }

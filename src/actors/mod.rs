@@ -27,10 +27,28 @@ use crate::routing::SubscriptionSpec;
 /// Identifies one WebSocket connection for the life of the process.
 pub type SessionId = u64;
 
+/// Sends without dropping: `try_send`, and when the receiver's mailbox is full, a
+/// spawned `send` that waits for room. For rare control messages (dead letters, acks
+/// of durable subscriptions), never for per-event fan-out.
+pub fn send_or_wait<M>(to: &Recipient<M>, msg: M)
+where
+    M: actix::Message + Send + 'static,
+    M::Result: Send,
+{
+    if let Err(actix::prelude::SendError::Full(msg)) = to.try_send(msg) {
+        let to = to.clone();
+        actix::spawn(async move {
+            let _ = to.send(msg).await;
+        });
+    }
+}
+
 /// A live subscription: what it selects, where its frames go, and its counters.
 #[derive(Debug)]
 pub struct SubscriptionHandle {
     pub session_id: SessionId,
+    /// Who subscribed: owner of a durable subscription's state.
+    pub principal: String,
     pub id: String,
     pub spec: SubscriptionSpec,
     /// `{"type":"event","subscription_id":"…","event":`, built once.
@@ -47,6 +65,8 @@ pub struct SubscriptionHandle {
     pub dropped: AtomicU64,
     /// Deliveries awaiting an ack (with `ack: true`).
     pub in_flight: AtomicU64,
+    /// Cursors resolved (acked or dead-lettered), for durable-state compaction.
+    pub resolved: AtomicU64,
     /// Events waiting in a delivery worker for this subscription (lag).
     pub waiting: AtomicU64,
 }
@@ -54,22 +74,26 @@ pub struct SubscriptionHandle {
 impl SubscriptionHandle {
     pub fn new(
         session_id: SessionId,
+        principal: String,
         id: String,
         spec: SubscriptionSpec,
         frames: Recipient<delivery::WriteFrames>,
     ) -> SubscriptionHandle {
         SubscriptionHandle {
             session_id,
+            principal,
             frame_prefix: event_frame_prefix(&id),
             id,
             created_at: Utc::now(),
             frames,
             active: AtomicBool::new(true),
-            replaying: AtomicBool::new(spec.replay.is_some()),
+            // A durable subscription always starts by replaying from its stored position.
+            replaying: AtomicBool::new(spec.replay.is_some() || spec.durable.is_some()),
             replay_backlog: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            resolved: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
             spec,
         }
@@ -104,6 +128,7 @@ impl SubscriptionHandle {
             "delivered": self.delivered.load(Ordering::Relaxed),
             "dropped": self.dropped.load(Ordering::Relaxed),
             "ack": self.spec.ack.is_some(),
+            "durable": self.spec.durable,
             "in_flight": self.in_flight.load(Ordering::Relaxed),
             "lag": self.waiting.load(Ordering::Relaxed) + self.replay_backlog.load(Ordering::Relaxed),
             "replaying": self.is_replaying(),

@@ -26,7 +26,7 @@ use serde_json::json;
 use super::delivery::{worker_for, worker_index, Redeliver};
 use super::delivery::{DeliveryWorker, Dispatch, DispatchItem, ReplayEvents};
 use super::session::CloseSession;
-use super::store::{AddDeadLetter, Append, Query, StoreActor, TakeDeadLetter};
+use super::store::{AddDeadLetter, Append, OpenDurable, Query, StoreActor, TakeDeadLetter};
 use super::{SessionId, SubscriptionHandle};
 use crate::config::Config;
 use crate::delivery::ack::DeadReason;
@@ -66,9 +66,10 @@ pub struct Disconnect {
 
 /// Add a subscription to the index. Events committed after this is handled match it
 /// live; when the subscription asks for a replay, every stored match routed before it
-/// is replayed first (no gap, no duplicate).
+/// is replayed first (no gap, no duplicate). A durable subscription resumes from its
+/// stored state: every unresolved match after its floor is replayed.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<(), ProtocolError>")]
 pub struct Subscribe {
     pub handle: Arc<SubscriptionHandle>,
 }
@@ -220,6 +221,8 @@ pub struct Router {
     queued: usize,
     drain_scheduled: bool,
     last_cursor: u64,
+    /// Durable subscriptions open on some connection, by (principal, name).
+    active_durables: HashSet<(String, String)>,
     /// The highest committed cursor. Commits are in cursor order, so every cursor at or
     /// below it is committed (or was refused by a failed commit).
     last_committed: u64,
@@ -254,6 +257,7 @@ impl Router {
             drain_scheduled: false,
             last_cursor,
             last_committed: last_cursor,
+            active_durables: HashSet::new(),
             dedupe: DedupeWindow::new(config.router.dedupe_window),
             topics: HashMap::new(),
             expired: 0,
@@ -489,20 +493,23 @@ impl Router {
     /// those still waiting in the priority queues will be routed live as well; all
     /// others were routed before and are replayed. A task reads the store page by page,
     /// handing each page to the subscription's worker once the previous one drained.
+    /// `skip` holds cursors already resolved (a durable subscription's acks).
     fn start_replay(
         &mut self,
         sub: Arc<SubscriptionHandle>,
         replay: Replay,
+        mut skip: HashSet<u64>,
         ctx: &mut Context<Self>,
     ) {
         let upper = self.last_committed;
-        let pending: HashSet<u64> = self
+        let pending = self
             .queues
             .iter()
             .flatten()
             .map(|e| e.event.cursor)
-            .filter(|c| *c <= upper)
-            .collect();
+            .filter(|c| *c <= upper);
+        skip.extend(pending);
+        let pending = skip;
         let worker = worker_for(sub.session_id, &self.workers);
         let store = self.store.clone();
         let session = sub.session_id;
@@ -585,21 +592,93 @@ impl Handler<Disconnect> for Router {
 
     fn handle(&mut self, msg: Disconnect, _: &mut Context<Self>) {
         self.sessions.remove(&msg.session_id);
-        self.index.retain(|s| s.session_id != msg.session_id);
+        self.remove_subscriptions(|s| s.session_id == msg.session_id);
     }
 }
 
 impl Handler<Subscribe> for Router {
-    type Result = ();
+    type Result = ResponseActFuture<Self, Result<(), ProtocolError>>;
 
-    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
-        if !self.sessions.contains_key(&msg.handle.session_id) {
-            return;
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) -> Self::Result {
+        let handle = msg.handle;
+        if !self.sessions.contains_key(&handle.session_id) {
+            return Box::pin(actix::fut::ready(Ok(())));
         }
-        if let Some(replay) = msg.handle.spec.replay {
-            self.start_replay(msg.handle.clone(), replay, ctx);
+        let Some(name) = handle.spec.durable.clone() else {
+            if let Some(replay) = handle.spec.replay {
+                self.start_replay(handle.clone(), replay, HashSet::new(), ctx);
+            }
+            self.index.push(handle);
+            return Box::pin(actix::fut::ready(Ok(())));
+        };
+        let key = (handle.principal.clone(), name.clone());
+        if !self.active_durables.insert(key.clone()) {
+            let err = ProtocolError::new(
+                ErrorCode::InvalidSubscription,
+                format!("durable subscription `{name}` is already active on another connection"),
+            );
+            return Box::pin(actix::fut::ready(Err(err)));
         }
-        self.index.push(msg.handle);
+        // A new durable subscription starts at `from_cursor`, or with what comes next.
+        let floor = match handle.spec.replay {
+            Some(Replay::AfterCursor(c)) => c,
+            _ => self.last_committed,
+        };
+        let open = self.store.send(OpenDurable {
+            principal: key.0.clone(),
+            name,
+            floor,
+            matcher: handle.spec.matcher.clone(),
+        });
+        Box::pin(open.into_actor(self).map(move |res, act, ctx| {
+            let state = match res {
+                Ok(Ok(state)) => state,
+                Ok(Err(e)) => Err(e.to_string()).map_err(|e| act.durable_failed(&key, e))?,
+                Err(e) => Err(e.to_string()).map_err(|e| act.durable_failed(&key, e))?,
+            };
+            if !act.sessions.contains_key(&handle.session_id) || !handle.is_active() {
+                act.active_durables.remove(&key);
+                return Ok(());
+            }
+            let resolved: HashSet<u64> = state.acked.into_iter().collect();
+            act.start_replay(
+                handle.clone(),
+                Replay::AfterCursor(state.floor),
+                resolved,
+                ctx,
+            );
+            act.index.push(handle);
+            Ok(())
+        }))
+    }
+}
+
+impl Router {
+    fn durable_failed(&mut self, key: &(String, String), error: String) -> ProtocolError {
+        self.active_durables.remove(key);
+        log::error!(
+            "durable subscription {}/{} not opened: {error}",
+            key.0,
+            key.1
+        );
+        ProtocolError::new(
+            ErrorCode::Internal,
+            format!("durable state unavailable: {error}"),
+        )
+    }
+
+    /// Takes subscriptions out of the index; a durable one can be opened again.
+    fn remove_subscriptions(&mut self, gone: impl Fn(&SubscriptionHandle) -> bool) {
+        let active_durables = &mut self.active_durables;
+        self.index.retain(|s| {
+            if !gone(s) {
+                return true;
+            }
+            if let Some(name) = &s.spec.durable {
+                active_durables.remove(&(s.principal.clone(), name.clone()));
+            }
+            false
+        });
     }
 }
 
@@ -607,8 +686,9 @@ impl Handler<Unsubscribe> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
-        self.index
-            .retain(|s| !(s.session_id == msg.session_id && s.id == msg.subscription_id));
+        self.remove_subscriptions(|s| {
+            s.session_id == msg.session_id && s.id == msg.subscription_id
+        });
     }
 }
 

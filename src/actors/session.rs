@@ -421,28 +421,31 @@ impl Session {
         }
         let handle = Arc::new(SubscriptionHandle::new(
             self.id,
+            self.principal.clone(),
             id.clone(),
             spec,
             ctx.address().recipient(),
         ));
         self.subscriptions.insert(id.clone(), handle.clone());
         let fut = self.router.send(router::Subscribe { handle });
-        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
-            Ok(()) => act.send(
-                ctx,
-                &Reply::Subscribed {
-                    subscription_id: id,
-                    request_id,
-                },
-            ),
-            Err(e) => {
-                if let Some(h) = act.subscriptions.remove(&id) {
-                    h.deactivate();
+        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| {
+            let refused = match res {
+                Ok(Ok(())) => {
+                    let reply = Reply::Subscribed {
+                        subscription_id: id,
+                        request_id,
+                    };
+                    return act.send(ctx, &reply);
                 }
-                let err =
-                    ProtocolError::new(ErrorCode::Internal, format!("router unavailable: {e}"));
-                act.fail(ctx, &err, request_id);
+                Ok(Err(e)) => e,
+                Err(e) => {
+                    ProtocolError::new(ErrorCode::Internal, format!("router unavailable: {e}"))
+                }
+            };
+            if let Some(h) = act.subscriptions.remove(&id) {
+                h.deactivate();
             }
+            act.fail(ctx, &refused, request_id);
         }));
     }
 

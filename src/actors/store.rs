@@ -15,8 +15,10 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::protocol::EncodedEvent;
+use crate::routing::Matcher;
 use crate::store::{
-    DeadLetter, EventQuery, EventStore, NewDeadLetter, Retention, StoreError, StoreStats,
+    DeadLetter, DurableState, EventQuery, EventStore, NewDeadLetter, Retention, StoreError,
+    StoreStats,
 };
 
 /// How often retention runs even without new appends (age limits need it).
@@ -164,5 +166,97 @@ impl Handler<TakeDeadLetter> for StoreActor {
 
     fn handle(&mut self, msg: TakeDeadLetter, _: &mut Context<Self>) -> Self::Result {
         self.store.take_dead_letter(msg.id)
+    }
+}
+
+/// Open (creating at `floor` if new) a durable subscription's state, compacted first:
+/// its floor moves up over every stored event that `matcher` rejects or that is
+/// already resolved.
+#[derive(Message)]
+#[rtype(result = "Result<DurableState, StoreError>")]
+pub struct OpenDurable {
+    pub principal: String,
+    pub name: String,
+    pub floor: u64,
+    pub matcher: Matcher,
+}
+
+/// Cursors a durable subscription has resolved (acknowledged or dead-lettered).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DurableAcked {
+    pub principal: String,
+    pub name: String,
+    pub cursors: Vec<u64>,
+    /// Also compact the state (the worker asks every so many acks).
+    pub compact_with: Option<Matcher>,
+}
+
+/// Events read per page while compacting a durable subscription.
+const COMPACT_PAGE: usize = 1000;
+
+impl StoreActor {
+    fn compact(
+        &mut self,
+        principal: &str,
+        name: &str,
+        matcher: &Matcher,
+    ) -> Result<DurableState, StoreError> {
+        let state = self.store.durable_open(principal, name, 0)?;
+        let mut floor = state.floor;
+        'scan: loop {
+            let query = EventQuery {
+                after: Some(floor),
+                limit: COMPACT_PAGE,
+                ..EventQuery::default()
+            };
+            let page = self.store.query(&query)?;
+            if page.is_empty() {
+                break;
+            }
+            for e in page {
+                if matcher.matches(&e.event) && !state.acked.contains(&e.event.cursor) {
+                    break 'scan;
+                }
+                floor = e.event.cursor;
+            }
+        }
+        if floor > state.floor {
+            self.store.durable_set_floor(principal, name, floor)?;
+        }
+        self.store.durable_open(principal, name, 0)
+    }
+}
+
+impl Handler<OpenDurable> for StoreActor {
+    type Result = Result<DurableState, StoreError>;
+
+    fn handle(&mut self, msg: OpenDurable, _: &mut Context<Self>) -> Self::Result {
+        self.store
+            .durable_open(&msg.principal, &msg.name, msg.floor)?;
+        self.compact(&msg.principal, &msg.name, &msg.matcher)
+    }
+}
+
+impl Handler<DurableAcked> for StoreActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: DurableAcked, _: &mut Context<Self>) {
+        let result = self
+            .store
+            .durable_ack(&msg.principal, &msg.name, &msg.cursors)
+            .and_then(|()| match &msg.compact_with {
+                Some(matcher) => self.compact(&msg.principal, &msg.name, matcher).map(drop),
+                None => Ok(()),
+            });
+        if let Err(e) = result {
+            // The cursors stay unresolved: they are redelivered on the next resubscribe
+            // (at least once), never lost.
+            log::error!(
+                "durable subscription {}/{}: acks not stored: {e}",
+                msg.principal,
+                msg.name
+            );
+        }
     }
 }

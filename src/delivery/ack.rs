@@ -139,15 +139,17 @@ impl AckTracker {
         }
     }
 
-    /// Acknowledges an in-flight delivery. False when `id` is not in flight.
-    pub fn ack(&mut self, id: &str) -> bool {
+    /// Acknowledges an in-flight delivery; answers its cursor, or `None` when `id` is
+    /// not in flight.
+    pub fn ack(&mut self, id: &str) -> Option<u64> {
         match self.pending.get(id) {
             Some(p) if !p.scheduled => {
+                let cursor = p.event.event.cursor;
                 self.pending.remove(id);
                 self.deadlines.remove(id);
-                true
+                Some(cursor)
             }
-            _ => false,
+            _ => None,
         }
     }
 
@@ -277,9 +279,9 @@ mod tests {
         t.sent(ev("a"), 1, t0);
         t.sent(ev("b"), 1, t0);
         assert!(!t.has_room());
-        assert!(t.ack("a"));
-        assert!(!t.ack("a"), "twice");
-        assert!(!t.ack("zzz"));
+        assert!(t.ack("a").is_some());
+        assert!(t.ack("a").is_none(), "twice");
+        assert!(t.ack("zzz").is_none());
         assert!(t.has_room());
         assert_eq!(t.in_flight(), 1);
     }
@@ -355,7 +357,7 @@ mod tests {
             .unwrap()
             .is_none());
         assert!(t.has_room(), "a scheduled retry is not in flight");
-        assert!(!t.ack("a"), "a scheduled retry cannot be acked");
+        assert!(t.ack("a").is_none(), "a scheduled retry cannot be acked");
         assert!(t.due(t0 + Duration::from_millis(999)).is_empty());
         let out = t.due(t0 + Duration::from_secs(1));
         assert_eq!(describe(&out[0]), ("a".into(), "redeliver", 2));

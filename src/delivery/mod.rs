@@ -400,7 +400,13 @@ mod tests {
     fn handle(spec: serde_json::Value) -> Arc<SubscriptionHandle> {
         let sink = Sink.start().recipient();
         let spec = crate::routing::SubscriptionSpec::from_json(spec).unwrap();
-        Arc::new(SubscriptionHandle::new(1, "s".into(), spec, sink))
+        Arc::new(SubscriptionHandle::new(
+            1,
+            "anonymous".into(),
+            "s".into(),
+            spec,
+            sink,
+        ))
     }
 
     fn drain(q: &mut SubQueue) -> Vec<u64> {

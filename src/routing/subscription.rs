@@ -70,8 +70,10 @@ pub struct SubscriptionSpec {
     pub matcher: Matcher,
     /// Stored events to deliver before live ones.
     pub replay: Option<Replay>,
-    /// At-least-once settings, for `ack: true`.
+    /// At-least-once settings, for `ack: true` (implied by `durable`).
     pub ack: Option<AckOptions>,
+    /// The name a durable subscription's state is kept under (with the principal).
+    pub durable: Option<String>,
 }
 
 /// Where a replay starts (PROTOCOL.md `from_cursor` and its alias `since`).
@@ -184,10 +186,24 @@ impl SubscriptionSpec {
             )),
             (None, None) => None,
         };
-        if raw.durable.is_some() {
-            return Err(not_yet("durable"));
+        if let Some(name) = &raw.durable {
+            if name.is_empty() || name.len() > MAX_SUBSCRIPTION_ID_LEN {
+                return Err(invalid(format!(
+                    "`durable` must be 1 to {MAX_SUBSCRIPTION_ID_LEN} bytes long"
+                )));
+            }
+            if raw.ack == Some(false) {
+                return Err(invalid(
+                    "a `durable` subscription is acknowledged: drop `ack: false`",
+                ));
+            }
+            if matches!(replay, Some(Replay::Since(_))) {
+                return Err(invalid(
+                    "a `durable` subscription starts at a cursor: use `from_cursor`, not `since`",
+                ));
+            }
         }
-        let ack = if raw.ack == Some(true) {
+        let ack = if raw.ack == Some(true) || raw.durable.is_some() {
             let defaults = AckOptions::default();
             let positive = |name: &str, v: Option<u64>, default: u64| match v {
                 Some(0) => Err(invalid(format!("`{name}` must be greater than 0"))),
@@ -250,6 +266,7 @@ impl SubscriptionSpec {
             },
             replay,
             ack,
+            durable: raw.durable,
         })
     }
 
@@ -381,6 +398,18 @@ mod tests {
             ),
             (
                 json!({"type": "all", "ack": "yes"}),
+                ErrorCode::InvalidSubscription,
+            ),
+            (
+                json!({"type": "all", "durable": ""}),
+                ErrorCode::InvalidSubscription,
+            ),
+            (
+                json!({"type": "all", "durable": "d", "ack": false}),
+                ErrorCode::InvalidSubscription,
+            ),
+            (
+                json!({"type": "all", "durable": "d", "since": "2026-01-01T00:00:00Z"}),
                 ErrorCode::InvalidSubscription,
             ),
         ];

@@ -271,6 +271,34 @@ fn dead_letters_are_stored_listed_and_taken() {
 }
 
 #[test]
+fn durable_state_is_created_once_acked_and_compacted() {
+    each_backend(|s| {
+        let d = s.durable_open("alice", "billing", 10).unwrap();
+        assert_eq!((d.floor, d.acked.len()), (10, 0));
+        // Opening again keeps the original floor.
+        assert_eq!(s.durable_open("alice", "billing", 99).unwrap().floor, 10);
+        s.durable_ack("alice", "billing", &[12, 11, 15, 12])
+            .unwrap();
+        let d = s.durable_open("alice", "billing", 0).unwrap();
+        assert_eq!(d.acked.iter().copied().collect::<Vec<_>>(), [11, 12, 15]);
+        s.durable_set_floor("alice", "billing", 12).unwrap();
+        let d = s.durable_open("alice", "billing", 0).unwrap();
+        assert_eq!(
+            (d.floor, d.acked.iter().copied().collect::<Vec<_>>()),
+            (12, vec![15])
+        );
+        s.durable_set_floor("alice", "billing", 5).unwrap();
+        assert_eq!(
+            s.durable_open("alice", "billing", 0).unwrap().floor,
+            12,
+            "never down"
+        );
+        // Names are per principal.
+        assert_eq!(s.durable_open("bob", "billing", 3).unwrap().floor, 3);
+    });
+}
+
+#[test]
 fn sqlite_keeps_events_and_cursor_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::{
-    DeadLetter, EventQuery, EventStore, NewDeadLetter, Order, Retention, StoreError, StoreStats,
+    DeadLetter, DurableState, EventQuery, EventStore, NewDeadLetter, Order, Retention, StoreError,
+    StoreStats,
 };
 use crate::protocol::EncodedEvent;
 
@@ -17,6 +18,7 @@ pub struct MemoryStore {
     events: VecDeque<(DateTime<Utc>, Arc<EncodedEvent>)>,
     last_cursor: u64,
     dead_letters: std::collections::BTreeMap<u64, DeadLetter>,
+    durables: std::collections::HashMap<(String, String), DurableState>,
     last_dead_letter: u64,
 }
 
@@ -125,5 +127,53 @@ impl EventStore for MemoryStore {
 
     fn dead_letter_count(&self) -> Result<u64, StoreError> {
         Ok(self.dead_letters.len() as u64)
+    }
+
+    fn durable_open(
+        &mut self,
+        principal: &str,
+        name: &str,
+        floor: u64,
+    ) -> Result<DurableState, StoreError> {
+        Ok(self
+            .durables
+            .entry((principal.to_owned(), name.to_owned()))
+            .or_insert_with(|| DurableState {
+                floor,
+                acked: Default::default(),
+            })
+            .clone())
+    }
+
+    fn durable_ack(
+        &mut self,
+        principal: &str,
+        name: &str,
+        cursors: &[u64],
+    ) -> Result<(), StoreError> {
+        if let Some(d) = self
+            .durables
+            .get_mut(&(principal.to_owned(), name.to_owned()))
+        {
+            d.acked
+                .extend(cursors.iter().copied().filter(|c| *c > d.floor));
+        }
+        Ok(())
+    }
+
+    fn durable_set_floor(
+        &mut self,
+        principal: &str,
+        name: &str,
+        floor: u64,
+    ) -> Result<(), StoreError> {
+        if let Some(d) = self
+            .durables
+            .get_mut(&(principal.to_owned(), name.to_owned()))
+        {
+            d.floor = d.floor.max(floor);
+            d.acked = d.acked.split_off(&(d.floor + 1));
+        }
+        Ok(())
     }
 }

@@ -162,6 +162,39 @@ pub trait EventStore: Send {
     fn take_dead_letter(&mut self, id: u64) -> Result<Option<DeadLetter>, StoreError>;
 
     fn dead_letter_count(&self) -> Result<u64, StoreError>;
+
+    /// The state of durable subscription `name` of `principal`; created with `floor`
+    /// when it does not exist yet.
+    fn durable_open(
+        &mut self,
+        principal: &str,
+        name: &str,
+        floor: u64,
+    ) -> Result<DurableState, StoreError>;
+
+    /// Records acknowledged (or dead-lettered) cursors of a durable subscription.
+    fn durable_ack(
+        &mut self,
+        principal: &str,
+        name: &str,
+        cursors: &[u64],
+    ) -> Result<(), StoreError>;
+
+    /// Moves the floor up (never down) and forgets acknowledged cursors at or below it.
+    fn durable_set_floor(
+        &mut self,
+        principal: &str,
+        name: &str,
+        floor: u64,
+    ) -> Result<(), StoreError>;
+}
+
+/// Where a durable subscription stands: every match at or below `floor` is resolved
+/// (acknowledged or dead-lettered), and so are the `acked` cursors above it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DurableState {
+    pub floor: u64,
+    pub acked: std::collections::BTreeSet<u64>,
 }
 
 /// Opens the backend the configuration names.

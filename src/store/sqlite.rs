@@ -9,7 +9,8 @@ use chrono::Utc;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    DeadLetter, EventQuery, EventStore, NewDeadLetter, Order, Retention, StoreError, StoreStats,
+    DeadLetter, DurableState, EventQuery, EventStore, NewDeadLetter, Order, Retention, StoreError,
+    StoreStats,
 };
 use crate::protocol::{EncodedEvent, Event};
 
@@ -33,6 +34,18 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     dead_at         TEXT    NOT NULL,
     envelope        TEXT    NOT NULL
 );
+CREATE TABLE IF NOT EXISTS durable_subscriptions (
+    principal TEXT    NOT NULL,
+    name      TEXT    NOT NULL,
+    floor     INTEGER NOT NULL,
+    PRIMARY KEY (principal, name)
+);
+CREATE TABLE IF NOT EXISTS durable_acks (
+    principal TEXT    NOT NULL,
+    name      TEXT    NOT NULL,
+    cursor    INTEGER NOT NULL,
+    PRIMARY KEY (principal, name, cursor)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -292,6 +305,77 @@ impl EventStore for SqliteStore {
         )?;
         tx.commit()?;
         raw.map(RawDeadLetter::decode).transpose()
+    }
+
+    fn durable_open(
+        &mut self,
+        principal: &str,
+        name: &str,
+        floor: u64,
+    ) -> Result<DurableState, StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO durable_subscriptions (principal, name, floor) VALUES (?1, ?2, ?3)
+             ON CONFLICT(principal, name) DO NOTHING",
+            params![principal, name, to_i64(floor)],
+        )?;
+        let floor: i64 = tx.query_row(
+            "SELECT floor FROM durable_subscriptions WHERE principal = ?1 AND name = ?2",
+            params![principal, name],
+            |r| r.get(0),
+        )?;
+        let acked = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT cursor FROM durable_acks WHERE principal = ?1 AND name = ?2 AND cursor > ?3",
+            )?;
+            let rows = stmt.query_map(params![principal, name, floor], |r| r.get::<_, i64>(0))?;
+            rows.map(|r| r.map(|c| c.max(0) as u64))
+                .collect::<Result<_, _>>()?
+        };
+        tx.commit()?;
+        Ok(DurableState {
+            floor: floor.max(0) as u64,
+            acked,
+        })
+    }
+
+    fn durable_ack(
+        &mut self,
+        principal: &str,
+        name: &str,
+        cursors: &[u64],
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO durable_acks (principal, name, cursor) VALUES (?1, ?2, ?3)",
+            )?;
+            for c in cursors {
+                insert.execute(params![principal, name, to_i64(*c)])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn durable_set_floor(
+        &mut self,
+        principal: &str,
+        name: &str,
+        floor: u64,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE durable_subscriptions SET floor = max(floor, ?3) WHERE principal = ?1 AND name = ?2",
+            params![principal, name, to_i64(floor)],
+        )?;
+        tx.execute(
+            "DELETE FROM durable_acks WHERE principal = ?1 AND name = ?2
+             AND cursor <= (SELECT floor FROM durable_subscriptions WHERE principal = ?1 AND name = ?2)",
+            params![principal, name],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     fn dead_letter_count(&self) -> Result<u64, StoreError> {

@@ -1,0 +1,165 @@
+//! Durable subscriptions: position and unacknowledged events kept under
+//! (principal, name) across disconnects and server restarts.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, WsClient};
+use serde_json::{json, Value};
+
+fn durable(name: &str) -> Value {
+    json!({"type": "pattern", "patterns": ["job.>"], "durable": name, "ack_timeout_ms": 60000})
+}
+
+/// Reads `event`s until `replay_complete`, returning the events.
+async fn until_replay_complete(c: &mut WsClient) -> Vec<Value> {
+    let mut events = Vec::new();
+    loop {
+        let msg = c.recv().await;
+        match msg["type"].as_str() {
+            Some("event") => events.push(msg),
+            Some("replay_complete") => return events,
+            _ => panic!("unexpected {msg}"),
+        }
+    }
+}
+
+async fn ack_all(c: &mut WsClient, sid: &str, events: &[Value]) {
+    let ids: Vec<Value> = events.iter().map(|e| e["event"]["id"].clone()).collect();
+    c.send(&json!({"type": "ack", "subscription_id": sid, "event_ids": ids}))
+        .await;
+    c.assert_alive().await;
+}
+
+fn payload_ns(events: &[Value]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| e["event"]["payload"]["n"].as_u64().unwrap())
+        .collect()
+}
+
+async fn publish_jobs(p: &mut WsClient, range: std::ops::Range<u64>) {
+    for n in range {
+        p.publish(json!({"type": "job_step", "payload": {"n": n}}))
+            .await;
+    }
+}
+
+#[actix_rt::test]
+async fn resubscribing_resumes_after_the_last_acknowledged_event() {
+    let server = TestServer::start().await;
+    let mut sub = server.ws().await;
+    let sid = sub.subscribe(durable("billing")).await;
+    assert!(
+        until_replay_complete(&mut sub).await.is_empty(),
+        "a new durable starts with what comes next"
+    );
+    let mut p = server.ws().await;
+    publish_jobs(&mut p, 0..3).await;
+    let got: Vec<Value> = vec![
+        sub.recv_event().await,
+        sub.recv_event().await,
+        sub.recv_event().await,
+    ];
+    assert_eq!(payload_ns(&got), [0, 1, 2]);
+    ack_all(&mut sub, &sid, &got[..2]).await;
+    drop(sub);
+
+    // Published while nobody listens.
+    publish_jobs(&mut p, 3..5).await;
+    let mut again = server.ws().await;
+    let sid = again.subscribe(durable("billing")).await;
+    let resumed = until_replay_complete(&mut again).await;
+    assert_eq!(
+        payload_ns(&resumed),
+        [2, 3, 4],
+        "unacked 2, then what came while away"
+    );
+    ack_all(&mut again, &sid, &resumed).await;
+    // Live events keep flowing on the resumed subscription.
+    publish_jobs(&mut p, 5..6).await;
+    let live = again.recv_event().await;
+    assert_eq!(live["event"]["payload"]["n"], 5);
+    ack_all(&mut again, &sid, &[live]).await;
+    drop(again);
+
+    actix_rt::time::sleep(Duration::from_millis(100)).await;
+    let mut third = server.ws().await;
+    third.subscribe(durable("billing")).await;
+    assert!(
+        until_replay_complete(&mut third).await.is_empty(),
+        "everything was acknowledged"
+    );
+    third.expect_silence(Duration::from_millis(200)).await;
+}
+
+#[actix_rt::test]
+async fn a_durable_name_is_open_on_one_connection_at_a_time() {
+    let server = TestServer::start().await;
+    let mut a = server.ws().await;
+    a.subscribe(durable("solo")).await;
+    let mut b = server.ws().await;
+    let reply = b
+        .request(json!({"type": "subscribe", "subscription": durable("solo")}))
+        .await;
+    assert_eq!(reply["code"], "invalid_subscription", "{reply}");
+    drop(a);
+    let mut opened = false;
+    for _ in 0..50 {
+        let reply = b
+            .request(json!({"type": "subscribe", "subscription": durable("solo")}))
+            .await;
+        if reply["type"] == "subscribed" {
+            opened = true;
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(opened, "free again once the first connection is gone");
+    let (_, subs) = server.get("/api/subscriptions").await;
+    assert!(subs.to_string().contains("\"durable\":\"solo\""), "{subs}");
+}
+
+#[actix_rt::test]
+async fn unacknowledged_events_are_redelivered_after_a_restart() {
+    let server = TestServer::start().await;
+    let dir = server.data_dir.clone();
+    let mut sub = server.ws().await;
+    let sid = sub.subscribe(durable("audit")).await;
+    until_replay_complete(&mut sub).await;
+    let mut p = server.ws().await;
+    publish_jobs(&mut p, 0..4).await;
+    let got: Vec<Value> = vec![
+        sub.recv_event().await,
+        sub.recv_event().await,
+        sub.recv_event().await,
+        sub.recv_event().await,
+    ];
+    ack_all(&mut sub, &sid, &[got[0].clone(), got[2].clone()]).await;
+    drop(sub);
+    drop(p);
+    server.stop().await;
+
+    let server = TestServer::with_data_dir(dir, |_| {}).await;
+    let mut sub = server.ws().await;
+    sub.subscribe(durable("audit")).await;
+    let redelivered = until_replay_complete(&mut sub).await;
+    assert_eq!(payload_ns(&redelivered), [1, 3]);
+    assert_eq!(redelivered[0]["event"]["id"], got[1]["event"]["id"]);
+}
+
+#[actix_rt::test]
+async fn a_new_durable_subscription_can_start_from_a_cursor() {
+    let server = TestServer::start().await;
+    let mut p = server.ws().await;
+    publish_jobs(&mut p, 0..3).await;
+    let mut sub = server.ws().await;
+    let mut spec = durable("history");
+    spec["from_cursor"] = json!(0);
+    sub.subscribe(spec).await;
+    assert_eq!(
+        payload_ns(&until_replay_complete(&mut sub).await),
+        [0, 1, 2]
+    );
+}
