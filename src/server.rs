@@ -38,6 +38,7 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::default());
+    crate::actors::session::seed_session_ids();
     let store = crate::store::open(&config)?;
     let last_cursor = store.last_cursor()?;
     log::info!("event store: {} (last cursor {last_cursor})", store.kind());

@@ -323,3 +323,31 @@ async fn replayed_events_are_acknowledged_deliveries_too() {
     assert_eq!(sub.recv().await["type"], "replay_complete");
     sub.expect_silence(Duration::from_millis(300)).await;
 }
+
+/// A subscriber that never acknowledges dead-letter notices does not start a loop:
+/// its dead notice is stored, but announces nothing further.
+#[actix_rt::test]
+async fn dead_notices_do_not_feed_themselves() {
+    let server = TestServer::start().await;
+    let mut lazy = server.ws().await;
+    lazy.subscribe(json!({"type": "pattern", "patterns": ["switchyard.>"], "ack": true, "ack_timeout_ms": 50, "max_attempts": 1}))
+        .await;
+    let mut sub = server.ws().await;
+    let sid = sub
+        .subscribe(json!({"type": "pattern", "patterns": ["job.*"], "ack": true}))
+        .await;
+    let mut p = server.ws().await;
+    p.publish(json!({"type": "job_run"})).await;
+    let e = sub.recv_event().await;
+    sub.send(&json!({"type": "nack", "subscription_id": sid, "event_id": e["event"]["id"], "requeue": false}))
+        .await;
+    assert_eq!(
+        lazy.recv_event().await["event"]["topic"],
+        "switchyard.dead_letter"
+    );
+    let list = dead_letters(&server, 2).await;
+    assert_eq!(list[1]["event"]["topic"], "switchyard.dead_letter");
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    let (_, all) = server.get("/api/dead-letters").await;
+    assert_eq!(all.as_array().unwrap().len(), 2, "{all}");
+}

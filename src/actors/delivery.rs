@@ -92,8 +92,9 @@ pub struct Nack {
 }
 
 /// Deliver an event to a subscription again (a retried dead letter), as attempt 1.
+/// Answers whether it was queued (false once the subscription has closed).
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "bool")]
 pub struct Redeliver {
     pub sub: Arc<SubscriptionHandle>,
     pub event: Arc<EncodedEvent>,
@@ -373,13 +374,14 @@ impl Handler<Nack> for DeliveryWorker {
 }
 
 impl Handler<Redeliver> for DeliveryWorker {
-    type Result = ();
+    type Result = bool;
 
-    fn handle(&mut self, msg: Redeliver, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Redeliver, _: &mut Context<Self>) -> bool {
         if !msg.sub.is_active() {
-            return;
+            return false;
         }
         self.outbox(&msg.sub).queue(&msg.sub).requeue(msg.event, 1);
         self.flush_soon(msg.sub.session_id);
+        true
     }
 }

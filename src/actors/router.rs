@@ -23,10 +23,10 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::json;
 
-use super::delivery::{worker_for, worker_index, Redeliver};
+use super::delivery::{worker_for, worker_index};
 use super::delivery::{DeliveryWorker, Dispatch, DispatchItem, ReplayEvents};
 use super::session::CloseSession;
-use super::store::{AddDeadLetter, Append, OpenDurable, Query, StoreActor, TakeDeadLetter};
+use super::store::{AddDeadLetter, Append, OpenDurable, Query, StoreActor};
 use super::{SessionId, SubscriptionHandle};
 use crate::config::Config;
 use crate::delivery::ack::DeadReason;
@@ -35,7 +35,7 @@ use crate::metrics::{Metrics, RateWindow};
 use crate::protocol::{EncodedEvent, Event, PublishOk};
 use crate::routing::dedupe::DedupeWindow;
 use crate::routing::{Priority, Replay};
-use crate::store::{DeadLetter, EventQuery, NewDeadLetter};
+use crate::store::{EventQuery, NewDeadLetter};
 
 /// Events routed per `Drain` turn before the router yields to its mailbox, so that a
 /// critical publish is never stuck behind a long backlog for more than one turn.
@@ -104,7 +104,9 @@ pub struct GetTopics;
 #[rtype(result = "serde_json::Value")]
 pub struct ListSubscriptions;
 
-/// Stop accepting sessions and publishes, and close every session with a close frame.
+/// Stop accepting new sessions and close every session with a close frame. Publishes
+/// on connections not yet closed (and over HTTP) are still accepted until the server
+/// stops; the last of them are committed before exit (see [`Flush`]).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Shutdown;
@@ -827,12 +829,20 @@ pub struct DeadLettered {
     pub attempts: u32,
 }
 
-/// Retry a dead letter: redeliver it to its subscription, or republish it when that
-/// subscription is gone. `None` when there is no such dead letter.
+/// The live subscription a dead letter came from, if it is still open.
 #[derive(Message)]
-#[rtype(result = "Result<Option<serde_json::Value>, ProtocolError>")]
-pub struct RetryDeadLetter {
-    pub id: u64,
+#[rtype(result = "Option<Arc<SubscriptionHandle>>")]
+pub struct FindSubscription {
+    pub connection_id: SessionId,
+    pub subscription_id: String,
+}
+
+/// Publish a stored event again, as it was, even if its id is in the dedupe window
+/// (a retried dead letter whose subscription is gone). Answered after the commit.
+#[derive(Message)]
+#[rtype(result = "Result<PublishOk, ProtocolError>")]
+pub struct Republish {
+    pub event: Event,
 }
 
 /// Topic of dead-letter notices.
@@ -865,6 +875,9 @@ impl Handler<DeadLettered> for Router {
         };
         let add = self.store.send(AddDeadLetter { dead_letter });
         ctx.spawn(add.into_actor(self).map(|res, act, ctx| match res {
+            // A dead notice gets no notice of its own: a subscriber that never acks
+            // notices would otherwise feed itself forever.
+            Ok(Ok(dl)) if dl.event.event.topic == DEAD_LETTER_TOPIC => {}
             Ok(Ok(dl)) => {
                 let notice = serde_json::json!({
                     "type": "dead_letter",
@@ -884,73 +897,41 @@ impl Handler<DeadLettered> for Router {
     }
 }
 
-impl Handler<RetryDeadLetter> for Router {
-    type Result = ResponseActFuture<Self, Result<Option<serde_json::Value>, ProtocolError>>;
+impl Handler<FindSubscription> for Router {
+    type Result = Option<Arc<SubscriptionHandle>>;
 
-    fn handle(&mut self, msg: RetryDeadLetter, _: &mut Context<Self>) -> Self::Result {
-        let take = self.store.send(TakeDeadLetter { id: msg.id });
-        Box::pin(take.into_actor(self).then(move |res, act, ctx| {
-            let next = match res {
-                Ok(Ok(Some(dl))) => act.retry(dl, ctx),
-                Ok(Ok(None)) => RetryStep::Done(Ok(None)),
-                Ok(Err(e)) => RetryStep::Done(Err(ProtocolError::new(ErrorCode::Internal, e.to_string()))),
-                Err(e) => RetryStep::Done(Err(ProtocolError::new(ErrorCode::Internal, e.to_string()))),
-            };
-            async move {
-                match next {
-                    RetryStep::Done(result) => result,
-                    RetryStep::Republished { id, answer } => match answer.await.ok().and_then(|mut r| r.pop()) {
-                        Some(Ok(ok)) => Ok(Some(serde_json::json!({"id": id, "retried": "republished", "cursor": ok.cursor}))),
-                        Some(Err(e)) => Err(e),
-                        None => Err(ProtocolError::new(ErrorCode::Internal, "router stopped before the store answered")),
-                    },
-                }
-            }
-            .into_actor(act)
-        }))
+    fn handle(&mut self, msg: FindSubscription, _: &mut Context<Self>) -> Self::Result {
+        self.index
+            .iter()
+            .find(|s| {
+                s.session_id == msg.connection_id && s.id == msg.subscription_id && s.is_active()
+            })
+            .cloned()
     }
 }
 
-/// Where a dead-letter retry stands once the dead letter is out of the store.
-enum RetryStep {
-    Done(Result<Option<serde_json::Value>, ProtocolError>),
-    /// Republished; the answer arrives when its commit does.
-    Republished {
-        id: u64,
-        answer: tokio::sync::oneshot::Receiver<Vec<Result<PublishOk, ProtocolError>>>,
-    },
-}
+impl Handler<Republish> for Router {
+    type Result = ResponseFuture<Result<PublishOk, ProtocolError>>;
 
-impl Router {
-    /// Redelivers a dead letter to its live subscription, or republishes its event.
-    fn retry(&mut self, dl: DeadLetter, ctx: &mut Context<Self>) -> RetryStep {
-        let live = self
-            .index
-            .iter()
-            .find(|s| {
-                s.session_id == dl.connection_id && s.id == dl.subscription_id && s.is_active()
-            })
-            .cloned();
-        if let Some(sub) = live {
-            let done = serde_json::json!({"id": dl.id, "retried": "redelivered", "subscription": dl.subscription_id});
-            let worker = worker_for(sub.session_id, &self.workers);
-            if let Err(SendError::Full(msg)) = worker.try_send(Redeliver {
-                sub,
-                event: dl.event,
-            }) {
-                actix::spawn(async move {
-                    let _ = worker.send(msg).await;
-                });
-            }
-            return RetryStep::Done(Ok(Some(done)));
-        }
-        let mut event = dl.event.event.clone();
+    fn handle(&mut self, msg: Republish, ctx: &mut Context<Self>) -> Self::Result {
+        let mut event = msg.event;
         event.cursor = 0;
         let result = self.accept_checked(event, false);
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.commit_waiters.push((reply, vec![result]));
         self.commit(ctx);
-        RetryStep::Republished { id: dl.id, answer }
+        Box::pin(async move {
+            answer
+                .await
+                .ok()
+                .and_then(|mut r| r.pop())
+                .unwrap_or_else(|| {
+                    Err(ProtocolError::new(
+                        ErrorCode::Internal,
+                        "router stopped before the store answered",
+                    ))
+                })
+        })
     }
 }
 

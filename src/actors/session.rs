@@ -43,6 +43,13 @@ const ANONYMOUS: &str = "anonymous";
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Starts connection ids past any id a previous run of the server handed out (dead
+/// letters name the connection they came from), from the wall clock in microseconds.
+pub fn seed_session_ids() {
+    let micros = chrono::Utc::now().timestamp_micros().max(1) as u64;
+    NEXT_SESSION_ID.fetch_max(micros, Relaxed);
+}
+
 // ---- messages into a session ----
 
 /// Close the connection with a "going away" close frame.

@@ -2,7 +2,7 @@
 //!
 //! Into the store: [`Append`] (from the router: one group commit), [`Query`] (HTTP API
 //! and replay), [`Stats`], and the dead letters: [`AddDeadLetter`] (router),
-//! [`ListDeadLetters`], [`TakeDeadLetter`] (HTTP API and router).
+//! [`ListDeadLetters`], [`GetDeadLetter`], [`TakeDeadLetter`] (HTTP API).
 //! Out of the store: nothing; answers only.
 //!
 //! It runs alone on its own arbiter thread, so the blocking backend calls stall nothing
@@ -138,7 +138,22 @@ pub struct ListDeadLetters {
     pub limit: usize,
 }
 
-/// Remove and return a dead letter (retry and delete both start here).
+/// Read one dead letter.
+#[derive(Message)]
+#[rtype(result = "Result<Option<DeadLetter>, StoreError>")]
+pub struct GetDeadLetter {
+    pub id: u64,
+}
+
+impl Handler<GetDeadLetter> for StoreActor {
+    type Result = Result<Option<DeadLetter>, StoreError>;
+
+    fn handle(&mut self, msg: GetDeadLetter, _: &mut Context<Self>) -> Self::Result {
+        self.store.dead_letter(msg.id)
+    }
+}
+
+/// Remove and return a dead letter (after a successful retry, or to delete it).
 #[derive(Message)]
 #[rtype(result = "Result<Option<DeadLetter>, StoreError>")]
 pub struct TakeDeadLetter {

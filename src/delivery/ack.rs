@@ -102,9 +102,10 @@ impl AckTracker {
         self.pending.len() - self.scheduled
     }
 
-    /// May another delivery go out?
+    /// May another delivery go out? A redelivery scheduled by a delayed `nack` is still
+    /// unacknowledged, so it counts against `max_in_flight` too.
     pub fn has_room(&self) -> bool {
-        self.in_flight() < self.opts.max_in_flight
+        self.pending.len() < self.opts.max_in_flight
     }
 
     /// Is anything waiting for a deadline?
@@ -347,7 +348,7 @@ mod tests {
     }
 
     #[test]
-    fn delayed_nack_is_redelivered_when_due_and_frees_in_flight_room() {
+    fn delayed_nack_is_redelivered_when_due_and_still_counts_as_unacknowledged() {
         let t0 = Instant::now();
         let mut t = AckTracker::new(opts(5, 1));
         t.sent(ev("a"), 1, t0);
@@ -356,7 +357,11 @@ mod tests {
             .nack("a", true, Duration::from_secs(1), t0)
             .unwrap()
             .is_none());
-        assert!(t.has_room(), "a scheduled retry is not in flight");
+        assert_eq!(t.in_flight(), 0, "not in flight while scheduled");
+        assert!(
+            !t.has_room(),
+            "but unacknowledged: max_in_flight still holds"
+        );
         assert!(t.ack("a").is_none(), "a scheduled retry cannot be acked");
         assert!(t.due(t0 + Duration::from_millis(999)).is_empty());
         let out = t.due(t0 + Duration::from_secs(1));

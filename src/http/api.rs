@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::AppState;
+use crate::actors::delivery::{self, worker_for};
 use crate::actors::{router, store};
 use crate::error::{ErrorCode, HttpError};
 use crate::protocol::{PublishResult, Reply, ValidatedBatch};
@@ -264,21 +265,65 @@ fn no_dead_letter(id: u64) -> HttpError {
     HttpError::new(ErrorCode::NotFound, format!("no dead letter {id}"))
 }
 
-/// `POST /api/dead-letters/{id}/retry`.
+/// `POST /api/dead-letters/{id}/retry`: back to its subscription when that is still
+/// open, otherwise published again. The dead letter is removed only once that worked.
 pub async fn retry_dead_letter(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, HttpError> {
     let id = dead_letter_id(&id)?;
-    let retried = state
-        .router
-        .send(router::RetryDeadLetter { id })
+    let dl = state
+        .store
+        .send(store::GetDeadLetter { id })
         .await
-        .map_err(HttpError::router_unavailable)??;
-    match retried {
-        Some(body) => Ok(HttpResponse::Ok().json(body)),
-        None => Err(no_dead_letter(id)),
+        .map_err(HttpError::store_unavailable)?
+        .map_err(HttpError::store)?
+        .ok_or_else(|| no_dead_letter(id))?;
+    let find = router::FindSubscription {
+        connection_id: dl.connection_id,
+        subscription_id: dl.subscription_id.clone(),
+    };
+    let live = state
+        .router
+        .send(find)
+        .await
+        .map_err(HttpError::router_unavailable)?;
+    let mut body = None;
+    if let Some(sub) = live {
+        let worker = worker_for(sub.session_id, &state.workers);
+        let queued = worker
+            .send(delivery::Redeliver {
+                sub,
+                event: dl.event.clone(),
+            })
+            .await;
+        if queued == Ok(true) {
+            body = Some(
+                serde_json::json!({"id": id, "retried": "redelivered", "subscription": dl.subscription_id}),
+            );
+        }
     }
+    let body = match body {
+        Some(b) => b,
+        None => {
+            let republish = router::Republish {
+                event: dl.event.event.clone(),
+            };
+            let ok = state
+                .router
+                .send(republish)
+                .await
+                .map_err(HttpError::router_unavailable)??;
+            serde_json::json!({"id": id, "retried": "republished", "cursor": ok.cursor})
+        }
+    };
+    state
+        .store
+        .send(store::TakeDeadLetter { id })
+        .await
+        .map_err(HttpError::store_unavailable)?
+        .map_err(HttpError::store)?;
+    Ok(HttpResponse::Ok().json(body))
 }
 
 /// `DELETE /api/dead-letters/{id}`.

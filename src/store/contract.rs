@@ -262,6 +262,8 @@ fn dead_letters_are_stored_listed_and_taken() {
         assert_eq!(listed[1].event.event.cursor, 2);
         assert_eq!(listed[0].to_json()["subscription"], "sub-1");
         assert_eq!(s.dead_letters(ids[0], 1).unwrap()[0].id, ids[1]);
+        assert_eq!(s.dead_letter(ids[1]).unwrap().unwrap().reason, "rejected");
+        assert!(s.dead_letter(9999).unwrap().is_none());
         let taken = s.take_dead_letter(ids[1]).unwrap().unwrap();
         assert_eq!(taken.reason, "rejected");
         assert!(s.take_dead_letter(ids[1]).unwrap().is_none());

@@ -121,6 +121,10 @@ impl EventStore for MemoryStore {
             .collect())
     }
 
+    fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        Ok(self.dead_letters.get(&id).cloned())
+    }
+
     fn take_dead_letter(&mut self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
         Ok(self.dead_letters.remove(&id))
     }

@@ -158,6 +158,9 @@ pub trait EventStore: Send {
     /// Dead letters with an id greater than `after`, oldest first, at most `limit`.
     fn dead_letters(&self, after: u64, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
 
+    /// One dead letter.
+    fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError>;
+
     /// Removes and returns a dead letter.
     fn take_dead_letter(&mut self, id: u64) -> Result<Option<DeadLetter>, StoreError>;
 

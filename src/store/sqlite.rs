@@ -289,6 +289,19 @@ impl EventStore for SqliteStore {
             .collect()
     }
 
+    fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        let raw = self
+            .conn
+            .query_row(
+                "SELECT id, subscription_id, connection_id, reason, attempts, dead_at, envelope
+                 FROM dead_letters WHERE id = ?1",
+                params![to_i64(id)],
+                row_to_dead,
+            )
+            .optional()?;
+        raw.map(RawDeadLetter::decode).transpose()
+    }
+
     fn take_dead_letter(&mut self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
         let tx = self.conn.transaction()?;
         let raw = tx
