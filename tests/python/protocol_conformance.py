@@ -14,8 +14,8 @@ every check on fresh connections (each receive times out after 5 s), stops the s
 with SIGTERM (expecting exit code 0), prints `PASS name` / `FAIL name: reason` per check
 and finally one line `N passed, M failed`. Exit status is 1 if any check failed.
 
-Not covered (not implemented yet in this build): ack/nack, condition, from_cursor,
-since, durable, coalesce, authentication and /metrics.
+Not covered (not implemented yet in this build): condition, coalesce, authentication
+and /metrics.
 """
 import argparse
 import asyncio
@@ -535,6 +535,93 @@ async def http_bad_param():
           f"expected {{\"error\":{{\"code\",\"message\"}}}}, got {body!r}")
 
 
+# ---------------------------------------------------------------- checks: replay, acks, dead letters
+def uniq(prefix):
+    return f"{prefix}{time.monotonic_ns()}"
+
+
+async def replay_from_cursor():
+    topic = uniq("replay.t")
+    async with AsyncExitStack() as s:
+        pub = await connect(s)
+        first = await publish(pub, {"topic": topic, "payload": {"n": 0}})
+        second = await publish(pub, {"topic": topic, "payload": {"n": 1}})
+        ws = await connect(s)
+        sub = await expect_type(ws, {"type": "subscribe", "subscription": {
+            "type": "pattern", "patterns": [topic], "from_cursor": first["cursor"] - 1}}, "subscribed")
+        sid = sub["subscription_id"]
+        got = [await next_event(ws, sid), await next_event(ws, sid)]
+        eq([e["cursor"] for e in got], [first["cursor"], second["cursor"]], "replayed cursors")
+        done = await recv(ws)
+        eq(done.get("type"), "replay_complete", "after the replay")
+        eq(done.get("subscription_id"), sid, "replay_complete subscription_id")
+        check(is_int(done.get("last_cursor")) and done["last_cursor"] >= second["cursor"],
+              f"replay_complete last_cursor: {done!r}")
+        live = await publish(pub, {"topic": topic})
+        eq((await next_event(ws, sid))["id"], live["event_id"], "live after replay")
+
+
+async def ack_redelivery_and_dead_letter():
+    topic = uniq("acks.t")
+    async with AsyncExitStack() as s:
+        ws = await connect(s)
+        sub = await expect_type(ws, {"type": "subscribe", "subscription": {
+            "type": "pattern", "patterns": [topic], "ack": True, "ack_timeout_ms": 200, "max_attempts": 5}},
+            "subscribed")
+        sid = sub["subscription_id"]
+        pub = await connect(s)
+        ev = await publish(pub, {"topic": topic})
+        msg = await recv(ws)
+        eq((msg.get("type"), msg.get("attempt")), ("event", 1), "first delivery")
+        again = await recv(ws)  # not acked: redelivered after ack_timeout_ms
+        eq((again.get("type"), again.get("attempt"), again["event"]["id"]), ("event", 2, ev["event_id"]),
+           "redelivery")
+        await ws.send(json.dumps({"type": "nack", "subscription_id": sid, "event_id": ev["event_id"],
+                                  "requeue": False}))
+        await still_open(ws)
+        for _ in range(50):
+            status, body = await ahttp("GET", "/api/dead-letters")
+            eq(status, 200, "GET /api/dead-letters")
+            mine = [d for d in body if d.get("event", {}).get("id") == ev["event_id"]]
+            if mine:
+                break
+            await asyncio.sleep(0.05)
+        check(mine, "nacked event not listed in /api/dead-letters")
+        d = mine[0]
+        eq((d.get("reason"), d.get("attempts"), d.get("subscription")), ("rejected", 2, sid), "dead letter")
+        check(is_rfc3339(d.get("dead_at")), f"dead_at: {d!r}")
+        status, _ = await ahttp("DELETE", f"/api/dead-letters/{d['id']}")
+        eq(status, 204, "DELETE dead letter")
+        await expect_error(ws, {"type": "ack", "subscription_id": sid, "event_id": "never-delivered"}, "unknown_event")
+
+
+async def durable_resume():
+    topic, name = uniq("durable.t"), uniq("d")
+    spec = {"type": "pattern", "patterns": [topic], "durable": name}
+    async with AsyncExitStack() as s:
+        pub = await connect(s)
+        async with websockets.connect(WS + "/ws", close_timeout=0.2) as ws:
+            sid = (await expect_type(ws, {"type": "subscribe", "subscription": spec}, "subscribed"))["subscription_id"]
+            eq((await recv(ws)).get("type"), "replay_complete", "new durable")
+            a = await publish(pub, {"topic": topic, "payload": {"n": 1}})
+            await publish(pub, {"topic": topic, "payload": {"n": 2}})
+            got = [await recv(ws), await recv(ws)]
+            await ws.send(json.dumps({"type": "ack", "subscription_id": sid, "event_id": a["event_id"]}))
+            await still_open(ws)
+            check([m["event"]["payload"]["n"] for m in got] == [1, 2], f"durable deliveries: {got!r}")
+        await publish(pub, {"topic": topic, "payload": {"n": 3}})
+        await asyncio.sleep(0.1)
+        ws = await connect(s)
+        await expect_type(ws, {"type": "subscribe", "subscription": spec}, "subscribed")
+        resumed = []
+        while True:
+            m = await recv(ws)
+            if m.get("type") == "replay_complete":
+                break
+            resumed.append(m["event"]["payload"]["n"])
+        eq(resumed, [2, 3], "resumed after the last acknowledged event")
+
+
 CHECKS = [
     ("ping_pong", ping_pong), ("request_id_echo", request_id_echo), ("publish_variants", publish_variants),
     ("publish_duplicate", publish_duplicate), ("publish_batch_partial", publish_batch_partial),
@@ -555,6 +642,8 @@ CHECKS = [
     ("http_post_array", http_post_array), ("http_events_query", http_events_query),
     ("http_events_filters", http_events_filters), ("http_topics", http_topics), ("http_stats", http_stats),
     ("http_aliases", http_aliases), ("http_subscriptions", http_subscriptions), ("http_bad_param", http_bad_param),
+    ("replay_from_cursor", replay_from_cursor), ("ack_redelivery_and_dead_letter", ack_redelivery_and_dead_letter),
+    ("durable_resume", durable_resume),
 ]
 
 
