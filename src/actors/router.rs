@@ -1,9 +1,12 @@
 //! The router actor: the single owner of accepted events and of the subscription index.
 //!
 //! Into the router: [`Connect`], [`Disconnect`], [`Subscribe`], [`Unsubscribe`],
-//! [`Publish`] (from sessions and the HTTP API), the read-only queries [`GetStats`],
-//! [`GetTopics`], [`ListSubscriptions`], and [`Shutdown`] / [`Flush`].
-//! Out of the router: [`Append`] to the store, [`Dispatch`] to delivery workers,
+//! [`Publish`] (from sessions and the HTTP API), [`Shutdown`] / [`Flush`]; the
+//! read-only queries [`GetStats`], [`GetTopics`], [`ListSubscriptions`] (`queries.rs`);
+//! [`DeadLettered`] from workers and [`FindSubscription`] / [`Republish`] for dead-letter
+//! retries (`dead_letters.rs`).
+//! Out of the router: [`Append`], `OpenDurable`, `Query` and `AddDeadLetter` to the
+//! store, [`Dispatch`] and `ReplayEvents` (`replay.rs`) to delivery workers,
 //! [`CloseSession`] to sessions.
 //!
 //! A publish is accepted in one step (dedupe, cursor) into the commit buffer. Group
@@ -13,29 +16,32 @@
 //! first, match each event once against the index, and send one `Dispatch` per worker.
 //! Must not: write to sockets or hold per-subscriber waiting events (workers do).
 
+mod dead_letters;
+mod queries;
+mod replay;
+
+pub use dead_letters::{DeadLettered, FindSubscription, Republish, DEAD_LETTER_TOPIC};
+pub use queries::{GetStats, GetTopics, ListSubscriptions, TopicInfo};
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Serialize;
-use serde_json::json;
+use chrono::{DateTime, Utc};
 
-use super::delivery::{worker_for, worker_index};
-use super::delivery::{DeliveryWorker, Dispatch, DispatchItem, ReplayEvents};
+use super::delivery::worker_index;
+use super::delivery::{DeliveryWorker, Dispatch, DispatchItem};
 use super::session::CloseSession;
-use super::store::{AddDeadLetter, Append, OpenDurable, Query, StoreActor};
+use super::store::{Append, OpenDurable, StoreActor};
 use super::{SessionId, SubscriptionHandle};
 use crate::config::Config;
-use crate::delivery::ack::DeadReason;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::metrics::{Metrics, RateWindow};
 use crate::protocol::{EncodedEvent, Event, PublishOk};
 use crate::routing::dedupe::DedupeWindow;
-use crate::routing::{Priority, Replay};
-use crate::store::{EventQuery, NewDeadLetter};
+use crate::routing::Replay;
 
 /// Events routed per `Drain` turn before the router yields to its mailbox, so that a
 /// critical publish is never stuck behind a long backlog for more than one turn.
@@ -89,21 +95,6 @@ pub struct Publish {
     pub events: Vec<Event>,
 }
 
-/// The `/api/stats` document.
-#[derive(Message)]
-#[rtype(result = "serde_json::Value")]
-pub struct GetStats;
-
-/// The `/api/topics` list.
-#[derive(Message)]
-#[rtype(result = "Vec<TopicInfo>")]
-pub struct GetTopics;
-
-/// The `/api/subscriptions` document.
-#[derive(Message)]
-#[rtype(result = "serde_json::Value")]
-pub struct ListSubscriptions;
-
 /// Stop accepting new sessions and close every session with a close frame. Publishes
 /// on connections not yet closed (and over HTTP) are still accepted until the server
 /// stops; the last of them are committed before exit (see [`Flush`]).
@@ -120,71 +111,6 @@ pub struct Flush;
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Drain;
-
-/// Events per replay page read from the store, and the most replayed events a worker
-/// holds for one subscription before the next page is read.
-const REPLAY_PAGE: usize = 1000;
-
-/// Hands the stored events of `sub` in `(after, upper]` that `replay` admits, match the
-/// subscription, and are not in `pending` (those arrive live), to `worker`, in pages.
-async fn replay_stored(
-    store: &Addr<StoreActor>,
-    worker: &Addr<DeliveryWorker>,
-    sub: &Arc<SubscriptionHandle>,
-    replay: Replay,
-    mut after: u64,
-    upper: u64,
-    pending: &HashSet<u64>,
-) -> Result<(), String> {
-    let now = Utc::now();
-    while after < upper && sub.is_active() {
-        let query = EventQuery {
-            after: Some(after),
-            limit: REPLAY_PAGE,
-            ..EventQuery::default()
-        };
-        let page = store
-            .send(Query { query })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        let Some(last) = page.last() else { break };
-        after = last.event.cursor;
-        let events: Vec<_> = page
-            .into_iter()
-            .filter(|e| {
-                let ev = &e.event;
-                ev.cursor <= upper
-                    && !pending.contains(&ev.cursor)
-                    && replay.admits(ev)
-                    && !ev.is_expired(now)
-                    && sub.spec.matcher.matches(ev)
-            })
-            .collect();
-        if !events.is_empty() {
-            let msg = ReplayEvents {
-                sub: sub.clone(),
-                events,
-                complete_at: None,
-            };
-            worker.send(msg).await.map_err(|e| e.to_string())?;
-        }
-        // Bounded: the next page waits until this one has mostly reached the session.
-        while sub.replay_backlog.load(Relaxed) as usize > REPLAY_PAGE && sub.is_active() {
-            actix::clock::sleep(Duration::from_millis(5)).await;
-        }
-    }
-    Ok(())
-}
-
-/// One row of `/api/topics`.
-#[derive(Debug, Clone, Serialize)]
-pub struct TopicInfo {
-    pub topic: String,
-    pub count: u64,
-    pub last_cursor: u64,
-    pub last_at: String,
-}
 
 struct TopicStats {
     count: u64,
@@ -487,68 +413,6 @@ impl Router {
             self.schedule_drain(ctx);
         }
     }
-
-    /// Replays stored matches of `sub` that were routed before it joined the index.
-    ///
-    /// The boundary is `last_committed`: events above it are not committed yet, so they
-    /// will be routed (live) after the subscription joins. Of the events at or below it,
-    /// those still waiting in the priority queues will be routed live as well; all
-    /// others were routed before and are replayed. A task reads the store page by page,
-    /// handing each page to the subscription's worker once the previous one drained.
-    /// `skip` holds cursors already resolved (a durable subscription's acks).
-    fn start_replay(
-        &mut self,
-        sub: Arc<SubscriptionHandle>,
-        replay: Replay,
-        mut skip: HashSet<u64>,
-        ctx: &mut Context<Self>,
-    ) {
-        let upper = self.last_committed;
-        let pending = self
-            .queues
-            .iter()
-            .flatten()
-            .map(|e| e.event.cursor)
-            .filter(|c| *c <= upper);
-        skip.extend(pending);
-        let pending = skip;
-        let worker = worker_for(sub.session_id, &self.workers);
-        let store = self.store.clone();
-        let session = sub.session_id;
-        ctx.spawn(
-            async move {
-                let after = replay.start_after();
-                replay_stored(&store, &worker, &sub, replay, after, upper, &pending).await?;
-                let done = ReplayEvents {
-                    sub,
-                    events: Vec::new(),
-                    complete_at: Some(upper),
-                };
-                worker.send(done).await.map_err(|e| e.to_string())
-            }
-            .into_actor(self)
-            .map(move |res, act, _| {
-                if let Err(e) = res {
-                    // Never a silent gap: the client reconnects and resumes from its cursor.
-                    log::error!("replay for connection {session} failed, closing it: {e}");
-                    if let Some(s) = act.sessions.get(&session) {
-                        let _ = s.close.try_send(CloseSession {
-                            reason: "replay failed; reconnect to resume".into(),
-                        });
-                    }
-                }
-            }),
-        );
-    }
-
-    fn queue_depths(&self) -> serde_json::Value {
-        let mut m = serde_json::Map::new();
-        for p in Priority::HIGHEST_FIRST {
-            m.insert(p.as_str().into(), self.queues[p.index()].len().into());
-        }
-        m.insert("total".into(), self.queued.into());
-        serde_json::Value::Object(m)
-    }
 }
 
 impl Actor for Router {
@@ -729,209 +593,6 @@ impl Handler<Drain> for Router {
     fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) {
         self.drain_scheduled = false;
         self.route(ctx);
-    }
-}
-
-impl Handler<GetStats> for Router {
-    type Result = MessageResult<GetStats>;
-
-    fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
-        let m = &self.metrics;
-        MessageResult(json!({
-            "uptime_seconds": m.started.elapsed().as_secs_f64(),
-            "events": {
-                "published": m.published.to_json(),
-                "delivered": m.delivered.to_json(),
-                "dropped": m.dropped.to_json(),
-                "dead_lettered": m.dead_lettered.to_json(),
-                "duplicates": m.duplicates.load(Relaxed),
-                "expired": self.expired,
-                "rejected_busy": m.rejected_busy.load(Relaxed),
-            },
-            "rates_per_second": {
-                "published": self.published_rate.per_second(),
-                "delivered": self.delivered_rate.per_second(),
-                "window_seconds": RATE_WINDOW.as_secs(),
-            },
-            "queues": self.queue_depths(),
-            "connections": {
-                "open": m.connections.load(Relaxed),
-                "total": m.connections_total.load(Relaxed),
-                "refused": m.connections_refused.load(Relaxed),
-            },
-            "subscriptions": self.index.len(),
-            "protocol_errors": m.protocol_errors.load(Relaxed),
-        }))
-    }
-}
-
-impl Handler<GetTopics> for Router {
-    type Result = MessageResult<GetTopics>;
-
-    fn handle(&mut self, _: GetTopics, _: &mut Context<Self>) -> Self::Result {
-        let mut topics: Vec<TopicInfo> = self
-            .topics
-            .iter()
-            .map(|(topic, t)| TopicInfo {
-                topic: topic.clone(),
-                count: t.count,
-                last_cursor: t.last_cursor,
-                last_at: t.last_at.to_rfc3339_opts(SecondsFormat::Micros, true),
-            })
-            .collect();
-        topics.sort_by(|a, b| a.topic.cmp(&b.topic));
-        MessageResult(topics)
-    }
-}
-
-impl Handler<ListSubscriptions> for Router {
-    type Result = MessageResult<ListSubscriptions>;
-
-    fn handle(&mut self, _: ListSubscriptions, _: &mut Context<Self>) -> Self::Result {
-        let mut connections: Vec<_> = self
-            .sessions
-            .iter()
-            .map(|(id, s)| {
-                let subs: Vec<_> = self
-                    .index
-                    .iter()
-                    .filter(|h| h.session_id == *id)
-                    .map(|h| h.to_json())
-                    .collect();
-                (
-                    *id,
-                    json!({
-                        "connection_id": id,
-                        "peer": s.peer,
-                        "connected_at": s.connected_at.to_rfc3339_opts(SecondsFormat::Millis, true),
-                        "subscriptions": subs,
-                    }),
-                )
-            })
-            .collect();
-        connections.sort_by_key(|(id, _)| *id);
-        MessageResult(json!({
-            "connections": connections.into_iter().map(|(_, c)| c).collect::<Vec<_>>(),
-            "subscription_count": self.index.len(),
-        }))
-    }
-}
-
-/// A delivery worker gave up on an event for a subscription: store it as a dead letter
-/// and publish a notice on `switchyard.dead_letter`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct DeadLettered {
-    pub event: Arc<EncodedEvent>,
-    pub subscription_id: String,
-    pub connection_id: SessionId,
-    pub reason: DeadReason,
-    pub attempts: u32,
-}
-
-/// The live subscription a dead letter came from, if it is still open.
-#[derive(Message)]
-#[rtype(result = "Option<Arc<SubscriptionHandle>>")]
-pub struct FindSubscription {
-    pub connection_id: SessionId,
-    pub subscription_id: String,
-}
-
-/// Publish a stored event again, as it was, even if its id is in the dedupe window
-/// (a retried dead letter whose subscription is gone). Answered after the commit.
-#[derive(Message)]
-#[rtype(result = "Result<PublishOk, ProtocolError>")]
-pub struct Republish {
-    pub event: Event,
-}
-
-/// Topic of dead-letter notices.
-pub const DEAD_LETTER_TOPIC: &str = "switchyard.dead_letter";
-
-impl Router {
-    /// Accepts an event of the router's own and commits it; nobody waits for the reply.
-    fn publish_own(&mut self, event: Event, ctx: &mut Context<Self>) {
-        match self.accept(event) {
-            Ok(ok) => {
-                let (reply, _) = tokio::sync::oneshot::channel();
-                self.commit_waiters.push((reply, vec![Ok(ok)]));
-                self.commit(ctx);
-            }
-            Err(e) => log::warn!("dead-letter notice not published: {e}"),
-        }
-    }
-}
-
-impl Handler<DeadLettered> for Router {
-    type Result = ();
-
-    fn handle(&mut self, msg: DeadLettered, ctx: &mut Context<Self>) {
-        let dead_letter = NewDeadLetter {
-            event: msg.event,
-            subscription_id: msg.subscription_id,
-            connection_id: msg.connection_id,
-            reason: msg.reason.as_str().to_owned(),
-            attempts: msg.attempts,
-        };
-        let add = self.store.send(AddDeadLetter { dead_letter });
-        ctx.spawn(add.into_actor(self).map(|res, act, ctx| match res {
-            // A dead notice gets no notice of its own: a subscriber that never acks
-            // notices would otherwise feed itself forever.
-            Ok(Ok(dl)) if dl.event.event.topic == DEAD_LETTER_TOPIC => {}
-            Ok(Ok(dl)) => {
-                let notice = serde_json::json!({
-                    "type": "dead_letter",
-                    "topic": DEAD_LETTER_TOPIC,
-                    "priority": "high",
-                    "source": "switchyard",
-                    "payload": dl.to_json(),
-                });
-                match Event::from_json(notice, "switchyard") {
-                    Ok(event) => act.publish_own(event, ctx),
-                    Err(e) => log::error!("dead-letter notice invalid: {e}"),
-                }
-            }
-            Ok(Err(e)) => log::error!("dead letter not stored: {e}"),
-            Err(e) => log::error!("dead letter not stored, store unavailable: {e}"),
-        }));
-    }
-}
-
-impl Handler<FindSubscription> for Router {
-    type Result = Option<Arc<SubscriptionHandle>>;
-
-    fn handle(&mut self, msg: FindSubscription, _: &mut Context<Self>) -> Self::Result {
-        self.index
-            .iter()
-            .find(|s| {
-                s.session_id == msg.connection_id && s.id == msg.subscription_id && s.is_active()
-            })
-            .cloned()
-    }
-}
-
-impl Handler<Republish> for Router {
-    type Result = ResponseFuture<Result<PublishOk, ProtocolError>>;
-
-    fn handle(&mut self, msg: Republish, ctx: &mut Context<Self>) -> Self::Result {
-        let mut event = msg.event;
-        event.cursor = 0;
-        let result = self.accept_checked(event, false);
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.commit_waiters.push((reply, vec![result]));
-        self.commit(ctx);
-        Box::pin(async move {
-            answer
-                .await
-                .ok()
-                .and_then(|mut r| r.pop())
-                .unwrap_or_else(|| {
-                    Err(ProtocolError::new(
-                        ErrorCode::Internal,
-                        "router stopped before the store answered",
-                    ))
-                })
-        })
     }
 }
 

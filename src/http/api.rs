@@ -78,6 +78,20 @@ pub struct EventsParams {
     order: Option<String>,
 }
 
+/// `limit`: default 100, capped at 1000, at least 1.
+fn parse_limit(raw: Option<&str>) -> Result<usize, HttpError> {
+    match raw {
+        None => Ok(DEFAULT_LIMIT),
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n.min(MAX_LIMIT)),
+            _ => Err(HttpError::new(
+                ErrorCode::InvalidRequest,
+                format!("`limit` must be an integer from 1 to {MAX_LIMIT}, got `{s}`"),
+            )),
+        },
+    }
+}
+
 fn parse_query(p: EventsParams) -> Result<EventQuery, HttpError> {
     let bad = |msg: String| HttpError::new(ErrorCode::InvalidRequest, msg);
     let topic = p.topic.as_deref().map(Pattern::parse).transpose()?;
@@ -92,17 +106,7 @@ fn parse_query(p: EventsParams) -> Result<EventQuery, HttpError> {
         ),
         None => None,
     };
-    let limit = match p.limit.as_deref() {
-        Some(s) => match s.parse::<usize>() {
-            Ok(0) | Err(_) => {
-                return Err(bad(format!(
-                    "`limit` must be an integer from 1 to {MAX_LIMIT}, got `{s}`"
-                )))
-            }
-            Ok(n) => n.min(MAX_LIMIT),
-        },
-        None => DEFAULT_LIMIT,
-    };
+    let limit = parse_limit(p.limit.as_deref())?;
     let order = match p.order.as_deref() {
         None | Some("asc") => Order::Asc,
         Some("desc") => Order::Desc,
@@ -231,17 +235,7 @@ pub async fn dead_letters(
             .map_err(|_| bad(format!("`after` must be an id (integer), got `{s}`")))?,
         None => 0,
     };
-    let limit = match params.limit.as_deref() {
-        Some(s) => match s.parse::<usize>() {
-            Ok(0) | Err(_) => {
-                return Err(bad(format!(
-                    "`limit` must be an integer from 1 to {MAX_LIMIT}, got `{s}`"
-                )))
-            }
-            Ok(n) => n.min(MAX_LIMIT),
-        },
-        None => DEFAULT_LIMIT,
-    };
+    let limit = parse_limit(params.limit.as_deref())?;
     let list = state
         .store
         .send(store::ListDeadLetters { after, limit })

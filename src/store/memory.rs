@@ -99,15 +99,7 @@ impl EventStore for MemoryStore {
 
     fn add_dead_letter(&mut self, dl: NewDeadLetter) -> Result<DeadLetter, StoreError> {
         self.last_dead_letter += 1;
-        let stored = DeadLetter {
-            id: self.last_dead_letter,
-            event: dl.event,
-            subscription_id: dl.subscription_id,
-            connection_id: dl.connection_id,
-            reason: dl.reason,
-            attempts: dl.attempts,
-            dead_at: Utc::now(),
-        };
+        let stored = dl.stored(self.last_dead_letter, Utc::now());
         self.dead_letters.insert(stored.id, stored.clone());
         Ok(stored)
     }

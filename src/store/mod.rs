@@ -112,6 +112,21 @@ pub struct NewDeadLetter {
     pub attempts: u32,
 }
 
+impl NewDeadLetter {
+    /// The dead letter as stored under `id` at `dead_at`.
+    pub fn stored(self, id: u64, dead_at: DateTime<Utc>) -> DeadLetter {
+        DeadLetter {
+            id,
+            event: self.event,
+            subscription_id: self.subscription_id,
+            connection_id: self.connection_id,
+            reason: self.reason,
+            attempts: self.attempts,
+            dead_at,
+        }
+    }
+}
+
 /// How much to keep. Either limit may be off.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Retention {

@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 ";
 
+const SELECT_DEAD_LETTER: &str =
+    "SELECT id, subscription_id, connection_id, reason, attempts, dead_at, envelope
+     FROM dead_letters WHERE id = ?1";
+
 /// Rows read per page when a topic pattern must be checked in Rust.
 const PAGE: usize = 1000;
 
@@ -265,15 +269,7 @@ impl EventStore for SqliteStore {
                 &*dl.event.json
             ],
         )?;
-        Ok(DeadLetter {
-            id: self.conn.last_insert_rowid().max(0) as u64,
-            event: dl.event,
-            subscription_id: dl.subscription_id,
-            connection_id: dl.connection_id,
-            reason: dl.reason,
-            attempts: dl.attempts,
-            dead_at,
-        })
+        Ok(dl.stored(self.conn.last_insert_rowid().max(0) as u64, dead_at))
     }
 
     fn dead_letters(&self, after: u64, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
@@ -292,12 +288,7 @@ impl EventStore for SqliteStore {
     fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
         let raw = self
             .conn
-            .query_row(
-                "SELECT id, subscription_id, connection_id, reason, attempts, dead_at, envelope
-                 FROM dead_letters WHERE id = ?1",
-                params![to_i64(id)],
-                row_to_dead,
-            )
+            .query_row(SELECT_DEAD_LETTER, params![to_i64(id)], row_to_dead)
             .optional()?;
         raw.map(RawDeadLetter::decode).transpose()
     }
@@ -305,12 +296,7 @@ impl EventStore for SqliteStore {
     fn take_dead_letter(&mut self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
         let tx = self.conn.transaction()?;
         let raw = tx
-            .query_row(
-                "SELECT id, subscription_id, connection_id, reason, attempts, dead_at, envelope
-                 FROM dead_letters WHERE id = ?1",
-                params![to_i64(id)],
-                row_to_dead,
-            )
+            .query_row(SELECT_DEAD_LETTER, params![to_i64(id)], row_to_dead)
             .optional()?;
         tx.execute(
             "DELETE FROM dead_letters WHERE id = ?1",

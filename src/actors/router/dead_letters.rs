@@ -1,0 +1,133 @@
+//! Dead letters, from the router's side: store them, announce them on
+//! `switchyard.dead_letter`, and the two steps of a retry (find the live subscription,
+//! or publish the event again).
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::{Router, SessionId};
+use crate::actors::store::AddDeadLetter;
+use crate::actors::SubscriptionHandle;
+use crate::delivery::ack::DeadReason;
+use crate::error::{ErrorCode, ProtocolError};
+use crate::protocol::{EncodedEvent, Event, PublishOk};
+use crate::store::NewDeadLetter;
+
+/// A delivery worker gave up on an event for a subscription: store it as a dead letter
+/// and publish a notice on `switchyard.dead_letter`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeadLettered {
+    pub event: Arc<EncodedEvent>,
+    pub subscription_id: String,
+    pub connection_id: SessionId,
+    pub reason: DeadReason,
+    pub attempts: u32,
+}
+
+/// The live subscription a dead letter came from, if it is still open.
+#[derive(Message)]
+#[rtype(result = "Option<Arc<SubscriptionHandle>>")]
+pub struct FindSubscription {
+    pub connection_id: SessionId,
+    pub subscription_id: String,
+}
+
+/// Publish a stored event again, as it was, even if its id is in the dedupe window
+/// (a retried dead letter whose subscription is gone). Answered after the commit.
+#[derive(Message)]
+#[rtype(result = "Result<PublishOk, ProtocolError>")]
+pub struct Republish {
+    pub event: Event,
+}
+
+/// Topic of dead-letter notices.
+pub const DEAD_LETTER_TOPIC: &str = "switchyard.dead_letter";
+
+impl Router {
+    /// Accepts an event of the router's own and commits it; nobody waits for the reply.
+    fn publish_own(&mut self, event: Event, ctx: &mut Context<Self>) {
+        match self.accept(event) {
+            Ok(ok) => {
+                let (reply, _) = tokio::sync::oneshot::channel();
+                self.commit_waiters.push((reply, vec![Ok(ok)]));
+                self.commit(ctx);
+            }
+            Err(e) => log::warn!("dead-letter notice not published: {e}"),
+        }
+    }
+}
+
+impl Handler<DeadLettered> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeadLettered, ctx: &mut Context<Self>) {
+        let dead_letter = NewDeadLetter {
+            event: msg.event,
+            subscription_id: msg.subscription_id,
+            connection_id: msg.connection_id,
+            reason: msg.reason.as_str().to_owned(),
+            attempts: msg.attempts,
+        };
+        let add = self.store.send(AddDeadLetter { dead_letter });
+        ctx.spawn(add.into_actor(self).map(|res, act, ctx| match res {
+            // A dead notice gets no notice of its own: a subscriber that never acks
+            // notices would otherwise feed itself forever.
+            Ok(Ok(dl)) if dl.event.event.topic == DEAD_LETTER_TOPIC => {}
+            Ok(Ok(dl)) => {
+                let notice = serde_json::json!({
+                    "type": "dead_letter",
+                    "topic": DEAD_LETTER_TOPIC,
+                    "priority": "high",
+                    "source": "switchyard",
+                    "payload": dl.to_json(),
+                });
+                match Event::from_json(notice, "switchyard") {
+                    Ok(event) => act.publish_own(event, ctx),
+                    Err(e) => log::error!("dead-letter notice invalid: {e}"),
+                }
+            }
+            Ok(Err(e)) => log::error!("dead letter not stored: {e}"),
+            Err(e) => log::error!("dead letter not stored, store unavailable: {e}"),
+        }));
+    }
+}
+
+impl Handler<FindSubscription> for Router {
+    type Result = Option<Arc<SubscriptionHandle>>;
+
+    fn handle(&mut self, msg: FindSubscription, _: &mut Context<Self>) -> Self::Result {
+        self.index
+            .iter()
+            .find(|s| {
+                s.session_id == msg.connection_id && s.id == msg.subscription_id && s.is_active()
+            })
+            .cloned()
+    }
+}
+
+impl Handler<Republish> for Router {
+    type Result = ResponseFuture<Result<PublishOk, ProtocolError>>;
+
+    fn handle(&mut self, msg: Republish, ctx: &mut Context<Self>) -> Self::Result {
+        let mut event = msg.event;
+        event.cursor = 0;
+        let result = self.accept_checked(event, false);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.commit_waiters.push((reply, vec![result]));
+        self.commit(ctx);
+        Box::pin(async move {
+            answer
+                .await
+                .ok()
+                .and_then(|mut r| r.pop())
+                .unwrap_or_else(|| {
+                    Err(ProtocolError::new(
+                        ErrorCode::Internal,
+                        "router stopped before the store answered",
+                    ))
+                })
+        })
+    }
+}
