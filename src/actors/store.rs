@@ -21,7 +21,7 @@ use crate::store::{
     StoreStats,
 };
 
-/// How often retention runs even without new appends (age limits need it).
+/// How often retention runs. It runs between commits, never inside one.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Store a batch of accepted events in one transaction.
@@ -61,7 +61,7 @@ impl StoreActor {
     }
 
     /// Count limits are enforced after appends (every tenth of the limit), age limits on
-    /// the timer, so a large log is not scanned every second.
+    /// the timer.
     fn enforce_retention(&mut self, retention: Retention) {
         match self.store.apply_retention(&retention) {
             Ok(0) => {}
@@ -91,19 +91,33 @@ impl Actor for StoreActor {
 impl Handler<Append> for StoreActor {
     type Result = Result<(), StoreError>;
 
-    fn handle(&mut self, msg: Append, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Append, ctx: &mut Context<Self>) -> Self::Result {
         self.store.append(&msg.events)?;
         self.since_retention += msg.events.len() as u64;
         if let Some(max) = self.retention.max_events {
             if self.since_retention >= (max / 10).max(1) {
                 self.since_retention = 0;
-                self.enforce_retention(Retention {
-                    max_age: None,
-                    ..self.retention
-                });
+                // After this commit is answered, not inside it.
+                ctx.notify(CountRetention);
             }
         }
         Ok(())
+    }
+}
+
+/// Internal: enforce the count limit.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CountRetention;
+
+impl Handler<CountRetention> for StoreActor {
+    type Result = ();
+
+    fn handle(&mut self, _: CountRetention, _: &mut Context<Self>) {
+        self.enforce_retention(Retention {
+            max_age: None,
+            ..self.retention
+        });
     }
 }
 

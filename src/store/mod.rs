@@ -127,7 +127,8 @@ impl NewDeadLetter {
     }
 }
 
-/// How much to keep. Either limit may be off.
+/// How much to keep. Either limit may be off. A backend may keep slightly fewer than
+/// `max_events` (SQLite counts by cursor range), never more once retention has run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Retention {
     pub max_events: Option<u64>,
