@@ -348,3 +348,39 @@ async fn ack_on_a_subscription_without_acks_is_refused() {
         .await;
     assert_eq!(reply["code"], "invalid_subscription");
 }
+
+/// Commands sent back to back without waiting are answered in the order sent, though
+/// publishes are answered only after their commit and pings at once.
+#[actix_rt::test]
+async fn pipelined_commands_are_answered_in_order() {
+    let server = TestServer::start().await;
+    let mut c = server.ws().await;
+    let mut expected = Vec::new();
+    for i in 0..200 {
+        let frame = match i % 5 {
+            0 => json!({"type": "ping", "request_id": i}),
+            1 => json!({"type": "explode", "request_id": i}),
+            2 => {
+                json!({"type": "publish_batch", "events": [{"type": "a_b"}, {"type": "c_d"}], "request_id": i})
+            }
+            _ => json!({"type": "publish_event", "event": {"type": "pipe_line"}, "request_id": i}),
+        };
+        c.send(&frame).await;
+        expected.push(i);
+    }
+    let mut last_cursor = 0;
+    for i in expected {
+        let reply = c.recv().await;
+        assert_eq!(reply["request_id"], i, "{reply}");
+        if reply["type"] == "published" {
+            let cursor = reply["cursor"].as_u64().unwrap();
+            assert!(
+                cursor > last_cursor,
+                "cursors follow the order of publishes"
+            );
+            last_cursor = cursor;
+        }
+    }
+    let (_, stats) = server.get("/api/stats").await;
+    assert_eq!(stats["events"]["published"]["total"], 40 * 2 + 80);
+}

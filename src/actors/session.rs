@@ -2,14 +2,17 @@
 //! `actix_web_actors::ws` (deprecated upstream; keep it swappable).
 //!
 //! Into a session: WebSocket frames (as a stream), [`WriteFrames`] from its delivery
-//! worker, [`CloseSession`] from the router. Out of a session: commands to the router.
+//! worker, [`CloseSession`] from the router. Out of a session: commands to the router,
+//! `Ack` / `Nack` to its delivery worker.
 //!
 //! Lifecycle: [`upgrade`] takes a connection permit and starts the actor; `started`
 //! registers with the router (stopping if that fails) and makes the connect-time
 //! subscription; a heartbeat pings every interval and closes a connection silent for
 //! two; `stopping` deactivates every subscription and deregisters.
-//! Commands that need the router are handled with `ctx.wait`, so replies leave in the
-//! order the commands arrived. A bad command is answered with an `error` and never
+//! Replies leave in the order the commands arrived ([`ReplyOrder`]). Publishes are
+//! pipelined: frames keep being read while up to `MAX_PIPELINED_PUBLISHES` await their
+//! commit (so one connection's publishes share group commits); subscribe and
+//! unsubscribe use `ctx.wait`, so no frame is read before they are in effect. A bad command is answered with an `error` and never
 //! closes the connection, unless the client keeps sending them past the error budget
 //! (close code 1008). A frame over `max_frame_bytes` closes with code 1009.
 
@@ -31,6 +34,7 @@ use crate::config::Config;
 use crate::error::{ErrorCode, HttpError, ProtocolError};
 use crate::http::AppState;
 use crate::metrics::{ConnectionPermit, Metrics};
+use crate::protocol::order::ReplyOrder;
 use crate::protocol::reply::event_frame;
 use crate::protocol::{decode, Command, PublishResult, Reply, ValidatedBatch};
 use crate::routing::pattern::Pattern;
@@ -38,6 +42,8 @@ use crate::routing::SubscriptionSpec;
 
 /// Messages a session's mailbox holds before delivery workers see it as slow.
 const MAILBOX_CAPACITY: usize = 64;
+/// Publishes of one connection awaiting their commit before it stops reading frames.
+const MAX_PIPELINED_PUBLISHES: usize = 64;
 /// Publisher name when the connection is not authenticated.
 const ANONYMOUS: &str = "anonymous";
 
@@ -106,6 +112,8 @@ pub async fn upgrade(
         errors: ErrorBudget::default(),
         connect_subscription,
         fragments: None,
+        replies: ReplyOrder::default(),
+        publishes_in_flight: 0,
         _permit: permit,
     };
     ws::WsResponseBuilder::new(session, &req, stream)
@@ -208,19 +216,45 @@ pub struct Session {
     errors: ErrorBudget,
     connect_subscription: Option<SubscriptionSpec>,
     fragments: Option<Fragments>,
+    /// Replies leave in command order, though publishes are answered after their commit.
+    replies: ReplyOrder,
+    /// Publishes sent to the router and not yet answered.
+    publishes_in_flight: usize,
     _permit: ConnectionPermit,
 }
 
 type Ctx = ws::WebsocketContext<Session>;
 
 impl Session {
-    fn send(&self, ctx: &mut Ctx, reply: &Reply) {
-        ctx.text(reply.to_text());
+    /// Sends the reply to a command, after any reply still owed to an earlier one.
+    fn send(&mut self, ctx: &mut Ctx, reply: &Reply) {
+        if let Some(text) = self.replies.ready(reply.to_text()) {
+            ctx.text(text);
+        }
+    }
+
+    /// Settles a reply reserved earlier; writes whatever is now in order.
+    fn settle(&mut self, ctx: &mut Ctx, ticket: u64, reply: Option<Reply>) {
+        for text in self.replies.settle(ticket, reply.map(|r| r.to_text())) {
+            ctx.text(text);
+        }
     }
 
     fn fail(&mut self, ctx: &mut Ctx, err: &ProtocolError, request_id: Option<Value>) {
+        let reply = self.error_reply(ctx, err, request_id);
+        self.send(ctx, &reply);
+    }
+
+    /// The `error` reply for `err`, counted against the error budget; over the budget
+    /// the connection is closed with code 1008.
+    fn error_reply(
+        &mut self,
+        ctx: &mut Ctx,
+        err: &ProtocolError,
+        request_id: Option<Value>,
+    ) -> Reply {
         self.metrics.protocol_errors.fetch_add(1, Relaxed);
-        self.send(ctx, &Reply::error(err, request_id));
+        let reply = Reply::error(err, request_id);
         let limits = &self.config.limits;
         if self.errors.record(
             Instant::now(),
@@ -232,12 +266,12 @@ impl Session {
                 self.id,
                 self.peer
             );
-            ctx.close(Some(CloseReason {
-                code: CloseCode::Policy,
-                description: Some("too many invalid frames".into()),
-            }));
-            ctx.stop();
+            // Once this reply has been written.
+            ctx.run_later(Duration::ZERO, |act, ctx| {
+                act.close_with(ctx, CloseCode::Policy, "too many invalid frames");
+            });
         }
+        reply
     }
 
     fn close_with(&self, ctx: &mut Ctx, code: CloseCode, why: &str) {
@@ -293,21 +327,25 @@ impl Session {
                 event_ids,
             } => match self.acked_subscription(&subscription_id) {
                 Ok(sub) => {
+                    let ticket = self.replies.reserve();
                     let ack =
                         worker_for(self.id, &self.workers).send(delivery::Ack { sub, event_ids });
-                    ctx.spawn(ack.into_actor(self).map(move |res, act, ctx| match res {
-                        Ok(unknown) if unknown.is_empty() => {}
-                        Ok(unknown) => {
-                            let err = ProtocolError::new(
+                    ctx.spawn(ack.into_actor(self).map(move |res, act, ctx| {
+                        let err = match res {
+                            Ok(unknown) if unknown.is_empty() => {
+                                return act.settle(ctx, ticket, None)
+                            }
+                            Ok(unknown) => ProtocolError::new(
                                 ErrorCode::UnknownEvent,
                                 format!(
                                     "not in flight on `{subscription_id}`: {}",
                                     unknown.join(", ")
                                 ),
-                            );
-                            act.fail(ctx, &err, request_id);
-                        }
-                        Err(e) => act.fail(ctx, &worker_unavailable(e), request_id),
+                            ),
+                            Err(e) => worker_unavailable(e),
+                        };
+                        let reply = act.error_reply(ctx, &err, request_id);
+                        act.settle(ctx, ticket, Some(reply));
                     }));
                 }
                 Err(e) => self.fail(ctx, &e, request_id),
@@ -325,10 +363,15 @@ impl Session {
                         requeue,
                         delay: Duration::from_millis(delay_ms.unwrap_or(0)),
                     });
-                    ctx.spawn(nack.into_actor(self).map(move |res, act, ctx| match res {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => act.fail(ctx, &e, request_id),
-                        Err(e) => act.fail(ctx, &worker_unavailable(e), request_id),
+                    let ticket = self.replies.reserve();
+                    ctx.spawn(nack.into_actor(self).map(move |res, act, ctx| {
+                        let err = match res {
+                            Ok(Ok(())) => return act.settle(ctx, ticket, None),
+                            Ok(Err(e)) => e,
+                            Err(e) => worker_unavailable(e),
+                        };
+                        let reply = act.error_reply(ctx, &err, request_id);
+                        act.settle(ctx, ticket, Some(reply));
                     }));
                 }
                 Err(e) => self.fail(ctx, &e, request_id),
@@ -370,40 +413,49 @@ impl Session {
         let fut = self.router.send(router::Publish {
             events: validated.take_valid(),
         });
-        ctx.wait(fut.into_actor(self).map(move |accepted, act, ctx| {
+        // Frames keep being read while the commit is pending (several publishes of one
+        // connection share a group commit); the reply keeps its place in line.
+        let ticket = self.replies.reserve();
+        self.publishes_in_flight += 1;
+        let answer = fut.into_actor(self).map(move |accepted, act, ctx| {
+            act.publishes_in_flight -= 1;
             let merged = match accepted {
                 Ok(accepted) => validated.merge(accepted),
-                Err(e) => {
-                    let err =
-                        ProtocolError::new(ErrorCode::Internal, format!("router unavailable: {e}"));
-                    return act.fail(ctx, &err, request_id);
-                }
+                Err(e) => vec![Err(ProtocolError::new(
+                    ErrorCode::Internal,
+                    format!("router unavailable: {e}"),
+                ))],
             };
-            if batch {
+            let reply = if batch {
                 let results = merged.into_iter().map(PublishResult::from).collect();
-                act.send(
-                    ctx,
-                    &Reply::PublishedBatch {
-                        results,
-                        request_id,
-                    },
-                );
+                Reply::PublishedBatch {
+                    results,
+                    request_id,
+                }
             } else {
                 match merged.into_iter().next() {
-                    Some(Ok(ok)) => act.send(
-                        ctx,
-                        &Reply::Published {
-                            event_id: ok.event_id,
-                            cursor: ok.cursor,
-                            duplicate: ok.duplicate,
-                            request_id,
-                        },
-                    ),
-                    Some(Err(e)) => act.fail(ctx, &e, request_id),
-                    None => {}
+                    Some(Ok(ok)) => Reply::Published {
+                        event_id: ok.event_id,
+                        cursor: ok.cursor,
+                        duplicate: ok.duplicate,
+                        request_id,
+                    },
+                    Some(Err(e)) => act.error_reply(ctx, &e, request_id),
+                    None => {
+                        let e =
+                            ProtocolError::new(ErrorCode::Internal, "router returned no result");
+                        act.error_reply(ctx, &e, request_id)
+                    }
                 }
-            }
-        }));
+            };
+            act.settle(ctx, ticket, Some(reply));
+        });
+        if self.publishes_in_flight > MAX_PIPELINED_PUBLISHES {
+            // Enough in flight: stop reading frames until this one is answered.
+            ctx.wait(answer);
+        } else {
+            ctx.spawn(answer);
+        }
     }
 
     fn subscribe(&mut self, spec: SubscriptionSpec, request_id: Option<Value>, ctx: &mut Ctx) {

@@ -3,6 +3,7 @@
 
 pub mod command;
 pub mod event;
+pub mod order;
 pub mod reply;
 
 use std::sync::Arc;
