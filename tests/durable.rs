@@ -163,3 +163,32 @@ async fn a_new_durable_subscription_can_start_from_a_cursor() {
         [0, 1, 2]
     );
 }
+
+/// A dead-lettered event is resolved for its durable subscription: resubscribing does
+/// not bring it back (it waits in the dead letters instead).
+#[actix_rt::test]
+async fn dead_lettered_events_are_not_redelivered_on_resubscribe() {
+    let server = TestServer::start().await;
+    let mut sub = server.ws().await;
+    let sid = sub.subscribe(durable("rejects")).await;
+    until_replay_complete(&mut sub).await;
+    let mut p = server.ws().await;
+    publish_jobs(&mut p, 0..2).await;
+    let first = sub.recv_event().await;
+    let second = sub.recv_event().await;
+    sub.send(&json!({"type": "nack", "subscription_id": sid, "event_id": first["event"]["id"], "requeue": false}))
+        .await;
+    ack_all(&mut sub, &sid, &[second]).await;
+    for _ in 0..100 {
+        let (_, list) = server.get("/api/dead-letters").await;
+        if !list.as_array().unwrap().is_empty() {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(sub);
+    actix_rt::time::sleep(Duration::from_millis(100)).await;
+    let mut again = server.ws().await;
+    again.subscribe(durable("rejects")).await;
+    assert!(until_replay_complete(&mut again).await.is_empty());
+}

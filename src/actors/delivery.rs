@@ -222,12 +222,17 @@ impl DeliveryWorker {
 
     fn send_dead(&mut self, dead: Vec<DeadNote>) {
         for note in dead {
-            self.resolve_durable(&note.sub, vec![note.event.event.cursor]);
             self.metrics.dead_lettered.add(note.event.event.priority, 1);
             let msg = DeadLettered {
                 event: note.event,
                 subscription_id: note.sub.id.clone(),
                 connection_id: note.sub.session_id,
+                durable: note
+                    .sub
+                    .spec
+                    .durable
+                    .clone()
+                    .map(|name| (note.sub.principal.clone(), name)),
                 reason: note.reason,
                 attempts: note.attempts,
             };

@@ -233,6 +233,7 @@ impl StoreActor {
     ) -> Result<DurableState, StoreError> {
         let state = self.store.durable_open(principal, name, 0)?;
         let mut floor = state.floor;
+        let now = chrono::Utc::now();
         'scan: loop {
             let query = EventQuery {
                 after: Some(floor),
@@ -244,7 +245,11 @@ impl StoreActor {
                 break;
             }
             for e in page {
-                if matcher.matches(&e.event) && !state.acked.contains(&e.event.cursor) {
+                // Expired events can never be delivered: they hold nothing back.
+                let owed = matcher.matches(&e.event)
+                    && !state.acked.contains(&e.event.cursor)
+                    && !e.event.is_expired(now);
+                if owed {
                     break 'scan;
                 }
                 floor = e.event.cursor;

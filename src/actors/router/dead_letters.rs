@@ -7,12 +7,12 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::{Router, SessionId};
-use crate::actors::store::AddDeadLetter;
-use crate::actors::SubscriptionHandle;
+use crate::actors::store::{AddDeadLetter, DurableAcked};
+use crate::actors::{send_or_wait, SubscriptionHandle};
 use crate::delivery::ack::DeadReason;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::protocol::{EncodedEvent, Event, PublishOk};
-use crate::store::NewDeadLetter;
+use crate::store::{DeadLetter, NewDeadLetter, StoreError};
 
 /// A delivery worker gave up on an event for a subscription: store it as a dead letter
 /// and publish a notice on `switchyard.dead_letter`.
@@ -24,6 +24,9 @@ pub struct DeadLettered {
     pub connection_id: SessionId,
     pub reason: DeadReason,
     pub attempts: u32,
+    /// (principal, name) of a durable subscription: its cursor is resolved once the
+    /// dead letter is stored, not before.
+    pub durable: Option<(String, String)>,
 }
 
 /// The live subscription a dead letter came from, if it is still open.
@@ -71,7 +74,30 @@ impl Handler<DeadLettered> for Router {
             attempts: msg.attempts,
         };
         let add = self.store.send(AddDeadLetter { dead_letter });
-        ctx.spawn(add.into_actor(self).map(|res, act, ctx| match res {
+        let durable = msg.durable;
+        ctx.spawn(add.into_actor(self).map(move |res, act, ctx| {
+            if let (Ok(Ok(dl)), Some((principal, name))) = (&res, durable) {
+                let resolved = DurableAcked {
+                    principal,
+                    name,
+                    cursors: vec![dl.event.event.cursor],
+                    compact_with: None,
+                };
+                send_or_wait(&act.store.clone().recipient(), resolved);
+            }
+            act.announce(res, ctx);
+        }));
+    }
+}
+
+impl Router {
+    /// Publishes the notice of a stored dead letter.
+    fn announce(
+        &mut self,
+        res: Result<Result<DeadLetter, StoreError>, MailboxError>,
+        ctx: &mut Context<Self>,
+    ) {
+        match res {
             // A dead notice gets no notice of its own: a subscriber that never acks
             // notices would otherwise feed itself forever.
             Ok(Ok(dl)) if dl.event.event.topic == DEAD_LETTER_TOPIC => {}
@@ -84,13 +110,13 @@ impl Handler<DeadLettered> for Router {
                     "payload": dl.to_json(),
                 });
                 match Event::from_json(notice, "switchyard") {
-                    Ok(event) => act.publish_own(event, ctx),
+                    Ok(event) => self.publish_own(event, ctx),
                     Err(e) => log::error!("dead-letter notice invalid: {e}"),
                 }
             }
             Ok(Err(e)) => log::error!("dead letter not stored: {e}"),
             Err(e) => log::error!("dead letter not stored, store unavailable: {e}"),
-        }));
+        }
     }
 }
 
