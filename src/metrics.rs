@@ -6,6 +6,8 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use crate::routing::Priority;
 
 /// One counter per priority.
@@ -52,6 +54,8 @@ pub struct Metrics {
     pub connections: AtomicUsize,
     pub connections_total: AtomicU64,
     pub connections_refused: AtomicU64,
+    pub router: RouterGauges,
+    pub commits: CommitHistograms,
 }
 
 impl Default for Metrics {
@@ -68,6 +72,8 @@ impl Default for Metrics {
             connections: AtomicUsize::default(),
             connections_total: AtomicU64::default(),
             connections_refused: AtomicU64::default(),
+            router: RouterGauges::default(),
+            commits: CommitHistograms::default(),
         }
     }
 }
@@ -172,5 +178,170 @@ mod rate_tests {
         // Samples older than the window fall out.
         r.sample(t + Duration::from_secs(13), 300);
         assert_eq!(r.per_second(), 0.0);
+    }
+}
+
+/// Gauges the router refreshes every second, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct RouterGauges {
+    /// Committed events waiting to be routed, per priority.
+    pub queue_depth: [AtomicU64; 4],
+    pub subscriptions: AtomicU64,
+    /// Deliveries awaiting an ack, over all subscriptions.
+    pub in_flight: AtomicU64,
+}
+
+/// Histograms of the store's group commits.
+#[derive(Debug, Clone)]
+pub struct CommitHistograms {
+    /// Events per commit.
+    pub batch_size: prometheus_client::metrics::histogram::Histogram,
+    /// Time from sending a batch to the store to its commit, in seconds.
+    pub seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for CommitHistograms {
+    fn default() -> Self {
+        use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+        CommitHistograms {
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
+            seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+        }
+    }
+}
+
+/// The Prometheus registry behind `GET /metrics`: the shared counters are read at
+/// scrape time (they stay plain atomics on the hot path), the histograms are registered.
+pub fn registry(metrics: Arc<Metrics>) -> prometheus_client::registry::Registry {
+    let mut registry = prometheus_client::registry::Registry::with_prefix("switchyard");
+    registry.register(
+        "store_commit_batch_size",
+        "Events stored per group commit",
+        metrics.commits.batch_size.clone(),
+    );
+    registry.register(
+        "store_commit_seconds",
+        "Time from handing a batch to the store to its commit",
+        metrics.commits.seconds.clone(),
+    );
+    registry.register_collector(Box::new(Exporter { metrics }));
+    registry
+}
+
+/// Reads [`Metrics`] into the registry on each scrape.
+#[derive(Debug)]
+struct Exporter {
+    metrics: Arc<Metrics>,
+}
+
+impl prometheus_client::collector::Collector for Exporter {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use prometheus_client::metrics::MetricType;
+
+        let m = &self.metrics;
+        for (name, help, counts) in [
+            (
+                "events_published",
+                "Events accepted and stored",
+                &m.published,
+            ),
+            (
+                "events_delivered",
+                "Event frames written to subscribers",
+                &m.delivered,
+            ),
+            (
+                "events_dropped",
+                "Events dropped for slow subscribers",
+                &m.dropped,
+            ),
+            (
+                "events_dead_lettered",
+                "Events dead-lettered",
+                &m.dead_lettered,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for p in Priority::HIGHEST_FIRST {
+                let labels = [("priority", p.as_str())];
+                ConstCounter::new(counts.get(p)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        for (name, help, value) in [
+            (
+                "events_duplicate",
+                "Publishes of an id already seen",
+                m.duplicates.load(Relaxed),
+            ),
+            (
+                "publishes_rejected_busy",
+                "Publishes refused with rate_limited: router queue full",
+                m.rejected_busy.load(Relaxed),
+            ),
+            (
+                "protocol_errors",
+                "Commands answered with an error",
+                m.protocol_errors.load(Relaxed),
+            ),
+            (
+                "connections_opened",
+                "WebSocket connections accepted",
+                m.connections_total.load(Relaxed),
+            ),
+            (
+                "connections_refused",
+                "WebSocket upgrades refused at max_connections",
+                m.connections_refused.load(Relaxed),
+            ),
+        ] {
+            ConstCounter::new(value).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
+        let mut depth = encoder.encode_descriptor(
+            "queue_depth",
+            "Committed events waiting to be routed",
+            None,
+            MetricType::Gauge,
+        )?;
+        for p in Priority::HIGHEST_FIRST {
+            let labels = [("priority", p.as_str())];
+            let value = m.router.queue_depth[p.index()].load(Relaxed) as i64;
+            ConstGauge::new(value).encode(depth.encode_family(&labels)?)?;
+        }
+        for (name, help, value) in [
+            (
+                "connections",
+                "Open WebSocket connections",
+                m.connections.load(Relaxed) as u64,
+            ),
+            (
+                "subscriptions",
+                "Live subscriptions",
+                m.router.subscriptions.load(Relaxed),
+            ),
+            (
+                "acks_in_flight",
+                "Deliveries awaiting an ack",
+                m.router.in_flight.load(Relaxed),
+            ),
+        ] {
+            ConstGauge::new(value as i64).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        Ok(())
     }
 }

@@ -91,6 +91,7 @@ pub async fn run(
         workers: workers.into(),
         store,
         config: config.clone(),
+        registry: crate::metrics::registry(metrics.clone()),
         metrics,
         shutting_down: shutting_down.clone(),
     });

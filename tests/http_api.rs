@@ -277,3 +277,50 @@ async fn subscriptions_lists_connections_and_their_subscriptions() {
         .unwrap()
         .starts_with("127.0.0.1:"));
 }
+
+#[actix_rt::test]
+async fn metrics_in_prometheus_text_format() {
+    let server = TestServer::start().await;
+    let mut sub = server.ws().await;
+    sub.subscribe(json!({"type": "all"})).await;
+    seed(&server).await;
+    for _ in 0..5 {
+        sub.recv_event().await;
+    }
+    let mut res = awc::Client::new()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let text = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    for line in [
+        "switchyard_events_published_total{priority=\"critical\"} 1",
+        "switchyard_events_published_total{priority=\"normal\"} 2",
+        "switchyard_events_delivered_total{priority=\"low\"} 1",
+        "switchyard_events_dropped_total{priority=\"low\"} 0",
+        "switchyard_events_dead_lettered_total{priority=\"high\"} 0",
+        "switchyard_connections 1",
+        "switchyard_connections_opened_total 1",
+        "# TYPE switchyard_queue_depth gauge",
+        "# TYPE switchyard_store_commit_seconds histogram",
+        "switchyard_store_commit_batch_size_count 1",
+        "# EOF",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in:\n{text}"
+        );
+    }
+}

@@ -262,11 +262,15 @@ impl Router {
             return;
         }
         self.committing = true;
+        let started = Instant::now();
         let append = self.store.send(Append {
             events: events.clone(),
         });
         ctx.spawn(append.into_actor(self).map(move |res, act, ctx| {
             act.committing = false;
+            let commits = &act.metrics.commits;
+            commits.seconds.observe(started.elapsed().as_secs_f64());
+            commits.batch_size.observe(events.len() as f64);
             match res
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.map_err(|e| e.to_string()))
@@ -343,6 +347,17 @@ impl Router {
                 },
             );
         }
+    }
+
+    /// Publishes queue depths, subscriptions and acks in flight for `/metrics`.
+    fn refresh_gauges(&self) {
+        let gauges = &self.metrics.router;
+        for (depth, queue) in gauges.queue_depth.iter().zip(&self.queues) {
+            depth.store(queue.len() as u64, Relaxed);
+        }
+        gauges.subscriptions.store(self.index.len() as u64, Relaxed);
+        let in_flight = self.index.iter().map(|s| s.in_flight.load(Relaxed)).sum();
+        gauges.in_flight.store(in_flight, Relaxed);
     }
 
     fn pop_highest(&mut self) -> Option<Arc<EncodedEvent>> {
@@ -426,6 +441,7 @@ impl Actor for Router {
                 .sample(now, act.metrics.published.total());
             act.delivered_rate
                 .sample(now, act.metrics.delivered.total());
+            act.refresh_gauges();
         });
         log::debug!(
             "router started with {} delivery workers",

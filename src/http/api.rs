@@ -19,6 +19,17 @@ pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
+/// `GET /metrics`: Prometheus (OpenMetrics) text.
+pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, HttpError> {
+    let mut body = String::new();
+    prometheus_client::encoding::text::encode(&mut body, &state.registry).map_err(|e| {
+        HttpError::new(ErrorCode::Internal, format!("metrics encoding failed: {e}"))
+    })?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(body))
+}
+
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     if state.shutting_down.load(Ordering::Relaxed) {
         return HttpResponse::ServiceUnavailable()

@@ -26,6 +26,8 @@ pub struct AppState {
     pub store: Addr<StoreActor>,
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
+    /// `GET /metrics`.
+    pub registry: prometheus_client::registry::Registry,
     /// Set once shutdown begins; `/ready` answers 503 from then on.
     pub shutting_down: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -36,6 +38,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/", web::get().to(root))
         .route("/health", web::get().to(api::health))
         .route("/ready", web::get().to(api::ready))
+        .route("/metrics", web::get().to(api::metrics))
         .service(
             web::scope("/api")
                 .route("/stats", web::get().to(api::stats))
