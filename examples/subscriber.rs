@@ -19,8 +19,11 @@ use std::pin::pin;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context as _};
-use awc::ws::{CloseReason, Frame, Message};
+use awc::ws::{Frame, Message};
+
+mod common;
 use clap::Parser;
+use common::close_reason;
 use futures_util::future::{select, Either};
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
@@ -62,26 +65,8 @@ fn describe(msg: &Value) -> String {
     }
 }
 
-/// ` (code 1001: server shutting down)`: a close frame's reason, for an error message.
-fn close_reason(reason: Option<CloseReason>) -> String {
-    reason.map_or_else(String::new, |r| {
-        let why = r.description.unwrap_or_default();
-        format!(" (code {}: {why})", u16::from(r.code))
-    })
-}
-
 async fn run(args: Args) -> anyhow::Result<()> {
-    let (_response, mut ws) = awc::Client::new()
-        .ws(args.url.as_str())
-        .max_frame_size(16 << 20)
-        .connect()
-        .await
-        .map_err(|e| {
-            anyhow!(
-                "cannot connect to {}: {e}\n(is the router running? start it with `cargo run --release -- serve`)",
-                args.url
-            )
-        })?;
+    let mut ws = common::connect(&args.url).await?;
 
     let mut subscription = json!({"type": "pattern", "patterns": [args.pattern]});
     if let Some(min) = &args.min_priority {

@@ -396,19 +396,19 @@ impl Router {
                 self.expired += 1;
                 continue;
             }
-            let mut per_worker: Vec<Vec<Arc<SubscriptionHandle>>> =
-                (0..workers).map(|_| Vec::new()).collect();
+            // Match once; group the matches by the worker serving each subscriber.
             for sub in &self.index {
                 if sub.spec.matcher.matches(&event.event) {
-                    per_worker[worker_index(sub.session_id, workers)].push(sub.clone());
-                }
-            }
-            for (w, subs) in per_worker.into_iter().enumerate() {
-                if !subs.is_empty() {
-                    batches[w].push(DispatchItem {
-                        event: event.clone(),
-                        subs,
-                    });
+                    let items = &mut batches[worker_index(sub.session_id, workers)];
+                    match items.last_mut() {
+                        Some(item) if Arc::ptr_eq(&item.event, &event) => {
+                            item.subs.push(sub.clone())
+                        }
+                        _ => items.push(DispatchItem {
+                            event: event.clone(),
+                            subs: vec![sub.clone()],
+                        }),
+                    }
                 }
             }
         }

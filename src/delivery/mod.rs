@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use self::ack::{AckTracker, DeadReason, Outcome};
 use crate::actors::delivery::{OutFrame, WriteFrames};
@@ -186,10 +186,9 @@ impl SubQueue {
         &mut self,
         priority: Priority,
         frames: &mut Vec<OutFrame>,
-        now: Instant,
+        (now, wall): (Instant, DateTime<Utc>),
         dead: &mut Vec<DeadNote>,
     ) {
-        let wall = Utc::now();
         while frames.len() < FRAMES_PER_BATCH && self.ack.as_ref().is_none_or(AckTracker::has_room)
         {
             let Some(w) = self.waiting[priority.index()].pop_front() else {
@@ -265,7 +264,11 @@ impl Outbox {
 
     /// Takes the next batch: drop notices, then replays, then live events highest
     /// priority first.
-    fn next_batch(&mut self, now: Instant, dead: &mut Vec<DeadNote>) -> Vec<OutFrame> {
+    fn next_batch(
+        &mut self,
+        (now, wall): (Instant, DateTime<Utc>),
+        dead: &mut Vec<DeadNote>,
+    ) -> Vec<OutFrame> {
         let mut frames = Vec::new();
         self.subs.retain(|_, q| q.handle.is_active());
         for q in self.subs.values_mut() {
@@ -281,7 +284,7 @@ impl Outbox {
         }
         for p in Priority::HIGHEST_FIRST {
             for q in self.subs.values_mut().filter(|q| !q.handle.is_replaying()) {
-                q.take_live(p, &mut frames, now, dead);
+                q.take_live(p, &mut frames, (now, wall), dead);
             }
             if frames.len() >= FRAMES_PER_BATCH {
                 break;
@@ -325,7 +328,8 @@ impl Outbox {
 
     /// Sends what may be sent now, in batches, until done or the session is full.
     pub fn flush(&mut self, dead: &mut Vec<DeadNote>) -> Flush {
-        let now = Instant::now();
+        // Read the clocks once per flush, not per event.
+        let now = (Instant::now(), Utc::now());
         let mut result = Flush::Stalled;
         for _ in 0..BATCHES_PER_FLUSH {
             let frames = self.next_batch(now, dead);
@@ -413,7 +417,7 @@ mod tests {
         let mut frames = Vec::new();
         let mut dead = Vec::new();
         for p in Priority::HIGHEST_FIRST {
-            q.take_live(p, &mut frames, Instant::now(), &mut dead);
+            q.take_live(p, &mut frames, (Instant::now(), Utc::now()), &mut dead);
         }
         frames
             .iter()

@@ -1,13 +1,15 @@
 //! Duplicate suppression: remembers the cursors of the last N event ids.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 #[derive(Debug)]
 pub struct DedupeWindow {
-    cursors: HashMap<String, u64>,
+    /// Each id is allocated once and shared by the map and the eviction order.
+    cursors: HashMap<Arc<str>, u64>,
     /// Insertion order, with the cursor each entry was inserted for: an evicted entry
     /// is forgotten only if it was not inserted again since (O(1) per insert).
-    order: VecDeque<(String, u64)>,
+    order: VecDeque<(Arc<str>, u64)>,
     capacity: usize,
 }
 
@@ -43,8 +45,9 @@ impl DedupeWindow {
                 }
             }
         }
-        self.cursors.insert(id.to_owned(), cursor);
-        self.order.push_back((id.to_owned(), cursor));
+        let id: Arc<str> = Arc::from(id);
+        self.cursors.insert(id.clone(), cursor);
+        self.order.push_back((id, cursor));
     }
 }
 
