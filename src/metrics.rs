@@ -54,6 +54,10 @@ pub struct Metrics {
     pub connections: AtomicUsize,
     pub connections_total: AtomicU64,
     pub connections_refused: AtomicU64,
+    /// Conditions that could not be evaluated on an event (no match).
+    pub condition_errors: AtomicU64,
+    /// Events a coalescing subscription replaced by a later one with the same key.
+    pub coalesced: AtomicU64,
     pub router: RouterGauges,
     pub commits: CommitHistograms,
 }
@@ -72,6 +76,8 @@ impl Default for Metrics {
             connections: AtomicUsize::default(),
             connections_total: AtomicU64::default(),
             connections_refused: AtomicU64::default(),
+            condition_errors: AtomicU64::default(),
+            coalesced: AtomicU64::default(),
             router: RouterGauges::default(),
             commits: CommitHistograms::default(),
         }
@@ -283,6 +289,16 @@ impl prometheus_client::collector::Collector for Exporter {
                 "publishes_rejected_busy",
                 "Publishes refused with rate_limited: router queue full",
                 m.rejected_busy.load(Relaxed),
+            ),
+            (
+                "condition_errors",
+                "Subscription conditions that failed to evaluate on an event (no match)",
+                m.condition_errors.load(Relaxed),
+            ),
+            (
+                "events_coalesced",
+                "Events replaced by a later one with the same coalesce key",
+                m.coalesced.load(Relaxed),
             ),
             (
                 "protocol_errors",

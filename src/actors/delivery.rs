@@ -246,12 +246,27 @@ impl DeliveryWorker {
         }
     }
 
+    /// Resolves, for durable state, the events coalescing replaced in `sessions`.
+    fn resolve_replaced(&mut self, sessions: impl IntoIterator<Item = SessionId>) {
+        let mut replaced = Vec::new();
+        for session in sessions {
+            if let Some(outbox) = self.outboxes.get_mut(&session) {
+                replaced.extend(outbox.take_replaced());
+            }
+        }
+        for (sub, cursors) in replaced {
+            self.resolve_durable(&sub, cursors);
+        }
+    }
+
     fn tick(&mut self) {
         let now = Instant::now();
         let mut dead = Vec::new();
         let mut changed = Vec::new();
         for (session, outbox) in self.outboxes.iter_mut() {
-            if outbox.run_deadlines(now, &mut dead) {
+            let deadlines = outbox.run_deadlines(now, &mut dead);
+            let windows = outbox.end_windows(now, self.max_waiting, &self.metrics, &mut dead);
+            if deadlines || windows {
                 changed.push(*session);
             }
         }
@@ -308,6 +323,7 @@ impl Handler<Dispatch> for DeliveryWorker {
             }
         }
         self.send_dead(dead);
+        self.resolve_replaced(touched.iter().copied());
         for session in touched {
             self.flush_soon(session);
         }

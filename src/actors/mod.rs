@@ -69,6 +69,10 @@ pub struct SubscriptionHandle {
     pub resolved: AtomicU64,
     /// Events waiting in a delivery worker for this subscription (lag).
     pub waiting: AtomicU64,
+    /// Events its condition failed to evaluate on (they did not match).
+    pub condition_errors: AtomicU64,
+    /// Events replaced by a later one with the same coalesce key.
+    pub coalesced: AtomicU64,
 }
 
 impl SubscriptionHandle {
@@ -95,6 +99,8 @@ impl SubscriptionHandle {
             in_flight: AtomicU64::new(0),
             resolved: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
+            condition_errors: AtomicU64::new(0),
+            coalesced: AtomicU64::new(0),
             spec,
         }
     }
@@ -124,9 +130,13 @@ impl SubscriptionHandle {
             "kind": self.spec.kind,
             "patterns": self.spec.patterns,
             "filter": self.spec.filter,
+            "condition": self.spec.condition,
+            "coalesce": self.spec.coalesce,
             "created_at": self.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             "delivered": self.delivered.load(Ordering::Relaxed),
             "dropped": self.dropped.load(Ordering::Relaxed),
+            "coalesced": self.coalesced.load(Ordering::Relaxed),
+            "condition_errors": self.condition_errors.load(Ordering::Relaxed),
             "ack": self.spec.ack.is_some(),
             "durable": self.spec.durable,
             "in_flight": self.in_flight.load(Ordering::Relaxed),

@@ -40,7 +40,9 @@ use crate::config::Config;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::metrics::{Metrics, RateWindow};
 use crate::protocol::{EncodedEvent, Event, PublishOk};
+use crate::routing::condition::MatchInput;
 use crate::routing::dedupe::DedupeWindow;
+use crate::routing::index::SubscriptionIndex;
 use crate::routing::Replay;
 
 /// Events routed per `Drain` turn before the router yields to its mailbox, so that a
@@ -141,8 +143,8 @@ pub struct Router {
     /// A `Dispatch` a worker had no room for; routing waits until it is taken.
     held: Vec<Option<Dispatch>>,
     sessions: HashMap<SessionId, SessionEntry>,
-    /// The subscription index. Matched in full per event for now.
-    index: Vec<Arc<SubscriptionHandle>>,
+    /// The subscriptions, filed by literal topic prefix.
+    index: SubscriptionIndex<Arc<SubscriptionHandle>>,
     /// Committed events waiting to be routed, one queue per priority, critical first.
     queues: [VecDeque<Arc<EncodedEvent>>; 4],
     /// Accepted events not yet routed: uncommitted plus queued.
@@ -179,7 +181,7 @@ impl Router {
             held: workers.iter().map(|_| None).collect(),
             workers,
             sessions: HashMap::new(),
-            index: Vec::new(),
+            index: SubscriptionIndex::default(),
             queues: Default::default(),
             queued: 0,
             drain_scheduled: false,
@@ -396,21 +398,29 @@ impl Router {
                 self.expired += 1;
                 continue;
             }
-            // Match once; group the matches by the worker serving each subscriber.
-            for sub in &self.index {
-                if sub.spec.matcher.matches(&event.event) {
-                    let items = &mut batches[worker_index(sub.session_id, workers)];
-                    match items.last_mut() {
-                        Some(item) if Arc::ptr_eq(&item.event, &event) => {
-                            item.subs.push(sub.clone())
-                        }
-                        _ => items.push(DispatchItem {
-                            event: event.clone(),
-                            subs: vec![sub.clone()],
-                        }),
+            // Match once against the candidates its topic reaches, sharing one
+            // condition input; group the matches by the worker serving each subscriber.
+            let input = MatchInput::new(&event.event);
+            self.index.for_each_candidate(&event.event.topic, |sub| {
+                match sub.spec.matcher.test(&input) {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => {
+                        sub.condition_errors.fetch_add(1, Relaxed);
+                        self.metrics.condition_errors.fetch_add(1, Relaxed);
+                        log::trace!("subscription {}: condition not evaluated: {e}", sub.id);
+                        return;
                     }
                 }
-            }
+                let items = &mut batches[worker_index(sub.session_id, workers)];
+                match items.last_mut() {
+                    Some(item) if Arc::ptr_eq(&item.event, &event) => item.subs.push(sub.clone()),
+                    _ => items.push(DispatchItem {
+                        event: event.clone(),
+                        subs: vec![sub.clone()],
+                    }),
+                }
+            });
         }
         for ((worker, slot), items) in self.workers.iter().zip(self.held.iter_mut()).zip(batches) {
             if items.is_empty() {
@@ -490,7 +500,7 @@ impl Handler<Subscribe> for Router {
             if let Some(replay) = handle.spec.replay {
                 self.start_replay(handle.clone(), replay, HashSet::new(), ctx);
             }
-            self.index.push(handle);
+            self.index_subscription(handle);
             return Box::pin(actix::fut::ready(Ok(())));
         };
         let key = (handle.principal.clone(), name.clone());
@@ -529,7 +539,7 @@ impl Handler<Subscribe> for Router {
                 resolved,
                 ctx,
             );
-            act.index.push(handle);
+            act.index_subscription(handle);
             Ok(())
         }))
     }
@@ -547,6 +557,11 @@ impl Router {
             ErrorCode::Internal,
             format!("durable state unavailable: {error}"),
         )
+    }
+
+    fn index_subscription(&mut self, handle: Arc<SubscriptionHandle>) {
+        self.index
+            .insert(handle.spec.matcher.topic_prefixes(), handle);
     }
 
     /// Takes subscriptions out of the index; a durable one can be opened again.

@@ -6,6 +6,7 @@
 //! Must not: send messages (the worker actor does) or match events (the router does).
 
 pub mod ack;
+pub mod coalesce;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
@@ -16,10 +17,12 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 
 use self::ack::{AckTracker, DeadReason, Outcome};
+use self::coalesce::{Coalescer, Offer};
 use crate::actors::delivery::{OutFrame, WriteFrames};
 use crate::actors::SubscriptionHandle;
 use crate::metrics::Metrics;
 use crate::protocol::EncodedEvent;
+use crate::routing::coalesce::CoalesceSpec;
 use crate::routing::Priority;
 
 /// Frames per `WriteFrames` message.
@@ -57,12 +60,23 @@ pub struct SubQueue {
     replay_complete: Option<u64>,
     /// Present for `ack: true` subscriptions.
     pub ack: Option<AckTracker>,
+    /// Present for subscriptions with `coalesce`.
+    coalesce: Option<(CoalesceSpec, Coalescer)>,
+    /// Cursors replaced by coalescing, not yet reported (durable state records them
+    /// as resolved).
+    replaced: Vec<u64>,
 }
 
 impl SubQueue {
     pub fn new(handle: Arc<SubscriptionHandle>) -> Self {
         let ack = handle.spec.ack.map(AckTracker::new);
+        let coalesce = handle.spec.coalesce.clone().map(|spec| {
+            let windows = Coalescer::new(spec.window());
+            (spec, windows)
+        });
         SubQueue {
+            coalesce,
+            replaced: Vec::new(),
             handle,
             waiting: Default::default(),
             len: 0,
@@ -73,9 +87,65 @@ impl SubQueue {
         }
     }
 
-    /// Queues a live event. On overflow the lowest-priority, oldest waiting event goes
-    /// (possibly the new one): dropped and announced without acks, dead-lettered with.
+    /// Queues a live event, unless a coalescing window holds it back (replacing the
+    /// event it held, which is counted and, with acks, reported as resolved).
     pub fn push(
+        &mut self,
+        event: Arc<EncodedEvent>,
+        max: usize,
+        metrics: &Metrics,
+        dead: &mut Vec<DeadNote>,
+    ) {
+        let offer = match &mut self.coalesce {
+            Some((spec, windows)) => match spec.key_of(&event.event) {
+                Some(key) => windows.offer(key, event, Instant::now()),
+                None => Offer::Deliver(event),
+            },
+            None => Offer::Deliver(event),
+        };
+        match offer {
+            Offer::Deliver(event) => self.enqueue(event, max, metrics, dead),
+            Offer::Held { replaced: None } => {}
+            Offer::Held {
+                replaced: Some(old),
+            } => {
+                self.handle.coalesced.fetch_add(1, Relaxed);
+                metrics.coalesced.fetch_add(1, Relaxed);
+                if self.ack.is_some() {
+                    self.replaced.push(old.event.cursor);
+                }
+            }
+        }
+    }
+
+    /// Queues the events whose coalescing windows ended by `now`. True if any.
+    pub fn end_windows(
+        &mut self,
+        now: Instant,
+        max: usize,
+        metrics: &Metrics,
+        dead: &mut Vec<DeadNote>,
+    ) -> bool {
+        let Some((_, windows)) = &mut self.coalesce else {
+            return false;
+        };
+        let due = windows.due(now);
+        let any = !due.is_empty();
+        for event in due {
+            self.enqueue(event, max, metrics, dead);
+        }
+        any
+    }
+
+    /// Cursors replaced by coalescing since the last call.
+    pub fn take_replaced(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.replaced)
+    }
+
+    /// Queues an event for delivery. On overflow the lowest-priority, oldest waiting
+    /// event goes (possibly the new one): dropped and announced without acks,
+    /// dead-lettered with.
+    fn enqueue(
         &mut self,
         event: Arc<EncodedEvent>,
         max: usize,
@@ -218,7 +288,8 @@ impl SubQueue {
     }
 
     fn publish_gauges(&self) {
-        self.handle.waiting.store(self.len as u64, Relaxed);
+        let held = self.coalesce.as_ref().map_or(0, |(_, c)| c.held());
+        self.handle.waiting.store((self.len + held) as u64, Relaxed);
         if let Some(ack) = &self.ack {
             self.handle.in_flight.store(ack.in_flight() as u64, Relaxed);
         }
@@ -369,13 +440,38 @@ impl Outbox {
         changed
     }
 
-    /// True when nothing is waiting, replaying or in flight.
+    /// Ends the coalescing windows due at `now`; true when events were queued.
+    pub fn end_windows(
+        &mut self,
+        now: Instant,
+        max: usize,
+        metrics: &Metrics,
+        dead: &mut Vec<DeadNote>,
+    ) -> bool {
+        let mut changed = false;
+        for q in self.subs.values_mut() {
+            changed |= q.end_windows(now, max, metrics, dead);
+        }
+        changed
+    }
+
+    /// Cursors that coalescing replaced, per subscription, since the last call.
+    pub fn take_replaced(&mut self) -> Vec<(Arc<SubscriptionHandle>, Vec<u64>)> {
+        self.subs
+            .values_mut()
+            .filter(|q| !q.replaced.is_empty())
+            .map(|q| (q.handle.clone(), q.take_replaced()))
+            .collect()
+    }
+
+    /// True when nothing is waiting, replaying, in flight or held by a window.
     pub fn is_idle(&self) -> bool {
         self.subs.values().all(|q| {
             q.len == 0
                 && q.replay.is_empty()
                 && q.replay_complete.is_none()
                 && q.ack.as_ref().is_none_or(AckTracker::is_idle)
+                && q.coalesce.as_ref().is_none_or(|(_, c)| c.is_idle())
         })
     }
 }

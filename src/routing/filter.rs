@@ -83,6 +83,11 @@ impl Filter {
         Ok((spec, filter))
     }
 
+    /// The topic patterns of the filter (any one must match).
+    pub fn topics(&self) -> &[Pattern] {
+        &self.topics
+    }
+
     pub fn matches(&self, event: &Event) -> bool {
         fn list(values: &[String], field: Option<&str>) -> bool {
             values.is_empty() || field.is_some_and(|f| values.iter().any(|v| v == f))

@@ -7,6 +7,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::coalesce::CoalesceSpec;
+use super::condition::{Condition, EvalError, MatchInput};
 use super::filter::{Filter, FilterSpec};
 use super::pattern::Pattern;
 use crate::delivery::ack::AckOptions;
@@ -55,7 +57,7 @@ struct RawSubscription {
     max_attempts: Option<u32>,
     max_in_flight: Option<u32>,
     durable: Option<String>,
-    coalesce: Option<Value>,
+    coalesce: Option<CoalesceSpec>,
 }
 
 /// A validated subscription: what it selects, in a form that can be shown back to
@@ -67,6 +69,8 @@ pub struct SubscriptionSpec {
     pub kind: SubscriptionKind,
     pub patterns: Vec<String>,
     pub filter: Option<FilterSpec>,
+    /// The CEL condition as the client wrote it.
+    pub condition: Option<String>,
     pub matcher: Matcher,
     /// Stored events to deliver before live ones.
     pub replay: Option<Replay>,
@@ -74,6 +78,8 @@ pub struct SubscriptionSpec {
     pub ack: Option<AckOptions>,
     /// The name a durable subscription's state is kept under (with the principal).
     pub durable: Option<String>,
+    /// Deliver only the latest event per key value within each window.
+    pub coalesce: Option<CoalesceSpec>,
 }
 
 /// Where a replay starts (PROTOCOL.md `from_cursor` and its alias `since`).
@@ -108,23 +114,57 @@ impl Replay {
 pub struct Matcher {
     patterns: Vec<Pattern>,
     filter: Option<Filter>,
+    condition: Option<Condition>,
 }
 
 impl Matcher {
+    /// Does `event` match? A condition that fails to evaluate does not match.
     pub fn matches(&self, event: &Event) -> bool {
-        (self.patterns.is_empty() || self.patterns.iter().any(|p| p.matches(&event.topic)))
-            && self.filter.as_ref().is_none_or(|f| f.matches(event))
+        self.test(&MatchInput::new(event)) == Ok(true)
+    }
+
+    /// Tests the cheap parts first (patterns, filter), the condition last, on an input
+    /// shared by every subscription an event is tested against. `Err` when the
+    /// condition could not be evaluated on this event (it does not match).
+    pub fn test(&self, input: &MatchInput<'_>) -> Result<bool, EvalError> {
+        let event = input.event;
+        if !(self.patterns.is_empty() || self.patterns.iter().any(|p| p.matches(&event.topic)))
+            || !self.filter.as_ref().is_none_or(|f| f.matches(event))
+        {
+            return Ok(false);
+        }
+        match &self.condition {
+            Some(c) => c.evaluate(input),
+            None => Ok(true),
+        }
+    }
+
+    /// The literal topic prefixes one of which every matching topic starts with
+    /// (`task.*` → `task`), for the subscription index; `None` when any topic may
+    /// match. Taken from `patterns` when given, else from the filter's `topics`.
+    pub fn topic_prefixes(&self) -> Option<Vec<Vec<String>>> {
+        let patterns = if self.patterns.is_empty() {
+            self.filter.as_ref().map(Filter::topics).unwrap_or_default()
+        } else {
+            self.patterns.as_slice()
+        };
+        if patterns.is_empty() {
+            return None;
+        }
+        let mut prefixes = Vec::with_capacity(patterns.len());
+        for p in patterns {
+            let prefix: Vec<String> = p.literal_prefix().map(str::to_owned).collect();
+            if prefix.is_empty() {
+                return None;
+            }
+            prefixes.push(prefix);
+        }
+        Some(prefixes)
     }
 }
 
 fn invalid(msg: impl Into<String>) -> ProtocolError {
     ProtocolError::new(ErrorCode::InvalidSubscription, msg)
-}
-
-fn not_yet(feature: &str) -> ProtocolError {
-    invalid(format!(
-        "`{feature}` is not supported by this server version yet; subscribe without it"
-    ))
 }
 
 impl SubscriptionSpec {
@@ -173,9 +213,11 @@ impl SubscriptionSpec {
             }
             _ => {}
         }
-        if raw.condition.is_some() {
-            return Err(not_yet("condition"));
-        }
+        let condition = raw
+            .condition
+            .as_deref()
+            .map(Condition::compile)
+            .transpose()?;
         let replay = match (raw.from_cursor, raw.since) {
             (Some(_), Some(_)) => return Err(invalid("give `from_cursor` or `since`, not both")),
             (Some(c), None) => Some(Replay::AfterCursor(c)),
@@ -240,8 +282,8 @@ impl SubscriptionSpec {
         } else {
             None
         };
-        if raw.coalesce.is_some() {
-            return Err(not_yet("coalesce"));
+        if let Some(c) = &raw.coalesce {
+            c.validate()?;
         }
 
         let compiled_patterns = patterns
@@ -260,13 +302,16 @@ impl SubscriptionSpec {
             kind,
             patterns,
             filter: filter_spec,
+            condition: raw.condition,
             matcher: Matcher {
                 patterns: compiled_patterns,
                 filter,
+                condition,
             },
             replay,
             ack,
             durable: raw.durable,
+            coalesce: raw.coalesce,
         })
     }
 

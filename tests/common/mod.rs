@@ -94,6 +94,20 @@ impl TestServer {
         )
     }
 
+    /// A GET whose body is not JSON (`/metrics`).
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let mut res = awc::Client::new()
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("GET");
+        let body = res.body().limit(64 << 20).await.expect("body");
+        (
+            res.status().as_u16(),
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         self.post_raw(path, body.to_string()).await
     }

@@ -14,8 +14,7 @@ every check on fresh connections (each receive times out after 5 s), stops the s
 with SIGTERM (expecting exit code 0), prints `PASS name` / `FAIL name: reason` per check
 and finally one line `N passed, M failed`. Exit status is 1 if any check failed.
 
-Not covered (not implemented yet in this build): condition, coalesce, authentication
-and /metrics.
+Not covered (not implemented yet in this build): authentication.
 """
 import argparse
 import asyncio
@@ -320,6 +319,45 @@ async def filtered_subscriptions():
         ws, sid = subs["combined"]
         eid = (await publish(pub, {"type": "filt_b", "priority": "high"}))["event_id"]
         eq((await next_event(ws, sid))["id"], eid, "combined filter: next delivery")
+
+
+async def conditional_subscriptions():
+    # PROTOCOL.md's own example condition, then `event.type` and a bad expression.
+    cond = 'priority == "critical" || (topic.startsWith("cost.") && payload.total_cost > 5.0)'
+    async with AsyncExitStack() as s:
+        ws, sid = await subscriber(s, {"type": "conditional", "condition": cond})
+        typed, typed_sid = await subscriber(s, {"type": "CONDITIONAL", "condition": 'event.type == "cond_b"',
+                                                "patterns": ["cond.*"]})
+        pub = await connect(s)
+        events = [{"topic": "cost.update", "payload": {"total_cost": 7.5}},  # match
+                  {"topic": "cost.update", "payload": {"total_cost": 1.0}},  # no
+                  {"topic": "cost.update", "payload": {}},                   # missing field: no
+                  {"type": "cond_b", "priority": "critical"}]                # match both
+        ids = [(await publish(pub, ev))["event_id"] for ev in events]
+        await collect(ws, [ids[0], ids[3]], "conditional (PROTOCOL example)")
+        eq((await next_event(typed, typed_sid))["id"], ids[3], "condition on event.type")
+        await expect_error(ws, {"type": "subscribe", "subscription": {"type": "conditional",
+                                                                      "condition": "priority =="}},
+                           "invalid_condition")
+        await still_open(ws)
+
+
+async def coalesced_subscription():
+    async with AsyncExitStack() as s:
+        ws, sid = await subscriber(s, {"type": "pattern", "patterns": ["coal.>"],
+                                       "coalesce": {"key": "payload.task_id", "window_ms": 2000}})
+        pub = await connect(s)
+        for n in range(20):
+            await publish(pub, {"topic": "coal.progress", "payload": {"task_id": "t1", "n": n}})
+        got = []
+        while True:
+            try:
+                raw = await asyncio.wait_for(ws.recv(), 3.0)
+            except asyncio.TimeoutError:
+                break
+            got.append(json.loads(raw)["event"]["payload"]["n"])
+        check(1 <= len(got) <= 2, f"expected one or two deliveries of 20 rapid updates, got {got}")
+        eq(got[-1], 19, "last delivery is the latest update")
 
 
 async def topic_derivation():
@@ -627,7 +665,8 @@ CHECKS = [
     ("publish_duplicate", publish_duplicate), ("publish_batch_partial", publish_batch_partial),
     ("subscribe_all_envelope", subscribe_all_envelope), ("subscribe_client_id", subscribe_client_id),
     ("pattern_subscriptions", pattern_subscriptions), ("filtered_subscriptions", filtered_subscriptions),
-    ("topic_derivation", topic_derivation), ("action_subscribe_alias", action_subscribe_alias),
+    ("conditional_subscriptions", conditional_subscriptions),
+    ("coalesced_subscription", coalesced_subscription), ("topic_derivation", topic_derivation), ("action_subscribe_alias", action_subscribe_alias),
     ("connect_topics", connect_topics), ("connect_kinds", connect_kinds), ("connect_agent_id", connect_agent_id),
     ("bare_root_upgrade", bare_root_upgrade), ("unsubscribe", unsubscribe), ("priority_order", priority_order),
     ("error_invalid_json", error_check("not json", "invalid_json")),

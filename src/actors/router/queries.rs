@@ -59,6 +59,8 @@ impl Handler<GetStats> for Router {
                 "dead_lettered": m.dead_lettered.to_json(),
                 "duplicates": m.duplicates.load(Relaxed),
                 "expired": self.expired,
+                "coalesced": m.coalesced.load(Relaxed),
+                "condition_errors": m.condition_errors.load(Relaxed),
                 "rejected_busy": m.rejected_busy.load(Relaxed),
             },
             "rates_per_second": {

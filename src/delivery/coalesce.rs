@@ -1,0 +1,157 @@
+//! Coalescing windows of one subscription (`coalesce` in PROTOCOL.md section 3).
+//!
+//! The first event of a key goes out at once and opens a window of `window_ms`. Events
+//! of that key arriving while the window is open replace one another: only the latest
+//! is kept. When the window ends, the kept event (if any) goes out and opens the next
+//! window; an idle window just closes. Twenty rapid updates of one task therefore give
+//! one or two deliveries, and a steady stream gives one per window, always the latest.
+//!
+//! Owns: windows and the events they hold back. Must not: send anything or decide what
+//! a replaced event means for acks (the worker resolves it).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::protocol::EncodedEvent;
+
+/// What became of an offered event.
+#[derive(Debug)]
+pub enum Offer {
+    /// No window was open for its key: deliver it now (a window is now open).
+    Deliver(Arc<EncodedEvent>),
+    /// Held until the window ends; it replaced `replaced`, if anything was held.
+    Held { replaced: Option<Arc<EncodedEvent>> },
+}
+
+#[derive(Debug)]
+struct Window {
+    ends: Instant,
+    latest: Option<Arc<EncodedEvent>>,
+}
+
+/// Open windows by key, and their ends in time order.
+#[derive(Debug)]
+pub struct Coalescer {
+    window: Duration,
+    windows: HashMap<String, Window>,
+    /// Every window lasts `window`, so ends are queued in the order they come.
+    ends: VecDeque<(Instant, String)>,
+}
+
+impl Coalescer {
+    pub fn new(window: Duration) -> Self {
+        Coalescer {
+            window,
+            windows: HashMap::new(),
+            ends: VecDeque::new(),
+        }
+    }
+
+    pub fn offer(&mut self, key: String, event: Arc<EncodedEvent>, now: Instant) -> Offer {
+        if let Some(w) = self.windows.get_mut(&key) {
+            return Offer::Held {
+                replaced: w.latest.replace(event),
+            };
+        }
+        self.open(key, now);
+        Offer::Deliver(event)
+    }
+
+    fn open(&mut self, key: String, now: Instant) {
+        let ends = now + self.window;
+        self.ends.push_back((ends, key.clone()));
+        self.windows.insert(key, Window { ends, latest: None });
+    }
+
+    /// Ends the windows due at `now`; answers the events they held, oldest window
+    /// first. A window that held an event is opened again.
+    pub fn due(&mut self, now: Instant) -> Vec<Arc<EncodedEvent>> {
+        let mut out = Vec::new();
+        while let Some((ends, _)) = self.ends.front() {
+            if *ends > now {
+                break;
+            }
+            let Some((ends, key)) = self.ends.pop_front() else {
+                break;
+            };
+            let Some(window) = self.windows.remove(&key) else {
+                continue;
+            };
+            if window.ends != ends {
+                // Stale entry of a window that was reopened meanwhile.
+                self.windows.insert(key, window);
+                continue;
+            }
+            if let Some(event) = window.latest {
+                out.push(event);
+                self.open(key, now);
+            }
+        }
+        out
+    }
+
+    /// Events held back, not yet delivered.
+    pub fn held(&self) -> usize {
+        self.windows.values().filter(|w| w.latest.is_some()).count()
+    }
+
+    /// True when no window is open.
+    pub fn is_idle(&self) -> bool {
+        self.windows.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Event;
+    use serde_json::json;
+
+    fn ev(n: u64) -> Arc<EncodedEvent> {
+        let mut e = Event::from_json(json!({"topic": "t"}), "s").unwrap();
+        e.cursor = n;
+        EncodedEvent::new(e)
+    }
+
+    fn cursor(offer: &Offer) -> Option<u64> {
+        match offer {
+            Offer::Deliver(e) => Some(e.event.cursor),
+            Offer::Held { .. } => None,
+        }
+    }
+
+    #[test]
+    fn first_goes_out_latest_follows_at_window_end() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut c = Coalescer::new(ms(100));
+        assert_eq!(cursor(&c.offer("a".into(), ev(1), t0)), Some(1));
+        let mut replaced = 0;
+        for n in 2..=20 {
+            match c.offer("a".into(), ev(n), t0 + ms(n)) {
+                Offer::Held { replaced: Some(_) } => replaced += 1,
+                Offer::Held { replaced: None } => {}
+                Offer::Deliver(_) => panic!("window is open"),
+            }
+        }
+        assert_eq!(replaced, 18, "2 was held, 3..=20 each replaced one");
+        // Another key has its own window.
+        assert_eq!(cursor(&c.offer("b".into(), ev(21), t0 + ms(50))), Some(21));
+        assert_eq!(c.held(), 1);
+        assert!(c.due(t0 + ms(99)).is_empty());
+        let out: Vec<u64> = c.due(t0 + ms(100)).iter().map(|e| e.event.cursor).collect();
+        assert_eq!(out, [20]);
+        // The window of `a` was reopened at 100 ms; `b`'s (idle) closes at 150 ms.
+        assert!(c.due(t0 + ms(150)).is_empty());
+        assert_eq!(cursor(&c.offer("b".into(), ev(22), t0 + ms(151))), Some(22));
+        assert!(matches!(
+            c.offer("a".into(), ev(23), t0 + ms(160)),
+            Offer::Held { replaced: None }
+        ));
+        let out: Vec<u64> = c.due(t0 + ms(200)).iter().map(|e| e.event.cursor).collect();
+        assert_eq!(out, [23]);
+        assert!(c.due(t0 + ms(400)).is_empty());
+        assert!(c.is_idle());
+    }
+}

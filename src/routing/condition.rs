@@ -1,0 +1,262 @@
+//! CEL conditions of `conditional` subscriptions (PROTOCOL.md section 3, `condition`).
+//!
+//! Owns: compiling a condition once at subscribe time ([`Condition::compile`], a bad
+//! expression answers `invalid_condition` with its line and column), and the
+//! evaluation input built once per event and shared by every subscription that
+//! reaches a condition ([`MatchInput`]).
+//! Must not: decide which subscriptions are tested against an event (the index and
+//! the router do) or count anything itself beyond the errors it reports.
+//!
+//! Each top-level field of the delivered envelope is a variable (`topic`, `priority`,
+//! `payload`, ...) and the whole envelope is `event` (`event.type`, as `type` is a CEL
+//! built-in). Optional fields an event does not carry are `null`, as in the envelope
+//! (`target == null`). A missing key inside `payload` or `metadata` is an evaluation
+//! error, which means "no match"; `has(payload.x)` tests for it. JSON numbers become CEL `int` when they are
+//! integers that fit, `uint` above that, `double` otherwise, so `payload.count == 3`
+//! and `payload.cost > 5.0` both read naturally. The standard library and the
+//! `strings` extension (`lowerAscii`, `split`, `replace`, ...) are available.
+
+use std::cell::OnceCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, LazyLock};
+
+use cel::objects::{Key, Map};
+use cel::{Context, Env, Program, Value};
+
+use crate::error::{ErrorCode, ProtocolError};
+use crate::protocol::Event;
+
+/// Longest accepted condition, in bytes.
+pub const MAX_CONDITION_LEN: usize = 4096;
+
+/// The one CEL environment: standard library plus the strings extension. Programs are
+/// compiled against it and every evaluation context shares it.
+static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| {
+    let mut env = Env::stdlib();
+    if let Err(e) = env.add_extension(cel::extensions::strings) {
+        log::error!("CEL strings extension not loaded: {e}");
+    }
+    Arc::new(env)
+});
+
+/// A compiled condition. Cheap to clone (the program is shared).
+#[derive(Clone)]
+pub struct Condition {
+    source: Arc<str>,
+    program: Arc<Program>,
+}
+
+impl fmt::Debug for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Condition").field(&self.source).finish()
+    }
+}
+
+/// Why a condition could not be evaluated on an event. The event does not match.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EvalError {
+    #[error("{0}")]
+    Execution(String),
+    #[error("the condition gave {0}, not a bool")]
+    NotBool(String),
+}
+
+impl Condition {
+    /// Compiles `source`, or answers `invalid_condition` with the position (line and
+    /// column, from 1) and what the parser expected there.
+    pub fn compile(source: &str) -> Result<Condition, ProtocolError> {
+        let invalid = |msg: String| ProtocolError::new(ErrorCode::InvalidCondition, msg);
+        if source.trim().is_empty() {
+            return Err(invalid("`condition` is empty".into()));
+        }
+        if source.len() > MAX_CONDITION_LEN {
+            return Err(invalid(format!(
+                "`condition` is longer than {MAX_CONDITION_LEN} bytes"
+            )));
+        }
+        let program = ENV.compile(source).map_err(|errors| {
+            let first = errors.errors.first();
+            let detail = match first {
+                Some(e) => format!("line {}, column {}: {}", e.pos.0, e.pos.1 + 1, e.msg.trim()),
+                None => "the expression could not be parsed".to_owned(),
+            };
+            invalid(format!("invalid condition at {detail}"))
+        })?;
+        Ok(Condition {
+            source: source.into(),
+            program: Arc::new(program),
+        })
+    }
+
+    /// The expression as the client wrote it.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Evaluates the condition on the event of `input`.
+    pub fn evaluate(&self, input: &MatchInput<'_>) -> Result<bool, EvalError> {
+        match self.program.execute(input.context()) {
+            Ok(Value::Bool(b)) => Ok(b),
+            Ok(other) => Err(EvalError::NotBool(format!("{:?}", other.type_of()))),
+            Err(e) => Err(EvalError::Execution(e.to_string())),
+        }
+    }
+}
+
+/// One event, as every matcher sees it: built once per event, the CEL context only
+/// when a condition first needs it.
+pub struct MatchInput<'a> {
+    pub event: &'a Event,
+    context: OnceCell<Context<'static, 'static>>,
+}
+
+impl<'a> MatchInput<'a> {
+    pub fn new(event: &'a Event) -> Self {
+        MatchInput {
+            event,
+            context: OnceCell::new(),
+        }
+    }
+
+    fn context(&self) -> &Context<'static, 'static> {
+        self.context.get_or_init(|| {
+            let mut ctx = Context::with_env(ENV.clone());
+            // The envelope exactly as delivered: every defaulted field filled in.
+            let envelope = serde_json::to_value(self.event).unwrap_or_default();
+            if let serde_json::Value::Object(fields) = &envelope {
+                for (name, value) in fields {
+                    ctx.add_variable_from_value(name.as_str(), json_to_cel(value));
+                }
+            }
+            ctx.add_variable_from_value("event", json_to_cel(&envelope));
+            ctx
+        })
+    }
+}
+
+/// JSON to CEL: integers that fit become `int`, larger ones `uint`, others `double`.
+fn json_to_cel(value: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match value {
+        J::Null => Value::Null,
+        J::Bool(b) => Value::Bool(*b),
+        J::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Value::Int(i),
+            (None, Some(u)) => Value::UInt(u),
+            _ => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => Value::String(Arc::new(s.clone())),
+        J::Array(items) => Value::List(Arc::new(items.iter().map(json_to_cel).collect())),
+        J::Object(fields) => {
+            let map: HashMap<Key, Value> = fields
+                .iter()
+                .map(|(k, v)| (Key::String(Arc::new(k.clone())), json_to_cel(v)))
+                .collect();
+            Value::Map(Map { map: Arc::new(map) })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn eval(condition: &str, event: serde_json::Value) -> Result<bool, EvalError> {
+        let c = Condition::compile(condition).unwrap();
+        let e = Event::from_json(event, "svc").unwrap();
+        c.evaluate(&MatchInput::new(&e))
+    }
+
+    #[test]
+    fn protocol_example() {
+        let c =
+            r#"priority == "critical" || (topic.startsWith("cost.") && payload.total_cost > 5.0)"#;
+        let cost =
+            |v: serde_json::Value| json!({"topic": "cost.update", "payload": {"total_cost": v}});
+        assert_eq!(eval(c, cost(json!(7.5))), Ok(true));
+        assert_eq!(eval(c, cost(json!(7))), Ok(true), "int against double");
+        assert_eq!(eval(c, cost(json!(2.0))), Ok(false));
+        assert_eq!(
+            eval(c, json!({"topic": "task.x", "priority": "critical"})),
+            Ok(true)
+        );
+        // Missing field: an error, which the router treats as no match.
+        assert!(eval(c, json!({"topic": "cost.update"})).is_err());
+    }
+
+    #[test]
+    fn variables_lists_strings_and_in() {
+        let ev = json!({
+            "type": "task_created", "source": "planner", "agent_id": "a-7",
+            "payload": {"tags": ["gpu", "urgent"], "meta": {"region": "eu-west", "n": 3}}
+        });
+        let table = [
+            (r#"event.type == "task_created""#, true),
+            (r#"topic == "task.created""#, true),
+            (r#""gpu" in payload.tags"#, true),
+            (r#""cpu" in payload.tags"#, false),
+            (r#"source in ["planner", "executor"]"#, true),
+            (r#"payload.meta.region.startsWith("eu-")"#, true),
+            (
+                r#"payload.meta.region.endsWith("west") && payload.meta.n == 3"#,
+                true,
+            ),
+            (r#"agent_id.matches("^a-[0-9]+$")"#, true),
+            (r#"payload.tags.exists(t, t == "urgent")"#, true),
+            (r#"size(payload.tags) == 2"#, true),
+            (r#"source.upperAscii() == "PLANNER""#, true),
+            (r#"has(payload.meta.region) && !has(payload.missing)"#, true),
+            (r#"target == null && event.correlation_id == null"#, true),
+            (r#"target == "x""#, false),
+            (r#"payload.meta.n > 2u"#, true),
+        ];
+        for (cond, want) in table {
+            assert_eq!(eval(cond, ev.clone()), Ok(want), "{cond}");
+        }
+    }
+
+    #[test]
+    fn runtime_errors_are_reported_not_panics() {
+        let ev = json!({"type": "a", "payload": {"n": "three"}});
+        for cond in [
+            "payload.n > 2",
+            "nosuchvariable == 'x'",
+            "payload.nested.deeper == 1",
+            "1 / 0 == 1",
+            "payload.n",
+        ] {
+            assert!(eval(cond, ev.clone()).is_err(), "{cond}");
+        }
+    }
+
+    #[test]
+    fn bad_expressions_give_position() {
+        for (cond, fragment) in [
+            ("priority ==", "line 1, column"),
+            ("topic.startsWith(\"a\"", "line 1, column"),
+            ("", "empty"),
+        ] {
+            let err = Condition::compile(cond).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidCondition);
+            assert!(err.message.contains(fragment), "{cond}: {}", err.message);
+        }
+        let long = "a == 1 || ".repeat(500) + "true";
+        assert_eq!(
+            Condition::compile(&long).unwrap_err().code,
+            ErrorCode::InvalidCondition
+        );
+    }
+
+    #[test]
+    fn input_is_built_once_and_shared() {
+        let e = Event::from_json(json!({"type": "a", "payload": {"x": 1}}), "svc").unwrap();
+        let input = MatchInput::new(&e);
+        let a = Condition::compile("payload.x == 1").unwrap();
+        let b = Condition::compile("payload.x == 2").unwrap();
+        assert_eq!(a.evaluate(&input), Ok(true));
+        assert_eq!(b.evaluate(&input), Ok(false));
+        assert!(input.context.get().is_some());
+    }
+}
