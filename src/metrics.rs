@@ -3,12 +3,19 @@
 //!
 //! Owns: the numbers. Must not: decide anything; actors only add to them.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
-use std::sync::Arc;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
+use crate::protocol::EncodedEvent;
 use crate::routing::Priority;
+
+/// Topic families tracked by name on `/metrics`; later ones are counted as `other`.
+pub const MAX_TOPIC_FAMILIES: usize = 100;
 
 /// One counter per priority.
 #[derive(Debug, Default)]
@@ -60,6 +67,125 @@ pub struct Metrics {
     pub coalesced: AtomicU64,
     pub router: RouterGauges,
     pub commits: CommitHistograms,
+    /// Per topic family (first topic segment) counters.
+    pub families: TopicFamilies,
+    /// Publish-to-deliver latency of first deliveries, by priority.
+    pub latency: DeliveryLatency,
+}
+
+impl Metrics {
+    /// The counters of `event`'s topic family, looked up once per event.
+    pub fn family_of<'e>(&self, event: &'e EncodedEvent) -> &'e FamilyCounters {
+        event
+            .family
+            .get_or_init(|| self.families.get(&event.event.topic))
+    }
+
+    pub fn count_published(&self, event: &EncodedEvent) {
+        let p = event.event.priority;
+        self.published.add(p, 1);
+        self.family_of(event).published.add(p, 1);
+    }
+
+    /// A frame written to a subscriber; `first` (attempt 1 of a live event) also
+    /// records its publish-to-deliver latency.
+    pub fn count_delivered(&self, event: &EncodedEvent, first: bool) {
+        let p = event.event.priority;
+        self.delivered.add(p, 1);
+        self.family_of(event).delivered.add(p, 1);
+        if first {
+            self.latency.by_priority[p.index()].observe(event.accepted_at.elapsed().as_secs_f64());
+        }
+    }
+
+    pub fn count_dropped(&self, event: &EncodedEvent) {
+        let p = event.event.priority;
+        self.dropped.add(p, 1);
+        self.family_of(event).dropped.add(p, 1);
+    }
+
+    pub fn count_dead_lettered(&self, event: &EncodedEvent) {
+        let p = event.event.priority;
+        self.dead_lettered.add(p, 1);
+        self.family_of(event).dead_lettered.add(p, 1);
+    }
+}
+
+/// The counters of one topic family: `task` for `task.created` and `task.failed`.
+#[derive(Debug, Default)]
+pub struct FamilyCounters {
+    pub published: PerPriority,
+    pub delivered: PerPriority,
+    pub dropped: PerPriority,
+    pub dead_lettered: PerPriority,
+}
+
+/// The families seen so far, at most [`MAX_TOPIC_FAMILIES`] by name (label
+/// cardinality stays bounded whatever topics clients invent); the rest share `other`.
+#[derive(Debug, Default)]
+pub struct TopicFamilies {
+    known: RwLock<BTreeMap<String, Arc<FamilyCounters>>>,
+    other: Arc<FamilyCounters>,
+}
+
+impl TopicFamilies {
+    pub fn get(&self, topic: &str) -> Arc<FamilyCounters> {
+        let family = topic.split('.').next().unwrap_or(topic);
+        if let Some(c) = self
+            .known
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(family)
+        {
+            return c.clone();
+        }
+        let mut known = self.known.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = known.get(family) {
+            return c.clone();
+        }
+        if known.len() >= MAX_TOPIC_FAMILIES {
+            return self.other.clone();
+        }
+        known.entry(family.to_owned()).or_default().clone()
+    }
+
+    /// Every family with its counters, `other` last.
+    pub fn snapshot(&self) -> Vec<(String, Arc<FamilyCounters>)> {
+        let known = self.known.read().unwrap_or_else(PoisonError::into_inner);
+        known
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .chain(std::iter::once(("other".to_owned(), self.other.clone())))
+            .collect()
+    }
+}
+
+type PriorityLabel = Vec<(&'static str, &'static str)>;
+
+/// The `publish_to_deliver_seconds` histograms: one per priority, held directly so
+/// that observing does not look the label up.
+#[derive(Debug)]
+pub struct DeliveryLatency {
+    pub family: Family<PriorityLabel, Histogram>,
+    by_priority: [Histogram; 4],
+}
+
+impl Default for DeliveryLatency {
+    fn default() -> Self {
+        let family = Family::<PriorityLabel, Histogram>::new_with_constructor(|| {
+            // 50 µs to ~1.6 s.
+            Histogram::new(exponential_buckets(0.00005, 2.0, 16))
+        });
+        let by_priority = Priority::HIGHEST_FIRST.map(|p| {
+            family
+                .get_or_create(&vec![("priority", p.as_str())])
+                .clone()
+        });
+        DeliveryLatency {
+            family,
+            by_priority,
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -80,6 +206,8 @@ impl Default for Metrics {
             coalesced: AtomicU64::default(),
             router: RouterGauges::default(),
             commits: CommitHistograms::default(),
+            families: TopicFamilies::default(),
+            latency: DeliveryLatency::default(),
         }
     }
 }
@@ -116,6 +244,25 @@ impl Drop for ConnectionPermit {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn topic_families_are_bounded() {
+        let f = TopicFamilies::default();
+        let task = f.get("task.created");
+        assert!(Arc::ptr_eq(&task, &f.get("task.failed.retry")));
+        for i in 1..MAX_TOPIC_FAMILIES {
+            f.get(&format!("fam{i}.x"));
+        }
+        let late = f.get("late.comer");
+        assert!(
+            Arc::ptr_eq(&late, &f.get("another.late")),
+            "both are `other`"
+        );
+        let names: Vec<String> = f.snapshot().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names.len(), MAX_TOPIC_FAMILIES + 1);
+        assert_eq!(names.last().map(String::as_str), Some("other"));
+        assert!(!names.iter().any(|n| n == "late"));
+    }
 
     #[test]
     fn permits_are_bounded_and_released() {
@@ -208,7 +355,6 @@ pub struct CommitHistograms {
 
 impl Default for CommitHistograms {
     fn default() -> Self {
-        use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
         CommitHistograms {
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
             seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
@@ -229,6 +375,12 @@ pub fn registry(metrics: Arc<Metrics>) -> prometheus_client::registry::Registry 
         "store_commit_seconds",
         "Time from handing a batch to the store to its commit",
         metrics.commits.seconds.clone(),
+    );
+    registry.register(
+        "publish_to_deliver_seconds",
+        "Time from a publish being accepted to its first delivery being written to the \
+         subscriber's connection (live events, attempt 1)",
+        metrics.latency.family.clone(),
     );
     registry.register_collector(Box::new(Exporter { metrics }));
     registry
@@ -322,6 +474,36 @@ impl prometheus_client::collector::Collector for Exporter {
                 None,
                 MetricType::Counter,
             )?)?;
+        }
+        {
+            let mut by_family = encoder.encode_descriptor(
+                "topic_family_events",
+                "Events by topic family (first topic segment; `other` past the first 100 \
+             families), what happened to them, and priority",
+                None,
+                MetricType::Counter,
+            )?;
+            for (family, counters) in m.families.snapshot() {
+                for (event, counts) in [
+                    ("published", &counters.published),
+                    ("delivered", &counters.delivered),
+                    ("dropped", &counters.dropped),
+                    ("dead_lettered", &counters.dead_lettered),
+                ] {
+                    for p in Priority::HIGHEST_FIRST {
+                        let n = counts.get(p);
+                        if n == 0 {
+                            continue;
+                        }
+                        let labels = [
+                            ("family", family.as_str()),
+                            ("event", event),
+                            ("priority", p.as_str()),
+                        ];
+                        ConstCounter::new(n).encode(by_family.encode_family(&labels)?)?;
+                    }
+                }
+            }
         }
         let mut depth = encoder.encode_descriptor(
             "queue_depth",

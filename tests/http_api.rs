@@ -316,6 +316,13 @@ async fn metrics_in_prometheus_text_format() {
         "# TYPE switchyard_queue_depth gauge",
         "# TYPE switchyard_store_commit_seconds histogram",
         "switchyard_store_commit_batch_size_count 1",
+        "switchyard_topic_family_events_total{family=\"task\",event=\"published\",priority=\"low\"} 1",
+        "switchyard_topic_family_events_total{family=\"task\",event=\"delivered\",priority=\"critical\"} 1",
+        "switchyard_topic_family_events_total{family=\"agent\",event=\"published\",priority=\"normal\"} 1",
+        "switchyard_topic_family_events_total{family=\"logs\",event=\"delivered\",priority=\"normal\"} 1",
+        "# TYPE switchyard_publish_to_deliver_seconds histogram",
+        "switchyard_publish_to_deliver_seconds_count{priority=\"normal\"} 2",
+        "switchyard_publish_to_deliver_seconds_count{priority=\"high\"} 1",
         "# EOF",
     ] {
         assert!(

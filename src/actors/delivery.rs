@@ -222,7 +222,7 @@ impl DeliveryWorker {
 
     fn send_dead(&mut self, dead: Vec<DeadNote>) {
         for note in dead {
-            self.metrics.dead_lettered.add(note.event.event.priority, 1);
+            self.metrics.count_dead_lettered(&note.event);
             let msg = DeadLettered {
                 event: note.event,
                 subscription_id: note.sub.id.clone(),

@@ -295,7 +295,7 @@ impl Router {
         }
         for event in events {
             self.track_topic(&event.event);
-            self.metrics.published.add(event.event.priority, 1);
+            self.metrics.count_published(&event);
             self.queues[event.event.priority.index()].push_back(event);
         }
         for (reply, results) in waiters {

@@ -705,8 +705,15 @@ impl Handler<WriteFrames> for Session {
                     sub,
                     event,
                     attempt,
+                } => {
+                    if !sub.is_active() {
+                        continue;
+                    }
+                    ctx.text(event_frame(&sub.frame_prefix, &event.json, attempt));
+                    sub.delivered.fetch_add(1, Relaxed);
+                    self.metrics.count_delivered(&event, attempt == 1);
                 }
-                | OutFrame::Replayed {
+                OutFrame::Replayed {
                     sub,
                     event,
                     attempt,
@@ -716,7 +723,7 @@ impl Handler<WriteFrames> for Session {
                     }
                     ctx.text(event_frame(&sub.frame_prefix, &event.json, attempt));
                     sub.delivered.fetch_add(1, Relaxed);
-                    self.metrics.delivered.add(event.event.priority, 1);
+                    self.metrics.count_delivered(&event, false);
                 }
                 OutFrame::ReplayComplete { sub, last_cursor } => {
                     if sub.is_active() {

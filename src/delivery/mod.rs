@@ -171,7 +171,7 @@ impl SubQueue {
         } else {
             self.unreported_drops += 1;
             self.handle.dropped.fetch_add(1, Relaxed);
-            metrics.dropped.add(lost.event.event.priority, 1);
+            metrics.count_dropped(&lost.event);
         }
     }
 

@@ -18,6 +18,11 @@ pub use reply::{PublishOk, PublishResult, Reply};
 pub struct EncodedEvent {
     pub event: Event,
     pub json: Box<str>,
+    /// When the router accepted it (or it was read back): the start of its
+    /// publish-to-deliver latency.
+    pub accepted_at: std::time::Instant,
+    /// Its topic family's counters, looked up once (see `Metrics::family_of`).
+    pub family: std::sync::OnceLock<Arc<crate::metrics::FamilyCounters>>,
 }
 
 impl EncodedEvent {
@@ -26,7 +31,17 @@ impl EncodedEvent {
         let json = serde_json::to_string(&event)
             .unwrap_or_else(|_| String::from("{}"))
             .into_boxed_str();
-        Arc::new(EncodedEvent { event, json })
+        Self::with_json(event, json)
+    }
+
+    /// An event with its envelope already at hand (read back from the store).
+    pub fn with_json(event: Event, json: Box<str>) -> Arc<EncodedEvent> {
+        Arc::new(EncodedEvent {
+            event,
+            json,
+            accepted_at: std::time::Instant::now(),
+            family: std::sync::OnceLock::new(),
+        })
     }
 }
 

@@ -94,10 +94,7 @@ impl SqliteStore {
             cursor,
             message: e.to_string(),
         })?;
-        Ok(Arc::new(EncodedEvent {
-            event,
-            json: envelope.into(),
-        }))
+        Ok(EncodedEvent::with_json(event, envelope.into()))
     }
 }
 
