@@ -46,7 +46,8 @@ pub struct Metrics {
     pub dropped: PerPriority,
     pub dead_lettered: PerPriority,
     pub duplicates: AtomicU64,
-    /// Publishes refused because the router queue was full.
+    /// Events refused with `rate_limited` because the router was busy: its queue
+    /// (`router.max_queued_events`) or its inbox was full.
     pub rejected_busy: AtomicU64,
     /// Bad frames answered with an `error`.
     pub protocol_errors: AtomicU64,
@@ -281,7 +282,7 @@ impl prometheus_client::collector::Collector for Exporter {
             ),
             (
                 "publishes_rejected_busy",
-                "Publishes refused with rate_limited: router queue full",
+                "Events refused with rate_limited: router queue or inbox full",
                 m.rejected_busy.load(Relaxed),
             ),
             (

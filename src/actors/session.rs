@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::delivery::{self, worker_for, DeliveryWorker, OutFrame, WriteFrames};
-use super::router::{self, Router};
+use super::router::{self, Dedupe, Router};
 use super::{SessionId, SubscriptionHandle};
 use crate::config::Config;
 use crate::error::{ErrorCode, HttpError, ProtocolError};
@@ -410,22 +410,15 @@ impl Session {
                 return self.fail(ctx, &e, request_id);
             }
         }
-        let fut = self.router.send(router::Publish {
-            events: validated.take_valid(),
-        });
+        let events = validated.take_valid();
+        let fut = router::publish(&self.router, &self.metrics, events, Dedupe::Check);
         // Frames keep being read while the commit is pending (several publishes of one
         // connection share a group commit); the reply keeps its place in line.
         let ticket = self.replies.reserve();
         self.publishes_in_flight += 1;
         let answer = fut.into_actor(self).map(move |accepted, act, ctx| {
             act.publishes_in_flight -= 1;
-            let merged = match accepted {
-                Ok(accepted) => validated.merge(accepted),
-                Err(e) => vec![Err(ProtocolError::new(
-                    ErrorCode::Internal,
-                    format!("router unavailable: {e}"),
-                ))],
-            };
+            let merged = validated.merge(accepted);
             let reply = if batch {
                 let results = merged.into_iter().map(PublishResult::from).collect();
                 Reply::PublishedBatch {
