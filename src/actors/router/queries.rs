@@ -60,6 +60,7 @@ impl Handler<GetStats> for Router {
                 "duplicates": m.duplicates.load(Relaxed),
                 "expired": self.expired,
                 "rejected_busy": m.rejected_busy.load(Relaxed),
+                "rejected_over_rate": m.rejected_over_rate.load(Relaxed),
             },
             "rates_per_second": {
                 "published": self.published_rate.per_second(),
