@@ -45,6 +45,10 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     pub max_errors_per_window: u32,
     pub error_window_ms: u64,
+    /// Events one WebSocket connection may publish per second, on average; 0 = no limit.
+    pub publish_rate_per_sec: u32,
+    /// Events one connection may publish at once before the rate applies (bucket size).
+    pub publish_burst: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -174,6 +178,12 @@ impl Config {
         if l.error_window_ms == 0 {
             return invalid("limits.error_window_ms", "must be greater than 0");
         }
+        if l.publish_rate_per_sec > 0 && l.publish_burst == 0 {
+            return invalid(
+                "limits.publish_burst",
+                "must be greater than 0 when limits.publish_rate_per_sec is set",
+            );
+        }
         if self.server.heartbeat_interval_ms == 0 {
             return invalid("server.heartbeat_interval_ms", "must be greater than 0");
         }
@@ -253,6 +263,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("limits.max_frame_bytes"), "{err}");
+    }
+
+    #[test]
+    fn publish_rate_needs_a_burst() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rate.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(Some(&path), &Overrides::default())
+        };
+        let err = load("[limits]\npublish_rate_per_sec = 10\npublish_burst = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.publish_burst"), "{err}");
+        let unlimited = load("[limits]\npublish_rate_per_sec = 0\npublish_burst = 0\n").unwrap();
+        assert_eq!(unlimited.limits.publish_rate_per_sec, 0);
+        let err = load("[limits]\npublish_rate_per_sec = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("publish_rate_per_sec"), "{err}");
+        let c = load("[limits]\npublish_rate_per_sec = 5\npublish_burst = 2\n").unwrap();
+        assert_eq!(
+            (c.limits.publish_rate_per_sec, c.limits.publish_burst),
+            (5, 2)
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! - [`routing`]: pure policy: priorities, topic patterns, filters, subscription specs.
 //! - [`store`]: the event log and dead letters: a storage trait, SQLite and memory backends.
 //! - [`metrics`]: shared counters behind `/api/stats`.
+//! - [`rate_limit`]: the per-connection publish budget (a token bucket).
 //! - [`config`]: layered configuration with embedded defaults.
 //! - [`error`]: typed errors and their stable wire codes.
 
@@ -25,6 +26,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod protocol;
+pub mod rate_limit;
 pub mod routing;
 pub mod server;
 pub mod store;

@@ -53,8 +53,11 @@ pub struct Metrics {
     pub dropped: PerPriority,
     pub dead_lettered: PerPriority,
     pub duplicates: AtomicU64,
-    /// Publishes refused because the router queue was full.
+    /// Events refused with `rate_limited` because the router was busy: its queue
+    /// (`router.max_queued_events`) or its inbox was full.
     pub rejected_busy: AtomicU64,
+    /// Events refused with `rate_limited`: over their connection's publish rate.
+    pub rejected_over_rate: AtomicU64,
     /// Bad frames answered with an `error`.
     pub protocol_errors: AtomicU64,
     /// Open WebSocket connections (see [`ConnectionPermit`]).
@@ -198,6 +201,7 @@ impl Default for Metrics {
             dead_lettered: PerPriority::default(),
             duplicates: AtomicU64::default(),
             rejected_busy: AtomicU64::default(),
+            rejected_over_rate: AtomicU64::default(),
             protocol_errors: AtomicU64::default(),
             connections: AtomicUsize::default(),
             connections_total: AtomicU64::default(),
@@ -439,7 +443,7 @@ impl prometheus_client::collector::Collector for Exporter {
             ),
             (
                 "publishes_rejected_busy",
-                "Publishes refused with rate_limited: router queue full",
+                "Events refused with rate_limited: router queue or inbox full",
                 m.rejected_busy.load(Relaxed),
             ),
             (
@@ -451,6 +455,11 @@ impl prometheus_client::collector::Collector for Exporter {
                 "events_coalesced",
                 "Events replaced by a later one with the same coalesce key",
                 m.coalesced.load(Relaxed),
+            ),
+            (
+                "publishes_rejected_over_rate",
+                "Events refused with rate_limited: over the connection's publish rate",
+                m.rejected_over_rate.load(Relaxed),
             ),
             (
                 "protocol_errors",

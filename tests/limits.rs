@@ -222,3 +222,186 @@ async fn router_queue_full_answers_rate_limited_and_loses_nothing_accepted() {
         "every accepted event is stored"
     );
 }
+
+/// Stored events of one type, in cursor order.
+async fn stored(server: &TestServer, event_type: &str) -> Vec<serde_json::Value> {
+    let (status, body) = server
+        .get(&format!("/api/events?type={event_type}&limit=1000"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body.as_array().cloned().unwrap_or_default()
+}
+
+/// A server whose connections may publish `burst` events at once, then one a second.
+async fn rate_limited_server(burst: u32) -> TestServer {
+    TestServer::with(|c| {
+        c.limits.publish_rate_per_sec = 1;
+        c.limits.publish_burst = burst;
+    })
+    .await
+}
+
+#[actix_rt::test]
+async fn publishes_over_the_connection_rate_get_rate_limited_and_are_not_stored() {
+    let server = rate_limited_server(3).await;
+    let mut c = server.ws().await;
+    // Sent back to back, faster than the one token a second that refills the bucket.
+    for i in 0..8 {
+        c.send(&json!({"type": "publish_event", "request_id": i,
+                       "event": {"type": "rated_event", "payload": {"i": i}}}))
+            .await;
+    }
+    for i in 0..8 {
+        let reply = c.recv().await;
+        assert_eq!(reply["request_id"], i, "replies in command order: {reply}");
+        if i < 3 {
+            assert_eq!(reply["type"], "published", "{reply}");
+        } else {
+            assert_eq!(reply["type"], "error", "{reply}");
+            assert_eq!(reply["code"], "rate_limited", "{reply}");
+            let message = reply["message"].as_str().unwrap_or_default();
+            assert!(message.contains("at most 1 events per second"), "{message}");
+            assert!(message.contains("bursts of 3"), "{message}");
+            assert!(message.contains("retry in"), "{message}");
+        }
+    }
+    c.assert_alive().await;
+    let kept: Vec<_> = stored(&server, "rated_event")
+        .await
+        .iter()
+        .map(|e| e["payload"]["i"].clone())
+        .collect();
+    assert_eq!(kept, [0, 1, 2], "only the accepted events are stored");
+    let (_, stats) = server.get("/api/stats").await;
+    assert_eq!(stats["events"]["rejected_over_rate"], 5);
+    assert_eq!(stats["events"]["published"]["total"], 3);
+    let mut res = awc::Client::new()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics");
+    let text = String::from_utf8(res.body().await.expect("body").to_vec()).expect("UTF-8");
+    assert!(
+        text.lines()
+            .any(|l| l == "switchyard_publishes_rejected_over_rate_total 5"),
+        "{text}"
+    );
+    // The budget is per connection: another one starts with a full bucket.
+    let mut other = server.ws().await;
+    other.publish(json!({"type": "rated_event"})).await;
+}
+
+#[actix_rt::test]
+async fn a_batch_over_the_connection_rate_gets_mixed_results() {
+    let server = rate_limited_server(3).await;
+    let mut c = server.ws().await;
+    // An invalid event costs no token: it never reaches the router.
+    let events = json!([
+        {"type": "batch_event", "payload": {"i": 0}},
+        {"type": "batch_event", "payload": {"i": 1}},
+        {"payload": {"i": "no type"}},
+        {"type": "batch_event", "payload": {"i": 2}},
+        {"type": "batch_event", "payload": {"i": 3}},
+        {"type": "batch_event", "payload": {"i": 4}},
+    ]);
+    let reply = c
+        .request(json!({"type": "publish_batch", "request_id": "b1", "events": events}))
+        .await;
+    assert_eq!(reply["type"], "published_batch", "{reply}");
+    assert_eq!(reply["request_id"], "b1");
+    let outcome: Vec<_> = reply["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| match r["error"]["code"].as_str() {
+            Some(code) => code.to_owned(),
+            None if r["cursor"].is_u64() => "published".to_owned(),
+            None => format!("unexpected {r}"),
+        })
+        .collect();
+    assert_eq!(
+        outcome,
+        [
+            "published",
+            "published",
+            "invalid_event",
+            "published",
+            "rate_limited",
+            "rate_limited"
+        ]
+    );
+    let message = reply["results"][4]["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("retry in"), "{message}");
+    // The bucket is empty now: a single event is refused too, and the connection stays.
+    let refused = c
+        .request(json!({"type": "publish_event", "event": {"type": "batch_event"}}))
+        .await;
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    c.assert_alive().await;
+    let kept: Vec<_> = stored(&server, "batch_event")
+        .await
+        .iter()
+        .map(|e| e["payload"]["i"].clone())
+        .collect();
+    assert_eq!(kept, [0, 1, 2]);
+    let (_, stats) = server.get("/api/stats").await;
+    assert_eq!(stats["events"]["rejected_over_rate"], 3);
+}
+
+#[actix_rt::test]
+async fn publishing_works_again_once_the_bucket_refills() {
+    let server = rate_limited_server(1).await;
+    let mut c = server.ws().await;
+    c.publish(json!({"type": "refill_event", "payload": {"i": 0}}))
+        .await;
+    let refused = c
+        .request(json!({"type": "publish_event", "event": {"type": "refill_event"}}))
+        .await;
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    // Retry as a client would, until the token is back (one a second); refusals in
+    // the meantime are `rate_limited`, never a closed connection.
+    let mut accepted = None;
+    for _ in 0..100 {
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+        let reply = c
+            .request(json!({"type": "publish_event",
+                            "event": {"type": "refill_event", "payload": {"i": 1}}}))
+            .await;
+        if reply["type"] == "published" {
+            accepted = Some(reply);
+            break;
+        }
+        assert_eq!(reply["code"], "rate_limited", "{reply}");
+    }
+    assert!(accepted.is_some(), "the bucket refills");
+    let kept: Vec<_> = stored(&server, "refill_event")
+        .await
+        .iter()
+        .map(|e| e["payload"]["i"].clone())
+        .collect();
+    assert_eq!(kept, [0, 1], "refused attempts were not stored");
+}
+
+#[actix_rt::test]
+async fn rate_limited_publishes_are_not_charged_to_the_error_budget() {
+    let server = TestServer::with(|c| {
+        c.limits.publish_rate_per_sec = 1;
+        c.limits.publish_burst = 1;
+        c.limits.max_errors_per_window = 2;
+        c.limits.error_window_ms = 60_000;
+    })
+    .await;
+    let mut c = server.ws().await;
+    c.publish(json!({"type": "budget_event"})).await;
+    for _ in 0..5 {
+        let reply = c
+            .request(json!({"type": "publish_event", "event": {"type": "budget_event"}}))
+            .await;
+        assert_eq!(reply["code"], "rate_limited", "{reply}");
+    }
+    // Five refusals, over a budget of two bad frames: the connection stays open.
+    c.expect_silence(Duration::from_millis(100)).await;
+    c.assert_alive().await;
+}

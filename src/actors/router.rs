@@ -1,10 +1,10 @@
 //! The router actor: the single owner of accepted events and of the subscription index.
 //!
 //! Into the router: [`Connect`], [`Disconnect`], [`Subscribe`], [`Unsubscribe`],
-//! [`Publish`] (from sessions and the HTTP API), [`Shutdown`] / [`Flush`]; the
-//! read-only queries [`GetStats`], [`GetTopics`], [`ListSubscriptions`] (`queries.rs`);
-//! [`DeadLettered`] from workers and [`FindSubscription`] / [`Republish`] for dead-letter
-//! retries (`dead_letters.rs`).
+//! [`Publish`] (sent only by [`publish`], for sessions, the HTTP API and dead-letter
+//! retries), [`Shutdown`] / [`Flush`]; the read-only queries [`GetStats`], [`GetTopics`],
+//! [`ListSubscriptions`] (`queries.rs`); [`DeadLettered`] from workers and
+//! [`FindSubscription`] for dead-letter retries (`dead_letters.rs`).
 //! Out of the router: [`Append`], `OpenDurable`, `Query` and `AddDeadLetter` to the
 //! store, [`Dispatch`] and `ReplayEvents` (`replay.rs`) to delivery workers,
 //! [`CloseSession`] to sessions.
@@ -15,12 +15,18 @@
 //! (`published`) and queued for routing. `Drain` turns pop the queues highest priority
 //! first, match each event once against the index, and send one `Dispatch` per worker.
 //! Must not: write to sockets or hold per-subscriber waiting events (workers do).
+//!
+//! Publishing never waits for room in the router's inbox: [`publish`] `try_send`s, and
+//! a full inbox answers every event `rate_limited` at once (the publisher's policy
+//! lives in that one function).
 
 mod dead_letters;
+mod publish;
 mod queries;
 mod replay;
 
-pub use dead_letters::{DeadLettered, FindSubscription, Republish, DEAD_LETTER_TOPIC};
+pub use dead_letters::{DeadLettered, FindSubscription, DEAD_LETTER_TOPIC};
+pub use publish::{publish, Dedupe, Publish, PublishReply, PublishResults};
 pub use queries::{GetStats, GetTopics, ListSubscriptions, TopicInfo};
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -50,7 +56,8 @@ use crate::routing::Replay;
 const DRAIN_BATCH: usize = 256;
 /// How soon to retry when a delivery worker's mailbox was full.
 const WORKER_RETRY: Duration = Duration::from_millis(1);
-/// Router mailbox size: publishers wait (bounded) when it is full.
+/// Router mailbox size. A publish finding it full is refused with `rate_limited`
+/// ([`publish`]); other senders wait (bounded) for room.
 const MAILBOX_CAPACITY: usize = 4096;
 const RATE_WINDOW: Duration = Duration::from_secs(10);
 
@@ -90,13 +97,6 @@ pub struct Unsubscribe {
     pub subscription_id: String,
 }
 
-/// Accept validated events. One result per event, in order.
-#[derive(Message)]
-#[rtype(result = "Vec<Result<PublishOk, ProtocolError>>")]
-pub struct Publish {
-    pub events: Vec<Event>,
-}
-
 /// Stop accepting new sessions and close every session with a close frame. Publishes
 /// on connections not yet closed (and over HTTP) are still accepted until the server
 /// stops; the last of them are committed before exit (see [`Flush`]).
@@ -126,9 +126,6 @@ struct SessionEntry {
     close: Recipient<CloseSession>,
 }
 
-/// Results of one `Publish`, answered when the batch holding its events commits.
-type PublishReply = tokio::sync::oneshot::Sender<Vec<Result<PublishOk, ProtocolError>>>;
-
 pub struct Router {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
@@ -136,7 +133,7 @@ pub struct Router {
     /// Accepted, not yet sent to the store.
     commit_buffer: Vec<Arc<EncodedEvent>>,
     /// The publishes whose results wait for `commit_buffer` to commit.
-    commit_waiters: Vec<(PublishReply, Vec<Result<PublishOk, ProtocolError>>)>,
+    commit_waiters: Vec<(PublishReply, PublishResults)>,
     /// An `Append` is in flight.
     committing: bool,
     workers: Vec<Addr<DeliveryWorker>>,
@@ -206,18 +203,11 @@ impl Router {
         }
     }
 
-    fn accept(&mut self, event: Event) -> Result<PublishOk, ProtocolError> {
-        self.accept_checked(event, true)
-    }
-
-    /// Accepts an event; `dedupe: false` routes it again even if its id was seen (a
+    /// Accepts an event; [`Dedupe::Skip`] routes it again even if its id was seen (a
     /// republished dead letter).
-    fn accept_checked(
-        &mut self,
-        mut event: Event,
-        dedupe: bool,
-    ) -> Result<PublishOk, ProtocolError> {
-        if let Some(cursor) = self.dedupe.get(&event.id).filter(|_| dedupe) {
+    fn accept(&mut self, mut event: Event, dedupe: Dedupe) -> Result<PublishOk, ProtocolError> {
+        let check = dedupe == Dedupe::Check;
+        if let Some(cursor) = self.dedupe.get(&event.id).filter(|_| check) {
             self.metrics.duplicates.fetch_add(1, Relaxed);
             return Ok(PublishOk {
                 event_id: event.id,
@@ -287,7 +277,7 @@ impl Router {
     fn committed(
         &mut self,
         events: Vec<Arc<EncodedEvent>>,
-        waiters: Vec<(PublishReply, Vec<Result<PublishOk, ProtocolError>>)>,
+        waiters: Vec<(PublishReply, PublishResults)>,
         ctx: &mut Context<Self>,
     ) {
         if let Some(last) = events.last() {
@@ -310,7 +300,7 @@ impl Router {
         &mut self,
         error: &str,
         events: Vec<Arc<EncodedEvent>>,
-        waiters: Vec<(PublishReply, Vec<Result<PublishOk, ProtocolError>>)>,
+        waiters: Vec<(PublishReply, PublishResults)>,
     ) {
         log::error!("store write of {} events failed: {error}", events.len());
         self.queued -= events.len();
@@ -586,27 +576,6 @@ impl Handler<Unsubscribe> for Router {
         self.remove_subscriptions(|s| {
             s.session_id == msg.session_id && s.id == msg.subscription_id
         });
-    }
-}
-
-impl Handler<Publish> for Router {
-    type Result = ResponseFuture<Vec<Result<PublishOk, ProtocolError>>>;
-
-    fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) -> Self::Result {
-        let results: Vec<_> = msg.events.into_iter().map(|e| self.accept(e)).collect();
-        let count = results.len();
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.commit_waiters.push((reply, results));
-        self.commit(ctx);
-        Box::pin(async move {
-            answer.await.unwrap_or_else(|_| {
-                let lost = ProtocolError::new(
-                    ErrorCode::Internal,
-                    "router stopped before the store answered",
-                );
-                vec![Err(lost); count]
-            })
-        })
     }
 }
 

@@ -15,6 +15,9 @@
 //! unsubscribe use `ctx.wait`, so no frame is read before they are in effect. A bad command is answered with an `error` and never
 //! closes the connection, unless the client keeps sending them past the error budget
 //! (close code 1008). A frame over `max_frame_bytes` closes with code 1009.
+//! Each valid event published costs a token of the connection's [`PublishBudget`]; one
+//! that finds none is answered `rate_limited` and never reaches the router. A
+//! `rate_limited` answer is not a bad frame: it is not charged to the error budget.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -28,7 +31,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::delivery::{self, worker_for, DeliveryWorker, OutFrame, WriteFrames};
-use super::router::{self, Router};
+use super::router::{self, Dedupe, Router};
 use super::{SessionId, SubscriptionHandle};
 use crate::config::Config;
 use crate::error::{ErrorCode, HttpError, ProtocolError};
@@ -37,6 +40,7 @@ use crate::metrics::{ConnectionPermit, Metrics};
 use crate::protocol::order::ReplyOrder;
 use crate::protocol::reply::event_frame;
 use crate::protocol::{decode, Command, PublishResult, Reply, ValidatedBatch};
+use crate::rate_limit::PublishBudget;
 use crate::routing::pattern::Pattern;
 use crate::routing::SubscriptionSpec;
 
@@ -114,6 +118,7 @@ pub async fn upgrade(
         fragments: None,
         replies: ReplyOrder::default(),
         publishes_in_flight: 0,
+        budget: PublishBudget::new(&state.config.limits),
         _permit: permit,
     };
     ws::WsResponseBuilder::new(session, &req, stream)
@@ -220,6 +225,8 @@ pub struct Session {
     replies: ReplyOrder,
     /// Publishes sent to the router and not yet answered.
     publishes_in_flight: usize,
+    /// Tokens for publishing: one per event (`limits.publish_rate_per_sec`).
+    budget: PublishBudget,
     _permit: ConnectionPermit,
 }
 
@@ -246,7 +253,8 @@ impl Session {
     }
 
     /// The `error` reply for `err`, counted against the error budget; over the budget
-    /// the connection is closed with code 1008.
+    /// the connection is closed with code 1008. `rate_limited` is not charged: the
+    /// frame was valid, and the client was told to retry.
     fn error_reply(
         &mut self,
         ctx: &mut Ctx,
@@ -256,11 +264,13 @@ impl Session {
         self.metrics.protocol_errors.fetch_add(1, Relaxed);
         let reply = Reply::error(err, request_id);
         let limits = &self.config.limits;
-        if self.errors.record(
-            Instant::now(),
-            Duration::from_millis(limits.error_window_ms),
-            limits.max_errors_per_window,
-        ) {
+        if err.code != ErrorCode::RateLimited
+            && self.errors.record(
+                Instant::now(),
+                Duration::from_millis(limits.error_window_ms),
+                limits.max_errors_per_window,
+            )
+        {
             log::info!(
                 "session {} ({}): too many bad frames, closing",
                 self.id,
@@ -410,22 +420,25 @@ impl Session {
                 return self.fail(ctx, &e, request_id);
             }
         }
-        let fut = self.router.send(router::Publish {
-            events: validated.take_valid(),
-        });
+        if let Err(over) = self.budget.take(validated.valid.len()) {
+            if !batch {
+                self.metrics.rejected_over_rate.fetch_add(1, Relaxed);
+                return self.fail(ctx, &over.error, request_id);
+            }
+            let refused = validated.refuse_after(over.granted, &over.error);
+            self.metrics
+                .rejected_over_rate
+                .fetch_add(refused as u64, Relaxed);
+        }
+        let events = validated.take_valid();
+        let fut = router::publish(&self.router, &self.metrics, events, Dedupe::Check);
         // Frames keep being read while the commit is pending (several publishes of one
         // connection share a group commit); the reply keeps its place in line.
         let ticket = self.replies.reserve();
         self.publishes_in_flight += 1;
         let answer = fut.into_actor(self).map(move |accepted, act, ctx| {
             act.publishes_in_flight -= 1;
-            let merged = match accepted {
-                Ok(accepted) => validated.merge(accepted),
-                Err(e) => vec![Err(ProtocolError::new(
-                    ErrorCode::Internal,
-                    format!("router unavailable: {e}"),
-                ))],
-            };
+            let merged = validated.merge(accepted);
             let reply = if batch {
                 let results = merged.into_iter().map(PublishResult::from).collect();
                 Reply::PublishedBatch {

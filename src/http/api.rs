@@ -8,8 +8,9 @@ use serde_json::Value;
 
 use super::AppState;
 use crate::actors::delivery::{self, worker_for};
-use crate::actors::{router, store};
-use crate::error::{ErrorCode, HttpError};
+use crate::actors::router::{self, Dedupe};
+use crate::actors::store;
+use crate::error::{ErrorCode, HttpError, ProtocolError};
 use crate::protocol::{PublishResult, Reply, ValidatedBatch};
 use crate::routing::pattern::Pattern;
 use crate::routing::Priority;
@@ -204,16 +205,12 @@ pub async fn publish(
             return Err(HttpError(e.clone()));
         }
     }
-    let accepted = state
-        .router
-        .send(router::Publish {
-            events: batch.take_valid(),
-        })
-        .await
-        .map_err(HttpError::router_unavailable)?;
+    let events = batch.take_valid();
+    let accepted = router::publish(&state.router, &state.metrics, events, Dedupe::Check).await;
     let merged = batch.merge(accepted);
     if single {
-        // The only event was valid; the router may still refuse it (queue full).
+        // The only event was valid; the router may still refuse it (queue or inbox
+        // full: 429 `rate_limited`).
         if let Some(Err(e)) = merged.first() {
             return Err(HttpError(e.clone()));
         }
@@ -311,14 +308,14 @@ pub async fn retry_dead_letter(
     let body = match body {
         Some(b) => b,
         None => {
-            let republish = router::Republish {
-                event: dl.event.event.clone(),
-            };
-            let ok = state
-                .router
-                .send(republish)
-                .await
-                .map_err(HttpError::router_unavailable)??;
+            let event = vec![dl.event.event.clone()];
+            let results = router::publish(&state.router, &state.metrics, event, Dedupe::Skip).await;
+            let ok = results.into_iter().next().unwrap_or_else(|| {
+                Err(ProtocolError::new(
+                    ErrorCode::Internal,
+                    "router returned no result",
+                ))
+            })?;
             serde_json::json!({"id": id, "retried": "republished", "cursor": ok.cursor})
         }
     };

@@ -75,6 +75,24 @@ impl ValidatedBatch {
         self.slots.first().and_then(Option::as_ref)
     }
 
+    /// Refuses every valid event after the first `keep` with `error`: each keeps its
+    /// slot (its result is that error) and is never sent to the router. Returns how
+    /// many were refused.
+    pub fn refuse_after(&mut self, keep: usize, error: &crate::error::ProtocolError) -> usize {
+        let mut seen = 0;
+        for slot in &mut self.slots {
+            if slot.is_none() {
+                if seen >= keep {
+                    *slot = Some(error.clone());
+                }
+                seen += 1;
+            }
+        }
+        let refused = self.valid.len().saturating_sub(keep);
+        self.valid.truncate(keep);
+        refused
+    }
+
     /// Takes the valid events out, for the router.
     pub fn take_valid(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.valid)
@@ -133,5 +151,43 @@ mod tests {
             crate::error::ErrorCode::InvalidEvent
         );
         assert_eq!(merged[2].as_ref().unwrap().cursor, 2);
+    }
+
+    #[test]
+    fn refused_events_keep_their_slot_and_never_reach_the_router() {
+        use crate::error::{ErrorCode, ProtocolError};
+        let mut batch = ValidatedBatch::new(
+            vec![
+                json!({"type": "a"}),
+                json!({}),
+                json!({"type": "b"}),
+                json!({"type": "c"}),
+            ],
+            "s",
+        );
+        let limited = ProtocolError::new(ErrorCode::RateLimited, "slow down");
+        assert_eq!(batch.refuse_after(1, &limited), 2);
+        let valid = batch.take_valid();
+        assert_eq!(valid.len(), 1);
+        assert_eq!(valid[0].event_type, "a");
+        let ok = PublishOk {
+            event_id: valid[0].id.clone(),
+            cursor: 7,
+            duplicate: false,
+        };
+        let merged = batch.merge(vec![Ok(ok)]);
+        let codes: Vec<_> = merged
+            .iter()
+            .map(|r| r.as_ref().map(|ok| ok.cursor).map_err(|e| e.code))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                Ok(7),
+                Err(ErrorCode::InvalidEvent),
+                Err(ErrorCode::RateLimited),
+                Err(ErrorCode::RateLimited)
+            ]
+        );
     }
 }

@@ -1,17 +1,17 @@
 //! Dead letters, from the router's side: store them, announce them on
-//! `switchyard.dead_letter`, and the two steps of a retry (find the live subscription,
-//! or publish the event again).
+//! `switchyard.dead_letter`, and the first step of a retry (find the live subscription;
+//! when it is gone, the event is published again with [`super::publish`] and
+//! [`super::Dedupe::Skip`]).
 
 use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::{Router, SessionId};
+use super::{Dedupe, Router, SessionId};
 use crate::actors::store::{AddDeadLetter, DurableAcked};
 use crate::actors::{send_or_wait, SubscriptionHandle};
 use crate::delivery::ack::DeadReason;
-use crate::error::{ErrorCode, ProtocolError};
-use crate::protocol::{EncodedEvent, Event, PublishOk};
+use crate::protocol::{EncodedEvent, Event};
 use crate::store::{DeadLetter, NewDeadLetter, StoreError};
 
 /// A delivery worker gave up on an event for a subscription: store it as a dead letter
@@ -37,21 +37,13 @@ pub struct FindSubscription {
     pub subscription_id: String,
 }
 
-/// Publish a stored event again, as it was, even if its id is in the dedupe window
-/// (a retried dead letter whose subscription is gone). Answered after the commit.
-#[derive(Message)]
-#[rtype(result = "Result<PublishOk, ProtocolError>")]
-pub struct Republish {
-    pub event: Event,
-}
-
 /// Topic of dead-letter notices.
 pub const DEAD_LETTER_TOPIC: &str = "switchyard.dead_letter";
 
 impl Router {
     /// Accepts an event of the router's own and commits it; nobody waits for the reply.
     fn publish_own(&mut self, event: Event, ctx: &mut Context<Self>) {
-        match self.accept(event) {
+        match self.accept(event, Dedupe::Check) {
             Ok(ok) => {
                 let (reply, _) = tokio::sync::oneshot::channel();
                 self.commit_waiters.push((reply, vec![Ok(ok)]));
@@ -130,30 +122,5 @@ impl Handler<FindSubscription> for Router {
                 s.session_id == msg.connection_id && s.id == msg.subscription_id && s.is_active()
             })
             .cloned()
-    }
-}
-
-impl Handler<Republish> for Router {
-    type Result = ResponseFuture<Result<PublishOk, ProtocolError>>;
-
-    fn handle(&mut self, msg: Republish, ctx: &mut Context<Self>) -> Self::Result {
-        let mut event = msg.event;
-        event.cursor = 0;
-        let result = self.accept_checked(event, false);
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.commit_waiters.push((reply, vec![result]));
-        self.commit(ctx);
-        Box::pin(async move {
-            answer
-                .await
-                .ok()
-                .and_then(|mut r| r.pop())
-                .unwrap_or_else(|| {
-                    Err(ProtocolError::new(
-                        ErrorCode::Internal,
-                        "router stopped before the store answered",
-                    ))
-                })
-        })
     }
 }
