@@ -42,7 +42,10 @@ fn spec(i: usize) -> SubscriptionSpec {
                           "condition": format!("payload.cost > {}.0 && \"gpu\" in payload.tags", i % 10)}),
         16..=17 => json!({"type": "conditional", "patterns": [format!("{family}.*")],
                           "condition": format!("agent_id == \"{agent}\" || priority == \"critical\"")}),
-        // 10%: conditions that can match any topic.
+        // 5%: conditions narrowed by `topic.startsWith` in the expression itself.
+        18 => json!({"type": "conditional",
+                     "condition": format!("topic.startsWith(\"{family}.\") && payload.cost > {}.5", i % 7)}),
+        // 5%: conditions that can match any topic.
         _ => json!({"type": "conditional",
                     "condition": format!("payload.region.startsWith(\"eu-\") && payload.cost > {}.5", i % 7)}),
     };

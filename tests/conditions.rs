@@ -67,6 +67,15 @@ async fn conditions_select_by_fields_nested_payload_strings_lists_and_in() {
             vec![1, 3],
         ),
         (r#""gpu" in payload.task.labels"#, vec![0]),
+        // Narrowed through the index by its topic prefix, then evaluated.
+        (
+            r#"topic.startsWith("cost.") && payload.total_cost > 2.0"#,
+            vec![1, 2],
+        ),
+        (
+            r#"event.topic in ["agent.failed", "task.assigned"]"#,
+            vec![3, 5],
+        ),
         (
             r#"payload.task.owner.endsWith("-a") && source == "planner""#,
             vec![0],
@@ -99,6 +108,36 @@ async fn conditions_select_by_fields_nested_payload_strings_lists_and_in() {
         let got = delivered_ns(&mut sub, &mut publisher, &sample_events()).await;
         assert_eq!(got, want, "condition {condition}");
     }
+    server.stop().await;
+}
+
+#[actix_rt::test]
+async fn conditions_narrowed_by_topic_in_the_expression() {
+    // No `|| end` here: these conditions are filed under their topic prefix in the
+    // index, and must still see every event they match.
+    let server = TestServer::start().await;
+    let mut publisher = server.ws().await;
+    let mut cost = server.ws().await;
+    cost.subscribe(
+        json!({"condition": r#"topic.startsWith("cost.") && payload.total_cost > 2.0"#}),
+    )
+    .await;
+    let mut named = server.ws().await;
+    named
+        .subscribe(json!({"condition": r#"event.topic in ["agent.failed", "task.assigned"]"#}))
+        .await;
+    for event in sample_events() {
+        publisher.publish(event).await;
+    }
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(cost.recv_event().await["event"]["payload"]["total_cost"].clone());
+    }
+    assert_eq!(got, [json!(7), json!(2.5)]);
+    assert_eq!(named.recv_event().await["event"]["topic"], "agent.failed");
+    assert_eq!(named.recv_event().await["event"]["topic"], "task.assigned");
+    cost.expect_silence(QUIET).await;
+    named.expect_silence(QUIET).await;
     server.stop().await;
 }
 

@@ -21,8 +21,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, LazyLock};
 
+use cel::common::ast::{operators, Expr, LiteralValue};
 use cel::objects::{Key, Map};
-use cel::{Context, Env, Program, Value};
+use cel::{Context, Env, IdedExpr, Program, Value};
 
 use crate::error::{ErrorCode, ProtocolError};
 use crate::protocol::Event;
@@ -94,6 +95,14 @@ impl Condition {
         &self.source
     }
 
+    /// Literal topic prefixes one of which every topic the condition can accept
+    /// starts with, read off its expression: `topic.startsWith("cost.")`,
+    /// `topic == "a.b"` and `topic in [...]`, through `&&` (either side constrains)
+    /// and `||` (both sides must). `None` when it places no such constraint.
+    pub fn topic_prefixes(&self) -> Option<Vec<Vec<String>>> {
+        topic_prefixes(self.program.expression())
+    }
+
     /// Evaluates the condition on the event of `input`.
     pub fn evaluate(&self, input: &MatchInput<'_>) -> Result<bool, EvalError> {
         match self.program.execute(input.context()) {
@@ -132,6 +141,70 @@ impl<'a> MatchInput<'a> {
             ctx.add_variable_from_value("event", json_to_cel(&envelope));
             ctx
         })
+    }
+}
+
+fn topic_prefixes(expr: &IdedExpr) -> Option<Vec<Vec<String>>> {
+    let Expr::Call(call) = &expr.expr else {
+        return None;
+    };
+    let segments = |s: &str| s.split('.').map(str::to_owned).collect::<Vec<_>>();
+    match (
+        call.func_name.as_str(),
+        call.target.as_deref(),
+        call.args.as_slice(),
+    ) {
+        (operators::LOGICAL_AND, None, [a, b]) => topic_prefixes(a).or_else(|| topic_prefixes(b)),
+        (operators::LOGICAL_OR, None, [a, b]) => {
+            let mut both = topic_prefixes(a)?;
+            both.extend(topic_prefixes(b)?);
+            Some(both)
+        }
+        ("startsWith", Some(target), [arg]) if is_topic(target) => {
+            // Only whole segments: "cost." → `cost`; "cost.bud" → `cost`; "co" → none.
+            let lit = string_literal(arg)?;
+            let mut prefix = segments(lit);
+            prefix.pop();
+            (!prefix.is_empty() && prefix.iter().all(|s| !s.is_empty())).then(|| vec![prefix])
+        }
+        (operators::EQUALS, None, [a, b]) => {
+            let lit = match (is_topic(a), is_topic(b)) {
+                (true, _) => string_literal(b)?,
+                (_, true) => string_literal(a)?,
+                _ => return None,
+            };
+            Some(vec![segments(lit)])
+        }
+        (operators::IN, None, [a, list]) if is_topic(a) => {
+            let Expr::List(list) = &list.expr else {
+                return None;
+            };
+            list.elements
+                .iter()
+                .map(|e| string_literal(e).map(segments))
+                .collect()
+        }
+        _ => None,
+    }
+}
+
+/// `topic` or `event.topic`.
+fn is_topic(expr: &IdedExpr) -> bool {
+    match &expr.expr {
+        Expr::Ident(name) => name == "topic",
+        Expr::Select(select) => {
+            !select.test
+                && select.field == "topic"
+                && matches!(&select.operand.expr, Expr::Ident(name) if name == "event")
+        }
+        _ => false,
+    }
+}
+
+fn string_literal(expr: &IdedExpr) -> Option<&str> {
+    match &expr.expr {
+        Expr::Literal(LiteralValue::String(s)) => Some(s.inner()),
+        _ => None,
     }
 }
 
@@ -247,6 +320,44 @@ mod tests {
             Condition::compile(&long).unwrap_err().code,
             ErrorCode::InvalidCondition
         );
+    }
+
+    #[test]
+    fn topic_prefixes_from_the_expression() {
+        let p = |c: &str| {
+            Condition::compile(c)
+                .unwrap()
+                .topic_prefixes()
+                .map(|v| v.into_iter().map(|s| s.join(".")).collect::<Vec<_>>())
+        };
+        let some = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            p(r#"topic.startsWith("cost.") && payload.x > 1"#),
+            some(&["cost"])
+        );
+        assert_eq!(
+            p(r#"payload.x > 1 && event.topic == "task.created""#),
+            some(&["task.created"])
+        );
+        assert_eq!(p(r#"topic.startsWith("agent.a7.st")"#), some(&["agent.a7"]));
+        assert_eq!(
+            p(r#"topic in ["a.b", "c"] || topic.startsWith("d.")"#),
+            some(&["a.b", "c", "d"])
+        );
+        assert_eq!(p(r#""x.y" == topic"#), some(&["x.y"]));
+        assert_eq!(
+            p(r#"payload.x > 1 && source == "s" && topic.startsWith("t.")"#),
+            some(&["t"])
+        );
+        assert_eq!(p(r#"topic.startsWith("cost")"#), None);
+        assert_eq!(
+            p(
+                r#"priority == "critical" || (topic.startsWith("cost.") && payload.total_cost > 5.0)"#
+            ),
+            None
+        );
+        assert_eq!(p(r#"!topic.startsWith("cost.")"#), None);
+        assert_eq!(p(r#"source == "x""#), None);
     }
 
     #[test]

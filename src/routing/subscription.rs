@@ -141,7 +141,8 @@ impl Matcher {
 
     /// The literal topic prefixes one of which every matching topic starts with
     /// (`task.*` → `task`), for the subscription index; `None` when any topic may
-    /// match. Taken from `patterns` when given, else from the filter's `topics`.
+    /// match. Taken from `patterns` when given, else from the filter's `topics`,
+    /// else from the condition (`topic.startsWith("cost.") && ...`).
     pub fn topic_prefixes(&self) -> Option<Vec<Vec<String>>> {
         let patterns = if self.patterns.is_empty() {
             self.filter.as_ref().map(Filter::topics).unwrap_or_default()
@@ -149,7 +150,7 @@ impl Matcher {
             self.patterns.as_slice()
         };
         if patterns.is_empty() {
-            return None;
+            return self.condition.as_ref().and_then(Condition::topic_prefixes);
         }
         let mut prefixes = Vec::with_capacity(patterns.len());
         for p in patterns {
