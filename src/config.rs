@@ -11,6 +11,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+const REDACTED: &str = "<redacted>";
+
 /// The checked-in defaults, compiled into the binary.
 pub const DEFAULTS: &str = include_str!("../config/switchyard.toml");
 
@@ -21,6 +23,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub router: RouterConfig,
     pub store: StoreConfig,
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -32,6 +35,8 @@ pub struct ServerConfig {
     pub delivery_workers: usize,
     pub heartbeat_interval_ms: u64,
     pub shutdown_timeout_ms: u64,
+    /// Listen on a non-loopback address without authentication.
+    pub insecure: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -64,6 +69,39 @@ pub struct RouterConfig {
 pub enum StoreKind {
     Sqlite,
     Memory,
+}
+
+/// `[auth]`: bearer tokens and JWTs (PROTOCOL.md section 7). Auth is on as soon as a
+/// token or a JWT secret is configured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    /// A TOML file of more `[[tokens]]`, read at start; empty for none.
+    #[serde(default)]
+    pub tokens_file: PathBuf,
+    /// HS256 secret for JWTs; empty: JWTs are not accepted.
+    #[serde(default)]
+    pub jwt_secret: String,
+}
+
+/// One static token and what it grants.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The principal: default `source` of its events, owner of its durable subscriptions.
+    pub name: String,
+    pub token: String,
+    /// Topic patterns it may publish to.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Topic patterns it may subscribe to and read.
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    /// Dead-letter and subscription management.
+    #[serde(default)]
+    pub admin: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -101,6 +139,8 @@ pub enum ConfigError {
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
+    /// `--insecure`: allow a non-loopback address without authentication.
+    pub insecure: bool,
 }
 
 impl Config {
@@ -124,6 +164,9 @@ impl Config {
         }
         if let Some(dir) = &overrides.data_dir {
             figment = figment.merge(Serialized::default("server.data_dir", dir));
+        }
+        if overrides.insecure {
+            figment = figment.merge(Serialized::default("server.insecure", true));
         }
         let config: Config = figment.extract().map_err(|e| {
             // figment can report several errors; the first names the key, one line.
@@ -193,9 +236,16 @@ impl Config {
         Ok(())
     }
 
-    /// The configuration as TOML, for `switchyard print-config`.
+    /// The configuration as TOML, for `switchyard print-config`. Secrets are redacted.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+        let mut shown = self.clone();
+        for t in &mut shown.auth.tokens {
+            t.token = REDACTED.to_owned();
+        }
+        if !shown.auth.jwt_secret.is_empty() {
+            shown.auth.jwt_secret = REDACTED.to_owned();
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 
     pub fn heartbeat_interval(&self) -> Duration {
@@ -302,6 +352,7 @@ mod tests {
         let overrides = Overrides {
             listen: Some("127.0.0.1:2".parse().unwrap()),
             data_dir: None,
+            insecure: false,
         };
         let c = Config::load(Some(&path), &overrides).unwrap();
         assert_eq!(c.limits.max_connections, 7);

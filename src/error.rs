@@ -138,8 +138,11 @@ impl ResponseError for HttpError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code())
-            .json(serde_json::json!({ "error": self.0.to_json() }))
+        let mut res = HttpResponse::build(self.status_code());
+        if self.0.code == ErrorCode::Unauthorized {
+            res.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        res.json(serde_json::json!({ "error": self.0.to_json() }))
     }
 }
 

@@ -11,15 +11,18 @@
 //! - [`actors`]: the router, delivery workers, the store actor and per-connection sessions.
 //! - [`delivery`]: delivery state machines: waiting queues, replay, ack tracking.
 //! - [`http`]: routes and the JSON API.
+//! - [`auth`]: bearer tokens and JWTs, principals and their topic grants.
 //! - [`protocol`]: the event envelope, client commands and server replies.
-//! - [`routing`]: pure policy: priorities, topic patterns, filters, subscription specs.
+//! - [`routing`]: pure policy: priorities, topic patterns, filters, CEL conditions,
+//!   coalesce keys, subscription specs and the topic-prefix subscription index.
 //! - [`store`]: the event log and dead letters: a storage trait, SQLite and memory backends.
-//! - [`metrics`]: shared counters behind `/api/stats`.
+//! - [`metrics`]: shared counters behind `/api/stats` and `/metrics`.
 //! - [`rate_limit`]: the per-connection publish budget (a token bucket).
 //! - [`config`]: layered configuration with embedded defaults.
 //! - [`error`]: typed errors and their stable wire codes.
 
 pub mod actors;
+pub mod auth;
 pub mod config;
 pub mod delivery;
 pub mod error;

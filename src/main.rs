@@ -31,6 +31,9 @@ struct ConfigArgs {
     /// Directory for durable data.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Allow listening on a non-loopback address without authentication.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(Subcommand)]
@@ -45,6 +48,7 @@ fn load(args: &ConfigArgs) -> Result<Config, ExitCode> {
     let overrides = Overrides {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
+        insecure: args.insecure,
     };
     Config::load(args.config.as_deref(), &overrides).map_err(|e| {
         eprintln!("error: {e}");
@@ -68,6 +72,19 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            // Bad credentials or an unprotected public address: refuse before binding.
+            let checked =
+                switchyard::auth::Authenticator::from_config(&config.auth).and_then(|auth| {
+                    switchyard::auth::check_exposure(
+                        config.server.listen,
+                        config.server.insecure,
+                        &auth,
+                    )
+                });
+            if let Err(e) = checked {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
             let listener = match std::net::TcpListener::bind(config.server.listen) {
                 Ok(l) => l,
                 Err(e) => {

@@ -27,6 +27,8 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("cannot open the event store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Auth(#[from] crate::auth::AuthSetupError),
 }
 
 /// Runs Switchyard on `listener` until `shutdown` resolves, then shuts down gracefully.
@@ -37,6 +39,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let config = Arc::new(config);
+    let auth = Arc::new(crate::auth::Authenticator::from_config(&config.auth)?);
+    crate::auth::check_exposure(listener.local_addr()?, config.server.insecure, &auth)?;
+    if auth.enabled() {
+        log::info!("authentication on: {auth:?}");
+    } else {
+        log::info!("authentication off (loopback only): every caller is `anonymous`");
+    }
     let metrics = Arc::new(Metrics::default());
     crate::actors::session::seed_session_ids();
     let store = crate::store::open(&config)?;
@@ -91,6 +100,7 @@ pub async fn run(
         workers: workers.into(),
         store,
         config: config.clone(),
+        auth,
         registry: crate::metrics::registry(metrics.clone()),
         metrics,
         shutting_down: shutting_down.clone(),

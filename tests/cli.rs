@@ -95,6 +95,86 @@ fn bad_config_is_a_one_line_error_naming_the_key_with_exit_code_2() {
     assert!(err.contains("limits.max_connections"), "{err}");
 }
 
+#[test]
+fn no_auth_on_a_public_address_is_refused_unless_insecure() {
+    // Refused before binding anything.
+    let out = switchyard()
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("--insecure") && err.contains("0.0.0.0"),
+        "{err}"
+    );
+    let out = switchyard()
+        .args(["print-config", "--insecure"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let config: toml::Value = toml::from_str(&text).unwrap();
+    assert_eq!(config["server"]["insecure"].as_bool(), Some(true));
+}
+
+#[test]
+fn secrets_are_redacted_and_bad_auth_settings_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        "[[tokens]]\nname = \"a\"\ntoken = \"a-secret-token-1234567\"\nsubscribe = [\">\"]\n",
+    )
+    .unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(
+        &file,
+        "[[auth.tokens]]\nname = \"b\"\ntoken = \"b-secret-token-1234567\"\n",
+    )
+    .unwrap();
+    let out = switchyard()
+        .args(["print-config", "--config"])
+        .arg(&file)
+        .env(
+            "SWITCHYARD_AUTH__JWT_SECRET",
+            "jwt-secret-jwt-secret-jwt-secret-42",
+        )
+        .env("SWITCHYARD_AUTH__TOKENS_FILE", &tokens)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !text.contains("b-secret-token") && !text.contains("jwt-secret-jwt"),
+        "{text}"
+    );
+    assert!(text.contains("<redacted>"), "{text}");
+
+    for (content, names) in [
+        (
+            "[[tokens]]\nname = \"a\"\ntoken = \"short\"\n",
+            "auth.tokens[0]",
+        ),
+        (
+            "[[tokens]]\nname = \"a\"\ntoken = \"long-enough-token-123\"\npublish = [\"a..b\"]\n",
+            "auth.tokens[0]",
+        ),
+        ("not toml [", "tokens.toml"),
+    ] {
+        std::fs::write(&tokens, content).unwrap();
+        let out = switchyard()
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("SWITCHYARD_AUTH__TOKENS_FILE", &tokens)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{content}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(names), "{content}: {err}");
+        assert!(!err.contains("long-enough-token"), "never the token: {err}");
+    }
+}
+
 /// `serve` on port 0, SIGTERM while a client is connected: the client gets a close
 /// frame (1001) and the process exits 0.
 #[actix_rt::test]

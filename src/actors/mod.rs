@@ -127,6 +127,7 @@ impl SubscriptionHandle {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "subscription_id": self.id,
+            "principal": self.principal,
             "kind": self.spec.kind,
             "patterns": self.spec.patterns,
             "filter": self.spec.filter,

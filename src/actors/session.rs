@@ -33,6 +33,7 @@ use serde_json::Value;
 use super::delivery::{self, worker_for, DeliveryWorker, OutFrame, WriteFrames};
 use super::router::{self, Dedupe, Router};
 use super::{SessionId, SubscriptionHandle};
+use crate::auth::Principal;
 use crate::config::Config;
 use crate::error::{ErrorCode, HttpError, ProtocolError};
 use crate::http::AppState;
@@ -48,8 +49,6 @@ use crate::routing::SubscriptionSpec;
 const MAILBOX_CAPACITY: usize = 64;
 /// Publishes of one connection awaiting their commit before it stops reading frames.
 const MAX_PIPELINED_PUBLISHES: usize = 64;
-/// Publisher name when the connection is not authenticated.
-const ANONYMOUS: &str = "anonymous";
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -87,8 +86,13 @@ pub async fn upgrade(
     state: web::Data<AppState>,
     query: web::Query<ConnectQuery>,
 ) -> Result<HttpResponse, HttpError> {
+    // Authenticate before anything else: 401 and no upgrade without a valid token.
+    let principal = crate::http::authenticate(&req, true)?;
     let query = query.into_inner();
-    let connect_subscription = connect_subscription(&query)?;
+    let mut connect_subscription = connect_subscription(&query)?;
+    if let (Some(spec), Some(grant)) = (connect_subscription.as_mut(), principal.read_grant()) {
+        spec.restrict_to(&principal.name, grant)?;
+    }
     let Some(permit) =
         ConnectionPermit::acquire(&state.metrics, state.config.limits.max_connections)
     else {
@@ -110,7 +114,7 @@ pub async fn upgrade(
         workers: state.workers.clone(),
         config: state.config.clone(),
         metrics: state.metrics.clone(),
-        principal: ANONYMOUS.to_owned(),
+        principal,
         subscriptions: HashMap::new(),
         last_seen: Instant::now(),
         errors: ErrorBudget::default(),
@@ -215,7 +219,8 @@ pub struct Session {
     workers: Arc<[Addr<DeliveryWorker>]>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
-    principal: String,
+    /// Who authenticated the upgrade, with their grants.
+    principal: Arc<Principal>,
     subscriptions: HashMap<String, Arc<SubscriptionHandle>>,
     last_seen: Instant,
     errors: ErrorBudget,
@@ -413,7 +418,9 @@ impl Session {
             );
             return self.fail(ctx, &err, request_id);
         }
-        let mut validated = ValidatedBatch::new(raw, &self.principal);
+        let mut validated = ValidatedBatch::new(raw, &self.principal.name);
+        let principal = self.principal.clone();
+        validated.refuse_where(|e| principal.check_publish(&e.topic));
         if !batch {
             if let Some(e) = validated.first_error() {
                 let e = e.clone();
@@ -471,7 +478,12 @@ impl Session {
         }
     }
 
-    fn subscribe(&mut self, spec: SubscriptionSpec, request_id: Option<Value>, ctx: &mut Ctx) {
+    fn subscribe(&mut self, mut spec: SubscriptionSpec, request_id: Option<Value>, ctx: &mut Ctx) {
+        if let Some(grant) = self.principal.read_grant() {
+            if let Err(e) = spec.restrict_to(&self.principal.name, grant) {
+                return self.fail(ctx, &e, request_id);
+            }
+        }
         let max = self.config.limits.max_subscriptions_per_connection;
         if self.subscriptions.len() >= max {
             let err = ProtocolError::new(
@@ -493,7 +505,7 @@ impl Session {
         }
         let handle = Arc::new(SubscriptionHandle::new(
             self.id,
-            self.principal.clone(),
+            self.principal.name.clone(),
             id.clone(),
             spec,
             ctx.address().recipient(),
@@ -612,7 +624,20 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Ctx) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-        log::debug!("session {} connected from {}", self.id, self.peer);
+        log::debug!(
+            "session {} connected from {} as {}",
+            self.id,
+            self.peer,
+            self.principal.name
+        );
+        if let Some(expires) = self.principal.expires_at {
+            // A JWT ends the connection it opened when it expires.
+            let left = (expires - chrono::Utc::now()).to_std().unwrap_or_default();
+            ctx.run_later(left, |act, ctx| {
+                log::info!("session {} ({}): token expired, closing", act.id, act.peer);
+                act.close_with(ctx, CloseCode::Policy, "token expired");
+            });
+        }
         let interval = self.config.heartbeat_interval();
         ctx.run_interval(interval, move |act, ctx| {
             if act.last_seen.elapsed() > interval * 2 {

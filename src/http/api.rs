@@ -6,7 +6,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::AppState;
+use super::{Admin, AppState, Caller};
 use crate::actors::delivery::{self, worker_for};
 use crate::actors::router::{self, Dedupe};
 use crate::actors::store;
@@ -21,7 +21,10 @@ pub async fn health() -> HttpResponse {
 }
 
 /// `GET /metrics`: Prometheus (OpenMetrics) text.
-pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, HttpError> {
+pub async fn metrics(
+    state: web::Data<AppState>,
+    _caller: Caller,
+) -> Result<HttpResponse, HttpError> {
     let mut body = String::new();
     prometheus_client::encoding::text::encode(&mut body, &state.registry).map_err(|e| {
         HttpError::new(ErrorCode::Internal, format!("metrics encoding failed: {e}"))
@@ -43,7 +46,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-pub async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, HttpError> {
+pub async fn stats(state: web::Data<AppState>, _caller: Caller) -> Result<HttpResponse, HttpError> {
     let mut stats = state
         .router
         .send(router::GetStats)
@@ -59,16 +62,24 @@ pub async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, HttpError
     Ok(HttpResponse::Ok().json(stats))
 }
 
-pub async fn topics(state: web::Data<AppState>) -> Result<HttpResponse, HttpError> {
-    let topics = state
+pub async fn topics(
+    state: web::Data<AppState>,
+    Caller(caller): Caller,
+) -> Result<HttpResponse, HttpError> {
+    let mut topics = state
         .router
         .send(router::GetTopics)
         .await
         .map_err(HttpError::router_unavailable)?;
+    // Only the topics the caller may read.
+    topics.retain(|t| caller.may_read(&t.topic));
     Ok(HttpResponse::Ok().json(topics))
 }
 
-pub async fn subscriptions(state: web::Data<AppState>) -> Result<HttpResponse, HttpError> {
+pub async fn subscriptions(
+    state: web::Data<AppState>,
+    _admin: Admin,
+) -> Result<HttpResponse, HttpError> {
     let subs = state
         .router
         .send(router::ListSubscriptions)
@@ -138,14 +149,27 @@ fn parse_query(p: EventsParams) -> Result<EventQuery, HttpError> {
 pub async fn events(
     state: web::Data<AppState>,
     params: web::Query<EventsParams>,
+    Caller(caller): Caller,
 ) -> Result<HttpResponse, HttpError> {
     let query = parse_query(params.into_inner())?;
-    let events = state
+    if let (Some(grant), Some(topic)) = (caller.read_grant(), &query.topic) {
+        if !grant.iter().any(|g| g.intersects(topic)) {
+            return Err(HttpError::new(
+                ErrorCode::Forbidden,
+                format!("`{}` may not read topic `{}`", caller.name, topic.as_str()),
+            ));
+        }
+    }
+    let mut events = state
         .store
         .send(store::Query { query })
         .await
         .map_err(HttpError::store_unavailable)?
         .map_err(HttpError::store)?;
+    // Events outside the caller's grant are left out of the page.
+    if caller.read_grant().is_some() {
+        events.retain(|e| caller.may_read(&e.event.topic));
+    }
     let mut body =
         String::with_capacity(2 + events.iter().map(|e| e.json.len() + 1).sum::<usize>());
     body.push('[');
@@ -165,6 +189,7 @@ pub async fn events(
 pub async fn publish(
     state: web::Data<AppState>,
     body: web::Bytes,
+    Caller(caller): Caller,
 ) -> Result<HttpResponse, HttpError> {
     let limits = &state.config.limits;
     if body.len() > limits.max_event_bytes {
@@ -199,7 +224,8 @@ pub async fn publish(
             ),
         ));
     }
-    let mut batch = ValidatedBatch::new(raw, "anonymous");
+    let mut batch = ValidatedBatch::new(raw, &caller.name);
+    batch.refuse_where(|e| caller.check_publish(&e.topic));
     if single {
         if let Some(e) = batch.first_error() {
             return Err(HttpError(e.clone()));
@@ -233,6 +259,7 @@ pub struct DeadLetterParams {
 
 /// `GET /api/dead-letters?after=&limit=`.
 pub async fn dead_letters(
+    _admin: Admin,
     state: web::Data<AppState>,
     params: web::Query<DeadLetterParams>,
 ) -> Result<HttpResponse, HttpError> {
@@ -270,6 +297,7 @@ fn no_dead_letter(id: u64) -> HttpError {
 /// `POST /api/dead-letters/{id}/retry`: back to its subscription when that is still
 /// open, otherwise published again. The dead letter is removed only once that worked.
 pub async fn retry_dead_letter(
+    _admin: Admin,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, HttpError> {
@@ -330,6 +358,7 @@ pub async fn retry_dead_letter(
 
 /// `DELETE /api/dead-letters/{id}`.
 pub async fn delete_dead_letter(
+    _admin: Admin,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, HttpError> {

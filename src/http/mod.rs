@@ -14,6 +14,7 @@ use crate::actors::delivery::DeliveryWorker;
 use crate::actors::router::Router;
 use crate::actors::session;
 use crate::actors::store::StoreActor;
+use crate::auth::{Authenticator, Principal};
 use crate::config::Config;
 use crate::error::{ErrorCode, HttpError};
 use crate::metrics::Metrics;
@@ -25,11 +26,54 @@ pub struct AppState {
     pub workers: Arc<[Addr<DeliveryWorker>]>,
     pub store: Addr<StoreActor>,
     pub config: Arc<Config>,
+    pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
     /// `GET /metrics`.
     pub registry: prometheus_client::registry::Registry,
     /// Set once shutdown begins; `/ready` answers 503 from then on.
     pub shutting_down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The authenticated caller of a request (`Authorization: Bearer`); extracting it
+/// answers 401 `unauthorized` when auth is on and the credential is missing or bad.
+pub struct Caller(pub Arc<Principal>);
+
+impl actix_web::FromRequest for Caller {
+    type Error = HttpError;
+    type Future = std::future::Ready<Result<Caller, HttpError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        std::future::ready(authenticate(req, false).map(Caller))
+    }
+}
+
+/// A caller with the `admin` grant: 403 `forbidden` for anyone else.
+pub struct Admin(pub Arc<Principal>);
+
+impl actix_web::FromRequest for Admin {
+    type Error = HttpError;
+    type Future = std::future::Ready<Result<Admin, HttpError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        std::future::ready(authenticate(req, false).and_then(|p| {
+            p.check_admin()?;
+            Ok(Admin(p))
+        }))
+    }
+}
+
+/// The principal of `req`; `allow_query` also accepts `?token=` (WebSocket upgrades).
+pub fn authenticate(req: &HttpRequest, allow_query: bool) -> Result<Arc<Principal>, HttpError> {
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .ok_or_else(|| HttpError::new(ErrorCode::Internal, "application state missing"))?;
+    let credential = crate::auth::bearer(req, allow_query);
+    let principal = state.auth.authenticate(credential.as_deref())?;
+    if !state.auth.enabled() {
+        return Ok(principal);
+    }
+    log::debug!("{} {} as {}", req.method(), req.path(), principal.name);
+    Ok(principal)
 }
 
 /// Registers every route.

@@ -93,6 +93,31 @@ impl ValidatedBatch {
         refused
     }
 
+    /// Refuses every valid event for which `check` fails (a topic outside the
+    /// publisher's grant): it keeps its slot with that error and is never routed.
+    /// Returns how many were refused.
+    pub fn refuse_where(
+        &mut self,
+        check: impl Fn(&Event) -> Result<(), crate::error::ProtocolError>,
+    ) -> usize {
+        let mut events = std::mem::take(&mut self.valid).into_iter();
+        let mut refused = 0;
+        for slot in &mut self.slots {
+            if slot.is_some() {
+                continue;
+            }
+            let Some(event) = events.next() else { break };
+            match check(&event) {
+                Ok(()) => self.valid.push(event),
+                Err(e) => {
+                    *slot = Some(e);
+                    refused += 1;
+                }
+            }
+        }
+        refused
+    }
+
     /// Takes the valid events out, for the router.
     pub fn take_valid(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.valid)

@@ -99,6 +99,29 @@ impl Pattern {
     }
 }
 
+impl Pattern {
+    /// Is there a topic both patterns match? (`task.>` and `*.created` do; `task.*`
+    /// and `agent.>` do not.) Used to refuse a subscription no grant can ever serve.
+    pub fn intersects(&self, other: &Pattern) -> bool {
+        fn go(a: &[Segment], b: &[Segment]) -> bool {
+            match (a.split_first(), b.split_first()) {
+                (None, None) => true,
+                // `>` needs one segment or more; the other side must offer one.
+                (Some((Segment::Tail, _)), Some(_)) | (Some(_), Some((Segment::Tail, _))) => true,
+                (None, Some(_)) | (Some(_), None) => false,
+                (Some((x, xs)), Some((y, ys))) => {
+                    let same = match (x, y) {
+                        (Segment::Literal(l), Segment::Literal(r)) => l == r,
+                        _ => true,
+                    };
+                    same && go(xs, ys)
+                }
+            }
+        }
+        go(&self.segments, &other.segments)
+    }
+}
+
 /// Checks a concrete topic given on publish: non-empty dot-separated segments, no
 /// wildcards, no whitespace. Answers `invalid_event` naming the problem.
 pub fn validate_topic(topic: &str) -> Result<(), ProtocolError> {
@@ -160,6 +183,30 @@ mod tests {
         for (pattern, topic, want) in table {
             let p = Pattern::parse(pattern).unwrap();
             assert_eq!(p.matches(topic), want, "{pattern} vs {topic}");
+        }
+    }
+
+    #[test]
+    fn intersection_table() {
+        let table = [
+            ("task.>", ">", true),
+            ("task.>", "task.created", true),
+            ("task.>", "task", false),
+            ("task.*", "agent.>", false),
+            ("task.*", "*.created", true),
+            ("task.*", "task.a.b", false),
+            ("a.*.c", "a.b.*", true),
+            ("a.*.c", "a.b.d", false),
+            ("*", "a.b", false),
+            ("*", ">", true),
+            ("a.>", "*.b.>", true),
+            ("x", "x", true),
+            ("x", "y", false),
+        ];
+        for (a, b, want) in table {
+            let (pa, pb) = (Pattern::parse(a).unwrap(), Pattern::parse(b).unwrap());
+            assert_eq!(pa.intersects(&pb), want, "{a} ∩ {b}");
+            assert_eq!(pb.intersects(&pa), want, "{b} ∩ {a}");
         }
     }
 

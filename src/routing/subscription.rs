@@ -115,6 +115,8 @@ pub struct Matcher {
     patterns: Vec<Pattern>,
     filter: Option<Filter>,
     condition: Option<Condition>,
+    /// The subscriber's read grant (`None`: unrestricted), checked before anything else.
+    grant: Option<Vec<Pattern>>,
 }
 
 impl Matcher {
@@ -128,6 +130,11 @@ impl Matcher {
     /// condition could not be evaluated on this event (it does not match).
     pub fn test(&self, input: &MatchInput<'_>) -> Result<bool, EvalError> {
         let event = input.event;
+        if let Some(grant) = &self.grant {
+            if !grant.iter().any(|g| g.matches(&event.topic)) {
+                return Ok(false);
+            }
+        }
         if !(self.patterns.is_empty() || self.patterns.iter().any(|p| p.matches(&event.topic)))
             || !self.filter.as_ref().is_none_or(|f| f.matches(event))
         {
@@ -149,18 +156,65 @@ impl Matcher {
         } else {
             self.patterns.as_slice()
         };
-        if patterns.is_empty() {
-            return self.condition.as_ref().and_then(Condition::topic_prefixes);
+        let own = if patterns.is_empty() {
+            self.condition.as_ref().and_then(Condition::topic_prefixes)
+        } else {
+            literal_prefixes(patterns)
+        };
+        // Failing its own, the grant narrows where the subscription can be reached.
+        own.or_else(|| self.grant.as_deref().and_then(literal_prefixes))
+    }
+
+    /// Every topic pattern the subscription gives (its `patterns`, else its filter's
+    /// `topics`); empty when it names none.
+    fn own_patterns(&self) -> &[Pattern] {
+        if self.patterns.is_empty() {
+            self.filter.as_ref().map(Filter::topics).unwrap_or_default()
+        } else {
+            &self.patterns
         }
-        let mut prefixes = Vec::with_capacity(patterns.len());
-        for p in patterns {
+    }
+}
+
+/// The literal prefix of each pattern; `None` if one has none (starts with a wildcard).
+fn literal_prefixes(patterns: &[Pattern]) -> Option<Vec<Vec<String>>> {
+    if patterns.is_empty() {
+        return None;
+    }
+    patterns
+        .iter()
+        .map(|p| {
             let prefix: Vec<String> = p.literal_prefix().map(str::to_owned).collect();
-            if prefix.is_empty() {
-                return None;
-            }
-            prefixes.push(prefix);
+            (!prefix.is_empty()).then_some(prefix)
+        })
+        .collect()
+}
+
+impl SubscriptionSpec {
+    /// Narrows the subscription to what `grant` (a read grant) allows: it then never
+    /// matches, replays or evaluates a condition on an event outside the grant. A
+    /// subscription whose own topic patterns all lie outside the grant (`agent.>`
+    /// with a `task.>` grant) could never receive anything: `forbidden`.
+    pub fn restrict_to(&mut self, principal: &str, grant: &[Pattern]) -> Result<(), ProtocolError> {
+        let own = self.matcher.own_patterns();
+        let reachable = !grant.is_empty()
+            && (own.is_empty() || own.iter().any(|p| grant.iter().any(|g| g.intersects(p))));
+        if !reachable {
+            let granted: Vec<&str> = grant.iter().map(Pattern::as_str).collect();
+            return Err(ProtocolError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "`{principal}` may only subscribe to {}; this subscription lies outside it",
+                    if granted.is_empty() {
+                        "no topic".to_owned()
+                    } else {
+                        format!("[{}]", granted.join(", "))
+                    }
+                ),
+            ));
         }
-        Some(prefixes)
+        self.matcher.grant = Some(grant.to_vec());
+        Ok(())
     }
 }
 
@@ -308,6 +362,7 @@ impl SubscriptionSpec {
                 patterns: compiled_patterns,
                 filter,
                 condition,
+                grant: None,
             },
             replay,
             ack,

@@ -94,6 +94,36 @@ impl TestServer {
         )
     }
 
+    /// Any request, with `Authorization: Bearer <token>` when a token is given.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let method = awc::http::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = awc::Client::new().request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let sent = match body {
+            Some(b) => {
+                request
+                    .insert_header(("content-type", "application/json"))
+                    .send_body(b.to_string())
+                    .await
+            }
+            None => request.send().await,
+        };
+        let mut res = sent.expect("HTTP request");
+        let body = res.body().limit(64 << 20).await.expect("body");
+        (
+            res.status().as_u16(),
+            serde_json::from_slice(&body).unwrap_or(Value::Null),
+        )
+    }
+
     /// A GET whose body is not JSON (`/metrics`).
     pub async fn get_text(&self, path: &str) -> (u16, String) {
         let mut res = awc::Client::new()
@@ -162,12 +192,16 @@ impl WsClient {
 
     /// Connects, or returns the HTTP status the upgrade was refused with.
     pub async fn try_connect(url: &str) -> Result<WsClient, u16> {
-        match awc::Client::new()
-            .ws(url)
-            .max_frame_size(64 << 20)
-            .connect()
-            .await
-        {
+        WsClient::try_connect_as(url, None).await
+    }
+
+    /// Connects with `Authorization: Bearer <token>` when a token is given.
+    pub async fn try_connect_as(url: &str, token: Option<&str>) -> Result<WsClient, u16> {
+        let mut request = awc::Client::new().ws(url).max_frame_size(64 << 20);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        match request.connect().await {
             Ok((_, conn)) => Ok(WsClient { conn }),
             Err(awc::error::WsClientError::InvalidResponseStatus(status)) => Err(status.as_u16()),
             Err(e) => panic!("WebSocket connect to {url}: {e}"),

@@ -1,0 +1,473 @@
+//! Authentication and topic grants (PROTOCOL.md section 7).
+//!
+//! Owns: turning a bearer credential (a configured token, or an HS256 JWT) into a
+//! [`Principal`] with its grants, and the rules that read those grants: may it publish
+//! to a topic, read a topic, manage the router. Must not: know about sockets or
+//! actors; the HTTP layer and the session call in here and answer `unauthorized` /
+//! `forbidden` themselves. Credentials are never logged; a token is compared in
+//! constant time against every configured token.
+//!
+//! With no token and no JWT secret configured, auth is off: every caller is the
+//! principal `anonymous` with every grant, and the server refuses to listen on a
+//! non-loopback address unless told `--insecure` ([`check_exposure`]).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use crate::config::{AuthConfig, TokenConfig};
+use crate::error::{ErrorCode, ProtocolError};
+use crate::routing::pattern::Pattern;
+
+/// The principal of every caller when auth is off.
+pub const ANONYMOUS: &str = "anonymous";
+/// Shortest accepted static token.
+pub const MIN_TOKEN_LEN: usize = 16;
+/// Shortest accepted JWT secret, in bytes.
+pub const MIN_JWT_SECRET_LEN: usize = 32;
+
+/// Why auth could not be set up from the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    #[error("auth.tokens_file {path}: {message}")]
+    TokensFile { path: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+    #[error(
+        "refusing to listen on {0} without authentication: configure [auth] tokens or a \
+         jwt_secret, listen on a loopback address, or pass --insecure"
+    )]
+    Exposed(SocketAddr),
+}
+
+/// Who is calling, and what they may do.
+#[derive(Debug)]
+pub struct Principal {
+    pub name: String,
+    publish: Grant,
+    subscribe: Grant,
+    pub admin: bool,
+    /// When its credential stops being valid (JWTs); a live connection is closed then.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Topic patterns a principal may use; `All` when auth is off.
+#[derive(Debug)]
+enum Grant {
+    All,
+    Patterns(Vec<Pattern>),
+}
+
+impl Grant {
+    fn parse(patterns: &[String], what: &str) -> Result<Grant, String> {
+        let parsed = patterns
+            .iter()
+            .map(|p| Pattern::parse(p).map_err(|e| format!("{what}: {}", e.message)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Grant::Patterns(parsed))
+    }
+
+    fn allows(&self, topic: &str) -> bool {
+        match self {
+            Grant::All => true,
+            Grant::Patterns(ps) => ps.iter().any(|p| p.matches(topic)),
+        }
+    }
+
+    fn patterns(&self) -> Option<&[Pattern]> {
+        match self {
+            Grant::All => None,
+            Grant::Patterns(ps) => Some(ps),
+        }
+    }
+}
+
+impl Principal {
+    /// The caller when auth is off: every grant.
+    pub fn anonymous() -> Arc<Principal> {
+        Arc::new(Principal {
+            name: ANONYMOUS.to_owned(),
+            publish: Grant::All,
+            subscribe: Grant::All,
+            admin: true,
+            expires_at: None,
+        })
+    }
+
+    fn from_grants(
+        name: String,
+        publish: &[String],
+        subscribe: &[String],
+        admin: bool,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<Principal, String> {
+        if name.is_empty() || name.len() > 128 {
+            return Err("the name must be 1 to 128 bytes long".into());
+        }
+        Ok(Principal {
+            publish: Grant::parse(publish, "publish grant")?,
+            subscribe: Grant::parse(subscribe, "subscribe grant")?,
+            name,
+            admin,
+            expires_at,
+        })
+    }
+
+    pub fn may_publish(&self, topic: &str) -> bool {
+        self.publish.allows(topic)
+    }
+
+    /// May it receive or read events of `topic` (subscriptions, replay, the HTTP API)?
+    pub fn may_read(&self, topic: &str) -> bool {
+        self.subscribe.allows(topic)
+    }
+
+    /// The subscribe grant, `None` when unrestricted.
+    pub fn read_grant(&self) -> Option<&[Pattern]> {
+        self.subscribe.patterns()
+    }
+
+    /// `forbidden` unless it may publish to `topic`.
+    pub fn check_publish(&self, topic: &str) -> Result<(), ProtocolError> {
+        if self.may_publish(topic) {
+            return Ok(());
+        }
+        Err(ProtocolError::new(
+            ErrorCode::Forbidden,
+            format!("`{}` may not publish to topic `{topic}`", self.name),
+        ))
+    }
+
+    /// `forbidden` unless it is an admin.
+    pub fn check_admin(&self) -> Result<(), ProtocolError> {
+        if self.admin {
+            return Ok(());
+        }
+        Err(ProtocolError::new(
+            ErrorCode::Forbidden,
+            format!("`{}` is not an admin", self.name),
+        ))
+    }
+
+    /// Is the credential past its expiry at `now`?
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+}
+
+/// Claims of an accepted JWT: the same grants as a static token, and an expiry.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: i64,
+    #[serde(default)]
+    publish: Vec<String>,
+    #[serde(default)]
+    subscribe: Vec<String>,
+    #[serde(default)]
+    admin: bool,
+}
+
+/// The configured credentials.
+pub struct Authenticator {
+    tokens: Vec<(Vec<u8>, Arc<Principal>)>,
+    jwt: Option<(jsonwebtoken::DecodingKey, jsonwebtoken::Validation)>,
+    anonymous: Arc<Principal>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the tokens themselves.
+        f.debug_struct("Authenticator")
+            .field("tokens", &self.tokens.len())
+            .field("jwt", &self.jwt.is_some())
+            .finish()
+    }
+}
+
+/// A `[[tokens]]` file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokensFile {
+    #[serde(default)]
+    tokens: Vec<TokenConfig>,
+}
+
+impl Authenticator {
+    /// Reads `[auth]` (and its tokens file). Every grant pattern is checked here, so a
+    /// typo fails the start, not the first request.
+    pub fn from_config(config: &AuthConfig) -> Result<Authenticator, AuthSetupError> {
+        let mut all = config.tokens.clone();
+        if !config.tokens_file.as_os_str().is_empty() {
+            all.extend(read_tokens_file(&config.tokens_file)?);
+        }
+        let mut tokens = Vec::with_capacity(all.len());
+        for (i, t) in all.into_iter().enumerate() {
+            let invalid = |message: String| AuthSetupError::Invalid {
+                key: format!("auth.tokens[{i}] ({})", t.name),
+                message,
+            };
+            if t.token.len() < MIN_TOKEN_LEN {
+                return Err(invalid(format!(
+                    "the token must be at least {MIN_TOKEN_LEN} characters long"
+                )));
+            }
+            if t.token.matches('.').count() == 2 {
+                return Err(invalid("a static token must not look like a JWT".into()));
+            }
+            let principal =
+                Principal::from_grants(t.name.clone(), &t.publish, &t.subscribe, t.admin, None)
+                    .map_err(invalid)?;
+            tokens.push((t.token.into_bytes(), Arc::new(principal)));
+        }
+        let jwt = if config.jwt_secret.is_empty() {
+            None
+        } else {
+            if config.jwt_secret.len() < MIN_JWT_SECRET_LEN {
+                return Err(AuthSetupError::Invalid {
+                    key: "auth.jwt_secret".into(),
+                    message: format!("must be at least {MIN_JWT_SECRET_LEN} bytes long"),
+                });
+            }
+            let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+            validation.leeway = 0;
+            validation.set_required_spec_claims(&["exp", "sub"]);
+            Some((
+                jsonwebtoken::DecodingKey::from_secret(config.jwt_secret.as_bytes()),
+                validation,
+            ))
+        };
+        Ok(Authenticator {
+            tokens,
+            jwt,
+            anonymous: Principal::anonymous(),
+        })
+    }
+
+    /// Is any credential configured?
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty() || self.jwt.is_some()
+    }
+
+    /// The principal behind `credential` (the bearer token), or `unauthorized`. With
+    /// auth off every caller is `anonymous`, whatever it sends.
+    pub fn authenticate(&self, credential: Option<&str>) -> Result<Arc<Principal>, ProtocolError> {
+        if !self.enabled() {
+            return Ok(self.anonymous.clone());
+        }
+        let unauthorized = |why: &str| ProtocolError::new(ErrorCode::Unauthorized, why);
+        let credential = credential
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| unauthorized("a bearer token is required"))?;
+        if credential.matches('.').count() == 2 {
+            if let Some((key, validation)) = &self.jwt {
+                return decode_jwt(credential, key, validation);
+            }
+        }
+        // Compare against every token, without stopping at the first match.
+        let mut found = None;
+        for (token, principal) in &self.tokens {
+            if bool::from(token.as_slice().ct_eq(credential.as_bytes())) {
+                found = Some(principal.clone());
+            }
+        }
+        found.ok_or_else(|| unauthorized("invalid token"))
+    }
+}
+
+fn decode_jwt(
+    credential: &str,
+    key: &jsonwebtoken::DecodingKey,
+    validation: &jsonwebtoken::Validation,
+) -> Result<Arc<Principal>, ProtocolError> {
+    use jsonwebtoken::errors::ErrorKind;
+    let unauthorized = |why: String| ProtocolError::new(ErrorCode::Unauthorized, why);
+    let data = jsonwebtoken::decode::<Claims>(credential, key, validation).map_err(|e| {
+        unauthorized(match e.kind() {
+            ErrorKind::ExpiredSignature => "the token has expired".into(),
+            ErrorKind::InvalidSignature => "invalid token signature".into(),
+            ErrorKind::MissingRequiredClaim(c) => format!("the token lacks the `{c}` claim"),
+            _ => "invalid token".into(),
+        })
+    })?;
+    let c = data.claims;
+    let expires_at = DateTime::from_timestamp(c.exp, 0)
+        .ok_or_else(|| unauthorized("the token's `exp` is out of range".into()))?;
+    let principal =
+        Principal::from_grants(c.sub, &c.publish, &c.subscribe, c.admin, Some(expires_at))
+            .map_err(|e| unauthorized(format!("the token's claims are not valid: {e}")))?;
+    Ok(Arc::new(principal))
+}
+
+fn read_tokens_file(path: &Path) -> Result<Vec<TokenConfig>, AuthSetupError> {
+    let err = |message: String| AuthSetupError::TokensFile {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let file: TokensFile = toml::from_str(&text).map_err(|e| err(e.message().to_owned()))?;
+    Ok(file.tokens)
+}
+
+/// Refuses an unauthenticated server on a non-loopback address unless
+/// `server.insecure` (`--insecure`) is set.
+pub fn check_exposure(
+    addr: SocketAddr,
+    insecure: bool,
+    auth: &Authenticator,
+) -> Result<(), AuthSetupError> {
+    if auth.enabled() || addr.ip().is_loopback() || insecure {
+        return Ok(());
+    }
+    Err(AuthSetupError::Exposed(addr))
+}
+
+/// The bearer token of a request: `Authorization: Bearer <token>`, or (for WebSocket
+/// upgrades from browsers, which cannot set headers) `token` from the query string.
+pub fn bearer(req: &actix_web::HttpRequest, allow_query: bool) -> Option<String> {
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_owned())
+        });
+    if header.is_some() || !allow_query {
+        return header;
+    }
+    actix_web::web::Query::<TokenQuery>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| q.into_inner().token)
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn config() -> AuthConfig {
+        AuthConfig {
+            tokens: vec![TokenConfig {
+                name: "planner".into(),
+                token: "planner-token-0123456789".into(),
+                publish: vec!["task.>".into()],
+                subscribe: vec!["task.>".into(), "agent.*".into()],
+                admin: false,
+            }],
+            tokens_file: Default::default(),
+            jwt_secret: SECRET.into(),
+        }
+    }
+
+    fn jwt(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn static_tokens_and_grants() {
+        let auth = Authenticator::from_config(&config()).unwrap();
+        assert!(auth.enabled());
+        let p = auth.authenticate(Some("planner-token-0123456789")).unwrap();
+        assert_eq!(p.name, "planner");
+        assert!(p.may_publish("task.created") && !p.may_publish("agent.started"));
+        assert!(p.may_read("agent.started") && !p.may_read("agent.a.started"));
+        assert!(!p.admin && p.check_admin().is_err());
+        for bad in [
+            None,
+            Some(""),
+            Some("planner-token-012345678"),
+            Some("x.y.z"),
+        ] {
+            let e = auth.authenticate(bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::Unauthorized, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn jwts_carry_grants_and_expiry() {
+        let auth = Authenticator::from_config(&config()).unwrap();
+        let exp = Utc::now().timestamp() + 60;
+        let t =
+            jwt(serde_json::json!({"sub": "ops", "exp": exp, "subscribe": [">"], "admin": true}));
+        let p = auth.authenticate(Some(&t)).unwrap();
+        assert_eq!(p.name, "ops");
+        assert!(p.admin && p.may_read("x.y") && !p.may_publish("x.y"));
+        assert_eq!(p.expires_at.map(|t| t.timestamp()), Some(exp));
+
+        let expired = jwt(serde_json::json!({"sub": "ops", "exp": Utc::now().timestamp() - 1}));
+        let e = auth.authenticate(Some(&expired)).unwrap_err();
+        assert!(e.message.contains("expired"), "{}", e.message);
+        let no_exp = jwt(serde_json::json!({"sub": "ops"}));
+        assert_eq!(
+            auth.authenticate(Some(&no_exp)).unwrap_err().code,
+            ErrorCode::Unauthorized
+        );
+        let bad_grant = jwt(serde_json::json!({"sub": "ops", "exp": exp, "publish": ["a..b"]}));
+        assert_eq!(
+            auth.authenticate(Some(&bad_grant)).unwrap_err().code,
+            ErrorCode::Unauthorized
+        );
+        let mut forged = t.clone();
+        forged.push('x');
+        assert_eq!(
+            auth.authenticate(Some(&forged)).unwrap_err().code,
+            ErrorCode::Unauthorized
+        );
+    }
+
+    #[test]
+    fn setup_errors_name_the_key() {
+        let mut c = config();
+        c.tokens[0].token = "short".into();
+        let e = Authenticator::from_config(&c).unwrap_err().to_string();
+        assert!(e.contains("auth.tokens[0]"), "{e}");
+        let mut c = config();
+        c.tokens[0].subscribe = vec!["task.>.x".into()];
+        assert!(Authenticator::from_config(&c).is_err());
+        let mut c = config();
+        c.jwt_secret = "short".into();
+        assert!(Authenticator::from_config(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("jwt_secret"));
+        let debug = format!("{:?}", Authenticator::from_config(&config()).unwrap());
+        assert!(!debug.contains("planner-token"), "{debug}");
+    }
+
+    #[test]
+    fn off_means_anonymous_with_every_grant_and_loopback_only() {
+        let auth = Authenticator::from_config(&AuthConfig::default()).unwrap();
+        assert!(!auth.enabled());
+        let p = auth.authenticate(None).unwrap();
+        assert_eq!(p.name, ANONYMOUS);
+        assert!(p.admin && p.may_publish("a") && p.read_grant().is_none());
+        let local: SocketAddr = "127.0.0.1:9090".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:9090".parse().unwrap();
+        assert!(check_exposure(local, false, &auth).is_ok());
+        assert!(matches!(
+            check_exposure(any, false, &auth),
+            Err(AuthSetupError::Exposed(_))
+        ));
+        assert!(check_exposure(any, true, &auth).is_ok());
+        let on = Authenticator::from_config(&config()).unwrap();
+        assert!(check_exposure(any, false, &on).is_ok());
+    }
+}
