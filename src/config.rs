@@ -37,6 +37,19 @@ pub struct ServerConfig {
     pub shutdown_timeout_ms: u64,
     /// Listen on a non-loopback address without authentication.
     pub insecure: bool,
+    /// PEM certificate chain and private key: serve `https://` and `wss://`. Empty: plain.
+    #[serde(default)]
+    pub tls_cert: PathBuf,
+    #[serde(default)]
+    pub tls_key: PathBuf,
+}
+
+impl ServerConfig {
+    /// The certificate and key paths when TLS is configured.
+    pub fn tls(&self) -> Option<(&Path, &Path)> {
+        (!self.tls_cert.as_os_str().is_empty())
+            .then(|| (self.tls_cert.as_path(), self.tls_key.as_path()))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -229,6 +242,13 @@ impl Config {
         }
         if self.server.heartbeat_interval_ms == 0 {
             return invalid("server.heartbeat_interval_ms", "must be greater than 0");
+        }
+        if self.server.tls_cert.as_os_str().is_empty() != self.server.tls_key.as_os_str().is_empty()
+        {
+            return invalid(
+                "server.tls_cert",
+                "server.tls_cert and server.tls_key must be given together",
+            );
         }
         if self.router.max_queued_events == 0 {
             return invalid("router.max_queued_events", "must be greater than 0");

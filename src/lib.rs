@@ -19,6 +19,7 @@
 //! - [`metrics`]: shared counters behind `/api/stats` and `/metrics`.
 //! - [`rate_limit`]: the per-connection publish budget (a token bucket).
 //! - [`config`]: layered configuration with embedded defaults.
+//! - [`tls`]: optional TLS (rustls) from PEM files.
 //! - [`error`]: typed errors and their stable wire codes.
 
 pub mod actors;
@@ -33,6 +34,7 @@ pub mod rate_limit;
 pub mod routing;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 pub use config::Config;
 pub use server::run;

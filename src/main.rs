@@ -92,9 +92,13 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
+            let (http, ws) = match config.server.tls() {
+                Some(_) => ("https", "wss"),
+                None => ("http", "ws"),
+            };
             match listener.local_addr() {
                 Ok(addr) => log::info!(
-                    "switchyard listening on http://{addr} (WebSocket at ws://{addr}/ws)"
+                    "switchyard listening on {http}://{addr} (WebSocket at {ws}://{addr}/ws)"
                 ),
                 Err(e) => log::warn!("listening, but the local address is unknown: {e}"),
             }

@@ -29,6 +29,8 @@ pub enum ServerError {
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Auth(#[from] crate::auth::AuthSetupError),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Runs Switchyard on `listener` until `shutdown` resolves, then shuts down gracefully.
@@ -46,6 +48,10 @@ pub async fn run(
     } else {
         log::info!("authentication off (loopback only): every caller is `anonymous`");
     }
+    let tls = match config.server.tls() {
+        Some((cert, key)) => Some(crate::tls::server_config(cert, key)?),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::default());
     crate::actors::session::seed_session_ids();
     let store = crate::store::open(&config)?;
@@ -111,15 +117,20 @@ pub async fn run(
             .app_data(state.clone())
             .app_data(web::PayloadConfig::new(max_payload))
             .wrap(
-                actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms")
+                // Path only: a query string may hold `?token=`, which is never logged.
+                actix_web::middleware::Logger::new("%a \"%{method}xi %U\" %s %b %Dms")
+                    .custom_request_replace("method", |req| req.method().to_string())
                     .log_target("switchyard::http"),
             )
             .configure(http::configure)
     })
     .workers(config.http_workers())
     .disable_signals()
-    .shutdown_timeout(config.server.shutdown_timeout_ms.div_ceil(1000).max(1))
-    .listen(listener)?
+    .shutdown_timeout(config.server.shutdown_timeout_ms.div_ceil(1000).max(1));
+    let server = match tls {
+        Some(tls) => server.listen_rustls_0_23(listener, tls)?,
+        None => server.listen(listener)?,
+    }
     .run();
     let handle = server.handle();
     let server_task = actix_web::rt::spawn(server);

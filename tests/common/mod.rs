@@ -195,6 +195,17 @@ impl WsClient {
         WsClient::try_connect_as(url, None).await
     }
 
+    /// Connects through a configured client (TLS tests).
+    pub async fn connect_with(client: &awc::Client, url: &str) -> WsClient {
+        let (_, conn) = client
+            .ws(url)
+            .max_frame_size(64 << 20)
+            .connect()
+            .await
+            .expect("WebSocket connect");
+        WsClient { conn }
+    }
+
     /// Connects with `Authorization: Bearer <token>` when a token is given.
     pub async fn try_connect_as(url: &str, token: Option<&str>) -> Result<WsClient, u16> {
         let mut request = awc::Client::new().ws(url).max_frame_size(64 << 20);
