@@ -48,7 +48,7 @@ impl ServerConfig {
     /// The certificate and key paths when TLS is configured.
     pub fn tls(&self) -> Option<(&Path, &Path)> {
         (!self.tls_cert.as_os_str().is_empty())
-            .then(|| (self.tls_cert.as_path(), self.tls_key.as_path()))
+            .then_some((self.tls_cert.as_path(), self.tls_key.as_path()))
     }
 }
 
