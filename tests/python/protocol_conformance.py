@@ -14,7 +14,7 @@ every check on fresh connections (each receive times out after 5 s), stops the s
 with SIGTERM (expecting exit code 0), prints `PASS name` / `FAIL name: reason` per check
 and finally one line `N passed, M failed`. Exit status is 1 if any check failed.
 
-Not covered (not implemented yet in this build): authentication.
+A second server is then started with tokens (section 7) for the authentication checks.
 """
 import argparse
 import asyncio
@@ -690,10 +690,11 @@ CHECKS = [
 DATA_DIR = tempfile.TemporaryDirectory(prefix="switchyard-conformance-")
 
 
-def start_server(binary):
-    env = dict(os.environ, RUST_LOG="info", SWITCHYARD_SERVER__HEARTBEAT_INTERVAL_MS="30000")
+def start_server(binary, data_dir=None, extra_env=None):
+    env = dict(os.environ, RUST_LOG="info", SWITCHYARD_SERVER__HEARTBEAT_INTERVAL_MS="30000", **(extra_env or {}))
     # The default store is SQLite: give it a fresh data directory of its own.
-    proc = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", DATA_DIR.name], env=env,
+    proc = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir or DATA_DIR.name],
+                            env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines = queue.Queue()
 
@@ -732,8 +733,8 @@ def stop_server(proc):
         return None, "did not exit within 10 s of SIGTERM (killed)"
 
 
-async def run_checks(results):
-    for name, fn in CHECKS:
+async def run_checks(results, checks=None):
+    for name, fn in checks or CHECKS:
         try:
             await asyncio.wait_for(fn(), 20)
             results.append((name, None))
@@ -742,6 +743,104 @@ async def run_checks(results):
         except Exception as e:  # noqa: BLE001 - every failure is reported, never fatal
             results.append((name, str(e) or type(e).__name__))
         print(f"PASS {name}" if results[-1][1] is None else f"FAIL {name}: {results[-1][1]}", flush=True)
+
+
+PLANNER_TOKEN = "planner-token-0123456789"
+OPS_TOKEN = "ops-token-0123456789abcd"
+TOKENS_FILE = f"""
+[[tokens]]
+name = "planner"
+token = "{PLANNER_TOKEN}"
+publish = ["task.>"]
+subscribe = ["task.>"]
+
+[[tokens]]
+name = "ops"
+token = "{OPS_TOKEN}"
+publish = [">"]
+subscribe = [">"]
+admin = true
+"""
+
+
+def ws_connect_with_token(url, token):
+    return websockets.connect(url, open_timeout=RECV_TIMEOUT, close_timeout=0.2,
+                              additional_headers={"Authorization": f"Bearer {token}"})
+
+
+def upgrade_status(exc):
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None) or getattr(exc, "status_code", None)
+
+
+async def auth_upgrade_needs_token():
+    for url in (WS + "/ws", WS + "/ws?token=wrong-token-0123456789"):
+        try:
+            async with websockets.connect(url, open_timeout=RECV_TIMEOUT):
+                pass
+        except Exception as e:  # noqa: BLE001 - the refusal is the point
+            eq(upgrade_status(e), 401, f"upgrade {url} without a valid token")
+        else:
+            raise CheckFailed(f"upgrade {url} without a valid token was accepted")
+    async with websockets.connect(WS + f"/ws?token={PLANNER_TOKEN}", open_timeout=RECV_TIMEOUT,
+                                  close_timeout=0.2) as ws:
+        await still_open(ws)
+    async with ws_connect_with_token(WS + "/ws", PLANNER_TOKEN) as ws:
+        await still_open(ws)
+
+
+async def auth_http_needs_token():
+    def get(path, token=None):
+        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        req = urllib.request.Request(BASE + path, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=RECV_TIMEOUT) as resp:
+                return resp.status, dict(resp.headers)
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers)
+    status, headers = await asyncio.to_thread(get, "/api/stats")
+    eq(status, 401, "GET /api/stats without a token")
+    check(headers.get("WWW-Authenticate", headers.get("www-authenticate", "")).lower().startswith("bearer"),
+          f"401 without WWW-Authenticate: Bearer: {headers}")
+    eq((await asyncio.to_thread(get, "/api/stats", PLANNER_TOKEN))[0], 200, "GET /api/stats with a token")
+    eq((await asyncio.to_thread(get, "/api/dead-letters", PLANNER_TOKEN))[0], 403, "dead letters as a non-admin")
+    eq((await asyncio.to_thread(get, "/api/dead-letters", OPS_TOKEN))[0], 200, "dead letters as an admin")
+    eq((await asyncio.to_thread(get, "/health"))[0], 200, "/health stays open")
+
+
+async def auth_grants():
+    async with ws_connect_with_token(WS + "/ws", OPS_TOKEN) as ops, \
+            ws_connect_with_token(WS + "/ws", PLANNER_TOKEN) as planner:
+        await expect_type(planner, {"type": "subscribe", "subscription": {"type": "all"}}, "subscribed")
+        await expect_error(planner, {"type": "publish_event", "event": {"topic": "agent.started"}}, "forbidden")
+        await expect_error(planner, {"type": "subscribe", "subscription": {"patterns": ["agent.>"]}}, "forbidden")
+        await publish(ops, {"topic": "agent.started"})
+        mine = await publish(ops, {"topic": "task.created"})
+        ev = await next_event(planner)
+        eq(ev.get("id"), mine["event_id"], "narrowed `all` subscription: first delivery is the granted topic")
+        eq(ev.get("source"), "ops", "default source is the principal")
+
+
+AUTH_CHECKS = [("auth_upgrade_needs_token", auth_upgrade_needs_token),
+               ("auth_http_needs_token", auth_http_needs_token), ("auth_grants", auth_grants)]
+
+
+def auth_phase(binary, results):
+    global BASE, WS
+    with tempfile.TemporaryDirectory() as d:
+        tokens = os.path.join(d, "tokens.toml")
+        with open(tokens, "w") as f:
+            f.write(TOKENS_FILE)
+        proc, lines = start_server(binary, data_dir=d, extra_env={"SWITCHYARD_AUTH__TOKENS_FILE": tokens})
+        try:
+            port = wait_for_port(lines)
+            BASE, WS = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}"
+            asyncio.run(run_checks(results, AUTH_CHECKS))
+        except RuntimeError as e:
+            results.append(("auth_server_start", str(e)))
+            print(f"FAIL auth_server_start: {e}", flush=True)
+        finally:
+            stop_server(proc)
 
 
 def main():
@@ -770,6 +869,7 @@ def main():
     failure = why or (None if code == 0 else f"exit code {code} after SIGTERM, expected 0")
     results.append(("graceful_shutdown", failure))
     print("PASS graceful_shutdown" if failure is None else f"FAIL graceful_shutdown: {failure}")
+    auth_phase(binary, results)
     failed = sum(1 for _, f in results if f is not None)
     print(f"{len(results) - failed} passed, {failed} failed")
     sys.exit(1 if failed else 0)
