@@ -12,6 +12,7 @@
 //! - [`delivery`]: delivery state machines: waiting queues, replay, ack tracking.
 //! - [`http`]: routes and the JSON API.
 //! - [`auth`]: bearer tokens and JWTs, principals and their topic grants.
+//! - [`client`]: an async Rust client of the wire protocol, with reconnect and resume.
 //! - [`protocol`]: the event envelope, client commands and server replies.
 //! - [`routing`]: pure policy: priorities, topic patterns, filters, CEL conditions,
 //!   coalesce keys, subscription specs and the topic-prefix subscription index.
@@ -24,6 +25,7 @@
 
 pub mod actors;
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod delivery;
 pub mod error;

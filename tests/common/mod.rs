@@ -41,6 +41,16 @@ impl TestServer {
         data_dir: std::sync::Arc<tempfile::TempDir>,
         tweak: impl FnOnce(&mut Config),
     ) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        TestServer::on(listener, data_dir, tweak).await
+    }
+
+    /// A server on a given listener (to come back on the same port after a stop).
+    pub async fn on(
+        listener: TcpListener,
+        data_dir: std::sync::Arc<tempfile::TempDir>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestServer {
         let mut config = Config::defaults();
         config.server.data_dir = data_dir.path().to_owned();
         // Commits survive a crash of the process; tests need not fsync to the platter.
@@ -49,7 +59,6 @@ impl TestServer {
         config.server.delivery_workers = 2;
         config.server.shutdown_timeout_ms = 2000;
         tweak(&mut config);
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = actix_rt::spawn(async move {
