@@ -42,6 +42,10 @@ enum Command {
     Serve(ConfigArgs),
     /// Print the effective configuration as TOML.
     PrintConfig(ConfigArgs),
+    /// Publish an event from flags, or JSON lines from standard input.
+    Publish(switchyard::cli::publish::PublishArgs),
+    /// Follow events live: `switchyard tail 'task.>' --condition 'priority == "high"'`.
+    Tail(switchyard::cli::tail::TailArgs),
 }
 
 fn load(args: &ConfigArgs) -> Result<Config, ExitCode> {
@@ -60,6 +64,31 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match cli.command {
+        Command::Publish(args) => {
+            let system = actix_web::rt::System::new();
+            match system.block_on(switchyard::cli::publish::run(args)) {
+                Ok(0) => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::from(1),
+                Err(e @ switchyard::cli::publish::PublishError::Client(_)) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Tail(args) => {
+            let system = actix_web::rt::System::new();
+            match system.block_on(switchyard::cli::tail::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::PrintConfig(args) => match load(&args) {
             Ok(config) => {
                 print!("{}", config.to_toml());

@@ -234,3 +234,173 @@ async fn library_shutdown_closes_sessions_with_a_close_frame() {
         "listener is closed"
     );
 }
+
+/// Runs the binary to completion without blocking the server sharing this thread.
+async fn run_to_end(mut cmd: Command, stdin: Option<&str>) -> std::process::Output {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = cmd.spawn().unwrap();
+    if let Some(text) = stdin {
+        use std::io::Write;
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(text.as_bytes()).unwrap();
+    }
+    for _ in 0..400 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        actix_rt::time::sleep(Duration::from_millis(25)).await;
+    }
+    child.kill().unwrap();
+    panic!("command did not finish within 10 s");
+}
+
+async fn wait_for_subscriptions(server: &TestServer, n: usize) {
+    for _ in 0..200 {
+        let (_, subs) = server.get("/api/stats").await;
+        if subs["subscriptions"].as_u64() == Some(n as u64) {
+            return;
+        }
+        actix_rt::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{n} subscriptions never appeared");
+}
+
+#[actix_rt::test]
+async fn publish_and_tail_commands() {
+    let server = TestServer::start().await;
+    let url = server.ws_url("/ws");
+    let mut tail = switchyard();
+    tail.args(["tail", "task.>", "--json", "--count", "2", "--url", &url]);
+    tail.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null());
+    let mut tail = tail.spawn().unwrap();
+    wait_for_subscriptions(&server, 1).await;
+
+    let mut one = switchyard();
+    one.args([
+        "publish",
+        "--url",
+        &url,
+        "--topic",
+        "task.created",
+        "--priority",
+        "high",
+    ])
+    .args(["--payload", r#"{"task_id": "t-1"}"#]);
+    let out = run_to_end(one, None).await;
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("published ") && text.contains("cursor=1"),
+        "{text}"
+    );
+
+    let mut lines = switchyard();
+    lines.args(["publish", "--url", &url, "--json"]);
+    let out = run_to_end(
+        lines,
+        Some("{\"topic\": \"agent.up\"}\n\n{\"type\": \"task_done\"}\n"),
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let replies: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(replies.len(), 2);
+    assert_eq!(replies[1]["cursor"], 3);
+
+    // tail stops after its two task events.
+    let mut done = None;
+    for _ in 0..400 {
+        if let Some(status) = tail.try_wait().unwrap() {
+            done = Some(status);
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        done.is_some_and(|s| s.success()),
+        "tail did not finish: {done:?}"
+    );
+    let out = tail.wait_with_output().unwrap();
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let topics: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"]["topic"].as_str().unwrap())
+        .collect();
+    assert_eq!(topics, ["task.created", "task.done"]);
+    assert_eq!(events[0]["event"]["payload"]["task_id"], "t-1");
+
+    // Readable lines, no colour codes when piped; replay and a condition.
+    let mut plain = switchyard();
+    plain
+        .args([
+            "tail",
+            ">",
+            "--from-cursor",
+            "0",
+            "--count",
+            "2",
+            "--url",
+            &url,
+        ])
+        .args([
+            "--condition",
+            "priority == \"high\" || topic == \"agent.up\"",
+        ]);
+    let out = run_to_end(plain, None).await;
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains('\u{1b}'), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].contains(" high ") && lines[0].contains("task.created #1"),
+        "{text}"
+    );
+    assert!(lines[1].contains("agent.up #2"), "{text}");
+
+    // A refused event exits 1; bad usage exits 2; a bad condition exits 1 with the error.
+    let mut refused = switchyard();
+    refused.args([
+        "publish",
+        "--url",
+        &url,
+        "--topic",
+        "x",
+        "--priority",
+        "urgent",
+    ]);
+    let out = run_to_end(refused, None).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_event"));
+    let mut bad = switchyard();
+    bad.args([
+        "publish",
+        "--url",
+        &url,
+        "--topic",
+        "x",
+        "--payload",
+        "{nope",
+    ]);
+    assert_eq!(run_to_end(bad, None).await.status.code(), Some(2));
+    let mut cond = switchyard();
+    cond.args(["tail", "--url", &url, "--condition", "priority =="]);
+    let out = run_to_end(cond, None).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid_condition"),
+        "{out:?}"
+    );
+    server.stop().await;
+}
