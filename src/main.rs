@@ -46,6 +46,8 @@ enum Command {
     Publish(switchyard::cli::publish::PublishArgs),
     /// Follow events live: `switchyard tail 'task.>' --condition 'priority == "high"'`.
     Tail(switchyard::cli::tail::TailArgs),
+    /// Load generator: publishers → subscribers on this machine, with a report.
+    Bench(switchyard::cli::bench::BenchArgs),
 }
 
 fn load(args: &ConfigArgs) -> Result<Config, ExitCode> {
@@ -62,7 +64,12 @@ fn load(args: &ConfigArgs) -> Result<Config, ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // The server logs at info; client commands only say what went wrong.
+    let level = match cli.command {
+        Command::Serve(_) | Command::PrintConfig(_) => "info",
+        _ => "warn",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     match cli.command {
         Command::Publish(args) => {
             let system = actix_web::rt::System::new();
@@ -76,6 +83,21 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::from(2)
+                }
+            }
+        }
+        Command::Bench(args) => {
+            let system = actix_web::rt::System::new();
+            match system.block_on(switchyard::cli::bench::run(args)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e @ switchyard::cli::bench::BenchError::Usage(_)) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
                 }
             }
         }

@@ -404,3 +404,54 @@ async fn publish_and_tail_commands() {
     );
     server.stop().await;
 }
+
+#[actix_rt::test]
+async fn bench_runs_in_process_and_reports_json() {
+    let mut plain = switchyard();
+    plain
+        .args([
+            "bench",
+            "--in-process",
+            "--events",
+            "2000",
+            "--subscribers",
+            "2",
+            "--json",
+        ])
+        .args([
+            "--priorities",
+            "critical=1,high=1,normal=6,low=2",
+            "--payload-bytes",
+            "32",
+        ]);
+    let out = run_to_end(plain, None).await;
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    assert_eq!(report["published"], 2000);
+    assert_eq!(report["delivered"], 4000);
+    assert_eq!(report["dropped"], 0);
+    assert_eq!(report["end_to_end_latency_us"]["samples"], 4000);
+    assert!(report["publish_rate"].as_f64().unwrap() > 0.0);
+
+    // Conditional subscriptions match half the events; every delivery acknowledged.
+    let mut cond = switchyard();
+    cond.args([
+        "bench",
+        "--in-process",
+        "--events",
+        "1000",
+        "--subscribers",
+        "2",
+        "--json",
+    ])
+    .args(["--conditional", "--ack", "--batch", "10", "--rate", "20000"]);
+    let out = run_to_end(cond, None).await;
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    assert_eq!(report["delivered"], 1000, "{report}");
+
+    let mut remote = switchyard();
+    remote.args(["bench", "--url", "ws://example.com/ws"]);
+    let out = run_to_end(remote, None).await;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}

@@ -1,9 +1,10 @@
-//! Client commands of the `switchyard` binary: `publish` and `tail`.
+//! Client commands of the `switchyard` binary: `publish`, `tail` and `bench`.
 //!
 //! Owns: turning command-line options into client calls and printing the answers.
 //! Must not: reach into the server; both commands speak the wire protocol through
 //! [`crate::client`], like any other client.
 
+pub mod bench;
 pub mod publish;
 pub mod tail;
 

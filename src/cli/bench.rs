@@ -1,0 +1,724 @@
+//! `switchyard bench`: a load generator in the spirit of `nats bench`, bounded and for
+//! this machine only (a `--url` that is not loopback is refused).
+//!
+//! P publishers (each its own connection, an even share of the events and of `--rate`)
+//! send `publish_batch` commands (`publish_event` with `--batch 1`) with at most
+//! `--window` awaiting replies; S subscribers follow `bench.>` with a pattern, or with
+//! `--condition` as a CEL condition, optionally acknowledging each delivery (`--ack`).
+//! Every event carries its send time, so subscribers measure publish→deliver latency
+//! end to end; publishers measure command→reply latency. Both go into HDR histograms.
+//! `--in-process` starts a router with the memory store on 127.0.0.1:0 in this process
+//! (the figures then include the client's work on the same cores). The run stops at
+//! `--events` (or `--duration-secs`) and never outlives `--timeout-secs`.
+//!
+//! Owns: the load and the report. Must not: reach into the server; it speaks the wire
+//! protocol only (`--in-process` merely starts one).
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+use std::pin::{pin, Pin};
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_web::rt::time::{sleep, sleep_until, Instant, Sleep};
+use awc::ws::{Codec, Frame, Message};
+use bytes::Bytes;
+use futures_util::future::{join_all, select, Either};
+use futures_util::{SinkExt as _, StreamExt as _};
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+type Conn = actix_codec::Framed<awc::BoxedSocket, Codec>;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// WebSocket URL of a running router; must be 127.0.0.1, localhost or [::1].
+    #[arg(long, default_value = "ws://127.0.0.1:9090/ws")]
+    pub url: String,
+    /// Bearer token, when the router has auth on.
+    #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Start a router (memory store) in this process instead of using `--url`.
+    #[arg(long)]
+    pub in_process: bool,
+    #[arg(long, default_value_t = 1)]
+    pub publishers: u64,
+    #[arg(long, default_value_t = 10)]
+    pub subscribers: u64,
+    /// Events to publish in all (ignored with `--duration-secs`).
+    #[arg(long, default_value_t = 100_000)]
+    pub events: u64,
+    /// Publish for this long instead of a count.
+    #[arg(long)]
+    pub duration_secs: Option<u64>,
+    /// Events per second over all publishers; 0: as fast as the replies allow.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Bytes of padding in each event's payload.
+    #[arg(long, default_value_t = 256)]
+    pub payload_bytes: usize,
+    /// Events per `publish_batch`; 1 sends `publish_event` commands.
+    #[arg(long, default_value_t = 100)]
+    pub batch: u64,
+    /// Commands a publisher sends before waiting for their replies.
+    #[arg(long, default_value_t = 8)]
+    pub window: u64,
+    /// Priority mix as weights, e.g. `critical=1,high=9,normal=80,low=10`.
+    #[arg(long, default_value = "normal=1")]
+    pub priorities: String,
+    /// Conditional subscriptions: a CEL condition (`payload.seq % 2 == 0 && ...`) that
+    /// matches half the events, evaluated on every one.
+    #[arg(long)]
+    pub conditional: bool,
+    /// Subscribers use `ack: true` and acknowledge every delivery.
+    #[arg(long)]
+    pub ack: bool,
+    /// Print only one JSON report.
+    #[arg(long)]
+    pub json: bool,
+    /// Hard limit on the whole run.
+    #[arg(long, default_value_t = 120)]
+    pub timeout_secs: u64,
+}
+
+/// Why a run could not be made (a refused event is counted, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Connection(String),
+    #[error("cannot start the in-process router: {0}")]
+    Server(String),
+}
+
+fn micros_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Microseconds, 1 µs to an hour, 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds are valid")
+}
+
+fn summary(h: &Histogram<u64>) -> Value {
+    let q = |p: f64| h.value_at_quantile(p);
+    json!({"samples": h.len(), "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p99_9": q(0.999), "max": h.max()})
+}
+
+/// `critical=1,high=9` → the priority of each of 100 slots, in proportion.
+fn priority_slots(mix: &str) -> Result<Vec<&'static str>, BenchError> {
+    let mut weights = Vec::new();
+    for part in mix.split(',').filter(|p| !p.trim().is_empty()) {
+        let (name, w) = part.split_once('=').unwrap_or((part, "1"));
+        let name = match name.trim().to_ascii_lowercase().as_str() {
+            "critical" => "critical",
+            "high" => "high",
+            "normal" => "normal",
+            "low" => "low",
+            other => {
+                return Err(BenchError::Usage(format!(
+                    "unknown priority `{other}` in --priorities"
+                )))
+            }
+        };
+        let w: u64 = w
+            .trim()
+            .parse()
+            .map_err(|_| BenchError::Usage(format!("bad weight in --priorities `{part}`")))?;
+        weights.push((name, w));
+    }
+    let total: u64 = weights.iter().map(|(_, w)| w).sum();
+    if total == 0 {
+        return Err(BenchError::Usage(
+            "--priorities needs a positive weight".into(),
+        ));
+    }
+    // Smooth weighted round robin over 100 slots: each priority spread evenly, in
+    // proportion to its weight.
+    let mut slots = Vec::with_capacity(100);
+    let mut acc = vec![0i128; weights.len()];
+    for _ in 0..100 {
+        for (a, (_, w)) in acc.iter_mut().zip(&weights) {
+            *a += i128::from(*w);
+        }
+        let i = (0..acc.len()).max_by_key(|&i| (acc[i], std::cmp::Reverse(i))).unwrap_or(0);
+        acc[i] -= i128::from(total);
+        slots.push(weights[i].0);
+    }
+    Ok(slots)
+}
+
+fn check_local(url: &str) -> Result<(), BenchError> {
+    let uri: awc::http::Uri = url
+        .parse()
+        .map_err(|e| BenchError::Usage(format!("bad --url `{url}`: {e}")))?;
+    match uri.host() {
+        Some("127.0.0.1" | "localhost" | "[::1]" | "::1") => Ok(()),
+        host => Err(BenchError::Usage(format!(
+            "refusing --url `{url}`: host {host:?} is not loopback (bench only loads this machine)"
+        ))),
+    }
+}
+
+async fn connect(url: &str, token: Option<&str>) -> Result<Conn, BenchError> {
+    let mut req = awc::Client::new().ws(url).max_frame_size(64 << 20);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let (_, conn) = req
+        .connect()
+        .await
+        .map_err(|e| BenchError::Connection(format!("cannot connect to {url}: {e}")))?;
+    Ok(conn)
+}
+
+/// The next text frame, answering pings; `None` when `timer` fires first.
+async fn next_text(ws: &mut Conn, timer: &mut Pin<&mut Sleep>) -> Result<Option<Bytes>, String> {
+    loop {
+        let frame = match select(timer.as_mut(), ws.next()).await {
+            Either::Left(_) => return Ok(None),
+            Either::Right((frame, _)) => frame,
+        };
+        match frame {
+            Some(Ok(Frame::Text(bytes))) => return Ok(Some(bytes)),
+            Some(Ok(Frame::Ping(p))) => {
+                ws.send(Message::Pong(p)).await.map_err(|e| e.to_string())?
+            }
+            Some(Ok(Frame::Close(reason))) => {
+                return Err(format!("server closed the connection: {reason:?}"))
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(format!("connection error: {e}")),
+            None => return Err("connection ended".into()),
+        }
+    }
+}
+
+/// The number after `"key":` in a JSON text (events are scanned, not parsed, so the
+/// generator keeps up with the router).
+fn scan_u64(text: &[u8], key: &str) -> Option<u64> {
+    let pat = format!("\"{key}\":");
+    let at = text.windows(pat.len()).position(|w| w == pat.as_bytes())? + pat.len();
+    let digits: Vec<u8> = text[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .copied()
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// The string after `"key":"` in a JSON text.
+fn scan_str<'a>(text: &'a [u8], key: &str) -> Option<&'a str> {
+    let pat = format!("\"{key}\":\"");
+    let at = text.windows(pat.len()).position(|w| w == pat.as_bytes())? + pat.len();
+    let end = text[at..].iter().position(|b| *b == b'"')?;
+    std::str::from_utf8(&text[at..at + end]).ok()
+}
+
+const EVENT: &[u8] = br#"{"type":"event""#;
+
+#[derive(Default)]
+struct SubResult {
+    received: u64,
+    dropped: u64,
+    bytes: u64,
+    latency: Option<Histogram<u64>>,
+    finished: Option<Instant>,
+    problem: Option<String>,
+}
+
+/// Counts deliveries until `received + dropped` reaches `target` (set by the publishers
+/// once they know how many events were accepted and match), or the deadline.
+async fn subscriber(
+    mut ws: Conn,
+    id: String,
+    ack: bool,
+    target: Rc<Cell<u64>>,
+    deadline: Instant,
+) -> SubResult {
+    let mut out = SubResult::default();
+    let mut latency = histogram();
+    let tick = || deadline.min(Instant::now() + Duration::from_millis(100));
+    let mut timer = pin!(sleep_until(tick()));
+    while out.received + out.dropped < target.get() {
+        match next_text(&mut ws, &mut timer).await {
+            Ok(Some(b)) if b.starts_with(EVENT) => {
+                out.received += 1;
+                out.bytes += b.len() as u64;
+                if let Some(sent) = scan_u64(&b, "sent_us") {
+                    latency.saturating_record(micros_now().saturating_sub(sent).max(1));
+                }
+                if ack {
+                    if let Some(event_id) = scan_str(&b, "id") {
+                        let frame =
+                            json!({"type": "ack", "subscription_id": id, "event_id": event_id});
+                        if let Err(e) = ws.send(Message::Text(frame.to_string().into())).await {
+                            out.problem = Some(e.to_string());
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok(Some(b)) => {
+                let msg: Value = serde_json::from_slice(&b).unwrap_or_default();
+                match msg["type"].as_str() {
+                    Some("dropped") => out.dropped += msg["count"].as_u64().unwrap_or(0),
+                    _ => out.problem = Some(format!("unexpected message: {msg}")),
+                }
+            }
+            Ok(None) if Instant::now() >= deadline => {
+                out.problem = Some("timed out".into());
+                break;
+            }
+            Ok(None) => timer.as_mut().reset(tick()),
+            Err(e) => {
+                out.problem = Some(e);
+                break;
+            }
+        }
+    }
+    out.finished = Some(Instant::now());
+    out.latency = Some(latency);
+    let _ = ws.send(Message::Close(None)).await;
+    out
+}
+
+struct PubResult {
+    accepted: u64,
+    /// Accepted events a subscription matches (all but those `--condition` skips).
+    matching: u64,
+    errors: BTreeMap<String, u64>,
+    last_reply: Option<Instant>,
+    latency: Histogram<u64>,
+    problem: Option<String>,
+}
+
+struct Plan {
+    args: BenchArgs,
+    slots: Vec<&'static str>,
+    pad: String,
+    /// Publishing stops here with `--duration-secs`.
+    stop_at: Option<Instant>,
+    deadline: Instant,
+    /// Events accepted so far over all publishers (the progress bar).
+    progress: Rc<Cell<u64>>,
+}
+
+/// One command publishing events `first..first+n`, each stamped with its send time.
+fn command(plan: &Plan, first: u64, n: u64) -> String {
+    let single = plan.args.batch == 1;
+    let mut text = String::with_capacity(n as usize * (plan.pad.len() + 120));
+    text.push_str(if single {
+        r#"{"type":"publish_event","event":"#
+    } else {
+        r#"{"type":"publish_batch","events":["#
+    });
+    let now = micros_now();
+    for i in first..first + n {
+        let sep = if i == first { "" } else { "," };
+        let priority = plan.slots[(i % 100) as usize];
+        let _ = write!(
+            text,
+            r#"{sep}{{"topic":"bench.load","priority":"{priority}","payload":{{"seq":{i},"sent_us":{now},"pad":"{}"}}}}"#,
+            plan.pad
+        );
+    }
+    text.push_str(if single { "}" } else { "]}" });
+    text
+}
+
+async fn publisher(mut ws: Conn, mut seqs: std::ops::Range<u64>, plan: Rc<Plan>) -> PubResult {
+    let mut out = PubResult {
+        accepted: 0,
+        matching: 0,
+        errors: BTreeMap::new(),
+        last_reply: None,
+        latency: histogram(),
+        problem: None,
+    };
+    let args = &plan.args;
+    let per_pub_rate = (args.rate as f64 / args.publishers as f64).max(0.0);
+    let start = Instant::now();
+    let mut timer = pin!(sleep_until(plan.deadline));
+    let mut in_flight: VecDeque<(u64, u64, Instant)> = VecDeque::new(); // (first, n, sent)
+    let mut sent_events = 0u64;
+    loop {
+        let more = seqs.start < seqs.end && plan.stop_at.is_none_or(|t| Instant::now() < t);
+        if more && (in_flight.len() as u64) < args.window {
+            let n = (seqs.end - seqs.start).min(args.batch);
+            if per_pub_rate > 0.0 {
+                let due = start + Duration::from_secs_f64(sent_events as f64 / per_pub_rate);
+                if due > Instant::now() && in_flight.is_empty() {
+                    sleep_until(due).await;
+                } else if due > Instant::now() {
+                    // Read replies while waiting for the next slot.
+                    match select(pin!(sleep_until(due)), pin!(next_text(&mut ws, &mut timer))).await
+                    {
+                        Either::Left(_) => {}
+                        Either::Right((reply, _)) => {
+                            if !handle_reply(reply, &mut in_flight, &mut out, &plan) {
+                                break;
+                            }
+                            continue;
+                        }
+                    }
+                }
+            }
+            let text = command(&plan, seqs.start, n);
+            in_flight.push_back((seqs.start, n, Instant::now()));
+            if let Err(e) = ws.send(Message::Text(text.into())).await {
+                out.problem = Some(e.to_string());
+                break;
+            }
+            seqs.start += n;
+            sent_events += n;
+            continue;
+        }
+        if in_flight.is_empty() {
+            break;
+        }
+        let reply = next_text(&mut ws, &mut timer).await;
+        if !handle_reply(reply, &mut in_flight, &mut out, &plan) {
+            break;
+        }
+    }
+    let _ = ws.send(Message::Close(None)).await;
+    out
+}
+
+/// Accounts for one reply; false when the publisher must stop.
+fn handle_reply(
+    reply: Result<Option<Bytes>, String>,
+    in_flight: &mut VecDeque<(u64, u64, Instant)>,
+    out: &mut PubResult,
+    plan: &Plan,
+) -> bool {
+    let bytes = match reply {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            out.problem = Some(format!(
+                "timed out with {} commands unanswered",
+                in_flight.len()
+            ));
+            return false;
+        }
+        Err(e) => {
+            out.problem = Some(e);
+            return false;
+        }
+    };
+    let now = Instant::now();
+    let Some((first, n, sent)) = in_flight.pop_front() else {
+        out.problem = Some("a reply nobody asked for".into());
+        return false;
+    };
+    out.latency
+        .saturating_record((now.duration_since(sent).as_micros() as u64).max(1));
+    out.last_reply = Some(now);
+    let reply: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let mut accept = |seq: u64| {
+        out.accepted += 1;
+        if !plan.args.conditional || seq % 2 == 0 {
+            out.matching += 1;
+        }
+    };
+    match reply["type"].as_str() {
+        Some("published") => accept(first),
+        Some("published_batch") => {
+            for (i, r) in reply["results"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                match r["error"]["code"].as_str() {
+                    Some(code) => *out.errors.entry(code.to_owned()).or_default() += 1,
+                    None => accept(first + i as u64),
+                }
+            }
+        }
+        Some("error") => {
+            let code = reply["code"].as_str().unwrap_or("?").to_owned();
+            *out.errors.entry(code).or_default() += n;
+        }
+        _ => {
+            out.problem = Some(format!("unexpected reply: {reply}"));
+            return false;
+        }
+    }
+    plan.progress.set(plan.progress.get() + n);
+    true
+}
+
+/// Starts a router with the memory store on 127.0.0.1:0; answers its WebSocket URL and
+/// the sender that stops it.
+fn start_in_process() -> Result<(String, tokio::sync::oneshot::Sender<()>), BenchError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| BenchError::Server(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| BenchError::Server(e.to_string()))?;
+    let mut config = crate::config::Config::defaults();
+    config.store.kind = crate::config::StoreKind::Memory;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    actix_web::rt::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        if let Err(e) = crate::server::run(listener, config, shutdown).await {
+            eprintln!("in-process router stopped: {e}");
+        }
+    });
+    Ok((format!("ws://{addr}/ws"), stop))
+}
+
+/// Runs the benchmark; answers whether it ran clean (nothing refused, timed out or lost).
+pub async fn run(mut args: BenchArgs) -> Result<bool, BenchError> {
+    if args.batch == 0 || args.window == 0 || args.publishers == 0 {
+        return Err(BenchError::Usage(
+            "--batch, --window and --publishers must be at least 1".into(),
+        ));
+    }
+    let slots = priority_slots(&args.priorities)?;
+    let server = if args.in_process {
+        let (url, stop) = start_in_process()?;
+        args.url = url;
+        // Let the listener start accepting.
+        sleep(Duration::from_millis(100)).await;
+        Some(stop)
+    } else {
+        check_local(&args.url)?;
+        None
+    };
+    let began = Instant::now();
+    let deadline = began + Duration::from_secs(args.timeout_secs);
+    let token = args.token.clone();
+    let events = if args.duration_secs.is_some() {
+        u64::MAX / 2
+    } else {
+        args.events
+    };
+    let target = Rc::new(Cell::new(u64::MAX));
+    let mut subs = Vec::new();
+    for i in 0..args.subscribers {
+        let mut ws = connect(&args.url, token.as_deref()).await?;
+        let id = format!("bench-{i}");
+        let mut spec = json!({"id": id, "type": "pattern", "patterns": ["bench.>"]});
+        if args.conditional {
+            spec["type"] = json!("conditional");
+            spec["condition"] = json!(
+                r#"payload.seq % 2 == 0 && priority in ["critical", "high", "normal", "low"] && size(payload.pad) >= 0"#
+            );
+        }
+        if args.ack {
+            spec["ack"] = json!(true);
+            spec["max_in_flight"] = json!(1000);
+        }
+        let frame = json!({"type": "subscribe", "subscription": spec});
+        ws.send(Message::Text(frame.to_string().into()))
+            .await
+            .map_err(|e| BenchError::Connection(e.to_string()))?;
+        let mut timer = pin!(sleep_until(deadline));
+        let reply = next_text(&mut ws, &mut timer)
+            .await
+            .map_err(BenchError::Connection)?;
+        let reply = String::from_utf8_lossy(&reply.unwrap_or_default()).into_owned();
+        if !reply.starts_with(r#"{"type":"subscribed""#) {
+            return Err(BenchError::Connection(format!(
+                "subscribe refused: {reply}"
+            )));
+        }
+        subs.push(actix_web::rt::spawn(subscriber(
+            ws,
+            id,
+            args.ack,
+            target.clone(),
+            deadline,
+        )));
+    }
+    let mut conns = Vec::new();
+    for _ in 0..args.publishers {
+        conns.push(connect(&args.url, token.as_deref()).await?);
+    }
+    let progress = Rc::new(Cell::new(0));
+    let plan = Rc::new(Plan {
+        pad: "x".repeat(args.payload_bytes),
+        slots,
+        stop_at: args
+            .duration_secs
+            .map(|s| Instant::now() + Duration::from_secs(s)),
+        deadline,
+        progress: progress.clone(),
+        args: args.clone(),
+    });
+    let bar = if !args.json && std::io::stderr().is_terminal() {
+        let bar = match args.duration_secs {
+            Some(_) => indicatif::ProgressBar::new_spinner(),
+            None => indicatif::ProgressBar::new(args.events),
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {bar:40} {pos}/{len} events published {per_sec} {elapsed}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let ticker = bar.clone().map(|bar| {
+        let progress = progress.clone();
+        actix_web::rt::spawn(async move {
+            loop {
+                bar.set_position(progress.get());
+                sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+    let start = Instant::now();
+    let pubs = (0..args.publishers).zip(conns).map(|(k, ws)| {
+        let seqs = events * k / args.publishers..events * (k + 1) / args.publishers;
+        actix_web::rt::spawn(publisher(ws, seqs, plan.clone()))
+    });
+    let pubs: Vec<PubResult> = join_all(pubs.collect::<Vec<_>>())
+        .await
+        .into_iter()
+        .filter_map(Result::ok)
+        .collect();
+    let matching: u64 = pubs.iter().map(|p| p.matching).sum();
+    target.set(matching);
+    let subs: Vec<SubResult> = join_all(subs)
+        .await
+        .into_iter()
+        .filter_map(Result::ok)
+        .collect();
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if let Some(stop) = server {
+        let _ = stop.send(());
+    }
+
+    let secs =
+        |t: Option<Instant>| t.map_or(1e-9, |t| t.duration_since(start).as_secs_f64().max(1e-9));
+    let accepted: u64 = pubs.iter().map(|p| p.accepted).sum();
+    let mut errors = BTreeMap::<String, u64>::new();
+    let (mut pub_latency, mut e2e) = (histogram(), histogram());
+    for p in &pubs {
+        let _ = pub_latency.add(&p.latency);
+        for (code, n) in &p.errors {
+            *errors.entry(code.clone()).or_default() += n;
+        }
+    }
+    for s in &subs {
+        if let Some(h) = &s.latency {
+            let _ = e2e.add(h);
+        }
+    }
+    let pub_secs = secs(pubs.iter().filter_map(|p| p.last_reply).max());
+    let sub_secs = secs(subs.iter().filter_map(|s| s.finished).max());
+    let delivered: u64 = subs.iter().map(|s| s.received).sum();
+    let dropped: u64 = subs.iter().map(|s| s.dropped).sum();
+    let bytes: u64 = subs.iter().map(|s| s.bytes).sum();
+    let rejected: u64 = errors.values().sum();
+    let problems: Vec<String> = pubs
+        .iter()
+        .filter_map(|p| p.problem.clone())
+        .chain(subs.iter().filter_map(|s| s.problem.clone()))
+        .collect();
+    let report = json!({
+        "publishers": args.publishers, "subscribers": args.subscribers, "batch": args.batch,
+        "window": args.window, "rate_target": args.rate, "payload_bytes": args.payload_bytes,
+        "priorities": args.priorities, "conditional": args.conditional, "ack": args.ack,
+        "in_process": args.in_process,
+        "published": accepted, "publish_rate": (accepted as f64 / pub_secs).round(),
+        "delivered": delivered, "delivered_rate": (delivered as f64 / sub_secs).round(),
+        "delivered_mb_per_s": ((bytes as f64 / sub_secs / 1e6) * 10.0).round() / 10.0,
+        "dropped": dropped, "rejected": rejected, "errors": errors,
+        "publish_latency_us": summary(&pub_latency),
+        "end_to_end_latency_us": summary(&e2e),
+        "seconds": (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        "problems": problems,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        print_report(&report);
+    }
+    Ok(rejected == 0 && problems.is_empty())
+}
+
+fn print_report(r: &Value) {
+    let l = |k: &str| {
+        let h = &r[k];
+        format!(
+            "p50 {} p90 {} p99 {} p99.9 {} max {} ({} samples)",
+            h["p50"], h["p90"], h["p99"], h["p99_9"], h["max"], h["samples"]
+        )
+    };
+    println!(
+        "published  {} events at {} events/s ({} rejected {})",
+        r["published"], r["publish_rate"], r["rejected"], r["errors"]
+    );
+    println!(
+        "delivered  {} events at {} events/s, {} MB/s; {} dropped",
+        r["delivered"], r["delivered_rate"], r["delivered_mb_per_s"], r["dropped"]
+    );
+    println!(
+        "publish → reply latency (µs, per command): {}",
+        l("publish_latency_us")
+    );
+    println!(
+        "publish → deliver latency (µs, per event): {}",
+        l("end_to_end_latency_us")
+    );
+    println!("wall time  {} s", r["seconds"]);
+    for p in r["problems"].as_array().into_iter().flatten() {
+        println!("problem: {p}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priority_mix_is_spread_in_proportion() {
+        let slots = priority_slots("critical=1,high=9,normal=80,low=10").unwrap();
+        let count = |p| slots.iter().filter(|s| **s == p).count();
+        assert_eq!(
+            (
+                count("critical"),
+                count("high"),
+                count("normal"),
+                count("low")
+            ),
+            (1, 9, 80, 10)
+        );
+        assert_eq!(priority_slots("normal").unwrap(), vec!["normal"; 100]);
+        assert!(priority_slots("urgent=1").is_err());
+        assert!(priority_slots("low=0").is_err());
+        // Spread, not blocks: the first ten slots already mix.
+        let mixed = priority_slots("high=1,low=1").unwrap();
+        assert_ne!(mixed[0], mixed[1]);
+    }
+
+    #[test]
+    fn scanning_frames() {
+        let frame = br#"{"type":"event","subscription_id":"s","event":{"id":"e-1","payload":{"seq":4,"sent_us":1234}}}"#;
+        assert_eq!(scan_u64(frame, "sent_us"), Some(1234));
+        assert_eq!(scan_u64(frame, "seq"), Some(4));
+        assert_eq!(scan_str(frame, "id"), Some("e-1"));
+        assert_eq!(scan_u64(frame, "nope"), None);
+        assert!(check_local("ws://127.0.0.1:1/ws").is_ok());
+        assert!(check_local("ws://example.com/ws").is_err());
+    }
+}
