@@ -3,6 +3,12 @@
 //! Shutdown is a visible sequence: `/ready` turns 503, the router closes every session
 //! with a close frame, the HTTP server stops accepting and waits for connections
 //! (bounded by `server.shutdown_timeout_ms`), then the actor threads stop.
+//!
+//! Connections that never finish talking are ended here, below the session: a request
+//! head (a WebSocket upgrade included) must arrive within [`CLIENT_REQUEST_TIMEOUT`],
+//! so half-open and slowloris connections are dropped; and data the peer does not
+//! accept for two heartbeat intervals aborts the connection (`limit_unread_data`),
+//! which is what ends a WebSocket whose client never reads.
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -19,6 +25,12 @@ use crate::actors::store::StoreActor;
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
+
+/// How long the head of an HTTP request may take to arrive, from the moment the
+/// connection is accepted; then the connection is closed (with 408 when part of a head
+/// came). actix-web's default, set here so that it is visible: `tests/hostile.rs`
+/// relies on it for slowloris upgrades and silent connections.
+pub const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +124,7 @@ pub async fn run(
         shutting_down: shutting_down.clone(),
     });
     let max_payload = config.limits.max_frame_bytes;
+    let unread_limit = config.heartbeat_interval() * 2;
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -125,6 +138,8 @@ pub async fn run(
             .configure(http::configure)
     })
     .workers(config.http_workers())
+    .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+    .on_connect(move |conn, _| limit_unread_data(conn, unread_limit))
     .disable_signals()
     .shutdown_timeout(config.server.shutdown_timeout_ms.div_ceil(1000).max(1));
     let server = match tls {
@@ -161,4 +176,23 @@ pub async fn run(
     let _ = actix_web::rt::task::spawn_blocking(move || store_arbiter.join()).await;
     log::info!("shutdown complete");
     Ok(())
+}
+
+/// Sets TCP_USER_TIMEOUT on an accepted connection: when data we sent stays
+/// unacknowledged for `limit` (the peer stopped reading and its receive window stayed
+/// at zero, or it vanished), the kernel aborts the connection and actix drops it.
+///
+/// A session cannot do this itself: actix stops polling a WebSocket session while its
+/// socket is full, so its heartbeat never fires and the connection would stay open,
+/// holding its queues, for as long as the client likes. `limit` is two heartbeat
+/// intervals, the silence a session tolerates from a client.
+fn limit_unread_data(conn: &dyn std::any::Any, limit: Duration) {
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        if let Err(e) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(limit)) {
+            log::warn!("cannot set TCP_USER_TIMEOUT on a connection: {e}");
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "fuchsia")))]
+    let _ = (conn, limit);
 }

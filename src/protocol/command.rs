@@ -207,8 +207,15 @@ fn decode_subscribe(mut obj: Map<String, Value>) -> Result<Command, ProtocolErro
             "`topics` is empty",
         ));
     }
-    let opt = |key: &str| obj.get(key).and_then(Value::as_str).map(str::to_owned);
-    let spec = SubscriptionSpec::from_topics(topics, opt("agent_id"), opt("task_id"), None)?;
+    let opt = |key: &str| match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ProtocolError::new(
+            ErrorCode::InvalidSubscription,
+            format!("`{key}` must be a string"),
+        )),
+    };
+    let spec = SubscriptionSpec::from_topics(topics, opt("agent_id")?, opt("task_id")?, None)?;
     Ok(Command::Subscribe {
         spec: Box::new(spec),
     })
@@ -290,6 +297,16 @@ mod tests {
             ),
             (
                 r#"{"action": "subscribe", "topics": [1]}"#,
+                ErrorCode::InvalidSubscription,
+            ),
+            // Regression (tests/hostile.rs): a wrongly typed narrowing id was ignored,
+            // silently widening the subscription to every agent.
+            (
+                r#"{"action": "subscribe", "topics": ["a"], "agent_id": 7}"#,
+                ErrorCode::InvalidSubscription,
+            ),
+            (
+                r#"{"action": "subscribe", "topics": ["a"], "task_id": ["t"]}"#,
                 ErrorCode::InvalidSubscription,
             ),
             (r#"{"type": "unsubscribe"}"#, ErrorCode::InvalidSubscription),

@@ -34,6 +34,21 @@ fn default_window() -> u64 {
 }
 
 impl CoalesceSpec {
+    /// Parses and validates the `coalesce` object of a subscription. Only an object is
+    /// accepted (serde alone would also take the array `["payload.k", 100]`).
+    pub fn from_json(value: Value) -> Result<CoalesceSpec, ProtocolError> {
+        let invalid = |msg: String| ProtocolError::new(ErrorCode::InvalidSubscription, msg);
+        if !value.is_object() {
+            return Err(invalid(
+                "`coalesce` must be an object: {\"key\": ..., \"window_ms\": ...}".into(),
+            ));
+        }
+        let spec: CoalesceSpec = serde_path_to_error::deserialize(value)
+            .map_err(|e| invalid(format!("`coalesce` field `{}`: {}", e.path(), e.inner())))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
     /// Refuses an empty or malformed key and a window outside 1 ms ..= 1 hour.
     pub fn validate(&self) -> Result<(), ProtocolError> {
         let invalid = |msg: String| ProtocolError::new(ErrorCode::InvalidSubscription, msg);
@@ -135,6 +150,26 @@ mod tests {
         assert_eq!(spec("target").key_of(&e), None);
         assert_eq!(spec("topic.x").key_of(&e), None);
         assert_eq!(spec("nonsense").key_of(&e), None);
+    }
+
+    /// Regression (tests/hostile.rs): `"coalesce": ["x"]` was accepted as the key `x`.
+    #[test]
+    fn only_an_object_is_a_coalesce_spec() {
+        let ok = CoalesceSpec::from_json(json!({"key": "payload.k"})).unwrap();
+        assert_eq!(ok, spec("payload.k"));
+        for bad in [
+            json!(["x"]),
+            json!(["x", 5]),
+            json!("x"),
+            json!(5),
+            json!({"key": 5}),
+            json!({"key": "x", "window_ms": -1}),
+            json!({"key": "x", "colour": 1}),
+            json!({"key": ""}),
+        ] {
+            let err = CoalesceSpec::from_json(bad.clone()).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidSubscription, "{bad}");
+        }
     }
 
     #[test]

@@ -4,6 +4,12 @@
 //! expression answers `invalid_condition` with its line and column), and the
 //! evaluation input built once per event and shared by every subscription that
 //! reaches a condition ([`MatchInput`]).
+//!
+//! Both the CEL parser and its evaluator recurse once per level of the expression
+//! tree, with large frames (over 100 KiB per bracket level in the parser of a debug
+//! build). So a condition is parsed on a thread of its own with a large stack
+//! ([`COMPILE_STACK`]), and one whose tree is deeper than [`MAX_DEPTH`] is refused:
+//! evaluation then fits the router thread's stack whatever the client wrote.
 //! Must not: decide which subscriptions are tested against an event (the index and
 //! the router do) or count anything itself beyond the errors it reports.
 //!
@@ -21,7 +27,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, LazyLock};
 
-use cel::common::ast::{operators, Expr, LiteralValue};
+use cel::common::ast::{operators, EntryExpr, Expr, LiteralValue};
 use cel::objects::{Key, Map};
 use cel::{Context, Env, IdedExpr, Program, Value};
 
@@ -30,6 +36,14 @@ use crate::protocol::Event;
 
 /// Longest accepted condition, in bytes.
 pub const MAX_CONDITION_LEN: usize = 4096;
+/// Deepest accepted expression tree. `&&` and `||` chains are balanced by the parser
+/// (64 terms are 7 levels); `1 + 1 + ...` and nested calls, lists and comprehensions
+/// are one level per step. Evaluating a tree this deep takes under 1 MiB of stack even
+/// in a debug build.
+pub const MAX_DEPTH: usize = 24;
+/// Stack of the thread a condition is parsed on: the parser's own nesting limit (96
+/// brackets) times its frames in a debug build, with room to spare.
+pub const COMPILE_STACK: usize = 32 << 20;
 
 /// The one CEL environment: standard library plus the strings extension. Programs are
 /// compiled against it and every evaluation context shares it.
@@ -76,14 +90,20 @@ impl Condition {
                 "`condition` is longer than {MAX_CONDITION_LEN} bytes"
             )));
         }
-        let program = ENV.compile(source).map_err(|errors| {
-            let first = errors.errors.first();
-            let detail = match first {
-                Some(e) => format!("line {}, column {}: {}", e.pos.0, e.pos.1 + 1, e.msg.trim()),
-                None => "the expression could not be parsed".to_owned(),
-            };
-            invalid(format!("invalid condition at {detail}"))
-        })?;
+        let owned = source.to_owned();
+        let program = std::thread::Builder::new()
+            .name("cel-compile".into())
+            .stack_size(COMPILE_STACK)
+            .spawn(move || compile_bounded(&owned))
+            .map_err(|e| {
+                ProtocolError::new(
+                    ErrorCode::Internal,
+                    format!("cannot start compiling the condition: {e}"),
+                )
+            })?
+            .join()
+            .map_err(|_| ProtocolError::new(ErrorCode::Internal, "the condition compiler failed"))?
+            .map_err(invalid)?;
         Ok(Condition {
             source: source.into(),
             program: Arc::new(program),
@@ -142,6 +162,70 @@ impl<'a> MatchInput<'a> {
             ctx
         })
     }
+}
+
+/// Parses `source` and checks its depth; runs on the [`COMPILE_STACK`] thread, where a
+/// too-deep tree is also dropped. `Err` is the message of `invalid_condition`.
+fn compile_bounded(source: &str) -> Result<Program, String> {
+    let program = ENV.compile(source).map_err(|errors| {
+        let detail = match errors.errors.first() {
+            Some(e) => format!("line {}, column {}: {}", e.pos.0, e.pos.1 + 1, e.msg.trim()),
+            None => "the expression could not be parsed".to_owned(),
+        };
+        format!("invalid condition at {detail}")
+    })?;
+    if depth_exceeds(program.expression(), MAX_DEPTH) {
+        return Err(format!(
+            "the condition is nested more than {MAX_DEPTH} levels deep; \
+             use `in [...]` rather than long chains of `==`, or fewer nested calls"
+        ));
+    }
+    Ok(program)
+}
+
+/// Is the tree under `root` more than `max` levels deep? Walks it without recursion.
+fn depth_exceeds(root: &IdedExpr, max: usize) -> bool {
+    let mut stack = vec![(root, 1)];
+    while let Some((expr, depth)) = stack.pop() {
+        if depth > max {
+            return true;
+        }
+        let below = depth + 1;
+        match &expr.expr {
+            Expr::Call(call) => {
+                stack.extend(call.target.as_deref().map(|t| (t, below)));
+                stack.extend(call.args.iter().map(|a| (a, below)));
+            }
+            Expr::Comprehension(c) => stack.extend(
+                [
+                    &c.iter_range,
+                    &c.accu_init,
+                    &c.loop_cond,
+                    &c.loop_step,
+                    &c.result,
+                ]
+                .map(|e| (e, below)),
+            ),
+            Expr::List(list) => stack.extend(list.elements.iter().map(|e| (e, below))),
+            Expr::Map(map) => {
+                for entry in &map.entries {
+                    if let EntryExpr::MapEntry(e) = &entry.expr {
+                        stack.extend([(&e.key, below), (&e.value, below)]);
+                    }
+                }
+            }
+            Expr::Struct(st) => {
+                for entry in &st.entries {
+                    if let EntryExpr::StructField(f) = &entry.expr {
+                        stack.push((&f.value, below));
+                    }
+                }
+            }
+            Expr::Select(select) => stack.push((&select.operand, below)),
+            Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+        }
+    }
+    false
 }
 
 fn topic_prefixes(expr: &IdedExpr) -> Option<Vec<Vec<String>>> {
@@ -320,6 +404,39 @@ mod tests {
             Condition::compile(&long).unwrap_err().code,
             ErrorCode::InvalidCondition
         );
+    }
+
+    /// Regression: each of these overflowed the stack of a 2 MiB thread (this test's,
+    /// an HTTP worker's or the router's) in a debug build, aborting the process. The
+    /// first was found by `fuzz/` (target `subscription`); the others by
+    /// `tests/hostile.rs`.
+    #[test]
+    fn deep_expressions_are_refused_not_a_stack_overflow() {
+        let nested = |open: &str, inner: &str, close: &str, n: usize| {
+            format!("{}{inner}{}", open.repeat(n), close.repeat(n))
+        };
+        for deep in [
+            r#"pa[l#[[[[[[[[[[[[[[[[[[.exi4"#.to_owned(),
+            nested("size(", "[1]", ")", 40),
+            nested("(", "true", ")", 500),
+            nested("[1].map(x, ", "[1]", ")", 12),
+            nested("{1: ", "1", "}", 40),
+            "1 + ".repeat(1000) + "1 == 0",
+            "payload.a".to_owned() + &" + payload.a".repeat(300) + " > 0",
+        ] {
+            let err = Condition::compile(&deep).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidCondition, "{deep}");
+        }
+        // Up to the limit, a condition compiles and evaluates on this thread.
+        let e = Event::from_json(json!({"type": "a", "topic": "t7"}), "svc").unwrap();
+        let at_limit = "1 + ".repeat(MAX_DEPTH - 3) + "1 > 0";
+        let c = Condition::compile(&at_limit).unwrap();
+        assert_eq!(c.evaluate(&MatchInput::new(&e)), Ok(true));
+        // `||` chains are balanced: 200 alternatives are well within the depth limit.
+        let ors: Vec<String> = (0..200).map(|i| format!("topic == 't{i}'")).collect();
+        let c = Condition::compile(&ors.join(" || ")).unwrap();
+        assert_eq!(c.evaluate(&MatchInput::new(&e)), Ok(true));
+        assert!(c.topic_prefixes().is_some());
     }
 
     #[test]

@@ -57,7 +57,8 @@ struct RawSubscription {
     max_attempts: Option<u32>,
     max_in_flight: Option<u32>,
     durable: Option<String>,
-    coalesce: Option<CoalesceSpec>,
+    /// Parsed by [`CoalesceSpec::from_json`], which accepts only an object.
+    coalesce: Option<Value>,
 }
 
 /// A validated subscription: what it selects, in a form that can be shown back to
@@ -337,9 +338,10 @@ impl SubscriptionSpec {
         } else {
             None
         };
-        if let Some(c) = &raw.coalesce {
-            c.validate()?;
-        }
+        let coalesce = match raw.coalesce {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(CoalesceSpec::from_json(v)?),
+        };
 
         let compiled_patterns = patterns
             .iter()
@@ -367,7 +369,7 @@ impl SubscriptionSpec {
             replay,
             ack,
             durable: raw.durable,
-            coalesce: raw.coalesce,
+            coalesce,
         })
     }
 

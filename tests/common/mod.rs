@@ -273,6 +273,19 @@ impl WsClient {
         }
     }
 
+    /// The next JSON message: `Ok(None)` when `timeout` passes first (or the frame is
+    /// not JSON text), `Err` with the close reason when the connection ends.
+    pub async fn try_recv_open(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<Value>, Option<CloseReason>> {
+        match self.next_frame(timeout).await {
+            Some(Frame::Text(bytes)) => Ok(serde_json::from_slice(&bytes).ok()),
+            Some(Frame::Close(reason)) => Err(reason),
+            Some(_) | None => Ok(None),
+        }
+    }
+
     /// The next JSON message; panics on timeout or close.
     pub async fn recv(&mut self) -> Value {
         match self.next_frame(RECV_TIMEOUT).await {
