@@ -146,7 +146,9 @@ fn priority_slots(mix: &str) -> Result<Vec<&'static str>, BenchError> {
         for (a, (_, w)) in acc.iter_mut().zip(&weights) {
             *a += i128::from(*w);
         }
-        let i = (0..acc.len()).max_by_key(|&i| (acc[i], std::cmp::Reverse(i))).unwrap_or(0);
+        let i = (0..acc.len())
+            .max_by_key(|&i| (acc[i], std::cmp::Reverse(i)))
+            .unwrap_or(0);
         acc[i] -= i128::from(total);
         slots.push(weights[i].0);
     }
