@@ -4,6 +4,8 @@
 export const PRIORITIES = ["critical", "high", "normal", "low"];
 /** Samples kept for the chart: five minutes at one per second. */
 export const HISTORY = 300;
+/** The chart spans at least this many samples, growing to HISTORY as they come. */
+const MIN_SPAN = 60;
 
 /**
  * Per-priority rates between two /api/stats samples (`{at, published}` with `at` in ms and
@@ -121,11 +123,12 @@ export class StatsPanel {
     }
     ctx.textBaseline = "alphabetic";
     ctx.textAlign = "left";
-    ctx.fillText(`−${Math.round(HISTORY / 60)} min`, left, height - 3);
+    const span = Math.min(HISTORY, Math.max(MIN_SPAN, this.history.length));
+    ctx.fillText(span >= 120 ? `−${Math.round(span / 60)} min` : `−${span} s`, left, height - 3);
     ctx.textAlign = "right";
     ctx.fillText("now", left + plotW, height - 3);
 
-    const step = plotW / (HISTORY - 1);
+    const step = plotW / (span - 1);
     const x0 = left + plotW - (this.history.length - 1) * step;
     ctx.lineWidth = 1.75;
     ctx.lineJoin = "round";

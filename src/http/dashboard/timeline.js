@@ -26,6 +26,11 @@ export function relativeTime(thenMs, nowMs) {
   return `${Math.floor(h / 24)} d ago`;
 }
 
+/** An event's place in the router's log; events without one sort as newest. */
+function cursorOf(event) {
+  return typeof event.cursor === "number" ? event.cursor : Number.MAX_SAFE_INTEGER;
+}
+
 function el(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
@@ -85,9 +90,23 @@ export class Timeline {
     const batch = this.pending;
     this.pending = [];
     const now = Date.now();
+    // Newest first means highest cursor first. Live delivery is by priority, so an
+    // older low-priority event can arrive after a newer critical one: it goes below it.
+    batch.sort((a, b) => cursorOf(b) - cursorOf(a));
+    const top = this.list.firstElementChild;
+    const topCursor = top ? Number(top.dataset.cursor) : -Infinity;
     const fragment = document.createDocumentFragment();
-    // Newest first: the last event received goes on top.
-    for (let i = batch.length - 1; i >= 0; i--) fragment.appendChild(this.row(batch[i], now));
+    let next = top;
+    for (const event of batch) {
+      const row = this.row(event, now);
+      const cursor = cursorOf(event);
+      if (cursor > topCursor) {
+        fragment.appendChild(row);
+        continue;
+      }
+      while (next && Number(next.dataset.cursor) > cursor) next = next.nextElementSibling;
+      this.list.insertBefore(row, next);
+    }
     this.list.prepend(fragment);
     while (this.list.children.length > MAX_ROWS) this.list.lastElementChild.remove();
     this.report();
@@ -98,6 +117,7 @@ export class Timeline {
     const family = topicFamily(event.topic);
     const li = el("li", `event prio-${priority}`);
     li.dataset.key = String(event.cursor ?? event.id);
+    li.dataset.cursor = String(cursorOf(event));
     li.dataset.topic = event.topic || "";
     li.dataset.priority = priority;
     li.dataset.id = event.id || "";
