@@ -13,6 +13,13 @@ if ! python3 -c 'import websockets' >/dev/null 2>&1; then
         || { apt-get update -qq && apt-get install -y -qq python3-websockets; }
 fi
 
+# Headless Chromium and chromedriver, for the dashboard's browser tests (tests/dashboard.rs
+# finds the driver through SWITCHYARD_CHROMEDRIVER, default /usr/bin/chromedriver).
+if [ -z "${SWITCHYARD_CHROMEDRIVER:-}" ] && [ ! -x /usr/bin/chromedriver ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq chromium chromium-driver
+fi
+
 cargo test --all-targets
 cargo build --quiet --bin switchyard
 python3 tests/python/protocol_conformance.py --binary target/debug/switchyard

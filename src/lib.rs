@@ -10,7 +10,7 @@
 //! - [`server`]: starts the actors and the HTTP server, and runs graceful shutdown.
 //! - [`actors`]: the router, delivery workers, the store actor and per-connection sessions.
 //! - [`delivery`]: delivery state machines: waiting queues, replay, ack tracking.
-//! - [`http`]: routes and the JSON API.
+//! - [`http`]: routes, the JSON API, and the web dashboard embedded in the binary.
 //! - [`auth`]: bearer tokens and JWTs, principals and their topic grants.
 //! - [`client`]: an async Rust client of the wire protocol, with reconnect and resume.
 //! - [`cli`]: the client commands of the binary (`publish`, `tail`).

@@ -332,10 +332,14 @@ async fn websocket_upgrade_works_at_root_too() {
     let server = TestServer::start().await;
     let mut c = WsClient::connect(&server.ws_url("/")).await;
     c.assert_alive().await;
-    // Without an upgrade, `/` answers HTTP.
-    let (status, body) = server.get("/").await;
+    // Without an upgrade, `/` serves the dashboard page; the JSON description moved.
+    let (status, page) = server.get_text("/").await;
+    assert_eq!(status, 200);
+    assert!(page.starts_with("<!doctype html>"), "{page}");
+    let (status, body) = server.get("/api/info").await;
     assert_eq!(status, 200);
     assert_eq!(body["websocket"], "/ws");
+    assert_eq!(server.get("/api").await.1, body);
 }
 
 #[actix_rt::test]

@@ -16,6 +16,20 @@ use crate::routing::pattern::Pattern;
 use crate::routing::Priority;
 use crate::store::{EventQuery, Order, DEFAULT_LIMIT, MAX_LIMIT};
 
+/// `GET /api/info` (and `/api`): what this service is and where its parts are.
+pub async fn info(_caller: Caller) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "name": "switchyard",
+        "version": env!("CARGO_PKG_VERSION"),
+        "websocket": "/ws",
+        "dashboard": "/",
+        "api": [
+            "/api/info", "/api/stats", "/api/topics", "/api/events", "/api/subscriptions",
+            "/api/dead-letters", "/health", "/ready", "/metrics",
+        ],
+    }))
+}
+
 pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }

@@ -1,9 +1,11 @@
-//! The HTTP surface: routes, shared state, and the JSON API of PROTOCOL.md section 6.
+//! The HTTP surface: routes, shared state, the JSON API of PROTOCOL.md section 6, and
+//! the embedded web dashboard.
 //!
 //! Owns: request parsing and response shapes. Must not: keep state of its own; every
 //! answer comes from the router (or the shared metrics).
 
 mod api;
+pub mod dashboard;
 
 use std::sync::Arc;
 
@@ -80,11 +82,14 @@ pub fn authenticate(req: &HttpRequest, allow_query: bool) -> Result<Arc<Principa
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/ws", web::get().to(session::upgrade))
         .route("/", web::get().to(root))
+        .route("/dashboard/{file}", web::get().to(dashboard::asset))
         .route("/health", web::get().to(api::health))
         .route("/ready", web::get().to(api::ready))
         .route("/metrics", web::get().to(api::metrics))
         .service(
             web::scope("/api")
+                .route("", web::get().to(api::info))
+                .route("/info", web::get().to(api::info))
                 .route("/stats", web::get().to(api::stats))
                 .route("/topics", web::get().to(api::topics))
                 .route("/events", web::get().to(api::events))
@@ -107,7 +112,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// `GET /`: a WebSocket upgrade when asked for one (existing clients connect to a bare
-/// `ws://host:port`), otherwise a short description of the service.
+/// `ws://host:port`), otherwise the web dashboard. The JSON description of the service
+/// is at `GET /api/info`.
 async fn root(
     req: HttpRequest,
     stream: web::Payload,
@@ -122,12 +128,7 @@ async fn root(
     if wants_upgrade {
         return session::upgrade(req, stream, state, query).await;
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "name": "switchyard",
-        "version": env!("CARGO_PKG_VERSION"),
-        "websocket": "/ws",
-        "api": ["/api/stats", "/api/topics", "/api/events", "/api/subscriptions", "/health", "/ready"],
-    })))
+    Ok(dashboard::page(&req))
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, HttpError> {

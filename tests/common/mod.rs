@@ -41,8 +41,21 @@ impl TestServer {
         data_dir: std::sync::Arc<tempfile::TempDir>,
         tweak: impl FnOnce(&mut Config),
     ) -> TestServer {
+        let config = TestServer::config(&data_dir, tweak);
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        TestServer::on(listener, data_dir, tweak).await
+        TestServer::on_listener(listener, data_dir, config).await
+    }
+
+    /// A server on a data directory and an address that a stopped server used (to test
+    /// that clients reconnect).
+    pub async fn restart_on(
+        addr: SocketAddr,
+        data_dir: std::sync::Arc<tempfile::TempDir>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestServer {
+        let config = TestServer::config(&data_dir, tweak);
+        let listener = TcpListener::bind(addr).expect("bind the previous address again");
+        TestServer::on_listener(listener, data_dir, config).await
     }
 
     /// A server on a given listener (to come back on the same port after a stop).
@@ -51,6 +64,11 @@ impl TestServer {
         data_dir: std::sync::Arc<tempfile::TempDir>,
         tweak: impl FnOnce(&mut Config),
     ) -> TestServer {
+        let config = TestServer::config(&data_dir, tweak);
+        TestServer::on_listener(listener, data_dir, config).await
+    }
+
+    fn config(data_dir: &tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> Config {
         let mut config = Config::defaults();
         config.server.data_dir = data_dir.path().to_owned();
         // Commits survive a crash of the process; tests need not fsync to the platter.
@@ -59,6 +77,14 @@ impl TestServer {
         config.server.delivery_workers = 2;
         config.server.shutdown_timeout_ms = 2000;
         tweak(&mut config);
+        config
+    }
+
+    async fn on_listener(
+        listener: TcpListener,
+        data_dir: std::sync::Arc<tempfile::TempDir>,
+        config: Config,
+    ) -> TestServer {
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = actix_rt::spawn(async move {
