@@ -34,7 +34,7 @@ type Conn = actix_codec::Framed<awc::BoxedSocket, Codec>;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// WebSocket URL of a running router; must be 127.0.0.1, localhost or [::1].
+    /// WebSocket URL of a running router; must be `127.0.0.1`, `localhost` or `[::1]`.
     #[arg(long, default_value = "ws://127.0.0.1:9090/ws")]
     pub url: String,
     /// Bearer token, when the router has auth on.
