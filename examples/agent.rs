@@ -56,7 +56,9 @@ async fn main() -> anyhow::Result<()> {
             }
             e
         };
-        client.publish(with(json!({"type": "task_created"}))).await?;
+        client
+            .publish(with(json!({"type": "task_created"})))
+            .await?;
         for percent in [25, 50, 75] {
             actix_rt::time::sleep(step).await;
             // Progress is frequent and cheap: low priority, coalescable by task_id.
