@@ -139,9 +139,9 @@ async fn nack_with_delay_redelivers_and_nack_without_requeue_dead_letters() {
     let mut p = server.ws().await;
     p.publish(json!({"type": "job_one"})).await;
     let e = sub.recv_event().await;
-    let reply = sub
-        .request(json!({"type": "nack", "subscription_id": sid, "event_id": e["event"]["id"], "requeue": true, "delay_ms": 150}))
+    sub.send(&json!({"type": "nack", "subscription_id": sid, "event_id": e["event"]["id"], "requeue": true, "delay_ms": 150}))
         .await;
+    let reply = sub.recv().await;
     // No reply to a good nack: the next message is the redelivery, after the delay.
     assert_eq!(reply["type"], "event", "{reply}");
     assert_eq!(reply["attempt"], 2);

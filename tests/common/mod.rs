@@ -218,6 +218,8 @@ type Conn = actix_codec::Framed<awc::BoxedSocket, ws::Codec>;
 /// A WebSocket client that speaks raw JSON text frames.
 pub struct WsClient {
     conn: Conn,
+    /// Deliveries read while waiting for a command's reply; `recv` returns them first.
+    backlog: std::collections::VecDeque<Value>,
 }
 
 impl WsClient {
@@ -238,7 +240,10 @@ impl WsClient {
             .connect()
             .await
             .expect("WebSocket connect");
-        WsClient { conn }
+        WsClient {
+            conn,
+            backlog: Default::default(),
+        }
     }
 
     /// Connects with `Authorization: Bearer <token>` when a token is given.
@@ -248,7 +253,10 @@ impl WsClient {
             request = request.bearer_auth(token);
         }
         match request.connect().await {
-            Ok((_, conn)) => Ok(WsClient { conn }),
+            Ok((_, conn)) => Ok(WsClient {
+                conn,
+                backlog: Default::default(),
+            }),
             Err(awc::error::WsClientError::InvalidResponseStatus(status)) => Err(status.as_u16()),
             Err(e) => panic!("WebSocket connect to {url}: {e}"),
         }
@@ -293,6 +301,9 @@ impl WsClient {
 
     /// The next JSON message, or `None` on timeout or when the connection ends.
     pub async fn try_recv(&mut self, timeout: Duration) -> Option<Value> {
+        if let Some(v) = self.backlog.pop_front() {
+            return Some(v);
+        }
         match self.next_frame(timeout).await {
             Some(Frame::Text(bytes)) => serde_json::from_slice(&bytes).ok(),
             _ => None,
@@ -305,6 +316,9 @@ impl WsClient {
         &mut self,
         timeout: Duration,
     ) -> Result<Option<Value>, Option<CloseReason>> {
+        if let Some(v) = self.backlog.pop_front() {
+            return Ok(Some(v));
+        }
         match self.next_frame(timeout).await {
             Some(Frame::Text(bytes)) => Ok(serde_json::from_slice(&bytes).ok()),
             Some(Frame::Close(reason)) => Err(reason),
@@ -314,6 +328,14 @@ impl WsClient {
 
     /// The next JSON message; panics on timeout or close.
     pub async fn recv(&mut self) -> Value {
+        if let Some(v) = self.backlog.pop_front() {
+            return v;
+        }
+        self.recv_wire().await
+    }
+
+    /// The next JSON message from the socket itself, past the backlog.
+    async fn recv_wire(&mut self) -> Value {
         match self.next_frame(RECV_TIMEOUT).await {
             Some(Frame::Text(bytes)) => {
                 serde_json::from_slice(&bytes).expect("server sent valid JSON")
@@ -323,10 +345,18 @@ impl WsClient {
         }
     }
 
-    /// Sends a command and returns the next message (its reply).
+    /// Sends a command and returns its reply. A delivery that arrives first (the
+    /// connection may be subscribed to what it publishes) is kept for `recv`.
     pub async fn request(&mut self, v: Value) -> Value {
         self.send(&v).await;
-        self.recv().await
+        loop {
+            let msg = self.recv_wire().await;
+            if msg["type"] == "event" {
+                self.backlog.push_back(msg);
+                continue;
+            }
+            return msg;
+        }
     }
 
     /// Subscribes and returns the subscription id.
@@ -359,6 +389,9 @@ impl WsClient {
 
     /// Asserts nothing arrives for `wait`.
     pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Some(v) = self.backlog.front() {
+            panic!("expected silence, got {v}");
+        }
         if let Some(frame) = self.next_frame(wait).await {
             panic!("expected silence, got {frame:?}");
         }
