@@ -29,16 +29,16 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use actix_rt::time::{sleep_until, Instant, Sleep};
-use anyhow::{anyhow, bail, ensure, Context as _};
-use awc::ws::{Codec, Frame, Message};
+use anyhow::{bail, ensure, Context as _};
+use awc::ws::Message;
 use bytes::Bytes;
 use clap::Parser;
-use futures_util::future::{join_all, select, Either};
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::future::join_all;
+use futures_util::SinkExt as _;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-type Conn = actix_codec::Framed<awc::BoxedSocket, Codec>;
+use switchyard::cli::bench::{self, check_local, histogram, Conn};
 
 #[derive(Parser)]
 #[command(about = "Fan-out load test: P publishers -> N subscribers on a local Switchyard")]
@@ -71,40 +71,15 @@ struct Args {
     replay: bool,
 }
 
-fn check_local(url: &str) -> anyhow::Result<()> {
-    let uri: awc::http::Uri = url.parse().with_context(|| format!("bad --url `{url}`"))?;
-    match uri.host() {
-        Some("127.0.0.1" | "localhost" | "[::1]") => Ok(()),
-        host => bail!("refusing --url `{url}`: host {host:?} is not loopback"),
-    }
+/// `bench`'s helpers, with the error type this example uses.
+async fn next_text(ws: &mut Conn, timer: &mut Pin<&mut Sleep>) -> anyhow::Result<Option<Bytes>> {
+    bench::next_text(ws, timer)
+        .await
+        .map_err(anyhow::Error::msg)
 }
 
 async fn connect(url: &str) -> anyhow::Result<Conn> {
-    let (_, conn) = awc::Client::new()
-        .ws(url)
-        .max_frame_size(64 << 20)
-        .connect()
-        .await
-        .map_err(|e| anyhow!("cannot connect to {url}: {e} (is the router running?)"))?;
-    Ok(conn)
-}
-
-/// The next text frame, answering pings; `Ok(None)` when `timer` fires first.
-async fn next_text(ws: &mut Conn, timer: &mut Pin<&mut Sleep>) -> anyhow::Result<Option<Bytes>> {
-    loop {
-        let frame = match select(timer.as_mut(), ws.next()).await {
-            Either::Left(_) => return Ok(None),
-            Either::Right((frame, _)) => frame,
-        };
-        match frame {
-            Some(Ok(Frame::Text(bytes))) => return Ok(Some(bytes)),
-            Some(Ok(Frame::Ping(p))) => ws.send(Message::Pong(p)).await?,
-            Some(Ok(Frame::Close(reason))) => bail!("server closed the connection: {reason:?}"),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => bail!("connection error: {e}"),
-            None => bail!("connection ended"),
-        }
-    }
+    Ok(bench::connect(url, None).await?)
 }
 
 const EVENT: &[u8] = br#"{"type":"event""#;
@@ -159,11 +134,6 @@ struct PubResult {
     /// Microseconds from sending a command to reading its reply.
     latency: Histogram<u64>,
     problem: Option<String>,
-}
-
-/// An empty histogram of microseconds, 1 µs to an hour, 3 significant digits.
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
 }
 
 /// The text of one command publishing the events numbered `seqs` (just one if `single`).

@@ -95,9 +95,8 @@ async fn publish_subscribe_ack_and_server_errors() {
 #[actix_rt::test]
 async fn reconnects_resubscribes_and_resumes_without_loss_or_duplicates() {
     let data = Arc::new(tempfile::tempdir().unwrap());
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = TestServer::on(listener, data.clone(), |_| {}).await;
+    let server = TestServer::with_data_dir(data.clone(), |_| {}).await;
+    let addr = server.addr;
     let client = Client::connect(fast(server.ws_url("/ws")));
     let mut states = client.watch_state();
     let mut sub = client
@@ -130,7 +129,7 @@ async fn reconnects_resubscribes_and_resumes_without_loss_or_duplicates() {
     };
     // The server comes back on the same port and data; events arrive before the client
     // is back, from another publisher.
-    let server = TestServer::on(TcpListener::bind(addr).unwrap(), data, |_| {}).await;
+    let server = TestServer::restart_on(addr, data, |_| {}).await;
     let mut other = server.ws().await;
     other
         .publish(json!({"topic": "job.step", "payload": {"n": 4}}))

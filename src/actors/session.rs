@@ -738,20 +738,15 @@ impl Handler<WriteFrames> for Session {
 
     fn handle(&mut self, msg: WriteFrames, ctx: &mut Ctx) {
         for frame in msg.frames {
+            // Only a live event's first delivery measures publish-to-deliver latency.
+            let first_live = matches!(frame, OutFrame::Event { attempt: 1, .. });
             match frame {
                 OutFrame::Event {
                     sub,
                     event,
                     attempt,
-                } => {
-                    if !sub.is_active() {
-                        continue;
-                    }
-                    ctx.text(event_frame(&sub.frame_prefix, &event.json, attempt));
-                    sub.delivered.fetch_add(1, Relaxed);
-                    self.metrics.count_delivered(&event, attempt == 1);
                 }
-                OutFrame::Replayed {
+                | OutFrame::Replayed {
                     sub,
                     event,
                     attempt,
@@ -761,7 +756,7 @@ impl Handler<WriteFrames> for Session {
                     }
                     ctx.text(event_frame(&sub.frame_prefix, &event.json, attempt));
                     sub.delivered.fetch_add(1, Relaxed);
-                    self.metrics.count_delivered(&event, false);
+                    self.metrics.count_delivered(&event, first_live);
                 }
                 OutFrame::ReplayComplete { sub, last_cursor } => {
                     if sub.is_active() {

@@ -30,7 +30,8 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-type Conn = actix_codec::Framed<awc::BoxedSocket, Codec>;
+/// An open WebSocket connection.
+pub type Conn = actix_codec::Framed<awc::BoxedSocket, Codec>;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -101,7 +102,7 @@ fn micros_now() -> u64 {
 }
 
 /// Microseconds, 1 µs to an hour, 3 significant digits.
-fn histogram() -> Histogram<u64> {
+pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds are valid")
 }
 
@@ -155,7 +156,8 @@ fn priority_slots(mix: &str) -> Result<Vec<&'static str>, BenchError> {
     Ok(slots)
 }
 
-fn check_local(url: &str) -> Result<(), BenchError> {
+/// Refuses a URL whose host is not loopback: load only ever targets this machine.
+pub fn check_local(url: &str) -> Result<(), BenchError> {
     let uri: awc::http::Uri = url
         .parse()
         .map_err(|e| BenchError::Usage(format!("bad --url `{url}`: {e}")))?;
@@ -167,7 +169,8 @@ fn check_local(url: &str) -> Result<(), BenchError> {
     }
 }
 
-async fn connect(url: &str, token: Option<&str>) -> Result<Conn, BenchError> {
+/// Opens a WebSocket, with `Authorization: Bearer` when a token is given.
+pub async fn connect(url: &str, token: Option<&str>) -> Result<Conn, BenchError> {
     let mut req = awc::Client::new().ws(url).max_frame_size(64 << 20);
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -180,7 +183,10 @@ async fn connect(url: &str, token: Option<&str>) -> Result<Conn, BenchError> {
 }
 
 /// The next text frame, answering pings; `None` when `timer` fires first.
-async fn next_text(ws: &mut Conn, timer: &mut Pin<&mut Sleep>) -> Result<Option<Bytes>, String> {
+pub async fn next_text(
+    ws: &mut Conn,
+    timer: &mut Pin<&mut Sleep>,
+) -> Result<Option<Bytes>, String> {
     loop {
         let frame = match select(timer.as_mut(), ws.next()).await {
             Either::Left(_) => return Ok(None),

@@ -58,16 +58,6 @@ impl TestServer {
         TestServer::on_listener(listener, data_dir, config).await
     }
 
-    /// A server on a given listener (to come back on the same port after a stop).
-    pub async fn on(
-        listener: TcpListener,
-        data_dir: std::sync::Arc<tempfile::TempDir>,
-        tweak: impl FnOnce(&mut Config),
-    ) -> TestServer {
-        let config = TestServer::config(&data_dir, tweak);
-        TestServer::on_listener(listener, data_dir, config).await
-    }
-
     fn config(data_dir: &tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> Config {
         let mut config = Config::defaults();
         config.server.data_dir = data_dir.path().to_owned();
