@@ -390,6 +390,15 @@ pub fn registry(metrics: Arc<Metrics>) -> prometheus_client::registry::Registry 
     registry
 }
 
+/// The process's resident set size (`VmRSS` in `/proc/self/status`); `None` where
+/// there is no such file (not Linux).
+fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// Reads [`Metrics`] into the registry on each scrape.
 #[derive(Debug)]
 struct Exporter {
@@ -545,6 +554,14 @@ impl prometheus_client::collector::Collector for Exporter {
             ConstGauge::new(value as i64).encode(encoder.encode_descriptor(
                 name,
                 help,
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        if let Some(bytes) = resident_memory_bytes() {
+            ConstGauge::new(bytes as i64).encode(encoder.encode_descriptor(
+                "process_resident_memory_bytes",
+                "Resident memory of the server process (Linux only)",
                 None,
                 MetricType::Gauge,
             )?)?;

@@ -270,6 +270,46 @@ async fn wait_for_subscriptions(server: &TestServer, n: usize) {
     panic!("{n} subscriptions never appeared");
 }
 
+/// The overload and idle-memory scenarios against a running server: a critical lane
+/// beside the load, idle connections held open, the server's memory read from /metrics.
+#[actix_rt::test]
+async fn bench_critical_lane_and_idle_connections() {
+    let server = TestServer::start().await;
+    let url = server.ws_url("/ws");
+    let mut cmd = switchyard();
+    cmd.args(["bench", "--url", &url, "--json", "--events", "3000"])
+        .args([
+            "--subscribers",
+            "3",
+            "--client-threads",
+            "2",
+            "--rate",
+            "3000",
+        ])
+        .args(["--priorities", "low=1", "--critical-rate", "200"])
+        .args(["--idle-connections", "40"]);
+    let out = run_to_end(cmd, None).await;
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    let critical = report["critical_published"].as_u64().unwrap();
+    assert!(critical > 0, "{report}");
+    assert_eq!(report["published"], 3000 + critical, "{report}");
+    assert_eq!(report["delivered"], (3000 + critical) * 3, "{report}");
+    let by_priority = &report["end_to_end_latency_us_by_priority"];
+    assert_eq!(by_priority["critical"]["samples"], critical * 3, "{report}");
+    assert_eq!(by_priority["low"]["samples"], 9000, "{report}");
+    assert!(by_priority.get("normal").is_none(), "{report}");
+    let idle = &report["idle"];
+    assert_eq!(idle["connections"], 40, "{report}");
+    assert_eq!(idle["closed_by_server"], 0, "{report}");
+    #[cfg(target_os = "linux")]
+    assert!(
+        idle["server_rss_with_idle"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    server.stop().await;
+}
+
 #[actix_rt::test]
 async fn publish_and_tail_commands() {
     let server = TestServer::start().await;
@@ -431,6 +471,11 @@ async fn bench_runs_in_process_and_reports_json() {
     assert_eq!(report["delivered"], 4000);
     assert_eq!(report["dropped"], 0);
     assert_eq!(report["end_to_end_latency_us"]["samples"], 4000);
+    let report_by_priority = report["end_to_end_latency_us_by_priority"].clone();
+    assert_eq!(
+        report_by_priority["critical"]["samples"], 400,
+        "1 in 10 events is critical, 2 subscribers: {report}"
+    );
     assert!(report["publish_rate"].as_f64().unwrap() > 0.0);
 
     // Conditional subscriptions match half the events; every delivery acknowledged.
@@ -449,6 +494,12 @@ async fn bench_runs_in_process_and_reports_json() {
     assert!(out.status.success(), "{out:?}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
     assert_eq!(report["delivered"], 1000, "{report}");
+
+    // Per-priority latency: every priority of the mix has its own samples.
+    let mixed = &report_by_priority;
+    for p in ["critical", "high", "normal", "low"] {
+        assert!(mixed[p]["samples"].as_u64().unwrap() > 0, "{p}: {mixed}");
+    }
 
     let mut remote = switchyard();
     remote.args(["bench", "--url", "ws://example.com/ws"]);

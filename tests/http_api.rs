@@ -329,5 +329,16 @@ async fn metrics_in_prometheus_text_format() {
             text.lines().any(|l| l == line),
             "missing `{line}` in:\n{text}"
         );
+    } // The server's own resident memory, which `switchyard bench --idle-connections`
+      // reads (Linux only).
+    #[cfg(target_os = "linux")]
+    {
+        let rss: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("switchyard_process_resident_memory_bytes "))
+            .expect("resident memory gauge")
+            .parse()
+            .unwrap();
+        assert!(rss > 1 << 20, "{rss}");
     }
 }

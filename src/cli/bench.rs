@@ -7,6 +7,12 @@
 //! `--condition` as a CEL condition, optionally acknowledging each delivery (`--ack`).
 //! Every event carries its send time, so subscribers measure publish→deliver latency
 //! end to end; publishers measure command→reply latency. Both go into HDR histograms.
+//! Subscribers are spread over `--client-threads` threads, each with its own runtime, so
+//! that reading frames is not what limits a fan-out. `--critical-rate N` adds one
+//! connection publishing N critical events per second alongside the load, and latency is
+//! also reported per priority (the overload scenario). `--idle-connections N` opens N
+//! connections that only answer pings and reports the server's resident memory before
+//! and with them (from its `/metrics`).
 //! `--in-process` starts a router with the memory store on 127.0.0.1:0 in this process
 //! (the figures then include the client's work on the same cores). The run stops at
 //! `--events` (or `--duration-secs`) and never outlives `--timeout-secs`.
@@ -17,9 +23,12 @@
 use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
+use std::future::Future;
 use std::io::IsTerminal;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::rt::time::{sleep, sleep_until, Instant, Sleep};
@@ -28,7 +37,9 @@ use bytes::Bytes;
 use futures_util::future::{join_all, select, Either};
 use futures_util::{SinkExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
+use memchr::memmem::Finder;
 use serde_json::{json, Value};
+use tokio::sync::oneshot;
 
 /// An open WebSocket connection.
 pub type Conn = actix_codec::Framed<awc::BoxedSocket, Codec>;
@@ -76,6 +87,17 @@ pub struct BenchArgs {
     /// Subscribers use `ack: true` and acknowledge every delivery.
     #[arg(long)]
     pub ack: bool,
+    /// Threads the subscribers are spread over (0: one per CPU core).
+    #[arg(long, default_value_t = 0)]
+    pub client_threads: usize,
+    /// Also publish this many critical events per second, one `publish_event` at a time
+    /// on a connection of their own, while the load runs.
+    #[arg(long, default_value_t = 0)]
+    pub critical_rate: u64,
+    /// Open this many connections that only answer pings, and report the server's
+    /// resident memory per connection (read from its `/metrics`).
+    #[arg(long, default_value_t = 0)]
+    pub idle_connections: u64,
     /// Print only one JSON report.
     #[arg(long)]
     pub json: bool,
@@ -207,26 +229,52 @@ pub async fn next_text(
     }
 }
 
-/// The number after `"key":` in a JSON text (events are scanned, not parsed, so the
-/// generator keeps up with the router).
-fn scan_u64(text: &[u8], key: &str) -> Option<u64> {
-    let pat = format!("\"{key}\":");
-    let at = text.windows(pat.len()).position(|w| w == pat.as_bytes())? + pat.len();
-    let digits: Vec<u8> = text[at..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .copied()
-        .collect();
-    std::str::from_utf8(&digits).ok()?.parse().ok()
+/// Finds the few fields the generator needs in an event frame without parsing it (the
+/// generator must keep up with the router): `memchr`'s substring search, needles built
+/// once per subscriber.
+struct Scanner {
+    sent_us: Finder<'static>,
+    priority: Finder<'static>,
+    id: Finder<'static>,
 }
 
-/// The string after `"key":"` in a JSON text.
-fn scan_str<'a>(text: &'a [u8], key: &str) -> Option<&'a str> {
-    let pat = format!("\"{key}\":\"");
-    let at = text.windows(pat.len()).position(|w| w == pat.as_bytes())? + pat.len();
-    let end = text[at..].iter().position(|b| *b == b'"')?;
-    std::str::from_utf8(&text[at..at + end]).ok()
+impl Scanner {
+    fn new() -> Self {
+        Scanner {
+            sent_us: Finder::new(br#""sent_us":"#),
+            priority: Finder::new(br#""priority":""#),
+            id: Finder::new(br#""id":""#),
+        }
+    }
+
+    /// The send time stamped in the payload.
+    fn sent_us(&self, text: &[u8]) -> Option<u64> {
+        let at = self.sent_us.find(text)? + self.sent_us.needle().len();
+        let digits = text[at..].iter().take_while(|b| b.is_ascii_digit());
+        digits.fold(None, |n: Option<u64>, b| {
+            n.unwrap_or(0)
+                .checked_mul(10)?
+                .checked_add(u64::from(b - b'0'))
+        })
+    }
+
+    /// The event's priority, as an index into [`PRIORITIES`].
+    fn priority(&self, text: &[u8]) -> Option<usize> {
+        let at = self.priority.find(text)? + self.priority.needle().len();
+        PRIORITIES
+            .iter()
+            .position(|p| text[at..].starts_with(p.as_bytes()))
+    }
+
+    /// The first `"id":"…"`: the event's id in an event frame.
+    fn id<'a>(&self, text: &'a [u8]) -> Option<&'a str> {
+        let at = self.id.find(text)? + self.id.needle().len();
+        let end = memchr::memchr(b'"', &text[at..])?;
+        std::str::from_utf8(&text[at..at + end]).ok()
+    }
 }
+
+const PRIORITIES: [&str; 4] = ["critical", "high", "normal", "low"];
 
 const EVENT: &[u8] = br#"{"type":"event""#;
 
@@ -235,9 +283,100 @@ struct SubResult {
     received: u64,
     dropped: u64,
     bytes: u64,
-    latency: Option<Histogram<u64>>,
+    /// Publish→deliver latency by priority ([`PRIORITIES`] order).
+    latency: Vec<Histogram<u64>>,
     finished: Option<Instant>,
     problem: Option<String>,
+}
+
+/// Runs `make` on a thread of its own with its own single-threaded runtime (WebSocket
+/// connections are not `Send`: each lives and dies on the thread that opened it), and
+/// answers a receiver for its result.
+fn on_own_thread<T, F, Fut>(name: String, make: F) -> Result<oneshot::Receiver<T>, BenchError>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+    T: Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let out = actix_web::rt::System::new().block_on(make());
+            let _ = tx.send(out);
+        })
+        .map_err(|e| BenchError::Connection(format!("cannot start a client thread: {e}")))?;
+    Ok(rx)
+}
+
+/// Opens a subscriber's connection and subscribes `bench-{index}` to the load's topic.
+async fn open_subscriber(
+    url: &str,
+    token: Option<&str>,
+    index: u64,
+    conditional: bool,
+    ack: bool,
+    deadline: Instant,
+) -> Result<(Conn, String), BenchError> {
+    let mut ws = connect(url, token).await?;
+    let id = format!("bench-{index}");
+    let mut spec = json!({"id": id, "type": "pattern", "patterns": ["bench.>"]});
+    if conditional {
+        spec["type"] = json!("conditional");
+        spec["condition"] = json!(
+            r#"payload.seq % 2 == 0 && priority in ["critical", "high", "normal", "low"] && size(payload.pad) >= 0"#
+        );
+    }
+    if ack {
+        spec["ack"] = json!(true);
+        spec["max_in_flight"] = json!(1000);
+    }
+    let frame = json!({"type": "subscribe", "subscription": spec});
+    ws.send(Message::Text(frame.to_string().into()))
+        .await
+        .map_err(|e| BenchError::Connection(e.to_string()))?;
+    let mut timer = pin!(sleep_until(deadline));
+    let reply = next_text(&mut ws, &mut timer)
+        .await
+        .map_err(BenchError::Connection)?;
+    let reply = String::from_utf8_lossy(&reply.unwrap_or_default()).into_owned();
+    if !reply.starts_with(r#"{"type":"subscribed""#) {
+        return Err(BenchError::Connection(format!(
+            "subscribe refused: {reply}"
+        )));
+    }
+    Ok((ws, id))
+}
+
+/// One client thread's subscribers: opens them all, says so on `ready`, then reads
+/// until each has seen `target` events (or the deadline).
+async fn subscriber_group(
+    url: String,
+    token: Option<String>,
+    indices: Vec<u64>,
+    options: (bool, bool),
+    ready: oneshot::Sender<Result<(), BenchError>>,
+    target: Arc<AtomicU64>,
+    deadline: Instant,
+) -> Vec<SubResult> {
+    let (conditional, ack) = options;
+    let mut conns = Vec::with_capacity(indices.len());
+    for i in indices {
+        match open_subscriber(&url, token.as_deref(), i, conditional, ack, deadline).await {
+            Ok(conn) => conns.push(conn),
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return Vec::new();
+            }
+        }
+    }
+    let _ = ready.send(Ok(()));
+    join_all(
+        conns
+            .into_iter()
+            .map(|(ws, id)| subscriber(ws, id, ack, target.clone(), deadline)),
+    )
+    .await
 }
 
 /// Counts deliveries until `received + dropped` reaches `target` (set by the publishers
@@ -246,23 +385,24 @@ async fn subscriber(
     mut ws: Conn,
     id: String,
     ack: bool,
-    target: Rc<Cell<u64>>,
+    target: Arc<AtomicU64>,
     deadline: Instant,
 ) -> SubResult {
     let mut out = SubResult::default();
-    let mut latency = histogram();
+    let mut latency: Vec<Histogram<u64>> = PRIORITIES.iter().map(|_| histogram()).collect();
+    let scan = Scanner::new();
     let tick = || deadline.min(Instant::now() + Duration::from_millis(100));
     let mut timer = pin!(sleep_until(tick()));
-    while out.received + out.dropped < target.get() {
+    while out.received + out.dropped < target.load(Relaxed) {
         match next_text(&mut ws, &mut timer).await {
             Ok(Some(b)) if b.starts_with(EVENT) => {
                 out.received += 1;
                 out.bytes += b.len() as u64;
-                if let Some(sent) = scan_u64(&b, "sent_us") {
-                    latency.saturating_record(micros_now().saturating_sub(sent).max(1));
+                if let (Some(sent), Some(p)) = (scan.sent_us(&b), scan.priority(&b)) {
+                    latency[p].saturating_record(micros_now().saturating_sub(sent).max(1));
                 }
                 if ack {
-                    if let Some(event_id) = scan_str(&b, "id") {
+                    if let Some(event_id) = scan.id(&b) {
                         let frame =
                             json!({"type": "ack", "subscription_id": id, "event_id": event_id});
                         if let Err(e) = ws.send(Message::Text(frame.to_string().into())).await {
@@ -291,7 +431,7 @@ async fn subscriber(
         }
     }
     out.finished = Some(Instant::now());
-    out.latency = Some(latency);
+    out.latency = latency;
     let _ = ws.send(Message::Close(None)).await;
     out
 }
@@ -317,9 +457,26 @@ struct Plan {
     progress: Rc<Cell<u64>>,
 }
 
+/// How one publisher sends: the load's publishers share `--rate`, `--batch` and
+/// `--window`; the critical lane sends single critical events at `--critical-rate` until
+/// the load is done.
+struct Lane {
+    /// Events per second; 0: as fast as the replies allow.
+    rate: f64,
+    batch: u64,
+    window: u64,
+    /// Every event at this priority instead of the `--priorities` mix.
+    priority: Option<&'static str>,
+    /// Stops publishing once set (the critical lane, when the load is done).
+    done: Option<Rc<Cell<bool>>>,
+}
+
+/// The critical lane's sequence numbers start here, above any load's.
+const CRITICAL_SEQ: u64 = 1 << 52;
+
 /// One command publishing events `first..first+n`, each stamped with its send time.
-fn command(plan: &Plan, first: u64, n: u64) -> String {
-    let single = plan.args.batch == 1;
+fn command(plan: &Plan, lane: &Lane, first: u64, n: u64) -> String {
+    let single = lane.batch == 1;
     let mut text = String::with_capacity(n as usize * (plan.pad.len() + 120));
     text.push_str(if single {
         r#"{"type":"publish_event","event":"#
@@ -329,7 +486,9 @@ fn command(plan: &Plan, first: u64, n: u64) -> String {
     let now = micros_now();
     for i in first..first + n {
         let sep = if i == first { "" } else { "," };
-        let priority = plan.slots[(i % 100) as usize];
+        let priority = lane
+            .priority
+            .unwrap_or_else(|| plan.slots[(i % 100) as usize]);
         let _ = write!(
             text,
             r#"{sep}{{"topic":"bench.load","priority":"{priority}","payload":{{"seq":{i},"sent_us":{now},"pad":"{}"}}}}"#,
@@ -340,7 +499,12 @@ fn command(plan: &Plan, first: u64, n: u64) -> String {
     text
 }
 
-async fn publisher(mut ws: Conn, mut seqs: std::ops::Range<u64>, plan: Rc<Plan>) -> PubResult {
+async fn publisher(
+    mut ws: Conn,
+    mut seqs: std::ops::Range<u64>,
+    plan: Rc<Plan>,
+    lane: Lane,
+) -> PubResult {
     let mut out = PubResult {
         accepted: 0,
         matching: 0,
@@ -349,16 +513,17 @@ async fn publisher(mut ws: Conn, mut seqs: std::ops::Range<u64>, plan: Rc<Plan>)
         latency: histogram(),
         problem: None,
     };
-    let args = &plan.args;
-    let per_pub_rate = (args.rate as f64 / args.publishers as f64).max(0.0);
+    let per_pub_rate = lane.rate;
     let start = Instant::now();
     let mut timer = pin!(sleep_until(plan.deadline));
     let mut in_flight: VecDeque<(u64, u64, Instant)> = VecDeque::new(); // (first, n, sent)
     let mut sent_events = 0u64;
     loop {
-        let more = seqs.start < seqs.end && plan.stop_at.is_none_or(|t| Instant::now() < t);
-        if more && (in_flight.len() as u64) < args.window {
-            let n = (seqs.end - seqs.start).min(args.batch);
+        let more = seqs.start < seqs.end
+            && plan.stop_at.is_none_or(|t| Instant::now() < t)
+            && !lane.done.as_ref().is_some_and(|d| d.get());
+        if more && (in_flight.len() as u64) < lane.window {
+            let n = (seqs.end - seqs.start).min(lane.batch);
             if per_pub_rate > 0.0 {
                 let due = start + Duration::from_secs_f64(sent_events as f64 / per_pub_rate);
                 if due > Instant::now() && in_flight.is_empty() {
@@ -377,7 +542,7 @@ async fn publisher(mut ws: Conn, mut seqs: std::ops::Range<u64>, plan: Rc<Plan>)
                     }
                 }
             }
-            let text = command(&plan, seqs.start, n);
+            let text = command(&plan, &lane, seqs.start, n);
             in_flight.push_back((seqs.start, n, Instant::now()));
             if let Err(e) = ws.send(Message::Text(text.into())).await {
                 out.problem = Some(e.to_string());
@@ -463,6 +628,109 @@ fn handle_reply(
     true
 }
 
+/// One client thread's idle connections: opens `n`, says how many on `ready`, then only
+/// answers pings until `stop`; answers how many the server closed meanwhile.
+async fn idle_group(
+    url: String,
+    token: Option<String>,
+    n: u64,
+    ready: oneshot::Sender<Result<(), BenchError>>,
+    stop: oneshot::Receiver<()>,
+) -> u64 {
+    let mut conns = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        match connect(&url, token.as_deref()).await {
+            Ok(ws) => conns.push(ws),
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return 0;
+            }
+        }
+    }
+    let _ = ready.send(Ok(()));
+    let closed = Rc::new(Cell::new(0u64));
+    let hold = join_all(conns.into_iter().map(|mut ws| {
+        let closed = closed.clone();
+        async move {
+            while let Some(Ok(frame)) = ws.next().await {
+                if let Frame::Ping(p) = frame {
+                    if ws.send(Message::Pong(p)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            closed.set(closed.get() + 1);
+        }
+    }));
+    let _ = select(pin!(stop), pin!(hold)).await;
+    closed.get()
+}
+
+/// The server's resident memory from its `/metrics` (`None` when it does not say).
+async fn server_rss(url: &str, token: Option<&str>) -> Option<u64> {
+    let uri: awc::http::Uri = url.parse().ok()?;
+    let scheme = if uri.scheme_str() == Some("wss") {
+        "https"
+    } else {
+        "http"
+    };
+    let metrics = format!("{scheme}://{}/metrics", uri.authority()?);
+    let mut req = awc::Client::new().get(metrics);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let body = req.send().await.ok()?.body().await.ok()?;
+    std::str::from_utf8(&body)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("switchyard_process_resident_memory_bytes "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// What `--idle-connections` measured.
+struct IdleReport {
+    stop: Vec<oneshot::Sender<()>>,
+    closed: Vec<oneshot::Receiver<u64>>,
+    json: Value,
+}
+
+/// Opens `--idle-connections` over the client threads and measures the server's
+/// resident memory before and with them (after a 2 s settle).
+async fn open_idle(args: &BenchArgs, threads: u64) -> Result<IdleReport, BenchError> {
+    let n = args.idle_connections;
+    let before = server_rss(&args.url, args.token.as_deref()).await;
+    let (mut stop, mut closed, mut readies) = (Vec::new(), Vec::new(), Vec::new());
+    for t in 0..threads {
+        let share = n * (t + 1) / threads - n * t / threads;
+        let (ready, is_ready) = oneshot::channel();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (url, token) = (args.url.clone(), args.token.clone());
+        closed.push(on_own_thread(format!("bench-idle-{t}"), move || {
+            idle_group(url, token, share, ready, stop_rx)
+        })?);
+        stop.push(stop_tx);
+        readies.push(is_ready);
+    }
+    for r in readies {
+        r.await
+            .map_err(|_| BenchError::Connection("an idle-connection thread stopped".into()))??;
+    }
+    sleep(Duration::from_secs(2)).await;
+    let with = server_rss(&args.url, args.token.as_deref()).await;
+    let per = match (before, with) {
+        (Some(b), Some(w)) if n > 0 => json!(w.saturating_sub(b) / n),
+        _ => Value::Null,
+    };
+    Ok(IdleReport {
+        stop,
+        closed,
+        json: json!({"connections": n, "server_rss_before": before, "server_rss_with_idle": with,
+                     "rss_per_connection_bytes": per}),
+    })
+}
+
 /// Starts a router with the memory store on 127.0.0.1:0; answers its WebSocket URL and
 /// the sender that stops it.
 fn start_in_process() -> Result<(String, tokio::sync::oneshot::Sender<()>), BenchError> {
@@ -507,47 +775,35 @@ pub async fn run(mut args: BenchArgs) -> Result<bool, BenchError> {
     let deadline = began + Duration::from_secs(args.timeout_secs);
     let token = args.token.clone();
     let events = if args.duration_secs.is_some() {
-        u64::MAX / 2
+        CRITICAL_SEQ
     } else {
-        args.events
+        args.events.min(CRITICAL_SEQ)
     };
-    let target = Rc::new(Cell::new(u64::MAX));
+    let threads = match args.client_threads {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get() as u64),
+        n => n as u64,
+    };
+    let idle = if args.idle_connections > 0 {
+        Some(open_idle(&args, threads).await?)
+    } else {
+        None
+    };
+    let target = Arc::new(AtomicU64::new(u64::MAX));
     let mut subs = Vec::new();
-    for i in 0..args.subscribers {
-        let mut ws = connect(&args.url, token.as_deref()).await?;
-        let id = format!("bench-{i}");
-        let mut spec = json!({"id": id, "type": "pattern", "patterns": ["bench.>"]});
-        if args.conditional {
-            spec["type"] = json!("conditional");
-            spec["condition"] = json!(
-                r#"payload.seq % 2 == 0 && priority in ["critical", "high", "normal", "low"] && size(payload.pad) >= 0"#
-            );
-        }
-        if args.ack {
-            spec["ack"] = json!(true);
-            spec["max_in_flight"] = json!(1000);
-        }
-        let frame = json!({"type": "subscribe", "subscription": spec});
-        ws.send(Message::Text(frame.to_string().into()))
-            .await
-            .map_err(|e| BenchError::Connection(e.to_string()))?;
-        let mut timer = pin!(sleep_until(deadline));
-        let reply = next_text(&mut ws, &mut timer)
-            .await
-            .map_err(BenchError::Connection)?;
-        let reply = String::from_utf8_lossy(&reply.unwrap_or_default()).into_owned();
-        if !reply.starts_with(r#"{"type":"subscribed""#) {
-            return Err(BenchError::Connection(format!(
-                "subscribe refused: {reply}"
-            )));
-        }
-        subs.push(actix_web::rt::spawn(subscriber(
-            ws,
-            id,
-            args.ack,
-            target.clone(),
-            deadline,
-        )));
+    let mut readies = Vec::new();
+    for t in 0..threads.min(args.subscribers) {
+        let indices: Vec<u64> = (t..args.subscribers).step_by(threads as usize).collect();
+        let (ready, is_ready) = oneshot::channel();
+        let (url, token, target) = (args.url.clone(), token.clone(), target.clone());
+        let options = (args.conditional, args.ack);
+        subs.push(on_own_thread(format!("bench-sub-{t}"), move || {
+            subscriber_group(url, token, indices, options, ready, target, deadline)
+        })?);
+        readies.push(is_ready);
+    }
+    for r in readies {
+        r.await
+            .map_err(|_| BenchError::Connection("a subscriber thread stopped".into()))??;
     }
     let mut conns = Vec::new();
     for _ in 0..args.publishers {
@@ -589,22 +845,78 @@ pub async fn run(mut args: BenchArgs) -> Result<bool, BenchError> {
         })
     });
     let start = Instant::now();
+    let load_done = Rc::new(Cell::new(false));
+    let critical = match args.critical_rate {
+        0 => None,
+        rate => {
+            let ws = connect(&args.url, token.as_deref()).await?;
+            let lane = Lane {
+                rate: rate as f64,
+                batch: 1,
+                window: 8,
+                priority: Some("critical"),
+                done: Some(load_done.clone()),
+            };
+            let seqs = CRITICAL_SEQ..CRITICAL_SEQ * 2;
+            Some(actix_web::rt::spawn(publisher(
+                ws,
+                seqs,
+                plan.clone(),
+                lane,
+            )))
+        }
+    };
     let pubs = (0..args.publishers).zip(conns).map(|(k, ws)| {
         let seqs = events * k / args.publishers..events * (k + 1) / args.publishers;
-        actix_web::rt::spawn(publisher(ws, seqs, plan.clone()))
+        let lane = Lane {
+            rate: args.rate as f64 / args.publishers as f64,
+            batch: args.batch,
+            window: args.window,
+            priority: None,
+            done: None,
+        };
+        actix_web::rt::spawn(publisher(ws, seqs, plan.clone(), lane))
     });
-    let pubs: Vec<PubResult> = join_all(pubs.collect::<Vec<_>>())
+    let mut pubs: Vec<PubResult> = join_all(pubs.collect::<Vec<_>>())
         .await
         .into_iter()
         .filter_map(Result::ok)
         .collect();
+    load_done.set(true);
+    let critical_published = match critical {
+        Some(lane) => match lane.await {
+            Ok(result) => {
+                let n = result.accepted;
+                pubs.push(result);
+                n
+            }
+            Err(_) => 0,
+        },
+        None => 0,
+    };
     let matching: u64 = pubs.iter().map(|p| p.matching).sum();
-    target.set(matching);
+    target.store(matching, Relaxed);
     let subs: Vec<SubResult> = join_all(subs)
         .await
         .into_iter()
         .filter_map(Result::ok)
+        .flatten()
         .collect();
+    let idle = match idle {
+        Some(idle) => {
+            for stop in idle.stop {
+                let _ = stop.send(());
+            }
+            let mut closed = 0;
+            for c in idle.closed {
+                closed += c.await.unwrap_or(0);
+            }
+            let mut report = idle.json;
+            report["closed_by_server"] = json!(closed);
+            report
+        }
+        None => Value::Null,
+    };
     if let Some(t) = ticker {
         t.abort();
     }
@@ -620,6 +932,7 @@ pub async fn run(mut args: BenchArgs) -> Result<bool, BenchError> {
     let accepted: u64 = pubs.iter().map(|p| p.accepted).sum();
     let mut errors = BTreeMap::<String, u64>::new();
     let (mut pub_latency, mut e2e) = (histogram(), histogram());
+    let mut by_priority: Vec<Histogram<u64>> = PRIORITIES.iter().map(|_| histogram()).collect();
     for p in &pubs {
         let _ = pub_latency.add(&p.latency);
         for (code, n) in &p.errors {
@@ -627,10 +940,17 @@ pub async fn run(mut args: BenchArgs) -> Result<bool, BenchError> {
         }
     }
     for s in &subs {
-        if let Some(h) = &s.latency {
+        for (all, h) in by_priority.iter_mut().zip(&s.latency) {
+            let _ = all.add(h);
             let _ = e2e.add(h);
         }
     }
+    let e2e_by_priority: serde_json::Map<String, Value> = PRIORITIES
+        .iter()
+        .zip(&by_priority)
+        .filter(|(_, h)| !h.is_empty())
+        .map(|(p, h)| ((*p).to_owned(), summary(h)))
+        .collect();
     let pub_secs = secs(pubs.iter().filter_map(|p| p.last_reply).max());
     let sub_secs = secs(subs.iter().filter_map(|s| s.finished).max());
     let delivered: u64 = subs.iter().map(|s| s.received).sum();
@@ -646,13 +966,16 @@ pub async fn run(mut args: BenchArgs) -> Result<bool, BenchError> {
         "publishers": args.publishers, "subscribers": args.subscribers, "batch": args.batch,
         "window": args.window, "rate_target": args.rate, "payload_bytes": args.payload_bytes,
         "priorities": args.priorities, "conditional": args.conditional, "ack": args.ack,
-        "in_process": args.in_process,
+        "in_process": args.in_process, "client_threads": threads,
+        "critical_rate": args.critical_rate, "critical_published": critical_published,
         "published": accepted, "publish_rate": (accepted as f64 / pub_secs).round(),
         "delivered": delivered, "delivered_rate": (delivered as f64 / sub_secs).round(),
         "delivered_mb_per_s": ((bytes as f64 / sub_secs / 1e6) * 10.0).round() / 10.0,
         "dropped": dropped, "rejected": rejected, "errors": errors,
         "publish_latency_us": summary(&pub_latency),
         "end_to_end_latency_us": summary(&e2e),
+        "end_to_end_latency_us_by_priority": e2e_by_priority,
+        "idle": idle,
         "seconds": (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
         "problems": problems,
     });
@@ -688,6 +1011,23 @@ fn print_report(r: &Value) {
         "publish → deliver latency (µs, per event): {}",
         l("end_to_end_latency_us")
     );
+    let by_priority = r["end_to_end_latency_us_by_priority"]
+        .as_object()
+        .filter(|m| m.len() > 1);
+    for (p, h) in by_priority.into_iter().flatten() {
+        println!(
+            "  {p:<8} p50 {} p90 {} p99 {} p99.9 {} max {} ({} samples)",
+            h["p50"], h["p90"], h["p99"], h["p99_9"], h["max"], h["samples"]
+        );
+    }
+    let idle = &r["idle"];
+    if !idle.is_null() {
+        println!(
+            "idle       {} connections: server resident memory {} → {} bytes, {} bytes per connection; {} closed by the server",
+            idle["connections"], idle["server_rss_before"], idle["server_rss_with_idle"],
+            idle["rss_per_connection_bytes"], idle["closed_by_server"]
+        );
+    }
     println!("wall time  {} s", r["seconds"]);
     for p in r["problems"].as_array().into_iter().flatten() {
         println!("problem: {p}");
@@ -721,11 +1061,16 @@ mod tests {
 
     #[test]
     fn scanning_frames() {
-        let frame = br#"{"type":"event","subscription_id":"s","event":{"id":"e-1","payload":{"seq":4,"sent_us":1234}}}"#;
-        assert_eq!(scan_u64(frame, "sent_us"), Some(1234));
-        assert_eq!(scan_u64(frame, "seq"), Some(4));
-        assert_eq!(scan_str(frame, "id"), Some("e-1"));
-        assert_eq!(scan_u64(frame, "nope"), None);
+        let scan = Scanner::new();
+        let frame = br#"{"type":"event","subscription_id":"s","event":{"id":"e-1","priority":"high","payload":{"seq":4,"sent_us":1234}}}"#;
+        assert_eq!(scan.sent_us(frame), Some(1234));
+        assert_eq!(scan.priority(frame), Some(1));
+        assert_eq!(scan.id(frame), Some("e-1"));
+        let bare = br#"{"type":"event","event":{"payload":{"sent_us":"x"}}}"#;
+        assert_eq!(scan.sent_us(bare), None);
+        assert_eq!(scan.priority(bare), None);
+        assert_eq!(scan.id(bare), None);
+        assert_eq!(scan.sent_us(br#""sent_us":99999999999999999999999"#), None);
         assert!(check_local("ws://127.0.0.1:1/ws").is_ok());
         assert!(check_local("ws://example.com/ws").is_err());
     }
