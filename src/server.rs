@@ -229,7 +229,9 @@ mod tests {
         assert!(accepted.nodelay().unwrap());
         #[cfg(target_os = "linux")]
         assert_eq!(
-            socket2::SockRef::from(&accepted).tcp_user_timeout().unwrap(),
+            socket2::SockRef::from(&accepted)
+                .tcp_user_timeout()
+                .unwrap(),
             Some(Duration::from_secs(7))
         );
     }

@@ -297,6 +297,10 @@ async fn bench_critical_lane_and_idle_connections() {
     assert_eq!(report["delivered"], (3000 + critical) * 3, "{report}");
     let by_priority = &report["end_to_end_latency_us_by_priority"];
     assert_eq!(by_priority["critical"]["samples"], critical * 3, "{report}");
+    assert_eq!(
+        report["critical_publish_latency_us"]["samples"], critical,
+        "{report}"
+    );
     assert_eq!(by_priority["low"]["samples"], 9000, "{report}");
     assert!(by_priority.get("normal").is_none(), "{report}");
     let idle = &report["idle"];

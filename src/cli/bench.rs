@@ -883,16 +883,16 @@ pub async fn run(mut args: BenchArgs) -> Result<bool, BenchError> {
         .filter_map(Result::ok)
         .collect();
     load_done.set(true);
-    let critical_published = match critical {
+    let (critical_published, critical_reply) = match critical {
         Some(lane) => match lane.await {
             Ok(result) => {
-                let n = result.accepted;
+                let out = (result.accepted, summary(&result.latency));
                 pubs.push(result);
-                n
+                out
             }
-            Err(_) => 0,
+            Err(_) => (0, Value::Null),
         },
-        None => 0,
+        None => (0, Value::Null),
     };
     let matching: u64 = pubs.iter().map(|p| p.matching).sum();
     target.store(matching, Relaxed);
@@ -968,6 +968,7 @@ pub async fn run(mut args: BenchArgs) -> Result<bool, BenchError> {
         "priorities": args.priorities, "conditional": args.conditional, "ack": args.ack,
         "in_process": args.in_process, "client_threads": threads,
         "critical_rate": args.critical_rate, "critical_published": critical_published,
+        "critical_publish_latency_us": critical_reply,
         "published": accepted, "publish_rate": (accepted as f64 / pub_secs).round(),
         "delivered": delivered, "delivered_rate": (delivered as f64 / sub_secs).round(),
         "delivered_mb_per_s": ((bytes as f64 / sub_secs / 1e6) * 10.0).round() / 10.0,
