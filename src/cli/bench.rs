@@ -250,11 +250,14 @@ impl Scanner {
     /// The send time stamped in the payload.
     fn sent_us(&self, text: &[u8]) -> Option<u64> {
         let at = self.sent_us.find(text)? + self.sent_us.needle().len();
-        let digits = text[at..].iter().take_while(|b| b.is_ascii_digit());
-        digits.fold(None, |n: Option<u64>, b| {
-            n.unwrap_or(0)
-                .checked_mul(10)?
-                .checked_add(u64::from(b - b'0'))
+        let mut digits = text[at..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .peekable();
+        digits.peek()?;
+        // None on overflow, not a number that wrapped.
+        digits.try_fold(0u64, |n, b| {
+            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
         })
     }
 
