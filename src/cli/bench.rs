@@ -27,7 +27,7 @@ use std::future::Future;
 use std::io::IsTerminal;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -471,7 +471,7 @@ struct Lane {
     /// Every event at this priority instead of the `--priorities` mix.
     priority: Option<&'static str>,
     /// Stops publishing once set (the critical lane, when the load is done).
-    done: Option<Rc<Cell<bool>>>,
+    done: Option<Arc<AtomicBool>>,
 }
 
 /// The critical lane's sequence numbers start here, above any load's.
@@ -524,7 +524,7 @@ async fn publisher(
     loop {
         let more = seqs.start < seqs.end
             && plan.stop_at.is_none_or(|t| Instant::now() < t)
-            && !lane.done.as_ref().is_some_and(|d| d.get());
+            && !lane.done.as_ref().is_some_and(|d| d.load(Relaxed));
         if more && (in_flight.len() as u64) < lane.window {
             let n = (seqs.end - seqs.start).min(lane.batch);
             if per_pub_rate > 0.0 {
@@ -848,25 +848,45 @@ pub async fn run(mut args: BenchArgs) -> Result<bool, BenchError> {
         })
     });
     let start = Instant::now();
-    let load_done = Rc::new(Cell::new(false));
+    // The critical lane runs on a thread of its own: sharing the flood publishers'
+    // thread, its replies waited behind theirs and the generator measured itself.
+    let load_done = Arc::new(AtomicBool::new(false));
     let critical = match args.critical_rate {
         0 => None,
         rate => {
-            let ws = connect(&args.url, token.as_deref()).await?;
-            let lane = Lane {
-                rate: rate as f64,
-                batch: 1,
-                window: 8,
-                priority: Some("critical"),
-                done: Some(load_done.clone()),
-            };
-            let seqs = CRITICAL_SEQ..CRITICAL_SEQ * 2;
-            Some(actix_web::rt::spawn(publisher(
-                ws,
-                seqs,
-                plan.clone(),
-                lane,
-            )))
+            let (url, token, done) = (args.url.clone(), token.clone(), load_done.clone());
+            let (lane_args, slots, stop_at) = (args.clone(), plan.slots.clone(), plan.stop_at);
+            let (ready, is_ready) = oneshot::channel();
+            let result = on_own_thread("bench-critical".into(), move || async move {
+                let ws = match connect(&url, token.as_deref()).await {
+                    Ok(ws) => ws,
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return None;
+                    }
+                };
+                let _ = ready.send(Ok(()));
+                let plan = Rc::new(Plan {
+                    pad: "x".repeat(lane_args.payload_bytes),
+                    slots,
+                    stop_at,
+                    deadline,
+                    progress: Rc::new(Cell::new(0)),
+                    args: lane_args,
+                });
+                let lane = Lane {
+                    rate: rate as f64,
+                    batch: 1,
+                    window: 8,
+                    priority: Some("critical"),
+                    done: Some(done),
+                };
+                Some(publisher(ws, CRITICAL_SEQ..CRITICAL_SEQ * 2, plan, lane).await)
+            })?;
+            is_ready.await.map_err(|_| {
+                BenchError::Connection("the critical lane's thread stopped".into())
+            })??;
+            Some(result)
         }
     };
     let pubs = (0..args.publishers).zip(conns).map(|(k, ws)| {
@@ -885,15 +905,15 @@ pub async fn run(mut args: BenchArgs) -> Result<bool, BenchError> {
         .into_iter()
         .filter_map(Result::ok)
         .collect();
-    load_done.set(true);
+    load_done.store(true, Relaxed);
     let (critical_published, critical_reply) = match critical {
         Some(lane) => match lane.await {
-            Ok(result) => {
+            Ok(Some(result)) => {
                 let out = (result.accepted, summary(&result.latency));
                 pubs.push(result);
                 out
             }
-            Err(_) => (0, Value::Null),
+            _ => (0, Value::Null),
         },
         None => (0, Value::Null),
     };
