@@ -73,7 +73,9 @@ pub struct Metrics {
     /// Per topic family (first topic segment) counters.
     pub families: TopicFamilies,
     /// Publish-to-deliver latency of first deliveries, by priority.
-    pub latency: DeliveryLatency,
+    pub latency: PriorityLatency,
+    /// Time publishes waited in the router's inbox, by priority.
+    pub inbox_wait: PriorityLatency,
 }
 
 impl Metrics {
@@ -97,7 +99,8 @@ impl Metrics {
         self.delivered.add(p, 1);
         self.family_of(event).delivered.add(p, 1);
         if first {
-            self.latency.by_priority[p.index()].observe(event.accepted_at.elapsed().as_secs_f64());
+            self.latency
+                .observe(p, event.accepted_at.elapsed().as_secs_f64());
         }
     }
 
@@ -165,15 +168,22 @@ impl TopicFamilies {
 
 type PriorityLabel = Vec<(&'static str, &'static str)>;
 
-/// The `publish_to_deliver_seconds` histograms: one per priority, held directly so
-/// that observing does not look the label up.
+/// Latency histograms, one per priority (`publish_to_deliver_seconds`,
+/// `router_inbox_wait_seconds`), held directly so that observing does not look the
+/// label up.
 #[derive(Debug)]
-pub struct DeliveryLatency {
+pub struct PriorityLatency {
     pub family: Family<PriorityLabel, Histogram>,
     by_priority: [Histogram; 4],
 }
 
-impl Default for DeliveryLatency {
+impl PriorityLatency {
+    pub fn observe(&self, priority: Priority, seconds: f64) {
+        self.by_priority[priority.index()].observe(seconds);
+    }
+}
+
+impl Default for PriorityLatency {
     fn default() -> Self {
         let family = Family::<PriorityLabel, Histogram>::new_with_constructor(|| {
             // 50 µs to ~1.6 s.
@@ -184,7 +194,7 @@ impl Default for DeliveryLatency {
                 .get_or_create(&vec![("priority", p.as_str())])
                 .clone()
         });
-        DeliveryLatency {
+        PriorityLatency {
             family,
             by_priority,
         }
@@ -211,7 +221,8 @@ impl Default for Metrics {
             router: RouterGauges::default(),
             commits: CommitHistograms::default(),
             families: TopicFamilies::default(),
-            latency: DeliveryLatency::default(),
+            latency: PriorityLatency::default(),
+            inbox_wait: PriorityLatency::default(),
         }
     }
 }
@@ -385,6 +396,12 @@ pub fn registry(metrics: Arc<Metrics>) -> prometheus_client::registry::Registry 
         "Time from a publish being accepted to its first delivery being written to the \
          subscriber's connection (live events, attempt 1)",
         metrics.latency.family.clone(),
+    );
+    registry.register(
+        "router_inbox_wait_seconds",
+        "Time a publish waited in the router's inbox before the router took it, per \
+         event: with `publish_to_deliver_seconds`, where an event's time goes",
+        metrics.inbox_wait.family.clone(),
     );
     registry.register_collector(Box::new(Exporter { metrics }));
     registry

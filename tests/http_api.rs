@@ -323,6 +323,9 @@ async fn metrics_in_prometheus_text_format() {
         "# TYPE switchyard_publish_to_deliver_seconds histogram",
         "switchyard_publish_to_deliver_seconds_count{priority=\"normal\"} 2",
         "switchyard_publish_to_deliver_seconds_count{priority=\"high\"} 1",
+        "# TYPE switchyard_router_inbox_wait_seconds histogram",
+        "switchyard_router_inbox_wait_seconds_count{priority=\"normal\"} 2",
+        "switchyard_router_inbox_wait_seconds_count{priority=\"critical\"} 1",
         "# EOF",
     ] {
         assert!(

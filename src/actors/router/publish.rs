@@ -24,6 +24,8 @@ pub struct Publish {
     pub events: Vec<Event>,
     pub dedupe: Dedupe,
     pub reply: PublishReply,
+    /// When it entered the router's inbox (`router_inbox_wait_seconds`).
+    pub sent_at: std::time::Instant,
 }
 
 /// Whether a publish is checked against the dedupe window.
@@ -71,6 +73,7 @@ where
             events,
             dedupe,
             reply,
+            sent_at: std::time::Instant::now(),
         };
         match router.try_send(publish) {
             Ok(()) => Sent::Queued(answer),
@@ -106,10 +109,14 @@ impl Handler<Publish> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) {
+        let waited = msg.sent_at.elapsed().as_secs_f64();
         let results = msg
             .events
             .into_iter()
-            .map(|e| self.accept(e, msg.dedupe))
+            .map(|e| {
+                self.metrics.inbox_wait.observe(e.priority, waited);
+                self.accept(e, msg.dedupe)
+            })
             .collect();
         self.commit_waiters.push((msg.reply, results));
         self.commit(ctx);
