@@ -292,24 +292,43 @@ struct SubResult {
     problem: Option<String>,
 }
 
+/// How a client thread says its connections are open (or why they are not).
+type Ready = oneshot::Sender<Result<(), BenchError>>;
+type IsReady = oneshot::Receiver<Result<(), BenchError>>;
+
 /// Runs `make` on a thread of its own with its own single-threaded runtime (WebSocket
-/// connections are not `Send`: each lives and dies on the thread that opened it), and
-/// answers a receiver for its result.
-fn on_own_thread<T, F, Fut>(name: String, make: F) -> Result<oneshot::Receiver<T>, BenchError>
+/// connections are not `Send`: each lives and dies on the thread that opened it).
+/// `make` reports on [`Ready`] once its connections are open; answers that report's
+/// receiver (for [`all_ready`]) and the receiver of its result.
+fn on_own_thread<T, F, Fut>(
+    name: String,
+    make: F,
+) -> Result<(IsReady, oneshot::Receiver<T>), BenchError>
 where
-    F: FnOnce() -> Fut + Send + 'static,
+    F: FnOnce(Ready) -> Fut + Send + 'static,
     Fut: Future<Output = T>,
     T: Send + 'static,
 {
+    let (ready, is_ready) = oneshot::channel();
     let (tx, rx) = oneshot::channel();
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
-            let out = actix_web::rt::System::new().block_on(make());
+            let out = actix_web::rt::System::new().block_on(make(ready));
             let _ = tx.send(out);
         })
         .map_err(|e| BenchError::Connection(format!("cannot start a client thread: {e}")))?;
-    Ok(rx)
+    Ok((is_ready, rx))
+}
+
+/// Waits until every client thread has opened its connections; the first failure.
+async fn all_ready(readies: Vec<IsReady>) -> Result<(), BenchError> {
+    for r in readies {
+        r.await.map_err(|_| {
+            BenchError::Connection("a client thread stopped before it was ready".into())
+        })??;
+    }
+    Ok(())
 }
 
 /// Opens a subscriber's connection and subscribes `bench-{index}` to the load's topic.
@@ -358,7 +377,7 @@ async fn subscriber_group(
     token: Option<String>,
     indices: Vec<u64>,
     options: (bool, bool),
-    ready: oneshot::Sender<Result<(), BenchError>>,
+    ready: Ready,
     target: Arc<AtomicU64>,
     deadline: Instant,
 ) -> Vec<SubResult> {
@@ -637,7 +656,7 @@ async fn idle_group(
     url: String,
     token: Option<String>,
     n: u64,
-    ready: oneshot::Sender<Result<(), BenchError>>,
+    ready: Ready,
     stop: oneshot::Receiver<()>,
 ) -> u64 {
     let mut conns = Vec::with_capacity(n as usize);
@@ -707,19 +726,16 @@ async fn open_idle(args: &BenchArgs, threads: u64) -> Result<IdleReport, BenchEr
     let (mut stop, mut closed, mut readies) = (Vec::new(), Vec::new(), Vec::new());
     for t in 0..threads {
         let share = n * (t + 1) / threads - n * t / threads;
-        let (ready, is_ready) = oneshot::channel();
         let (stop_tx, stop_rx) = oneshot::channel();
         let (url, token) = (args.url.clone(), args.token.clone());
-        closed.push(on_own_thread(format!("bench-idle-{t}"), move || {
+        let (is_ready, done) = on_own_thread(format!("bench-idle-{t}"), move |ready| {
             idle_group(url, token, share, ready, stop_rx)
-        })?);
+        })?;
+        closed.push(done);
         stop.push(stop_tx);
         readies.push(is_ready);
     }
-    for r in readies {
-        r.await
-            .map_err(|_| BenchError::Connection("an idle-connection thread stopped".into()))??;
-    }
+    all_ready(readies).await?;
     sleep(Duration::from_secs(2)).await;
     let with = server_rss(&args.url, args.token.as_deref()).await;
     let per = match (before, with) {
@@ -796,18 +812,15 @@ pub async fn run(mut args: BenchArgs) -> Result<bool, BenchError> {
     let mut readies = Vec::new();
     for t in 0..threads.min(args.subscribers) {
         let indices: Vec<u64> = (t..args.subscribers).step_by(threads as usize).collect();
-        let (ready, is_ready) = oneshot::channel();
         let (url, token, target) = (args.url.clone(), token.clone(), target.clone());
         let options = (args.conditional, args.ack);
-        subs.push(on_own_thread(format!("bench-sub-{t}"), move || {
+        let (is_ready, done) = on_own_thread(format!("bench-sub-{t}"), move |ready| {
             subscriber_group(url, token, indices, options, ready, target, deadline)
-        })?);
+        })?;
+        subs.push(done);
         readies.push(is_ready);
     }
-    for r in readies {
-        r.await
-            .map_err(|_| BenchError::Connection("a subscriber thread stopped".into()))??;
-    }
+    all_ready(readies).await?;
     let mut conns = Vec::new();
     for _ in 0..args.publishers {
         conns.push(connect(&args.url, token.as_deref()).await?);
@@ -856,8 +869,7 @@ pub async fn run(mut args: BenchArgs) -> Result<bool, BenchError> {
         rate => {
             let (url, token, done) = (args.url.clone(), token.clone(), load_done.clone());
             let (lane_args, slots, stop_at) = (args.clone(), plan.slots.clone(), plan.stop_at);
-            let (ready, is_ready) = oneshot::channel();
-            let result = on_own_thread("bench-critical".into(), move || async move {
+            let lane = on_own_thread("bench-critical".into(), move |ready| async move {
                 let ws = match connect(&url, token.as_deref()).await {
                     Ok(ws) => ws,
                     Err(e) => {
@@ -883,10 +895,8 @@ pub async fn run(mut args: BenchArgs) -> Result<bool, BenchError> {
                 };
                 Some(publisher(ws, CRITICAL_SEQ..CRITICAL_SEQ * 2, plan, lane).await)
             })?;
-            is_ready.await.map_err(|_| {
-                BenchError::Connection("the critical lane's thread stopped".into())
-            })??;
-            Some(result)
+            all_ready(vec![lane.0]).await?;
+            Some(lane.1)
         }
     };
     let pubs = (0..args.publishers).zip(conns).map(|(k, ws)| {
