@@ -28,6 +28,7 @@ use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, CloseCode, CloseReason};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::delivery::{self, worker_for, DeliveryWorker, OutFrame, WriteFrames};
@@ -331,8 +332,8 @@ impl Session {
                     request_id,
                 },
             ),
-            Command::Publish { event } => self.publish(vec![event], false, request_id, ctx),
-            Command::PublishBatch { events } => self.publish(events, true, request_id, ctx),
+            Command::Publish { event } => self.publish(&[event], false, request_id, ctx),
+            Command::PublishBatch { events } => self.publish(&events, true, request_id, ctx),
             Command::Subscribe { spec } => self.subscribe(*spec, request_id, ctx),
             Command::Unsubscribe { subscription_id } => {
                 self.unsubscribe(subscription_id, request_id, ctx)
@@ -406,7 +407,13 @@ impl Session {
         }
     }
 
-    fn publish(&mut self, raw: Vec<Value>, batch: bool, request_id: Option<Value>, ctx: &mut Ctx) {
+    fn publish(
+        &mut self,
+        raw: &[&RawValue],
+        batch: bool,
+        request_id: Option<Value>,
+        ctx: &mut Ctx,
+    ) {
         let max_batch = self.config.limits.max_batch_events;
         if raw.len() > max_batch {
             let err = ProtocolError::new(

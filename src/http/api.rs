@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering;
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{Admin, AppState, Caller};
@@ -11,6 +12,7 @@ use crate::actors::delivery::{self, worker_for};
 use crate::actors::router::{self, Dedupe};
 use crate::actors::store;
 use crate::error::{ErrorCode, HttpError, ProtocolError};
+use crate::protocol::event::check_json;
 use crate::protocol::{PublishResult, Reply, ValidatedBatch};
 use crate::routing::pattern::Pattern;
 use crate::routing::Priority;
@@ -216,11 +218,22 @@ pub async fn publish(
             ),
         ));
     }
-    let value: Value = serde_json::from_slice(&body)
+    // Events stay JSON text until validated (`Event::from_raw`), as over WebSocket;
+    // the body as a whole must be JSON a client could have parsed.
+    let text = std::str::from_utf8(&body)
         .map_err(|e| HttpError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}")))?;
-    let (raw, single) = match value {
-        Value::Array(list) => (list, false),
-        other => (vec![other], true),
+    check_json(text).map_err(HttpError)?;
+    // Checked above: these two parses cannot fail.
+    let invalid_json =
+        |e: serde_json::Error| HttpError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}"));
+    let body: &RawValue = serde_json::from_str(text).map_err(invalid_json)?;
+    let (raw, single): (Vec<&RawValue>, bool) = if body.get().starts_with('[') {
+        (
+            serde_json::from_str(body.get()).map_err(invalid_json)?,
+            false,
+        )
+    } else {
+        (vec![body], true)
     };
     if raw.is_empty() {
         return Err(HttpError::new(
@@ -238,7 +251,7 @@ pub async fn publish(
             ),
         ));
     }
-    let mut batch = ValidatedBatch::new(raw, &caller.name);
+    let mut batch = ValidatedBatch::new(&raw, &caller.name);
     batch.refuse_where(|e| caller.check_publish(&e.topic));
     if single {
         if let Some(e) = batch.first_error() {

@@ -4,21 +4,24 @@
 //! right code. Must not: validate events against limits that need configuration (the
 //! session does) or touch any actor.
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::{ErrorCode, ProtocolError};
 use crate::routing::SubscriptionSpec;
 
-/// A decoded command.
+/// A decoded command. Published events stay JSON text borrowed from the frame; the
+/// session validates them (`Event::from_raw`).
 #[derive(Debug)]
-pub enum Command {
+pub enum Command<'a> {
     /// `publish_event` (alias `publish`): the raw event, validated by the session.
     Publish {
-        event: Value,
+        event: &'a RawValue,
     },
     /// `publish_batch`.
     PublishBatch {
-        events: Vec<Value>,
+        events: Vec<&'a RawValue>,
     },
     /// `subscribe`, or the alias `{"action": "subscribe", "topics": [...]}`.
     Subscribe {
@@ -43,13 +46,93 @@ pub enum Command {
 /// One frame's decoding: the `request_id` is kept even when the command is bad, so the
 /// error reply can echo it.
 #[derive(Debug)]
-pub struct Decoded {
+pub struct Decoded<'a> {
     pub request_id: Option<Value>,
-    pub command: Result<Command, ProtocolError>,
+    pub command: Result<Command<'a>, ProtocolError>,
+}
+
+/// The fields every command is told apart by, read without parsing the rest: an
+/// event (or a batch of them) stays text until the session validates it, so a publish
+/// is parsed once, not into a `Value` tree first.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type")]
+    name: Option<Value>,
+    action: Option<Value>,
+    request_id: Option<Value>,
+    #[serde(borrow)]
+    event: Option<&'a RawValue>,
+    #[serde(borrow)]
+    events: Option<&'a RawValue>,
 }
 
 /// Decodes one text frame. Never panics, whatever the input.
-pub fn decode(text: &str) -> Decoded {
+pub fn decode(text: &str) -> Decoded<'_> {
+    // Anything that is not a publish, is not a well-formed object or repeats a key takes
+    // the general path below, which names the problem. (`Head` skips the fields it does
+    // not name without checking them fully, so it never decides that a frame is bad.)
+    if let Ok(head) = serde_json::from_str::<Head<'_>>(text) {
+        let request_id = head.request_id.filter(|v| !v.is_null());
+        let name = head.name.as_ref().or(head.action.as_ref());
+        let command = match name.and_then(Value::as_str).unwrap_or_default() {
+            "publish_event" | "publish" => match head.event {
+                Some(event) => Ok(Command::Publish { event }),
+                None => Err(ProtocolError::new(
+                    ErrorCode::InvalidEvent,
+                    "`publish_event` needs an `event` object",
+                )),
+            },
+            "publish_batch" => batch_events(head.events),
+            _ => return decode_general(text),
+        };
+        return Decoded {
+            request_id,
+            command,
+        };
+    }
+    decode_general(text)
+}
+
+/// The command's name, from `type` (or the alias `action`).
+fn command_name(field: Option<&Value>) -> Result<&str, ProtocolError> {
+    match field {
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(ProtocolError::new(
+            ErrorCode::UnknownCommand,
+            format!("command `type` must be a string, got {other}"),
+        )),
+        None => Err(ProtocolError::new(
+            ErrorCode::UnknownCommand,
+            "a command needs a `type` (or `action`) naming it",
+        )),
+    }
+}
+
+fn batch_events(events: Option<&RawValue>) -> Result<Command<'_>, ProtocolError> {
+    let not_a_list = || {
+        ProtocolError::new(
+            ErrorCode::InvalidEvent,
+            "`publish_batch` needs an `events` array",
+        )
+    };
+    let events: Vec<&RawValue> = match events {
+        Some(raw) if raw.get().starts_with('[') => {
+            serde_json::from_str(raw.get()).map_err(|_| not_a_list())?
+        }
+        _ => return Err(not_a_list()),
+    };
+    if events.is_empty() {
+        return Err(ProtocolError::new(
+            ErrorCode::InvalidEvent,
+            "`events` is empty",
+        ));
+    }
+    Ok(Command::PublishBatch { events })
+}
+
+/// Every command other than a publish, and every frame [`Head`] cannot read: parsed
+/// as a whole into a JSON object.
+fn decode_general(text: &str) -> Decoded<'_> {
     let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) => {
@@ -78,43 +161,15 @@ pub fn decode(text: &str) -> Decoded {
     }
 }
 
-fn decode_object(mut obj: Map<String, Value>) -> Result<Command, ProtocolError> {
-    let name = match obj.get("type").or_else(|| obj.get("action")) {
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => {
-            return Err(ProtocolError::new(
-                ErrorCode::UnknownCommand,
-                format!("command `type` must be a string, got {other}"),
-            ))
-        }
-        None => {
-            return Err(ProtocolError::new(
-                ErrorCode::UnknownCommand,
-                "a command needs a `type` (or `action`) naming it",
-            ))
-        }
-    };
+fn decode_object(obj: Map<String, Value>) -> Result<Command<'static>, ProtocolError> {
+    let name = command_name(obj.get("type").or_else(|| obj.get("action")))?.to_owned();
     match name.as_str() {
-        "publish_event" | "publish" => match obj.remove("event") {
-            Some(event) => Ok(Command::Publish { event }),
-            None => Err(ProtocolError::new(
-                ErrorCode::InvalidEvent,
-                "`publish_event` needs an `event` object",
-            )),
-        },
-        "publish_batch" => match obj.remove("events") {
-            Some(Value::Array(events)) if !events.is_empty() => {
-                Ok(Command::PublishBatch { events })
-            }
-            Some(Value::Array(_)) => Err(ProtocolError::new(
-                ErrorCode::InvalidEvent,
-                "`events` is empty",
-            )),
-            _ => Err(ProtocolError::new(
-                ErrorCode::InvalidEvent,
-                "`publish_batch` needs an `events` array",
-            )),
-        },
+        // A publish that reached here repeats a key, or its `event`/`events` is not
+        // JSON: refused the same way as an event that is not an object.
+        "publish_event" | "publish" | "publish_batch" => Err(ProtocolError::new(
+            ErrorCode::InvalidEvent,
+            "a publish must carry its `event` (or `events`) once, as JSON",
+        )),
         "subscribe" => decode_subscribe(obj),
         "unsubscribe" => Ok(Command::Unsubscribe {
             subscription_id: string_field(&obj, "subscription_id", ErrorCode::InvalidSubscription)?,
@@ -174,7 +229,7 @@ fn decode_object(mut obj: Map<String, Value>) -> Result<Command, ProtocolError> 
     }
 }
 
-fn decode_subscribe(mut obj: Map<String, Value>) -> Result<Command, ProtocolError> {
+fn decode_subscribe(mut obj: Map<String, Value>) -> Result<Command<'static>, ProtocolError> {
     if let Some(sub) = obj.remove("subscription") {
         let spec = SubscriptionSpec::from_json(sub)?;
         return Ok(Command::Subscribe {
@@ -290,6 +345,19 @@ mod tests {
                 r#"{"type": "publish_batch", "events": {}}"#,
                 ErrorCode::InvalidEvent,
             ),
+            (
+                r#"{"type": "publish_batch", "events": "[{}]"}"#,
+                ErrorCode::InvalidEvent,
+            ),
+            // A repeated key makes the frame ambiguous: refused, never half-read.
+            (
+                r#"{"type": "publish", "event": {"type": "a"}, "event": {"type": "b"}}"#,
+                ErrorCode::InvalidEvent,
+            ),
+            (
+                r#"{"type": "ping", "type": "publish", "event": {"type": "a"}}"#,
+                ErrorCode::InvalidEvent,
+            ),
             (r#"{"type": "subscribe"}"#, ErrorCode::InvalidSubscription),
             (
                 r#"{"type": "subscribe", "subscription": {"type": "pattern", "patterns": ["a..b"]}}"#,
@@ -322,6 +390,22 @@ mod tests {
         for (text, code) in table {
             assert_eq!(code_of(text), code, "{text}");
         }
+    }
+
+    #[test]
+    fn published_events_stay_the_text_sent() {
+        let text = r#"{"type": "publish_batch", "request_id": 1, "events": [ {"type": "a"}, 5 ]}"#;
+        let d = decode(text);
+        let Ok(Command::PublishBatch { events }) = d.command else {
+            panic!("not a batch: {:?}", d.command)
+        };
+        let texts: Vec<&str> = events.iter().map(|e| e.get()).collect();
+        assert_eq!(texts, [r#"{"type": "a"}"#, "5"]);
+        assert_eq!(d.request_id, Some(json!(1)));
+        // A request id of `null` is no request id.
+        let d = decode(r#"{"type": "publish", "request_id": null, "event": {}}"#);
+        assert!(matches!(d.command, Ok(Command::Publish { .. })));
+        assert_eq!(d.request_id, None);
     }
 
     #[test]

@@ -4,8 +4,12 @@
 //! Owns: validation and normalisation of published events. Must not: assign cursors
 //! (the router does, in acceptance order) or decide routing.
 
+use std::sync::OnceLock;
+
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::{ErrorCode, ProtocolError};
@@ -17,7 +21,7 @@ pub const MAX_FIELD_LEN: usize = 256;
 
 /// The full envelope, every defaulted field filled in. `cursor` is `0` until the router
 /// accepts the event. Deserialising is for envelopes this server wrote (the store);
-/// publishers' input goes through [`Event::from_json`].
+/// publishers' input goes through [`Event::from_raw`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub id: String,
@@ -32,7 +36,7 @@ pub struct Event {
     pub correlation_id: Option<String>,
     pub agent_id: Option<String>,
     pub task_id: Option<String>,
-    pub payload: Value,
+    pub payload: Payload,
     pub metadata: Map<String, Value>,
     pub ttl_ms: Option<u64>,
     pub cursor: u64,
@@ -40,6 +44,213 @@ pub struct Event {
 
 fn rfc3339<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true))
+}
+
+/// An event's payload: the JSON text exactly as published, which every envelope of the
+/// event repeats verbatim, and its parsed value, built on first use only (by a
+/// condition, a filter or a coalescing key that looks inside it). Most routing never
+/// reads the payload, so most events never pay for a parsed tree or for re-escaping
+/// its strings.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    raw: Box<RawValue>,
+    value: OnceLock<Value>,
+}
+
+impl Payload {
+    /// The payload of an event that gives none: `{}`.
+    pub fn empty() -> Payload {
+        // `{}` is valid JSON: the `null` fallback is never taken.
+        Payload::from_raw(RawValue::from_string("{}".to_owned()).unwrap_or_default())
+    }
+
+    fn from_raw(raw: Box<RawValue>) -> Payload {
+        Payload {
+            raw,
+            value: OnceLock::new(),
+        }
+    }
+
+    /// The JSON text as published.
+    pub fn raw(&self) -> &str {
+        self.raw.get()
+    }
+
+    /// The parsed value, built once on first use.
+    pub fn value(&self) -> &Value {
+        self.value.get_or_init(|| {
+            // The text was validated as JSON when the event was read; `Null` is only
+            // a guard.
+            serde_json::from_str(self.raw.get()).unwrap_or(Value::Null)
+        })
+    }
+}
+
+/// Payloads are equal when their values are, whatever the spacing of their text.
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        self.value() == other.value()
+    }
+}
+
+impl PartialEq<Value> for Payload {
+    fn eq(&self, other: &Value) -> bool {
+        self.value() == other
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.raw.serialize(s)
+    }
+}
+
+/// Reads a payload from JSON text (a publish frame or a stored envelope); it cannot be
+/// read from an already parsed `serde_json::Value`.
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Box::<RawValue>::deserialize(d).map(Payload::from_raw)
+    }
+}
+
+/// One pass over a published payload's text: it checks everything a parse into a
+/// `Value` would (nesting depth, numbers in range, string escapes) without building
+/// anything, and picks out the top-level `agent_id` and `task_id` strings.
+#[derive(Default)]
+struct PayloadScan {
+    agent_id: Option<String>,
+    task_id: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for PayloadScan {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Top;
+        impl<'de> Visitor<'de> for Top {
+            type Value = PayloadScan;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PayloadScan, A::Error> {
+                let mut scan = PayloadScan::default();
+                while let Some(key) = map.next_key::<IdKey>()? {
+                    match key {
+                        IdKey::Agent => scan.agent_id = map.next_value::<Checked>()?.0,
+                        IdKey::Task => scan.task_id = map.next_value::<Checked>()?.0,
+                        IdKey::Other => {
+                            map.next_value::<Checked>()?;
+                        }
+                    }
+                }
+                Ok(scan)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<PayloadScan, A::Error> {
+                Checked::visit_all(seq).map(|()| PayloadScan::default())
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<PayloadScan, E> {
+                Ok(PayloadScan::default())
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<PayloadScan, E> {
+                Ok(PayloadScan::default())
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<PayloadScan, E> {
+                Ok(PayloadScan::default())
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<PayloadScan, E> {
+                Ok(PayloadScan::default())
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<PayloadScan, E> {
+                Ok(PayloadScan::default())
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<PayloadScan, E> {
+                Ok(PayloadScan::default())
+            }
+        }
+        d.deserialize_any(Top)
+    }
+}
+
+/// Checks JSON text as strictly as parsing it into a `Value` would (nesting depth,
+/// numbers in range, escapes), without building anything: for text so far only
+/// skipped over as a `RawValue`.
+pub fn check_json(text: &str) -> Result<(), ProtocolError> {
+    serde_json::from_str::<Checked>(text)
+        .map(|_| ())
+        .map_err(|e| ProtocolError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}")))
+}
+
+/// A key of the payload's top-level object, as far as [`PayloadScan`] cares.
+enum IdKey {
+    Agent,
+    Task,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for IdKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Key;
+        impl Visitor<'_> for Key {
+            type Value = IdKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<IdKey, E> {
+                Ok(match key {
+                    "agent_id" => IdKey::Agent,
+                    "task_id" => IdKey::Task,
+                    _ => IdKey::Other,
+                })
+            }
+        }
+        d.deserialize_str(Key)
+    }
+}
+
+/// Any JSON value, checked and dropped; a string is kept (the value of an id key).
+struct Checked(Option<String>);
+
+impl Checked {
+    fn visit_all<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Any;
+        impl<'de> Visitor<'de> for Any {
+            type Value = Checked;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+                while map.next_entry::<Checked, Checked>()?.is_some() {}
+                Ok(Checked(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Checked, A::Error> {
+                Checked::visit_all(seq).map(|()| Checked(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Checked, E> {
+                Ok(Checked(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Checked, E> {
+                Ok(Checked(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Checked, E> {
+                Ok(Checked(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Checked, E> {
+                Ok(Checked(None))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Checked, E> {
+                Ok(Checked(Some(s.to_owned())))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Checked, E> {
+                Ok(Checked(None))
+            }
+        }
+        d.deserialize_any(Any)
+    }
 }
 
 /// What a publisher may send. Unknown fields are refused rather than silently dropped.
@@ -57,7 +268,7 @@ struct EventInput {
     correlation_id: Option<String>,
     agent_id: Option<String>,
     task_id: Option<String>,
-    payload: Option<Value>,
+    payload: Option<Payload>,
     metadata: Option<Map<String, Value>>,
     ttl_ms: Option<u64>,
     /// Set by the server; accepted and ignored on publish so that a stored event can be
@@ -78,14 +289,19 @@ pub fn type_from_topic(topic: &str) -> String {
 }
 
 impl Event {
-    /// Validates and normalises one published event. `default_source` is used when the
-    /// event names no `source` (the authenticated principal, or `anonymous`).
-    pub fn from_json(value: Value, default_source: &str) -> Result<Event, ProtocolError> {
+    /// Validates and normalises one published event, read straight from the JSON text
+    /// of the command that carried it. `default_source` is used when the event names no
+    /// `source` (the authenticated principal, or `anonymous`).
+    pub fn from_raw(raw: &RawValue, default_source: &str) -> Result<Event, ProtocolError> {
         let invalid = |msg: String| ProtocolError::new(ErrorCode::InvalidEvent, msg);
-        if !value.is_object() {
-            return Err(invalid("an event must be a JSON object".into()));
+        if !raw.get().starts_with('{') {
+            return Err(match check_json(raw.get()) {
+                Ok(()) => invalid("an event must be a JSON object".into()),
+                Err(e) => e,
+            });
         }
-        let input: EventInput = serde_path_to_error::deserialize(value)
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        let input: EventInput = serde_path_to_error::deserialize(&mut de)
             .map_err(|e| invalid(format!("field `{}`: {}", e.path(), e.inner())))?;
 
         for (name, field) in [
@@ -121,10 +337,17 @@ impl Event {
         validate_topic(&topic)
             .map_err(|e| invalid(format!("{} (derived from or given as `topic`)", e.message)))?;
 
-        let payload = input.payload.unwrap_or_else(|| Value::Object(Map::new()));
-        let from_payload = |key: &str| payload.get(key).and_then(Value::as_str).map(str::to_owned);
-        let agent_id = input.agent_id.or_else(|| from_payload("agent_id"));
-        let task_id = input.task_id.or_else(|| from_payload("task_id"));
+        let payload = input.payload.unwrap_or_else(Payload::empty);
+        // The payload was only skipped over so far: it is checked here as strictly as
+        // the rest of the frame (a subscriber must be able to parse what it receives).
+        let ids = serde_json::from_str::<PayloadScan>(payload.raw()).map_err(|e| {
+            ProtocolError::new(
+                ErrorCode::InvalidJson,
+                format!("invalid JSON in field `payload`: {e}"),
+            )
+        })?;
+        let agent_id = input.agent_id.or(ids.agent_id);
+        let task_id = input.task_id.or(ids.task_id);
 
         Ok(Event {
             id: input.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
@@ -142,6 +365,15 @@ impl Event {
             ttl_ms: input.ttl_ms,
             cursor: 0,
         })
+    }
+
+    /// [`Event::from_raw`] for an event built as a `serde_json::Value` (the server's
+    /// own notices, and tests).
+    pub fn from_json(value: Value, default_source: &str) -> Result<Event, ProtocolError> {
+        let raw = serde_json::value::to_raw_value(&value).map_err(|e| {
+            ProtocolError::new(ErrorCode::InvalidEvent, format!("unencodable event: {e}"))
+        })?;
+        Event::from_raw(&raw, default_source)
     }
 
     /// Is the event past `timestamp + ttl_ms` at `now`?
@@ -207,6 +439,40 @@ mod tests {
     }
 
     #[test]
+    fn payload_is_kept_as_sent_and_parsed_on_demand() {
+        let raw = RawValue::from_string(
+            r#"{"type": "a", "payload": {"b": [1, 2], "agent_id": "ag", "task_id": 9}}"#.into(),
+        )
+        .unwrap();
+        let e = Event::from_raw(&raw, "s").unwrap();
+        assert_eq!(
+            e.payload.raw(),
+            r#"{"b": [1, 2], "agent_id": "ag", "task_id": 9}"#
+        );
+        assert!(e.payload.value.get().is_none(), "not parsed until asked");
+        assert_eq!(e.payload.value()["b"], json!([1, 2]));
+        assert_eq!(e.agent_id.as_deref(), Some("ag"));
+        assert_eq!(e.task_id, None);
+        // The envelope repeats the payload's text.
+        let envelope = serde_json::to_string(&e).unwrap();
+        assert!(
+            envelope.contains(r#""payload":{"b": [1, 2], "agent_id""#),
+            "{envelope}"
+        );
+        // Read back from a stored envelope, it is the same event.
+        let back: Event = serde_json::from_str(&envelope).unwrap();
+        assert_eq!((back.id, back.payload), (e.id, e.payload));
+        // A payload that is not an object carries no ids; an escaped key still counts.
+        let e = Event::from_json(json!({"type": "a", "payload": [1]}), "s").unwrap();
+        assert_eq!((e.agent_id, e.payload.raw()), (None, "[1]"));
+        let raw =
+            RawValue::from_string(r#"{"type": "a", "payload": {"agent\u005fid": "x"}}"#.into())
+                .unwrap();
+        let e = Event::from_raw(&raw, "s").unwrap();
+        assert_eq!(e.agent_id.as_deref(), Some("x"));
+    }
+
+    #[test]
     fn explicit_fields_win_over_payload() {
         let e = Event::from_json(
             json!({"type": "x_y", "agent_id": "outer", "payload": {"agent_id": "inner"}}),
@@ -236,6 +502,31 @@ mod tests {
             let err = Event::from_json(input.clone(), "s").unwrap_err();
             assert_eq!(err.code, ErrorCode::InvalidEvent, "input {input}");
         }
+    }
+
+    #[test]
+    fn payloads_are_checked_as_strictly_as_parsed_json() {
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        for payload in [
+            deep.as_str(),
+            "1e999999",
+            r#"{"a": "\ud800"}"#,
+            r#"[1, {"b": -1e400}]"#,
+        ] {
+            let text = format!(r#"{{"type": "a", "payload": {payload}}}"#);
+            let raw = RawValue::from_string(text).unwrap();
+            let err = Event::from_raw(&raw, "s").unwrap_err();
+            assert_eq!(
+                err.code,
+                ErrorCode::InvalidJson,
+                "payload {payload}: {}",
+                err.message
+            );
+            assert!(err.message.contains("payload"), "{}", err.message);
+        }
+        let ok = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+        let raw = RawValue::from_string(format!(r#"{{"type": "a", "payload": {ok}}}"#)).unwrap();
+        assert_eq!(Event::from_raw(&raw, "s").unwrap().payload.raw(), ok);
     }
 
     #[test]

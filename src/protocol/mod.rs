@@ -67,11 +67,11 @@ pub struct ValidatedBatch {
 }
 
 impl ValidatedBatch {
-    pub fn new(raw: Vec<serde_json::Value>, default_source: &str) -> ValidatedBatch {
+    pub fn new(raw: &[&serde_json::value::RawValue], default_source: &str) -> ValidatedBatch {
         let mut slots = Vec::with_capacity(raw.len());
         let mut valid = Vec::with_capacity(raw.len());
-        for value in raw {
-            match Event::from_json(value, default_source) {
+        for text in raw {
+            match Event::from_raw(text, default_source) {
                 Ok(event) => {
                     valid.push(event);
                     slots.push(None);
@@ -161,12 +161,19 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The batch as the session sees it: each event still JSON text.
+    fn batch(events: &[serde_json::Value]) -> ValidatedBatch {
+        let raw: Vec<_> = events
+            .iter()
+            .map(|e| serde_json::value::to_raw_value(e).unwrap())
+            .collect();
+        let borrowed: Vec<&serde_json::value::RawValue> = raw.iter().map(|r| &**r).collect();
+        ValidatedBatch::new(&borrowed, "s")
+    }
+
     #[test]
     fn batch_results_keep_their_order() {
-        let mut batch = ValidatedBatch::new(
-            vec![json!({"type": "a"}), json!({}), json!({"type": "b"})],
-            "s",
-        );
+        let mut batch = batch(&[json!({"type": "a"}), json!({}), json!({"type": "b"})]);
         assert!(batch.first_error().is_none());
         let valid = batch.take_valid();
         assert_eq!(valid.len(), 2);
@@ -193,15 +200,12 @@ mod tests {
     #[test]
     fn refused_events_keep_their_slot_and_never_reach_the_router() {
         use crate::error::{ErrorCode, ProtocolError};
-        let mut batch = ValidatedBatch::new(
-            vec![
-                json!({"type": "a"}),
-                json!({}),
-                json!({"type": "b"}),
-                json!({"type": "c"}),
-            ],
-            "s",
-        );
+        let mut batch = batch(&[
+            json!({"type": "a"}),
+            json!({}),
+            json!({"type": "b"}),
+            json!({"type": "c"}),
+        ]);
         let limited = ProtocolError::new(ErrorCode::RateLimited, "slow down");
         assert_eq!(batch.refuse_after(1, &limited), 2);
         let valid = batch.take_valid();

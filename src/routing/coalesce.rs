@@ -81,7 +81,7 @@ impl CoalesceSpec {
         let first = path.next()?;
         let text = |s: &Option<String>| s.as_ref().map(|s| Value::String(s.clone()));
         let value: Value = match first {
-            "payload" => return descend(&event.payload, path),
+            "payload" => return descend(event.payload.value(), path),
             "metadata" => {
                 let mut rest = path.peekable();
                 let name = rest.next()?;
