@@ -13,6 +13,7 @@
 //! blocking; they run only on the store actor's own arbiter thread, never on a thread
 //! shared with the router, workers or sessions.
 
+mod checkpoint;
 pub mod memory;
 pub mod sqlite;
 
@@ -146,6 +147,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("stored event at cursor {cursor} is unreadable: {message}")]
     Corrupt { cursor: u64, message: String },
+    #[error("cannot start the store's thread: {source}")]
+    Thread { source: std::io::Error },
 }
 
 /// A backend for the event log.
