@@ -1,11 +1,16 @@
 //! Duplicate suppression: remembers the cursors of the last N event ids.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
+
+use foldhash::HashMap;
+use foldhash::HashMapExt;
 
 #[derive(Debug)]
 pub struct DedupeWindow {
-    /// Each id is allocated once and shared by the map and the eviction order.
+    /// Each id is allocated once and shared by the map and the eviction order. Ids
+    /// come from clients: foldhash is seeded at random per map, so colliding ids cannot
+    /// be prepared in advance.
     cursors: HashMap<Arc<str>, u64>,
     /// Insertion order, with the cursor each entry was inserted for: an evicted entry
     /// is forgotten only if it was not inserted again since (O(1) per insert).
