@@ -193,7 +193,9 @@ pub fn check_local(url: &str) -> Result<(), BenchError> {
 
 /// Opens a WebSocket, with `Authorization: Bearer` when a token is given.
 pub async fn connect(url: &str, token: Option<&str>) -> Result<Conn, BenchError> {
-    let mut req = awc::Client::new().ws(url).max_frame_size(64 << 20);
+    let mut req = crate::client::socket::http_client(Duration::from_secs(10))
+        .ws(url)
+        .max_frame_size(64 << 20);
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }

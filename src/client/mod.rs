@@ -32,6 +32,7 @@
 //! waiting: use `ack: true` or a durable subscription where that matters.
 
 mod backoff;
+pub mod socket;
 
 pub use backoff::Backoff;
 
@@ -510,9 +511,7 @@ fn reject(op: Op, error: ClientError) {
 
 impl Task {
     async fn open(&mut self) -> Result<Conn, String> {
-        let client = awc::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .finish();
+        let client = socket::http_client(Duration::from_secs(10));
         let mut request = client.ws(&self.config.url).max_frame_size(64 << 20);
         if let Some(token) = &self.config.token {
             request = request.bearer_auth(token);
