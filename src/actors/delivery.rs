@@ -4,7 +4,8 @@
 //! Into a worker: [`Dispatch`] from the router (events with the subscriptions they
 //! matched), [`ReplayEvents`] (stored events for one subscription, from the router's
 //! replay task), [`Ack`] and [`Nack`] (from sessions), [`Redeliver`] (a dead letter
-//! retried from the HTTP API), [`AttachRouter`] once at start.
+//! retried from the HTTP API), [`Resume`] (a session has written what it was handed),
+//! [`AttachRouter`] once at start.
 //! Out of a worker: [`WriteFrames`] to sessions, sent with `try_send`; [`DeadLettered`]
 //! to the router.
 //!
@@ -100,6 +101,14 @@ pub struct Redeliver {
     pub event: Arc<EncodedEvent>,
 }
 
+/// From a session: it has written down to half of what it was handed, and this worker
+/// was waiting for that (`delivery::Backlog`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resume {
+    pub session: SessionId,
+}
+
 /// Where dead letters go. Sent once, right after the router starts.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -166,7 +175,7 @@ impl DeliveryWorker {
     fn outbox(&mut self, sub: &Arc<SubscriptionHandle>) -> &mut Outbox {
         self.outboxes
             .entry(sub.session_id)
-            .or_insert_with(|| Outbox::new(sub.frames.clone()))
+            .or_insert_with(|| Outbox::new(sub.sink.clone()))
     }
 
     fn flush(&mut self, session: SessionId) {
@@ -184,6 +193,9 @@ impl DeliveryWorker {
             }
             Flush::Stalled => {
                 self.stalled.insert(session);
+            }
+            Flush::Waiting => {
+                self.stalled.remove(&session);
             }
             Flush::Closed => {
                 self.stalled.remove(&session);
@@ -298,6 +310,14 @@ impl Handler<AttachRouter> for DeliveryWorker {
     }
 }
 
+impl Handler<Resume> for DeliveryWorker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Resume, _: &mut Context<Self>) {
+        self.flush(msg.session);
+    }
+}
+
 impl Handler<Dispatch> for DeliveryWorker {
     type Result = ();
 
@@ -311,7 +331,7 @@ impl Handler<Dispatch> for DeliveryWorker {
                 }
                 self.outboxes
                     .entry(sub.session_id)
-                    .or_insert_with(|| Outbox::new(sub.frames.clone()))
+                    .or_insert_with(|| Outbox::new(sub.sink.clone()))
                     .queue(&sub)
                     .push(
                         item.event.clone(),

@@ -17,6 +17,7 @@ pub mod session;
 pub mod store;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use actix::Recipient;
 use chrono::{DateTime, Utc};
@@ -43,6 +44,14 @@ where
     }
 }
 
+/// Where a session's frames go, shared by all its subscriptions: its mailbox, and the
+/// count of frames handed to it and not yet written ([`crate::delivery::Backlog`]).
+#[derive(Clone, Debug)]
+pub struct SessionSink {
+    pub frames: Recipient<delivery::WriteFrames>,
+    pub backlog: Arc<crate::delivery::Backlog>,
+}
+
 /// A live subscription: what it selects, where its frames go, and its counters.
 #[derive(Debug)]
 pub struct SubscriptionHandle {
@@ -55,7 +64,7 @@ pub struct SubscriptionHandle {
     pub frame_prefix: String,
     pub created_at: DateTime<Utc>,
     /// Where delivery workers send this subscription's frames (its session).
-    pub frames: Recipient<delivery::WriteFrames>,
+    pub sink: SessionSink,
     active: AtomicBool,
     /// Live events are held back while stored ones are replayed first.
     replaying: AtomicBool,
@@ -81,7 +90,7 @@ impl SubscriptionHandle {
         principal: String,
         id: String,
         spec: SubscriptionSpec,
-        frames: Recipient<delivery::WriteFrames>,
+        sink: SessionSink,
     ) -> SubscriptionHandle {
         SubscriptionHandle {
             session_id,
@@ -89,7 +98,7 @@ impl SubscriptionHandle {
             frame_prefix: event_frame_prefix(&id),
             id,
             created_at: Utc::now(),
-            frames,
+            sink,
             active: AtomicBool::new(true),
             // A durable subscription always starts by replaying from its stored position.
             replaying: AtomicBool::new(spec.replay.is_some() || spec.durable.is_some()),

@@ -33,9 +33,10 @@ use serde_json::Value;
 
 use super::delivery::{self, worker_for, DeliveryWorker, OutFrame, WriteFrames};
 use super::router::{self, Dedupe, Router};
-use super::{SessionId, SubscriptionHandle};
+use super::{SessionId, SessionSink, SubscriptionHandle};
 use crate::auth::Principal;
 use crate::config::Config;
+use crate::delivery::Backlog;
 use crate::error::{ErrorCode, HttpError, ProtocolError};
 use crate::http::AppState;
 use crate::metrics::{ConnectionPermit, Metrics};
@@ -123,6 +124,7 @@ pub async fn upgrade(
         fragments: None,
         replies: ReplyOrder::default(),
         publishes_in_flight: 0,
+        backlog: Arc::default(),
         budget: PublishBudget::new(&state.config.limits),
         _permit: permit,
     };
@@ -231,6 +233,9 @@ pub struct Session {
     replies: ReplyOrder,
     /// Publishes sent to the router and not yet answered.
     publishes_in_flight: usize,
+    /// Frames delivery workers handed over and this session has not written yet
+    /// (shared with them through each subscription's [`SessionSink`]).
+    backlog: Arc<Backlog>,
     /// Tokens for publishing: one per event (`limits.publish_rate_per_sec`).
     budget: PublishBudget,
     _permit: ConnectionPermit,
@@ -515,7 +520,10 @@ impl Session {
             self.principal.name.clone(),
             id.clone(),
             spec,
-            ctx.address().recipient(),
+            SessionSink {
+                frames: ctx.address().recipient(),
+                backlog: self.backlog.clone(),
+            },
         ));
         self.subscriptions.insert(id.clone(), handle.clone());
         let fut = self.router.send(router::Subscribe { handle });
@@ -744,6 +752,11 @@ impl Handler<WriteFrames> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: WriteFrames, ctx: &mut Ctx) {
+        if self.backlog.written(msg.frames.len()) {
+            // If the worker's mailbox is full, its tick resumes this session anyway.
+            let resume = delivery::Resume { session: self.id };
+            let _ = worker_for(self.id, &self.workers).try_send(resume);
+        }
         for frame in msg.frames {
             // Only a live event's first delivery measures publish-to-deliver latency.
             let first_live = matches!(frame, OutFrame::Event { attempt: 1, .. });

@@ -9,7 +9,8 @@ pub mod ack;
 pub mod coalesce;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,7 +20,7 @@ use chrono::{DateTime, Utc};
 use self::ack::{AckTracker, DeadReason, Outcome};
 use self::coalesce::{Coalescer, Offer};
 use crate::actors::delivery::{OutFrame, WriteFrames};
-use crate::actors::SubscriptionHandle;
+use crate::actors::{SessionSink, SubscriptionHandle};
 use crate::metrics::Metrics;
 use crate::protocol::EncodedEvent;
 use crate::routing::coalesce::CoalesceSpec;
@@ -29,6 +30,57 @@ use crate::routing::Priority;
 pub const FRAMES_PER_BATCH: usize = 256;
 /// Batches sent to one session per flush before giving other sessions a turn.
 pub const BATCHES_PER_FLUSH: usize = 8;
+/// Frames a session may have been handed and not written yet. Past this the rest waits
+/// here, where a critical event still overtakes a backlog of low ones; in the session's
+/// mailbox it could not.
+pub const MAX_UNWRITTEN_FRAMES: usize = 2 * FRAMES_PER_BATCH;
+
+/// Frames handed to one session and not written yet, shared by the session and the
+/// delivery worker that serves it. The worker hands over no more past
+/// [`MAX_UNWRITTEN_FRAMES`] and says it is waiting; the session, once it has written
+/// down to half of that, tells the worker (`Resume`), so a fast subscriber never waits
+/// for the worker's tick.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    unwritten: AtomicUsize,
+    worker_waits: AtomicBool,
+}
+
+impl Backlog {
+    /// Worker: may more frames be handed over now? When not, the worker is marked as
+    /// waiting first and the count checked again, so a session that wrote everything
+    /// in between cannot leave it waiting for nothing.
+    pub fn has_room(&self) -> bool {
+        if self.unwritten.load(Acquire) < MAX_UNWRITTEN_FRAMES {
+            return true;
+        }
+        self.worker_waits.store(true, Release);
+        self.unwritten.load(Acquire) < MAX_UNWRITTEN_FRAMES
+    }
+
+    /// Worker: `n` frames are being handed over (counted before sending, as the
+    /// session may write them before `try_send` returns).
+    pub fn handed(&self, n: usize) {
+        self.unwritten.fetch_add(n, AcqRel);
+    }
+
+    /// Worker: `n` frames handed over were not taken after all (the mailbox was full).
+    pub fn returned(&self, n: usize) {
+        self.unwritten.fetch_sub(n, AcqRel);
+    }
+
+    /// Session: `n` frames were written. True when the worker waits for room and now
+    /// has it: the session should tell it.
+    pub fn written(&self, n: usize) -> bool {
+        let left = self.unwritten.fetch_sub(n, AcqRel).saturating_sub(n);
+        left <= MAX_UNWRITTEN_FRAMES / 2 && self.worker_waits.swap(false, AcqRel)
+    }
+
+    /// Handed over and not written yet.
+    pub fn unwritten(&self) -> usize {
+        self.unwritten.load(Acquire)
+    }
+}
 
 /// An event a subscription lost for good: stored as a dead letter by the router.
 #[derive(Debug)]
@@ -300,15 +352,19 @@ impl SubQueue {
 pub enum Flush {
     /// Nothing left that may be sent now.
     Done,
-    /// The session's mailbox is full (or this flush's share is used up).
+    /// The session's mailbox is full (or this flush's share is used up): retried on
+    /// the worker's tick.
     Stalled,
+    /// The session has [`MAX_UNWRITTEN_FRAMES`] to write: it sends `Resume` when it has
+    /// written half of them.
+    Waiting,
     /// The session is gone.
     Closed,
 }
 
 /// Everything waiting for one session.
 pub struct Outbox {
-    frames: Recipient<WriteFrames>,
+    sink: SessionSink,
     /// Keyed by handle address: ids can be reused after an unsubscribe.
     pub subs: HashMap<usize, SubQueue>,
 }
@@ -319,9 +375,9 @@ pub fn key(h: &Arc<SubscriptionHandle>) -> usize {
 }
 
 impl Outbox {
-    pub fn new(frames: Recipient<WriteFrames>) -> Self {
+    pub fn new(sink: SessionSink) -> Self {
         Outbox {
-            frames,
+            sink,
             subs: HashMap::new(),
         }
     }
@@ -403,14 +459,22 @@ impl Outbox {
         let now = (Instant::now(), Utc::now());
         let mut result = Flush::Stalled;
         for _ in 0..BATCHES_PER_FLUSH {
+            if !self.sink.backlog.has_room() {
+                // The session says when it has written enough (`Resume`).
+                result = Flush::Waiting;
+                break;
+            }
             let frames = self.next_batch(now, dead);
             if frames.is_empty() {
                 result = Flush::Done;
                 break;
             }
-            match self.frames.try_send(WriteFrames { frames }) {
+            let n = frames.len();
+            self.sink.backlog.handed(n);
+            match self.sink.frames.try_send(WriteFrames { frames }) {
                 Ok(()) => {}
                 Err(SendError::Full(msg)) => {
+                    self.sink.backlog.returned(n);
                     self.restore(msg.frames);
                     break;
                 }
@@ -498,7 +562,10 @@ mod tests {
     }
 
     fn handle(spec: serde_json::Value) -> Arc<SubscriptionHandle> {
-        let sink = Sink.start().recipient();
+        let sink = SessionSink {
+            frames: Sink.start().recipient(),
+            backlog: Arc::default(),
+        };
         let spec = crate::routing::SubscriptionSpec::from_json(spec).unwrap();
         Arc::new(SubscriptionHandle::new(
             1,
@@ -544,6 +611,52 @@ mod tests {
         q.push(ev("high", 6), 1, &metrics, &mut dead);
         q.push(ev("low", 7), 1, &metrics, &mut dead);
         assert_eq!(drain(&mut q), [6]);
+    }
+
+    /// A session that has not written what it was handed gets no more; the backlog
+    /// stays here, where a critical event still goes first.
+    #[actix_rt::test]
+    async fn unwritten_frames_are_capped_and_the_backlog_keeps_its_priority() {
+        let metrics = Metrics::default();
+        let mut dead = Vec::new();
+        let sub = handle(json!({"type": "all"}));
+        let backlog = sub.sink.backlog.clone();
+        let mut outbox = Outbox::new(sub.sink.clone());
+        for i in 1..=2000 {
+            outbox
+                .queue(&sub)
+                .push(ev("low", i), 10_000, &metrics, &mut dead);
+        }
+        assert!(matches!(outbox.flush(&mut dead), Flush::Waiting));
+        assert_eq!(backlog.unwritten(), MAX_UNWRITTEN_FRAMES);
+        // Nothing more while the session has not written them.
+        assert!(matches!(outbox.flush(&mut dead), Flush::Waiting));
+        assert_eq!(backlog.unwritten(), MAX_UNWRITTEN_FRAMES);
+        // A critical event overtakes the low ones still waiting here.
+        outbox
+            .queue(&sub)
+            .push(ev("critical", 9999), 10_000, &metrics, &mut dead);
+        let batch = outbox.next_batch((Instant::now(), Utc::now()), &mut dead);
+        let cursors: Vec<u64> = batch
+            .iter()
+            .filter_map(|f| match f {
+                OutFrame::Event { event, .. } => Some(event.event.cursor),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(cursors[..2], [9999, MAX_UNWRITTEN_FRAMES as u64 + 1]);
+        outbox.restore(batch);
+        // The session writes: the worker hears of it only once it is down to half.
+        assert!(!backlog.written(FRAMES_PER_BATCH - 1));
+        assert!(backlog.written(1), "half written: resume");
+        assert!(!backlog.written(1), "told once per wait");
+        // Handed over again in whole batches, up to less than one batch past the cap.
+        assert!(matches!(outbox.flush(&mut dead), Flush::Waiting));
+        let unwritten = backlog.unwritten();
+        assert!(
+            (MAX_UNWRITTEN_FRAMES..MAX_UNWRITTEN_FRAMES + FRAMES_PER_BATCH).contains(&unwritten),
+            "{unwritten}"
+        );
     }
 
     #[actix_rt::test]
