@@ -122,13 +122,32 @@ struct PayloadScan {
     task_id: Option<String>,
 }
 
+impl PayloadScan {
+    /// Scans `raw`; a payload that is not an object is only checked (it has no ids).
+    fn read(raw: &str) -> Result<PayloadScan, ProtocolError> {
+        let invalid = |e: String| {
+            ProtocolError::new(
+                ErrorCode::InvalidJson,
+                format!("invalid JSON in field `payload`: {e}"),
+            )
+        };
+        let scan = if raw.starts_with('{') {
+            serde_json::from_str(raw)
+        } else {
+            serde_json::from_str::<Checked>(raw).map(|_| PayloadScan::default())
+        };
+        scan.map_err(|e| invalid(e.to_string()))
+    }
+}
+
+/// Only ever given an object (see [`PayloadScan::read`]).
 impl<'de> Deserialize<'de> for PayloadScan {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Top;
-        impl<'de> Visitor<'de> for Top {
+        struct Object;
+        impl<'de> Visitor<'de> for Object {
             type Value = PayloadScan;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("any JSON value")
+                f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PayloadScan, A::Error> {
                 let mut scan = PayloadScan::default();
@@ -143,29 +162,8 @@ impl<'de> Deserialize<'de> for PayloadScan {
                 }
                 Ok(scan)
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<PayloadScan, A::Error> {
-                Checked::visit_all(seq).map(|()| PayloadScan::default())
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<PayloadScan, E> {
-                Ok(PayloadScan::default())
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<PayloadScan, E> {
-                Ok(PayloadScan::default())
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<PayloadScan, E> {
-                Ok(PayloadScan::default())
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<PayloadScan, E> {
-                Ok(PayloadScan::default())
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<PayloadScan, E> {
-                Ok(PayloadScan::default())
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<PayloadScan, E> {
-                Ok(PayloadScan::default())
-            }
         }
-        d.deserialize_any(Top)
+        d.deserialize_map(Object)
     }
 }
 
@@ -208,13 +206,6 @@ impl<'de> Deserialize<'de> for IdKey {
 /// Any JSON value, checked and dropped; a string is kept (the value of an id key).
 struct Checked(Option<String>);
 
-impl Checked {
-    fn visit_all<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element::<Checked>()?.is_some() {}
-        Ok(())
-    }
-}
-
 impl<'de> Deserialize<'de> for Checked {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Any;
@@ -227,8 +218,9 @@ impl<'de> Deserialize<'de> for Checked {
                 while map.next_entry::<Checked, Checked>()?.is_some() {}
                 Ok(Checked(None))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Checked, A::Error> {
-                Checked::visit_all(seq).map(|()| Checked(None))
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+                while seq.next_element::<Checked>()?.is_some() {}
+                Ok(Checked(None))
             }
             fn visit_bool<E: de::Error>(self, _: bool) -> Result<Checked, E> {
                 Ok(Checked(None))
@@ -340,12 +332,7 @@ impl Event {
         let payload = input.payload.unwrap_or_else(Payload::empty);
         // The payload was only skipped over so far: it is checked here as strictly as
         // the rest of the frame (a subscriber must be able to parse what it receives).
-        let ids = serde_json::from_str::<PayloadScan>(payload.raw()).map_err(|e| {
-            ProtocolError::new(
-                ErrorCode::InvalidJson,
-                format!("invalid JSON in field `payload`: {e}"),
-            )
-        })?;
+        let ids = PayloadScan::read(payload.raw())?;
         let agent_id = input.agent_id.or(ids.agent_id);
         let task_id = input.task_id.or(ids.task_id);
 
