@@ -223,17 +223,14 @@ pub async fn publish(
     let text = std::str::from_utf8(&body)
         .map_err(|e| HttpError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}")))?;
     check_json(text).map_err(HttpError)?;
-    // Checked above: these two parses cannot fail.
+    // Checked above: this parse cannot fail.
     let invalid_json =
         |e: serde_json::Error| HttpError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}"));
-    let body: &RawValue = serde_json::from_str(text).map_err(invalid_json)?;
-    let (raw, single): (Vec<&RawValue>, bool) = if body.get().starts_with('[') {
-        (
-            serde_json::from_str(body.get()).map_err(invalid_json)?,
-            false,
-        )
+    let single = !text.trim_start().starts_with('[');
+    let raw: Vec<&RawValue> = if single {
+        vec![serde_json::from_str(text).map_err(invalid_json)?]
     } else {
-        (vec![body], true)
+        serde_json::from_str(text).map_err(invalid_json)?
     };
     if raw.is_empty() {
         return Err(HttpError::new(
