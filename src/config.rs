@@ -124,6 +124,8 @@ pub struct StoreConfig {
     pub max_events: u64,
     pub max_age_secs: u64,
     pub synchronous_full: bool,
+    /// Page size, in bytes, of a database file the server creates.
+    pub page_size: u32,
 }
 
 impl StoreConfig {
@@ -250,6 +252,13 @@ impl Config {
                 "server.tls_cert and server.tls_key must be given together",
             );
         }
+        if !(512..=65536).contains(&self.store.page_size) || !self.store.page_size.is_power_of_two()
+        {
+            return invalid(
+                "store.page_size",
+                "must be a power of two from 512 to 65536",
+            );
+        }
         if self.router.max_queued_events == 0 {
             return invalid("router.max_queued_events", "must be greater than 0");
         }
@@ -358,6 +367,26 @@ mod tests {
             (c.limits.publish_rate_per_sec, c.limits.publish_burst),
             (5, 2)
         );
+    }
+
+    #[test]
+    fn store_page_size_is_a_power_of_two_sqlite_accepts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(Some(&path), &Overrides::default())
+        };
+        for bad in ["1000", "256", "131072", "0"] {
+            let err = load(&format!("[store]\npage_size = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("store.page_size"), "{bad}: {err}");
+        }
+        for good in [512, 4096, 65536] {
+            let c = load(&format!("[store]\npage_size = {good}\n")).unwrap();
+            assert_eq!(c.store.page_size, good);
+        }
     }
 
     #[test]

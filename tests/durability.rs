@@ -63,6 +63,49 @@ async fn restart_keeps_events_and_continues_cursors() {
     assert_eq!(stats["store"]["first_cursor"], cursors[0]);
 }
 
+/// The page size recorded in a SQLite file's header (bytes 16-17, big-endian; 1 means
+/// 65536).
+fn page_size_of(db: &std::path::Path) -> u32 {
+    let header = std::fs::read(db).expect("events.db");
+    match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65536,
+        n => u32::from(n),
+    }
+}
+
+#[actix_rt::test]
+async fn store_page_size_applies_to_a_new_file_only() {
+    let server = TestServer::with(|c| c.store.page_size = 65536).await;
+    let dir = server.data_dir.clone();
+    let db = dir.path().join("events.db");
+    let mut c = server.ws().await;
+    let events: Vec<Value> = (0..300)
+        .map(|i| json!({"type": "bulk_event", "payload": {"i": i, "pad": "x".repeat(500)}}))
+        .collect();
+    let reply = c
+        .request(json!({"type": "publish_batch", "events": events}))
+        .await;
+    assert_eq!(reply["results"].as_array().unwrap().len(), 300);
+    drop(c);
+    server.stop().await;
+    assert_eq!(page_size_of(&db), 65536);
+
+    // Restarted with the default setting, the file keeps its pages and its events.
+    let server = TestServer::with_data_dir(dir.clone(), |_| {}).await;
+    let stored = all_events(|p| server.url(p)).await;
+    assert_eq!(stored.len(), 300);
+    assert_eq!(stored[299]["payload"]["i"], 299);
+    let mut c = server.ws().await;
+    let next = c.publish(json!({"type": "task_created"})).await;
+    assert_eq!(
+        next["cursor"].as_u64().unwrap(),
+        stored[299]["cursor"].as_u64().unwrap() + 1
+    );
+    drop(c);
+    server.stop().await;
+    assert_eq!(page_size_of(&db), 65536);
+}
+
 #[actix_rt::test]
 async fn graceful_shutdown_stores_every_accepted_event() {
     let server = TestServer::start().await;

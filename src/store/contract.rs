@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::memory::MemoryStore;
-use super::sqlite::SqliteStore;
+use super::sqlite::{SqliteOptions, SqliteStore};
 use super::{EventQuery, EventStore, Order, Retention};
 use crate::protocol::{EncodedEvent, Event};
 use crate::routing::pattern::Pattern;
@@ -34,10 +34,17 @@ fn all(limit: usize) -> EventQuery {
 }
 
 /// Runs `check` against a fresh instance of every backend.
+fn fast() -> SqliteOptions {
+    SqliteOptions {
+        synchronous_full: false,
+        ..SqliteOptions::default()
+    }
+}
+
 fn each_backend(check: impl Fn(&mut dyn EventStore)) {
     check(&mut MemoryStore::new());
     let dir = tempfile::tempdir().unwrap();
-    check(&mut SqliteStore::open_in(dir.path(), false).unwrap());
+    check(&mut SqliteStore::open_in(dir.path(), &fast()).unwrap());
 }
 
 fn seed(store: &mut dyn EventStore) {
@@ -304,7 +311,7 @@ fn durable_state_is_created_once_acked_and_compacted() {
 fn sqlite_keeps_events_and_cursor_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut s = SqliteStore::open_in(dir.path(), true).unwrap();
+        let mut s = SqliteStore::open_in(dir.path(), &SqliteOptions::default()).unwrap();
         seed(&mut s);
         s.apply_retention(&Retention {
             max_events: Some(0),
@@ -313,15 +320,25 @@ fn sqlite_keeps_events_and_cursor_across_reopen() {
         .unwrap();
         s.append(&[ev(9, "after.gap", "critical")]).unwrap();
     }
-    let s = SqliteStore::open_in(dir.path(), true).unwrap();
+    let mut s = SqliteStore::open_in(dir.path(), &SqliteOptions::default()).unwrap();
     assert_eq!(s.last_cursor().unwrap(), 9);
     assert_eq!(cursors(s.query(&all(10)).unwrap()), [9]);
+    // Emptied by retention, the file still remembers the newest cursor.
+    s.apply_retention(&Retention {
+        max_events: Some(0),
+        max_age: None,
+    })
+    .unwrap();
+    drop(s);
+    let s = SqliteStore::open_in(dir.path(), &SqliteOptions::default()).unwrap();
+    assert_eq!(s.stats().unwrap().event_count, 0);
+    assert_eq!(s.last_cursor().unwrap(), 9, "cursors are never reused");
 }
 
 #[test]
 fn sqlite_rejects_a_duplicate_cursor_without_partial_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = SqliteStore::open_in(dir.path(), false).unwrap();
+    let mut s = SqliteStore::open_in(dir.path(), &fast()).unwrap();
     seed(&mut s);
     assert!(s
         .append(&[ev(6, "x.y", "low"), ev(5, "dup.cursor", "low")])
@@ -342,5 +359,5 @@ fn sqlite_refuses_a_file_that_is_not_a_database() {
         b"this is not sqlite, just garbage bytes ....",
     )
     .unwrap();
-    assert!(SqliteStore::open_in(dir.path(), false).is_err());
+    assert!(SqliteStore::open_in(dir.path(), &fast()).is_err());
 }

@@ -225,7 +225,10 @@ pub fn open(config: &Config) -> Result<Box<dyn EventStore>, StoreError> {
         StoreKind::Memory => Ok(Box::new(memory::MemoryStore::new())),
         StoreKind::Sqlite => Ok(Box::new(sqlite::SqliteStore::open_in(
             &config.server.data_dir,
-            config.store.synchronous_full,
+            &sqlite::SqliteOptions {
+                synchronous_full: config.store.synchronous_full,
+                page_size: config.store.page_size,
+            },
         )?)),
     }
 }

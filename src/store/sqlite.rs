@@ -61,32 +61,58 @@ const SELECT_DEAD_LETTER: &str =
 /// Rows read per page when a topic pattern must be checked in Rust.
 const PAGE: usize = 1000;
 
+/// How the database file is opened (`[store]` in the configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// Every commit survives power loss (`synchronous = FULL`); otherwise a commit
+    /// survives a crash of the process, not of the machine.
+    pub synchronous_full: bool,
+    /// Page size of a file this creates (a power of two, 512 to 65536); an existing
+    /// file keeps its own. Larger pages mean fewer writes per event under bulk ingest,
+    /// but every commit rewrites at least one whole page.
+    pub page_size: u32,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            synchronous_full: true,
+            page_size: DEFAULT_PAGE_SIZE,
+        }
+    }
+}
+
+/// SQLite's own default page size.
+pub const DEFAULT_PAGE_SIZE: u32 = 4096;
+
 pub struct SqliteStore {
     conn: Connection,
     checkpointer: Checkpointer,
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) `events.db` in `dir`. `synchronous_full` makes every
-    /// commit survive power loss; without it a commit survives a process crash.
-    pub fn open_in(dir: &Path, synchronous_full: bool) -> Result<SqliteStore, StoreError> {
+    /// Opens (creating if needed) `events.db` in `dir`.
+    pub fn open_in(dir: &Path, options: &SqliteOptions) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
             path: dir.to_owned(),
             source,
         })?;
-        Self::open(&dir.join("events.db"), synchronous_full)
+        Self::open(&dir.join("events.db"), options)
     }
 
-    pub fn open(path: &Path, synchronous_full: bool) -> Result<SqliteStore, StoreError> {
-        Self::open_checkpointing(path, synchronous_full, checkpoint::CHECKPOINT_BYTES)
+    pub fn open(path: &Path, options: &SqliteOptions) -> Result<SqliteStore, StoreError> {
+        Self::open_checkpointing(path, options, checkpoint::CHECKPOINT_BYTES)
     }
 
     fn open_checkpointing(
         path: &Path,
-        synchronous_full: bool,
+        options: &SqliteOptions,
         checkpoint_bytes: usize,
     ) -> Result<SqliteStore, StoreError> {
+        let synchronous_full = options.synchronous_full;
         let conn = Connection::open(path)?;
+        // Takes effect only while the file is new (before the first table exists).
+        conn.pragma_update(None, "page_size", options.page_size)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // Checkpoints are the checkpoint thread's job, and the writer's between commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -123,21 +149,21 @@ impl EventStore for SqliteStore {
     }
 
     fn last_cursor(&self) -> Result<u64, StoreError> {
-        let v: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'last_cursor'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(v.unwrap_or(0).max(0) as u64)
+        // The newest stored event, or what retention recorded before deleting it.
+        let v: i64 = self.conn.query_row(
+            "SELECT max(
+                 coalesce((SELECT value FROM meta WHERE key = 'last_cursor'), 0),
+                 coalesce((SELECT max(cursor) FROM events), 0))",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(v.max(0) as u64)
     }
 
     fn append(&mut self, events: &[Arc<EncodedEvent>]) -> Result<(), StoreError> {
-        let Some(last) = events.last() else {
+        if events.is_empty() {
             return Ok(());
-        };
+        }
         let now = Utc::now().timestamp_millis();
         let mut bytes = 0;
         let tx = self.conn.transaction()?;
@@ -159,11 +185,6 @@ impl EventStore for SqliteStore {
                 ])?;
                 bytes += e.json.len();
             }
-            tx.execute(
-                "INSERT INTO meta (key, value) VALUES ('last_cursor', ?1)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                params![to_i64(last.event.cursor)],
-            )?;
         }
         tx.commit()?;
         if self.checkpointer.committed(bytes) {
@@ -259,8 +280,19 @@ impl EventStore for SqliteStore {
 
     fn apply_retention(&mut self, retention: &Retention) -> Result<u64, StoreError> {
         let mut deleted = 0;
+        let tx = self.conn.transaction()?;
+        // The newest event may be deleted below (by age): record its cursor first, in
+        // the same transaction, so cursors are never reused. Appends do not write
+        // `meta`, which keeps a commit to the pages of the rows it adds.
+        tx.execute(
+            "INSERT INTO meta (key, value)
+             SELECT 'last_cursor', newest FROM (SELECT max(cursor) AS newest FROM events)
+             WHERE newest IS NOT NULL
+             ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
+            [],
+        )?;
         if let Some(max) = retention.max_events {
-            deleted += self.conn.execute(
+            deleted += tx.execute(
                 // Cursors are dense (a failed commit leaves a rare gap), so the newest
                 // `max` events are those above `max(cursor) - max`: a primary-key
                 // search, not a scan; with gaps, slightly fewer are kept.
@@ -271,11 +303,10 @@ impl EventStore for SqliteStore {
         if let Some(age) = retention.max_age {
             let cutoff =
                 Utc::now().timestamp_millis() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
-            deleted += self
-                .conn
-                .execute("DELETE FROM events WHERE stored_ms < ?1", params![cutoff])?
-                as u64;
+            deleted +=
+                tx.execute("DELETE FROM events WHERE stored_ms < ?1", params![cutoff])? as u64;
         }
+        tx.commit()?;
         Ok(deleted)
     }
 
@@ -471,6 +502,13 @@ mod tests {
             .collect()
     }
 
+    fn fast() -> SqliteOptions {
+        SqliteOptions {
+            synchronous_full: false,
+            ..SqliteOptions::default()
+        }
+    }
+
     fn size(path: &Path) -> u64 {
         std::fs::metadata(path).map_or(0, |m| m.len())
     }
@@ -483,7 +521,7 @@ mod tests {
         let db = dir.path().join("events.db");
         let wal = dir.path().join("events.db-wal");
         let every = 8 << 10;
-        let mut store = SqliteStore::open_checkpointing(&db, false, every).unwrap();
+        let mut store = SqliteStore::open_checkpointing(&db, &fast(), every).unwrap();
         let (batches, per_batch) = (400, 10);
         let mut max_wal = 0;
         for b in 0..batches {
@@ -504,7 +542,7 @@ mod tests {
             "WAL reached {max_wal} bytes for {appended} appended"
         );
         drop(store);
-        let store = SqliteStore::open_in(dir.path(), false).unwrap();
+        let store = SqliteStore::open_in(dir.path(), &fast()).unwrap();
         assert_eq!(store.last_cursor().unwrap(), batches * per_batch);
         assert_eq!(store.stats().unwrap().event_count, batches * per_batch);
     }
