@@ -17,7 +17,8 @@ pub use reply::{PublishOk, PublishResult, Reply};
 #[derive(Debug)]
 pub struct EncodedEvent {
     pub event: Event,
-    pub json: Box<str>,
+    /// Shared, so that a store can keep the envelope without the decoded event.
+    pub json: Arc<str>,
     /// When the router accepted it (or it was read back): the start of its
     /// publish-to-deliver latency.
     pub accepted_at: std::time::Instant,
@@ -41,13 +42,13 @@ impl EncodedEvent {
             serde_json::to_writer(&mut *buf, &event)
                 .ok()
                 .and_then(|()| std::str::from_utf8(buf).ok())
-                .map_or_else(|| Box::from("{}"), Box::from)
+                .map_or_else(|| Arc::from("{}"), Arc::from)
         });
         Self::with_json(event, json)
     }
 
     /// An event with its envelope already at hand (read back from the store).
-    pub fn with_json(event: Event, json: Box<str>) -> Arc<EncodedEvent> {
+    pub fn with_json(event: Event, json: Arc<str>) -> Arc<EncodedEvent> {
         Arc::new(EncodedEvent {
             event,
             json,

@@ -1,4 +1,10 @@
 //! The in-memory backend: a log in cursor order, gone on restart.
+//!
+//! The log keeps each event's envelope (shared with the in-flight [`EncodedEvent`], not
+//! copied) and the three fields queries filter on, not the decoded event: that would
+//! more than double what a retained event costs (about 1.6 KB instead of 0.8 KB for
+//! a 256-byte payload), and the default retention is a million events. Queries decode
+//! the envelopes they return, as the SQLite backend does.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -6,16 +12,37 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::{
-    DeadLetter, DurableState, EventQuery, EventStore, NewDeadLetter, Order, Retention, StoreError,
-    StoreStats,
+    decode_envelope, DeadLetter, DurableState, EventQuery, EventStore, NewDeadLetter, Order,
+    Retention, StoreError, StoreStats,
 };
 use crate::protocol::EncodedEvent;
+use crate::routing::Priority;
+
+/// One event of the log.
+#[derive(Debug)]
+struct Stored {
+    /// When it was stored (retention by age uses it, not the publisher's timestamp).
+    at: DateTime<Utc>,
+    cursor: u64,
+    priority: Priority,
+    topic: Box<str>,
+    event_type: Box<str>,
+    json: Arc<str>,
+}
+
+impl Stored {
+    fn matches(&self, q: &EventQuery) -> bool {
+        q.matches_fields(&self.topic, &self.event_type, self.priority)
+    }
+
+    fn decode(&self) -> Result<Arc<EncodedEvent>, StoreError> {
+        decode_envelope(self.cursor, self.json.clone())
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    /// Each event with the time it was stored (retention by age uses it, not the
-    /// publisher's timestamp).
-    events: VecDeque<(DateTime<Utc>, Arc<EncodedEvent>)>,
+    events: VecDeque<Stored>,
     last_cursor: u64,
     dead_letters: std::collections::BTreeMap<u64, DeadLetter>,
     durables: std::collections::HashMap<(String, String), DurableState>,
@@ -40,9 +67,17 @@ impl EventStore for MemoryStore {
     fn append(&mut self, events: &[Arc<EncodedEvent>]) -> Result<(), StoreError> {
         let now = Utc::now();
         for e in events {
-            debug_assert!(e.event.cursor > self.last_cursor, "cursors must increase");
-            self.last_cursor = e.event.cursor;
-            self.events.push_back((now, e.clone()));
+            let ev = &e.event;
+            debug_assert!(ev.cursor > self.last_cursor, "cursors must increase");
+            self.last_cursor = ev.cursor;
+            self.events.push_back(Stored {
+                at: now,
+                cursor: ev.cursor,
+                priority: ev.priority,
+                topic: ev.topic.as_str().into(),
+                event_type: ev.event_type.as_str().into(),
+                json: e.json.clone(),
+            });
         }
         Ok(())
     }
@@ -50,24 +85,21 @@ impl EventStore for MemoryStore {
     fn query(&self, q: &EventQuery) -> Result<Vec<Arc<EncodedEvent>>, StoreError> {
         let after = q.after.unwrap_or(0);
         // Cursors are increasing: binary-search the first event after `after`.
-        let start = self
-            .events
-            .partition_point(|(_, e)| e.event.cursor <= after);
-        let range = self.events.range(start..).map(|(_, e)| e);
-        let found = match q.order {
+        let start = self.events.partition_point(|e| e.cursor <= after);
+        let range = self.events.range(start..);
+        match q.order {
             Order::Asc => range
-                .filter(|e| q.matches(e))
+                .filter(|e| e.matches(q))
                 .take(q.limit)
-                .cloned()
+                .map(Stored::decode)
                 .collect(),
             Order::Desc => range
                 .rev()
-                .filter(|e| q.matches(e))
+                .filter(|e| e.matches(q))
                 .take(q.limit)
-                .cloned()
+                .map(Stored::decode)
                 .collect(),
-        };
-        Ok(found)
+        }
     }
 
     fn stats(&self) -> Result<StoreStats, StoreError> {
@@ -75,8 +107,8 @@ impl EventStore for MemoryStore {
             kind: self.kind(),
             event_count: self.events.len() as u64,
             dead_letters: self.dead_letters.len() as u64,
-            first_cursor: self.events.front().map(|(_, e)| e.event.cursor),
-            last_cursor: self.events.back().map(|(_, e)| e.event.cursor),
+            first_cursor: self.events.front().map(|e| e.cursor),
+            last_cursor: self.events.back().map(|e| e.cursor),
         })
     }
 
@@ -90,7 +122,7 @@ impl EventStore for MemoryStore {
         if let Some(age) = retention.max_age {
             let oldest_kept =
                 Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
-            while self.events.front().is_some_and(|(at, _)| *at < oldest_kept) {
+            while self.events.front().is_some_and(|e| e.at < oldest_kept) {
                 self.events.pop_front();
             }
         }

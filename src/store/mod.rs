@@ -59,10 +59,24 @@ impl EventQuery {
     /// Does a stored event pass the query's filters (all but `after` and `limit`)?
     pub fn matches(&self, e: &EncodedEvent) -> bool {
         let ev = &e.event;
-        self.topic.as_ref().is_none_or(|p| p.matches(&ev.topic))
-            && self.event_type.as_ref().is_none_or(|t| *t == ev.event_type)
-            && self.priority.is_none_or(|p| p == ev.priority)
+        self.matches_fields(&ev.topic, &ev.event_type, ev.priority)
     }
+
+    /// [`EventQuery::matches`] on the fields it looks at.
+    pub fn matches_fields(&self, topic: &str, event_type: &str, priority: Priority) -> bool {
+        self.topic.as_ref().is_none_or(|p| p.matches(topic))
+            && self.event_type.as_ref().is_none_or(|t| t == event_type)
+            && self.priority.is_none_or(|p| p == priority)
+    }
+}
+
+/// An event read back from its stored envelope.
+fn decode_envelope(cursor: u64, json: Arc<str>) -> Result<Arc<EncodedEvent>, StoreError> {
+    let event = serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
+        cursor,
+        message: e.to_string(),
+    })?;
+    Ok(EncodedEvent::with_json(event, json))
 }
 
 /// What `/api/stats` shows of the store.

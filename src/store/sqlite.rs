@@ -14,7 +14,7 @@ use super::{
     DeadLetter, DurableState, EventQuery, EventStore, NewDeadLetter, Order, Retention, StoreError,
     StoreStats,
 };
-use crate::protocol::{EncodedEvent, Event};
+use crate::protocol::EncodedEvent;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -131,11 +131,7 @@ impl SqliteStore {
     }
 
     fn decode(cursor: u64, envelope: &str) -> Result<Arc<EncodedEvent>, StoreError> {
-        let event: Event = serde_json::from_str(envelope).map_err(|e| StoreError::Corrupt {
-            cursor,
-            message: e.to_string(),
-        })?;
-        Ok(EncodedEvent::with_json(event, envelope.into()))
+        super::decode_envelope(cursor, envelope.into())
     }
 }
 
@@ -487,6 +483,7 @@ impl RawDeadLetter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Event;
 
     fn batch(first: u64, n: u64) -> Vec<Arc<EncodedEvent>> {
         (first..first + n)
