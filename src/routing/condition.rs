@@ -22,7 +22,7 @@
 //! and `payload.cost > 5.0` both read naturally. The standard library and the
 //! `strings` extension (`lowerAscii`, `split`, `replace`, ...) are available.
 
-use std::cell::OnceCell;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, LazyLock};
@@ -60,6 +60,9 @@ static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| {
 pub struct Condition {
     source: Arc<str>,
     program: Arc<Program>,
+    /// The identifiers the expression reads: only these are converted to CEL values
+    /// for an event.
+    variables: Arc<[Box<str>]>,
 }
 
 impl fmt::Debug for Condition {
@@ -104,9 +107,17 @@ impl Condition {
             .join()
             .map_err(|_| ProtocolError::new(ErrorCode::Internal, "the condition compiler failed"))?
             .map_err(invalid)?;
+        // The tree is at most MAX_DEPTH deep, so walking it here is cheap and safe.
+        let variables = program
+            .references()
+            .variables()
+            .into_iter()
+            .map(Box::from)
+            .collect();
         Ok(Condition {
             source: source.into(),
             program: Arc::new(program),
+            variables,
         })
     }
 
@@ -125,7 +136,12 @@ impl Condition {
 
     /// Evaluates the condition on the event of `input`.
     pub fn evaluate(&self, input: &MatchInput<'_>) -> Result<bool, EvalError> {
-        match self.program.execute(input.context()) {
+        let mut cel = input.cel.borrow_mut();
+        let cel = cel.get_or_insert_with(|| CelInput::new(input.event));
+        for name in self.variables.iter() {
+            cel.bind(name);
+        }
+        match self.program.execute(&cel.context) {
             Ok(Value::Bool(b)) => Ok(b),
             Ok(other) => Err(EvalError::NotBool(format!("{:?}", other.type_of()))),
             Err(e) => Err(EvalError::Execution(e.to_string())),
@@ -133,34 +149,71 @@ impl Condition {
     }
 }
 
-/// One event, as every matcher sees it: built once per event, the CEL context only
-/// when a condition first needs it.
+/// One event, as every matcher sees it: built once per event and shared by every
+/// subscription tested against it. The CEL side is built only when a condition first
+/// needs it, and then only the variables the conditions read.
 pub struct MatchInput<'a> {
     pub event: &'a Event,
-    context: OnceCell<Context<'static, 'static>>,
+    cel: RefCell<Option<CelInput>>,
 }
 
 impl<'a> MatchInput<'a> {
     pub fn new(event: &'a Event) -> Self {
         MatchInput {
             event,
-            context: OnceCell::new(),
+            cel: RefCell::new(None),
+        }
+    }
+}
+
+/// An event's envelope and the CEL context its conditions run in. Converting a JSON
+/// value to CEL copies it (and the context converts it once more into its own
+/// representation), so a field becomes a variable only when a condition reads it;
+/// `event`, the whole envelope, only when one reads that.
+struct CelInput {
+    /// The envelope exactly as delivered: every defaulted field filled in.
+    envelope: serde_json::Map<String, serde_json::Value>,
+    context: Context<'static, 'static>,
+    /// Names already looked at (bound, or not a field of the envelope).
+    seen: Vec<Box<str>>,
+}
+
+impl CelInput {
+    fn new(event: &Event) -> CelInput {
+        let envelope = match serde_json::to_value(event) {
+            Ok(serde_json::Value::Object(fields)) => fields,
+            _ => serde_json::Map::new(),
+        };
+        CelInput {
+            envelope,
+            context: Context::with_env(ENV.clone()),
+            seen: Vec::new(),
         }
     }
 
-    fn context(&self) -> &Context<'static, 'static> {
-        self.context.get_or_init(|| {
-            let mut ctx = Context::with_env(ENV.clone());
-            // The envelope exactly as delivered: every defaulted field filled in.
-            let envelope = serde_json::to_value(self.event).unwrap_or_default();
-            if let serde_json::Value::Object(fields) = &envelope {
-                for (name, value) in fields {
-                    ctx.add_variable_from_value(name.as_str(), json_to_cel(value));
-                }
-            }
-            ctx.add_variable_from_value("event", json_to_cel(&envelope));
-            ctx
-        })
+    /// Makes `name` a variable if it is a field of the envelope or `event`. Other
+    /// names (comprehension variables, or a field no event has) stay unbound: reading
+    /// one is an evaluation error, as it always was.
+    fn bind(&mut self, name: &str) {
+        if self.seen.iter().any(|n| &**n == name) {
+            return;
+        }
+        self.seen.push(name.into());
+        let value = if name == "event" {
+            let fields = self
+                .envelope
+                .iter()
+                .map(|(k, v)| (Key::String(Arc::new(k.clone())), json_to_cel(v)))
+                .collect::<HashMap<_, _>>();
+            Value::Map(Map {
+                map: Arc::new(fields),
+            })
+        } else if let Some(field) = self.envelope.get(name) {
+            json_to_cel(field)
+        } else {
+            return;
+        };
+        self.context.add_variable_from_value(name, value);
     }
 }
 
@@ -485,6 +538,51 @@ mod tests {
         let b = Condition::compile("payload.x == 2").unwrap();
         assert_eq!(a.evaluate(&input), Ok(true));
         assert_eq!(b.evaluate(&input), Ok(false));
-        assert!(input.context.get().is_some());
+        let cel = input.cel.borrow();
+        let seen: Vec<&str> = cel.as_ref().unwrap().seen.iter().map(|n| &**n).collect();
+        assert_eq!(
+            seen,
+            ["payload"],
+            "only what the conditions read is converted"
+        );
+    }
+
+    /// Binding only the variables a condition reads changes no result: every field,
+    /// `event`, comprehension variables and unknown names behave as when every field
+    /// was bound up front.
+    #[test]
+    fn variables_are_bound_on_demand_with_the_same_results() {
+        let e = Event::from_json(
+            json!({"type": "task_created", "priority": "high", "agent_id": "a1",
+                   "payload": {"tags": ["x", "y"], "n": 2}, "metadata": {"team": "t"}}),
+            "svc",
+        )
+        .unwrap();
+        let input = MatchInput::new(&e);
+        for (condition, expected) in [
+            (
+                r#"event.type == "task_created" && event.payload.n == 2"#,
+                Ok(true),
+            ),
+            (r#"topic == "task.created" && source == "svc""#, Ok(true)),
+            (
+                r#"priority == "high" && agent_id == "a1" && target == null"#,
+                Ok(true),
+            ),
+            (
+                r#"payload.tags.exists(t, t == "y") && metadata.team == "t""#,
+                Ok(true),
+            ),
+            (r#"has(payload.missing)"#, Ok(false)),
+            (r#"event.cursor == cursor && event.id == id"#, Ok(true)),
+        ] {
+            let c = Condition::compile(condition).unwrap();
+            assert_eq!(c.evaluate(&input), expected, "{condition}");
+        }
+        let unknown = Condition::compile("nosuchfield == 1").unwrap();
+        assert!(matches!(
+            unknown.evaluate(&input),
+            Err(EvalError::Execution(_))
+        ));
     }
 }
