@@ -126,6 +126,8 @@ pub struct StoreConfig {
     pub synchronous_full: bool,
     /// Page size, in bytes, of a database file the server creates.
     pub page_size: u32,
+    /// Dead letters kept, newest first (0 = no limit).
+    pub max_dead_letters: u64,
 }
 
 impl StoreConfig {
@@ -135,6 +137,11 @@ impl StoreConfig {
             max_events: (self.max_events > 0).then_some(self.max_events),
             max_age: (self.max_age_secs > 0).then(|| Duration::from_secs(self.max_age_secs)),
         }
+    }
+
+    /// The dead-letter limit, `None` for none.
+    pub fn max_dead_letters(&self) -> Option<u64> {
+        (self.max_dead_letters > 0).then_some(self.max_dead_letters)
     }
 }
 

@@ -226,6 +226,53 @@ async fn expired_unacked_delivery_is_dead_lettered_as_expired() {
     sub.expect_silence(Duration::from_millis(300)).await;
 }
 
+/// Past `store.max_dead_letters` the oldest dead letters go, and the count of those
+/// deleted is in `/api/stats`; for both stores.
+#[actix_rt::test]
+async fn dead_letters_are_bounded_oldest_first() {
+    use switchyard::config::StoreKind;
+    for kind in [StoreKind::Sqlite, StoreKind::Memory] {
+        let server = TestServer::with(|c| {
+            c.store.kind = kind;
+            c.store.max_dead_letters = 2;
+        })
+        .await;
+        let mut sub = server.ws().await;
+        let sid = sub
+            .subscribe(json!({"type": "pattern", "patterns": ["job.*"], "ack": true}))
+            .await;
+        let mut p = server.ws().await;
+        for n in 0..5 {
+            p.publish(json!({"type": "job_run", "payload": {"n": n}}))
+                .await;
+            let e = sub.recv_event().await;
+            sub.send(&json!({"type": "nack", "subscription_id": sid,
+                             "event_id": e["event"]["id"], "requeue": false}))
+                .await;
+        }
+        // Dead letters are stored asynchronously: wait for the newest to be listed.
+        let mut kept = Vec::new();
+        for _ in 0..200 {
+            let (_, body) = server.get("/api/dead-letters").await;
+            kept = body
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["event"]["payload"]["n"].as_u64().unwrap())
+                .collect();
+            if kept.last() == Some(&4) {
+                break;
+            }
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(kept, [3, 4], "{kind:?}");
+        let (_, stats) = server.get("/api/stats").await;
+        assert_eq!(stats["store"]["dead_letters"], 2, "{kind:?}");
+        assert_eq!(stats["store"]["dead_letters_evicted"], 3, "{kind:?}");
+        assert_eq!(stats["events"]["dead_lettered"]["total"], 5, "{kind:?}");
+    }
+}
+
 #[actix_rt::test]
 async fn dead_letters_can_be_retried_listed_and_deleted_over_http() {
     let server = TestServer::start().await;

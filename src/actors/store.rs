@@ -23,6 +23,8 @@ use crate::store::{
 
 /// How often retention runs. It runs between commits, never inside one.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(1);
+/// Dead letters deleted over the limit are logged at most this often.
+const EVICTION_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Store a batch of accepted events in one transaction.
 #[derive(Message)]
@@ -46,16 +48,29 @@ pub struct Stats;
 pub struct StoreActor {
     store: Box<dyn EventStore>,
     retention: Retention,
+    /// `store.max_dead_letters`; `None`: no limit.
+    max_dead_letters: Option<u64>,
+    /// Dead letters deleted to stay under that limit, since start.
+    dead_letters_evicted: u64,
+    /// When an eviction was last logged (a dead-letter storm logs once a minute).
+    eviction_logged: Option<std::time::Instant>,
     /// Appended since retention last ran: a count limit is enforced once this reaches
     /// a tenth of it, so the log never overshoots its limit by more than 10 %.
     since_retention: u64,
 }
 
 impl StoreActor {
-    pub fn new(store: Box<dyn EventStore>, retention: Retention) -> Self {
+    pub fn new(
+        store: Box<dyn EventStore>,
+        retention: Retention,
+        max_dead_letters: Option<u64>,
+    ) -> Self {
         StoreActor {
             store,
             retention,
+            max_dead_letters,
+            dead_letters_evicted: 0,
+            eviction_logged: None,
             since_retention: 0,
         }
     }
@@ -133,7 +148,9 @@ impl Handler<Stats> for StoreActor {
     type Result = Result<StoreStats, StoreError>;
 
     fn handle(&mut self, _: Stats, _: &mut Context<Self>) -> Self::Result {
-        self.store.stats()
+        let mut stats = self.store.stats()?;
+        stats.dead_letters_evicted = self.dead_letters_evicted;
+        Ok(stats)
     }
 }
 
@@ -178,7 +195,29 @@ impl Handler<AddDeadLetter> for StoreActor {
     type Result = Result<DeadLetter, StoreError>;
 
     fn handle(&mut self, msg: AddDeadLetter, _: &mut Context<Self>) -> Self::Result {
-        self.store.add_dead_letter(msg.dead_letter)
+        let added = self.store.add_dead_letter(msg.dead_letter)?;
+        if let Some(max) = self.max_dead_letters {
+            match self.store.trim_dead_letters(max) {
+                Ok(0) => {}
+                Ok(n) => {
+                    self.dead_letters_evicted += n;
+                    let quiet = self
+                        .eviction_logged
+                        .is_some_and(|at| at.elapsed() < EVICTION_LOG_INTERVAL);
+                    if !quiet {
+                        self.eviction_logged = Some(std::time::Instant::now());
+                        log::warn!(
+                            "more than store.max_dead_letters ({max}) dead letters: deleting \
+                             the oldest ({} so far)",
+                            self.dead_letters_evicted
+                        );
+                    }
+                }
+                // The dead letter itself is stored; the limit is enforced next time.
+                Err(e) => log::error!("cannot trim dead letters: {e}"),
+            }
+        }
+        Ok(added)
     }
 }
 

@@ -280,6 +280,37 @@ fn dead_letters_are_stored_listed_and_taken() {
 }
 
 #[test]
+fn dead_letters_are_trimmed_oldest_first() {
+    each_backend(|s| {
+        let ids: Vec<u64> = (1..=5)
+            .map(|i| {
+                s.add_dead_letter(super::NewDeadLetter {
+                    event: ev(i, "task.a", "low"),
+                    subscription_id: "sub-1".into(),
+                    connection_id: 1,
+                    reason: "rejected".into(),
+                    attempts: 1,
+                })
+                .unwrap()
+                .id
+            })
+            .collect();
+        assert_eq!(s.trim_dead_letters(10).unwrap(), 0);
+        assert_eq!(s.trim_dead_letters(3).unwrap(), 2);
+        let kept: Vec<u64> = s
+            .dead_letters(0, 10)
+            .unwrap()
+            .iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(kept, ids[2..]);
+        assert_eq!(s.trim_dead_letters(3).unwrap(), 0);
+        assert_eq!(s.trim_dead_letters(0).unwrap(), 3);
+        assert_eq!(s.dead_letter_count().unwrap(), 0);
+    });
+}
+
+#[test]
 fn durable_state_is_created_once_acked_and_compacted() {
     each_backend(|s| {
         let d = s.durable_open("alice", "billing", 10).unwrap();

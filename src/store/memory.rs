@@ -109,6 +109,7 @@ impl EventStore for MemoryStore {
             dead_letters: self.dead_letters.len() as u64,
             first_cursor: self.events.front().map(|e| e.cursor),
             last_cursor: self.events.back().map(|e| e.cursor),
+            dead_letters_evicted: 0,
         })
     }
 
@@ -151,6 +152,15 @@ impl EventStore for MemoryStore {
 
     fn take_dead_letter(&mut self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
         Ok(self.dead_letters.remove(&id))
+    }
+
+    fn trim_dead_letters(&mut self, max: u64) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        while self.dead_letters.len() as u64 > max {
+            self.dead_letters.pop_first();
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     fn dead_letter_count(&self) -> Result<u64, StoreError> {

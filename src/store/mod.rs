@@ -87,6 +87,9 @@ pub struct StoreStats {
     pub dead_letters: u64,
     pub first_cursor: Option<u64>,
     pub last_cursor: Option<u64>,
+    /// Dead letters deleted since the server started because there were more than
+    /// `store.max_dead_letters` (filled in by the store actor; backends leave it 0).
+    pub dead_letters_evicted: u64,
 }
 
 /// An event a subscription could not get acknowledged, kept for inspection and retry.
@@ -196,6 +199,11 @@ pub trait EventStore: Send {
 
     /// Removes and returns a dead letter.
     fn take_dead_letter(&mut self, id: u64) -> Result<Option<DeadLetter>, StoreError>;
+
+    /// Deletes the oldest dead letters so that at most `max` remain; returns how many
+    /// went. Like retention by count, a backend may keep fewer (SQLite counts by id
+    /// range, and dead letters taken out leave gaps), never more.
+    fn trim_dead_letters(&mut self, max: u64) -> Result<u64, StoreError>;
 
     fn dead_letter_count(&self) -> Result<u64, StoreError>;
 

@@ -271,6 +271,7 @@ impl EventStore for SqliteStore {
             dead_letters: self.dead_letter_count()?,
             first_cursor: first.map(|c| c as u64),
             last_cursor: last.map(|c| c as u64),
+            dead_letters_evicted: 0,
         })
     }
 
@@ -426,6 +427,16 @@ impl EventStore for SqliteStore {
         )?;
         tx.commit()?;
         Ok(())
+    }
+
+    fn trim_dead_letters(&mut self, max: u64) -> Result<u64, StoreError> {
+        // Ids only increase: the newest `max` are those above `max(id) - max`, a
+        // primary-key range, not a count of the table.
+        let removed = self.conn.execute(
+            "DELETE FROM dead_letters WHERE id <= (SELECT max(id) FROM dead_letters) - ?1",
+            params![to_i64(max)],
+        )?;
+        Ok(removed as u64)
     }
 
     fn dead_letter_count(&self) -> Result<u64, StoreError> {
