@@ -20,7 +20,7 @@ use actix::prelude::*;
 use actix_web::{web, App, HttpServer};
 
 use crate::actors::delivery::{AttachRouter, DeliveryWorker};
-use crate::actors::router::{self, Router};
+use crate::actors::router::{self, Router, StoredState};
 use crate::actors::store::StoreActor;
 use crate::config::Config;
 use crate::http::{self, AppState};
@@ -67,8 +67,16 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     crate::actors::session::seed_session_ids();
     let store = crate::store::open(&config)?;
-    let last_cursor = store.last_cursor()?;
-    log::info!("event store: {} (last cursor {last_cursor})", store.kind());
+    let stored = StoredState {
+        last_cursor: store.last_cursor()?,
+        recent_ids: store.recent_ids(config.router.dedupe_window)?,
+    };
+    log::info!(
+        "event store: {} (last cursor {}; {} ids of its newest events in the duplicate window)",
+        store.kind(),
+        stored.last_cursor,
+        stored.recent_ids.len()
+    );
 
     let mut arbiters = Vec::new();
     let store_arbiter = Arbiter::new();
@@ -99,7 +107,7 @@ pub async fn run(
             workers.clone(),
         );
         Router::start_in_arbiter(&router_arbiter.handle(), move |_| {
-            Router::new(c, m, s, last_cursor, w)
+            Router::new(c, m, s, stored, w)
         })
     };
     arbiters.push(router_arbiter);

@@ -63,6 +63,38 @@ async fn restart_keeps_events_and_continues_cursors() {
     assert_eq!(stats["store"]["first_cursor"], cursors[0]);
 }
 
+/// A publisher that retries after a restart (it never saw the reply, say) is answered
+/// `duplicate` with the original cursor: the duplicate window starts with the ids of
+/// the newest stored events, as many as `router.dedupe_window`.
+#[actix_rt::test]
+async fn duplicate_window_survives_a_restart() {
+    let server = TestServer::with(|c| c.router.dedupe_window = 2).await;
+    let dir = server.data_dir.clone();
+    let mut c = server.ws().await;
+    let mut cursors = Vec::new();
+    for id in ["job-1", "job-2", "job-3"] {
+        let r = c.publish(json!({"id": id, "type": "job_run"})).await;
+        assert_eq!(r["duplicate"], false);
+        cursors.push(r["cursor"].as_u64().unwrap());
+    }
+    drop(c);
+    server.stop().await;
+
+    let server = TestServer::with_data_dir(dir, |c| c.router.dedupe_window = 2).await;
+    let mut c = server.ws().await;
+    for (id, cursor) in [("job-3", cursors[2]), ("job-2", cursors[1])] {
+        let r = c.publish(json!({"id": id, "type": "job_run"})).await;
+        assert_eq!(r["duplicate"], true, "{id}: {r}");
+        assert_eq!(r["cursor"], cursor, "{id}: the original cursor");
+    }
+    // Older than the window: stored again, as before a restart.
+    let r = c.publish(json!({"id": "job-1", "type": "job_run"})).await;
+    assert_eq!(r["duplicate"], false, "{r}");
+    assert!(r["cursor"].as_u64().unwrap() > cursors[2]);
+    let stored = all_events(|p| server.url(p)).await;
+    assert_eq!(stored.len(), 4);
+}
+
 /// The page size recorded in a SQLite file's header (bytes 16-17, big-endian; 1 means
 /// 65536).
 fn page_size_of(db: &std::path::Path) -> u32 {

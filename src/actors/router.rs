@@ -161,15 +161,34 @@ pub struct Router {
     shutting_down: bool,
 }
 
+/// What the store holds when the router starts (read by `server::run`).
+#[derive(Debug, Default)]
+pub struct StoredState {
+    /// The highest cursor ever stored.
+    pub last_cursor: u64,
+    /// Ids and cursors of the newest events, oldest first, at most
+    /// `router.dedupe_window` of them.
+    pub recent_ids: Vec<(String, u64)>,
+}
+
 impl Router {
-    /// `last_cursor` is the store's high-water mark: cursors continue after it.
+    /// Cursors continue after the store's high-water mark, and the duplicate window
+    /// starts with the ids of its newest events.
     pub fn new(
         config: Arc<Config>,
         metrics: Arc<Metrics>,
         store: Addr<StoreActor>,
-        last_cursor: u64,
+        stored: StoredState,
         workers: Vec<Addr<DeliveryWorker>>,
     ) -> Self {
+        let StoredState {
+            last_cursor,
+            recent_ids,
+        } = stored;
+        let mut dedupe = DedupeWindow::new(config.router.dedupe_window);
+        for (id, cursor) in &recent_ids {
+            dedupe.insert(id, *cursor);
+        }
         Router {
             store,
             commit_buffer: Vec::new(),
@@ -185,7 +204,7 @@ impl Router {
             last_cursor,
             last_committed: last_cursor,
             active_durables: HashSet::new(),
-            dedupe: DedupeWindow::new(config.router.dedupe_window),
+            dedupe,
             topics: HashMap::new(),
             expired: 0,
             published_rate: RateWindow::new(RATE_WINDOW),

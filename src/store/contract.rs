@@ -280,6 +280,22 @@ fn dead_letters_are_stored_listed_and_taken() {
 }
 
 #[test]
+fn recent_ids_are_the_newest_oldest_first() {
+    each_backend(|s| {
+        assert!(s.recent_ids(10).unwrap().is_empty());
+        seed(s);
+        let all = s.query(&all(100)).unwrap();
+        let want: Vec<(String, u64)> = all
+            .iter()
+            .map(|e| (e.event.id.clone(), e.event.cursor))
+            .collect();
+        assert_eq!(s.recent_ids(100).unwrap(), want);
+        assert_eq!(s.recent_ids(2).unwrap(), want[want.len() - 2..]);
+        assert!(s.recent_ids(0).unwrap().is_empty());
+    });
+}
+
+#[test]
 fn dead_letters_are_trimmed_oldest_first() {
     each_backend(|s| {
         let ids: Vec<u64> = (1..=5)

@@ -64,6 +64,30 @@ impl EventStore for MemoryStore {
         Ok(self.last_cursor)
     }
 
+    fn recent_ids(&self, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
+        /// The one field read back from an envelope.
+        #[derive(serde::Deserialize)]
+        struct Id {
+            id: String,
+        }
+        let mut ids = self
+            .events
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|e| {
+                serde_json::from_str::<Id>(&e.json)
+                    .map(|Id { id }| (id, e.cursor))
+                    .map_err(|err| StoreError::Corrupt {
+                        cursor: e.cursor,
+                        message: err.to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        ids.reverse();
+        Ok(ids)
+    }
+
     fn append(&mut self, events: &[Arc<EncodedEvent>]) -> Result<(), StoreError> {
         let now = Utc::now();
         for e in events {

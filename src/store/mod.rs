@@ -176,6 +176,11 @@ pub trait EventStore: Send {
     /// cursors are never reused.
     fn last_cursor(&self) -> Result<u64, StoreError>;
 
+    /// The ids and cursors of the newest `limit` stored events, oldest first: the
+    /// router's duplicate window starts with them, so a publisher retrying across a
+    /// restart is still answered `duplicate`.
+    fn recent_ids(&self, limit: usize) -> Result<Vec<(String, u64)>, StoreError>;
+
     /// Stores events in one transaction, all or nothing. Cursors are strictly
     /// increasing across calls.
     fn append(&mut self, events: &[Arc<EncodedEvent>]) -> Result<(), StoreError>;

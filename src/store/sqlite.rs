@@ -156,6 +156,18 @@ impl EventStore for SqliteStore {
         Ok(v.max(0) as u64)
     }
 
+    fn recent_ids(&self, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, cursor FROM events ORDER BY cursor DESC LIMIT ?1")?;
+        let rows = stmt.query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+        })?;
+        let mut ids = rows.collect::<Result<Vec<_>, _>>()?;
+        ids.reverse();
+        Ok(ids)
+    }
+
     fn append(&mut self, events: &[Arc<EncodedEvent>]) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
