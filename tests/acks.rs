@@ -13,6 +13,16 @@ async fn ack(c: &mut WsClient, sid: &str, event_id: &Value) {
         .await;
 }
 
+/// Publishes a `job_run` event with `payload` on `p`, receives it on `sub` and rejects
+/// it (`nack` without requeue): one dead letter, reason `rejected`.
+async fn publish_and_reject(p: &mut WsClient, sub: &mut WsClient, sid: &str, payload: Value) {
+    p.publish(json!({"type": "job_run", "payload": payload}))
+        .await;
+    let e = sub.recv_event().await;
+    sub.send(&json!({"type": "nack", "subscription_id": sid, "event_id": e["event"]["id"], "requeue": false}))
+        .await;
+}
+
 /// Waits (bounded) until `/api/dead-letters` lists `n` entries.
 async fn dead_letters(server: &TestServer, n: usize) -> Vec<Value> {
     for _ in 0..200 {
@@ -243,12 +253,7 @@ async fn dead_letters_are_bounded_oldest_first() {
             .await;
         let mut p = server.ws().await;
         for n in 0..5 {
-            p.publish(json!({"type": "job_run", "payload": {"n": n}}))
-                .await;
-            let e = sub.recv_event().await;
-            sub.send(&json!({"type": "nack", "subscription_id": sid,
-                             "event_id": e["event"]["id"], "requeue": false}))
-                .await;
+            publish_and_reject(&mut p, &mut sub, &sid, json!({"n": n})).await;
         }
         // Dead letters are stored asynchronously: wait for the newest to be listed.
         let mut kept = Vec::new();
@@ -282,11 +287,7 @@ async fn dead_letters_can_be_retried_listed_and_deleted_over_http() {
         .await;
     let mut p = server.ws().await;
     for n in 0..3 {
-        p.publish(json!({"type": "job_run", "payload": {"n": n}}))
-            .await;
-        let e = sub.recv_event().await;
-        sub.send(&json!({"type": "nack", "subscription_id": sid, "event_id": e["event"]["id"], "requeue": false}))
-            .await;
+        publish_and_reject(&mut p, &mut sub, &sid, json!({"n": n})).await;
     }
     let list = dead_letters(&server, 3).await;
     let ids: Vec<u64> = list.iter().map(|d| d["id"].as_u64().unwrap()).collect();
@@ -384,10 +385,7 @@ async fn dead_notices_do_not_feed_themselves() {
         .subscribe(json!({"type": "pattern", "patterns": ["job.*"], "ack": true}))
         .await;
     let mut p = server.ws().await;
-    p.publish(json!({"type": "job_run"})).await;
-    let e = sub.recv_event().await;
-    sub.send(&json!({"type": "nack", "subscription_id": sid, "event_id": e["event"]["id"], "requeue": false}))
-        .await;
+    publish_and_reject(&mut p, &mut sub, &sid, json!({})).await;
     assert_eq!(
         lazy.recv_event().await["event"]["topic"],
         "switchyard.dead_letter"

@@ -52,6 +52,10 @@ pub struct StoreActor {
     max_dead_letters: Option<u64>,
     /// Dead letters deleted to stay under that limit, since start.
     dead_letters_evicted: u64,
+    /// Dead letters stored since the limit was last enforced: it is enforced every
+    /// hundredth of it (at least every one), so a storm costs one extra write per
+    /// hundredth, not per dead letter, and the limit is exceeded by at most 1 %.
+    dead_letters_since_trim: u64,
     /// When an eviction was last logged (a dead-letter storm logs once a minute).
     eviction_logged: Option<std::time::Instant>,
     /// Appended since retention last ran: a count limit is enforced once this reaches
@@ -70,6 +74,7 @@ impl StoreActor {
             retention,
             max_dead_letters,
             dead_letters_evicted: 0,
+            dead_letters_since_trim: 0,
             eviction_logged: None,
             since_retention: 0,
         }
@@ -196,7 +201,12 @@ impl Handler<AddDeadLetter> for StoreActor {
 
     fn handle(&mut self, msg: AddDeadLetter, _: &mut Context<Self>) -> Self::Result {
         let added = self.store.add_dead_letter(msg.dead_letter)?;
-        if let Some(max) = self.max_dead_letters {
+        self.dead_letters_since_trim += 1;
+        if let Some(max) = self
+            .max_dead_letters
+            .filter(|max| self.dead_letters_since_trim >= (max / 100).max(1))
+        {
+            self.dead_letters_since_trim = 0;
             match self.store.trim_dead_letters(max) {
                 Ok(0) => {}
                 Ok(n) => {
@@ -331,5 +341,48 @@ impl Handler<DurableAcked> for StoreActor {
                 msg.name
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Event;
+    use crate::store::memory::MemoryStore;
+
+    /// The dead-letter limit is enforced every hundredth of it: never more than 1 % over,
+    /// and every deletion counted.
+    #[actix_rt::test]
+    async fn dead_letters_are_trimmed_every_hundredth_of_the_limit() {
+        let store = StoreActor::new(
+            Box::new(MemoryStore::new()),
+            Retention::default(),
+            Some(200),
+        )
+        .start();
+        let event = EncodedEvent::new(
+            Event::from_json(serde_json::json!({"topic": "job.run"}), "s").unwrap(),
+        );
+        let mut most = 0;
+        for _ in 0..203 {
+            let dead_letter = NewDeadLetter {
+                event: event.clone(),
+                subscription_id: "s".into(),
+                connection_id: 1,
+                reason: "rejected".into(),
+                attempts: 1,
+            };
+            store
+                .send(AddDeadLetter { dead_letter })
+                .await
+                .unwrap()
+                .unwrap();
+            most = most.max(store.send(Stats).await.unwrap().unwrap().dead_letters);
+        }
+        let stats = store.send(Stats).await.unwrap().unwrap();
+        // Trimmed after every second one: 201 was seen, 202 went down to 200 at once,
+        // then one more came.
+        assert_eq!((stats.dead_letters, stats.dead_letters_evicted), (201, 2));
+        assert_eq!(most, 201, "less than 1 % over the limit");
     }
 }
