@@ -137,6 +137,32 @@ async fn replayed_envelopes_equal_the_live_ones_in_both_stores() {
     }
 }
 
+/// With the memory store an event is answered `published` without waiting for the
+/// store's thread; a read that follows the reply still finds it, every time.
+#[actix_rt::test]
+async fn memory_store_reads_after_published_see_the_event() {
+    use switchyard::config::StoreKind;
+    let server = TestServer::with(|c| c.store.kind = StoreKind::Memory).await;
+    let mut p = server.ws().await;
+    for i in 0..50 {
+        let cursor = p
+            .publish(json!({"topic": "task.created", "payload": {"i": i}}))
+            .await["cursor"]
+            .as_u64()
+            .unwrap();
+        let (_, page) = server
+            .get(&format!("/api/events?after={}", cursor - 1))
+            .await;
+        assert_eq!(page[0]["cursor"], cursor, "HTTP read after publish {i}");
+        let mut sub = server.ws().await;
+        let sid = sub
+            .subscribe(json!({"type": "all", "from_cursor": cursor - 1}))
+            .await;
+        let (replayed, _) = read_replay(&mut sub, &sid).await;
+        assert_eq!(replayed, [cursor], "replay after publish {i}");
+    }
+}
+
 #[actix_rt::test]
 async fn since_replays_events_from_that_time() {
     let server = TestServer::start().await;
@@ -188,7 +214,13 @@ async fn empty_replay_still_completes() {
 /// different moments: each sees every event exactly once.
 #[actix_rt::test]
 async fn replay_then_live_has_no_gap_and_no_duplicate_under_concurrent_publishing() {
-    let server = TestServer::start().await;
+    use switchyard::config::StoreKind;
+    for kind in [StoreKind::Sqlite, StoreKind::Memory] {
+        replay_then_live_without_gap(TestServer::with(|c| c.store.kind = kind).await).await;
+    }
+}
+
+async fn replay_then_live_without_gap(server: TestServer) {
     let total = 3000usize;
     let mut p = server.ws().await;
     let publisher = actix_rt::spawn(async move {
