@@ -137,8 +137,8 @@ async fn replayed_envelopes_equal_the_live_ones_in_both_stores() {
     }
 }
 
-/// With the memory store an event is answered `published` without waiting for the
-/// store's thread; a read that follows the reply still finds it, every time.
+/// With the memory store too, a read that follows a `published` reply finds the event,
+/// every time.
 #[actix_rt::test]
 async fn memory_store_reads_after_published_see_the_event() {
     use switchyard::config::StoreKind;

@@ -12,9 +12,7 @@
 //! A publish is accepted in one step (dedupe, cursor) into the commit buffer. Group
 //! commit: one `Append` is in flight at a time, and everything accepted meanwhile goes
 //! into the next one. Only when its transaction has committed is an event answered
-//! (`published`) and queued for routing. With the memory store, which makes nothing
-//! durable, that is as soon as the `Append` is in the store's mailbox: any read sent
-//! after it is answered after it, and two thread hops are saved per event. `Drain` turns pop the queues highest priority
+//! (`published`) and queued for routing. `Drain` turns pop the queues highest priority
 //! first, match each event once against the index, and send one `Dispatch` per worker.
 //! Must not: write to sockets or hold per-subscriber waiting events (workers do).
 //!
@@ -44,7 +42,7 @@ use super::delivery::{DeliveryWorker, Dispatch, DispatchItem};
 use super::session::CloseSession;
 use super::store::{Append, OpenDurable, StoreActor};
 use super::{SessionId, SubscriptionHandle};
-use crate::config::{Config, StoreKind};
+use crate::config::Config;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::metrics::{Metrics, RateWindow};
 use crate::protocol::{EncodedEvent, Event, PublishOk};
@@ -278,25 +276,6 @@ impl Router {
                 let _ = reply.send(results);
             }
             return;
-        }
-        if self.config.store.kind == StoreKind::Memory {
-            // Nothing to wait for: a memory store makes nothing durable, and an
-            // `Append` in the store's mailbox is read before any query sent after it
-            // (a mailbox is FIFO), so a reader told `published` finds the event. Only a
-            // full mailbox takes the waiting path, to keep that order.
-            match self.store.try_send(Append {
-                events: events.clone(),
-            }) {
-                Ok(()) => {
-                    self.committed(events, waiters, ctx);
-                    return;
-                }
-                Err(SendError::Closed(_)) => {
-                    self.commit_failed("the store actor has stopped", events, waiters);
-                    return;
-                }
-                Err(SendError::Full(_)) => {}
-            }
         }
         self.committing = true;
         let started = Instant::now();
