@@ -23,18 +23,33 @@ async fn publish_and_reject(p: &mut WsClient, sub: &mut WsClient, sid: &str, pay
         .await;
 }
 
+/// A connection with an acknowledged subscription to `job.*`, and its id.
+async fn job_worker(server: &TestServer) -> (WsClient, String) {
+    let mut sub = server.ws().await;
+    let sid = sub
+        .subscribe(json!({"type": "pattern", "patterns": ["job.*"], "ack": true}))
+        .await;
+    (sub, sid)
+}
+
 /// Waits (bounded) until `/api/dead-letters` lists `n` entries.
 async fn dead_letters(server: &TestServer, n: usize) -> Vec<Value> {
+    dead_letters_until(server, |list| list.len() >= n).await
+}
+
+/// Waits (bounded, 4 s) until the list of `/api/dead-letters` satisfies `done`.
+async fn dead_letters_until(server: &TestServer, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let mut list = Vec::new();
     for _ in 0..200 {
         let (status, body) = server.get("/api/dead-letters").await;
         assert_eq!(status, 200);
-        let list = body.as_array().unwrap().clone();
-        if list.len() >= n {
+        list = body.as_array().unwrap().clone();
+        if done(&list) {
             return list;
         }
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("fewer than {n} dead letters after 4 s");
+    panic!("dead letters not as expected after 4 s: {list:?}");
 }
 
 #[actix_rt::test]
@@ -142,10 +157,7 @@ async fn max_attempts_dead_letters_and_publishes_a_notice() {
 #[actix_rt::test]
 async fn nack_with_delay_redelivers_and_nack_without_requeue_dead_letters() {
     let server = TestServer::start().await;
-    let mut sub = server.ws().await;
-    let sid = sub
-        .subscribe(json!({"type": "pattern", "patterns": ["job.*"], "ack": true}))
-        .await;
+    let (mut sub, sid) = job_worker(&server).await;
     let mut p = server.ws().await;
     p.publish(json!({"type": "job_one"})).await;
     let e = sub.recv_event().await;
@@ -247,30 +259,16 @@ async fn dead_letters_are_bounded_oldest_first() {
             c.store.max_dead_letters = 2;
         })
         .await;
-        let mut sub = server.ws().await;
-        let sid = sub
-            .subscribe(json!({"type": "pattern", "patterns": ["job.*"], "ack": true}))
-            .await;
+        let (mut sub, sid) = job_worker(&server).await;
         let mut p = server.ws().await;
         for n in 0..5 {
             publish_and_reject(&mut p, &mut sub, &sid, json!({"n": n})).await;
         }
+        let n_of = |d: &Value| d["event"]["payload"]["n"].as_u64();
         // Dead letters are stored asynchronously: wait for the newest to be listed.
-        let mut kept = Vec::new();
-        for _ in 0..200 {
-            let (_, body) = server.get("/api/dead-letters").await;
-            kept = body
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d["event"]["payload"]["n"].as_u64().unwrap())
-                .collect();
-            if kept.last() == Some(&4) {
-                break;
-            }
-            actix_rt::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(kept, [3, 4], "{kind:?}");
+        let list = dead_letters_until(&server, |l| l.last().and_then(n_of) == Some(4)).await;
+        let kept: Vec<Option<u64>> = list.iter().map(n_of).collect();
+        assert_eq!(kept, [Some(3), Some(4)], "{kind:?}");
         let (_, stats) = server.get("/api/stats").await;
         assert_eq!(stats["store"]["dead_letters"], 2, "{kind:?}");
         assert_eq!(stats["store"]["dead_letters_evicted"], 3, "{kind:?}");
@@ -380,10 +378,7 @@ async fn dead_notices_do_not_feed_themselves() {
     let mut lazy = server.ws().await;
     lazy.subscribe(json!({"type": "pattern", "patterns": ["switchyard.>"], "ack": true, "ack_timeout_ms": 50, "max_attempts": 1}))
         .await;
-    let mut sub = server.ws().await;
-    let sid = sub
-        .subscribe(json!({"type": "pattern", "patterns": ["job.*"], "ack": true}))
-        .await;
+    let (mut sub, sid) = job_worker(&server).await;
     let mut p = server.ws().await;
     publish_and_reject(&mut p, &mut sub, &sid, json!({})).await;
     assert_eq!(
