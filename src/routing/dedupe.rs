@@ -18,11 +18,23 @@ pub struct DedupeWindow {
     capacity: usize,
 }
 
+/// The most ids the window reserves room for up front (a few tens of MB); a larger
+/// window grows past it.
+const MAX_RESERVED_IDS: usize = 1 << 20;
+
 impl DedupeWindow {
+    /// A window of `capacity` ids with room for all of them (up to
+    /// [`MAX_RESERVED_IDS`]) from the start: it fills within seconds under load, and
+    /// growing by doubling would rehash the map and copy the order on the router's
+    /// thread, a pause every publish waits behind. The map gets twice the room: a full
+    /// window removes one id per insert, and at under half full the removals leave
+    /// few tombstones, so it is seldom rehashed in place (the map would otherwise grow
+    /// to that size at the first such rehash anyway).
     pub fn new(capacity: usize) -> Self {
+        let reserve = capacity.min(MAX_RESERVED_IDS);
         DedupeWindow {
-            cursors: HashMap::new(),
-            order: VecDeque::new(),
+            cursors: HashMap::with_capacity(reserve.saturating_mul(2)),
+            order: VecDeque::with_capacity(reserve),
             capacity,
         }
     }
@@ -59,6 +71,21 @@ impl DedupeWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_window_never_grows_its_tables() {
+        let mut w = DedupeWindow::new(1000);
+        let (map, order) = (w.cursors.capacity(), w.order.capacity());
+        assert!(map >= 2000 && order >= 1000, "{map} {order}");
+        for cursor in 0..10_000u64 {
+            w.insert(&format!("id-{cursor}"), cursor);
+        }
+        assert_eq!(w.cursors.len(), 1000);
+        assert_eq!((w.cursors.capacity(), w.order.capacity()), (map, order));
+        // A huge window reserves only up to the cap.
+        let big = DedupeWindow::new(usize::MAX);
+        assert!(big.order.capacity() < MAX_RESERVED_IDS * 2);
+    }
 
     #[test]
     fn remembers_the_last_n() {

@@ -49,9 +49,26 @@ pub struct MemoryStore {
     last_dead_letter: u64,
 }
 
+/// The most log slots reserved up front (≈300 MB of address space at 72 bytes per
+/// slot); a larger `store.max_events` grows past it by doubling.
+const MAX_RESERVED_EVENTS: u64 = 1 << 22;
+
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store whose log has room for `max_events` (at most [`MAX_RESERVED_EVENTS`])
+    /// from the start. The slots are address space until written, so this costs no
+    /// resident memory up front; what it saves is the log's doubling as it fills: at
+    /// half a million events one doubling copies ~36 MB on the store thread, and every
+    /// commit (so every `published`) waits behind it.
+    pub fn with_capacity(max_events: Option<u64>) -> Self {
+        let reserve = max_events.map_or(0, |n| n.min(MAX_RESERVED_EVENTS)) as usize;
+        MemoryStore {
+            events: VecDeque::with_capacity(reserve),
+            ..Self::default()
+        }
     }
 }
 
@@ -237,5 +254,18 @@ impl EventStore for MemoryStore {
             d.acked = d.acked.split_off(&(d.floor + 1));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_has_room_for_the_retained_events_from_the_start() {
+        assert!(MemoryStore::with_capacity(Some(5000)).events.capacity() >= 5000);
+        assert_eq!(MemoryStore::with_capacity(None).events.capacity(), 0);
+        let huge = MemoryStore::with_capacity(Some(u64::MAX));
+        assert!(huge.events.capacity() < 2 * MAX_RESERVED_EVENTS as usize);
     }
 }

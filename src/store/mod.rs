@@ -249,7 +249,9 @@ pub struct DurableState {
 /// Opens the backend the configuration names.
 pub fn open(config: &Config) -> Result<Box<dyn EventStore>, StoreError> {
     match config.store.kind {
-        StoreKind::Memory => Ok(Box::new(memory::MemoryStore::new())),
+        StoreKind::Memory => Ok(Box::new(memory::MemoryStore::with_capacity(
+            config.store.retention().max_events,
+        ))),
         StoreKind::Sqlite => Ok(Box::new(sqlite::SqliteStore::open_in(
             &config.server.data_dir,
             &sqlite::SqliteOptions {
