@@ -318,6 +318,7 @@ mod tests {
         assert_eq!(c.server.listen, "127.0.0.1:9090".parse().unwrap());
         assert_eq!(c.limits.max_event_bytes, 1 << 20);
         assert_eq!(c.limits.max_frame_bytes, 16 << 20);
+        assert_eq!(c.store.page_size, crate::store::sqlite::DEFAULT_PAGE_SIZE);
     }
 
     #[test]
