@@ -177,6 +177,40 @@ async fn log_is_bounded_by_store_max_events() {
     }
 }
 
+/// Events older than `store.max_age_secs` leave the log; the newer ones stay, and
+/// cursors go on after the deleted ones.
+#[actix_rt::test]
+async fn log_is_bounded_by_store_max_age() {
+    for kind in [StoreKind::Sqlite, StoreKind::Memory] {
+        let server = TestServer::with(|c| {
+            c.store.kind = kind;
+            c.store.max_age_secs = 4;
+        })
+        .await;
+        let old = seed(&server).await;
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let new = seed(&server).await;
+        // Retention runs every second, so the first seed goes between 4 and 5 s after
+        // it was stored, when the second is 2 to 3 s old: it must still be there.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let kept = loop {
+            let (_, body) = server.get("/api/events").await;
+            let kept = cursors(&body);
+            if !kept.contains(&old[0]) || std::time::Instant::now() > deadline {
+                break kept;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        assert_eq!(kept, new, "{kind:?}");
+        let (_, stats) = server.get("/api/stats").await;
+        assert_eq!(
+            stats["store"]["last_cursor"],
+            new[new.len() - 1],
+            "{kind:?}"
+        );
+    }
+}
+
 async fn bounded_log(server: &TestServer) {
     let c = seed(server).await;
     let (_, body) = server.get("/api/events").await;

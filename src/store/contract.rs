@@ -242,6 +242,24 @@ fn retention_by_age_uses_storage_time() {
 }
 
 #[test]
+fn retention_by_age_deletes_only_the_older_events() {
+    each_backend(|s| {
+        seed(s);
+        std::thread::sleep(Duration::from_millis(1000));
+        s.append(&[ev(6, "task.f", "low"), ev(7, "task.g", "low")])
+            .unwrap();
+        let half = Retention {
+            max_events: None,
+            max_age: Some(Duration::from_millis(500)),
+        };
+        assert_eq!(s.apply_retention(&half).unwrap(), 5);
+        assert_eq!(cursors(s.query(&all(10)).unwrap()), [6, 7]);
+        assert_eq!(s.apply_retention(&half).unwrap(), 0);
+        assert_eq!(s.last_cursor().unwrap(), 7);
+    });
+}
+
+#[test]
 fn dead_letters_are_stored_listed_and_taken() {
     each_backend(|s| {
         assert_eq!(s.dead_letter_count().unwrap(), 0);

@@ -26,7 +26,9 @@ CREATE TABLE IF NOT EXISTS events (
     stored_ms INTEGER NOT NULL,
     envelope  TEXT    NOT NULL
 );
-CREATE INDEX IF NOT EXISTS events_stored ON events(stored_ms);
+-- Retention by age deletes the oldest rows in cursor order (see apply_retention); an
+-- index on stored_ms cost each insert a second B-tree and is dropped from older files.
+DROP INDEX IF EXISTS events_stored;
 CREATE TABLE IF NOT EXISTS dead_letters (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
     subscription_id TEXT    NOT NULL,
@@ -314,8 +316,18 @@ impl EventStore for SqliteStore {
         if let Some(age) = retention.max_age {
             let cutoff =
                 Utc::now().timestamp_millis() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
-            deleted +=
-                tx.execute("DELETE FROM events WHERE stored_ms < ?1", params![cutoff])? as u64;
+            // As the memory store does: the oldest events, in cursor order, up to the
+            // first one stored at or after the cutoff. Rows are stored in cursor order
+            // at the time of their commit, so this is every row older than the cutoff
+            // (unless the clock stepped back), found by walking the primary key from
+            // its start over exactly the rows to delete: no index on `stored_ms`,
+            // which every insert would pay for.
+            deleted += tx.execute(
+                "DELETE FROM events WHERE cursor < coalesce(
+                     (SELECT cursor FROM events WHERE stored_ms >= ?1 ORDER BY cursor LIMIT 1),
+                     (SELECT max(cursor) FROM events) + 1)",
+                params![cutoff],
+            )? as u64;
         }
         tx.commit()?;
         Ok(deleted)
@@ -533,6 +545,40 @@ mod tests {
 
     fn size(path: &Path) -> u64 {
         std::fs::metadata(path).map_or(0, |m| m.len())
+    }
+
+    /// A file from before the age index was dropped loses it on open, keeps its
+    /// events, and retention by age still works on it.
+    #[test]
+    fn the_old_age_index_is_dropped_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        {
+            let mut store = SqliteStore::open(&path, &fast()).unwrap();
+            store.append(&batch(1, 3)).unwrap();
+            store
+                .conn
+                .execute_batch("CREATE INDEX events_stored ON events(stored_ms)")
+                .unwrap();
+        }
+        let mut store = SqliteStore::open(&path, &fast()).unwrap();
+        let indexes: i64 = store
+            .conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'events_stored'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 0);
+        assert_eq!(store.stats().unwrap().event_count, 3);
+        let none_kept = Retention {
+            max_events: None,
+            max_age: Some(std::time::Duration::ZERO),
+        };
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(store.apply_retention(&none_kept).unwrap(), 3);
+        assert_eq!(store.last_cursor().unwrap(), 3);
     }
 
     /// Checkpoints happen off the commit path, and the WAL still starts over instead of
