@@ -68,6 +68,8 @@ pub struct Metrics {
     pub condition_errors: AtomicU64,
     /// Events a coalescing subscription replaced by a later one with the same key.
     pub coalesced: AtomicU64,
+    /// Dead letters deleted to stay under `store.max_dead_letters` (the store actor's).
+    pub dead_letters_evicted: AtomicU64,
     pub router: RouterGauges,
     pub commits: CommitHistograms,
     /// Per topic family (first topic segment) counters.
@@ -218,6 +220,7 @@ impl Default for Metrics {
             connections_refused: AtomicU64::default(),
             condition_errors: AtomicU64::default(),
             coalesced: AtomicU64::default(),
+            dead_letters_evicted: AtomicU64::default(),
             router: RouterGauges::default(),
             commits: CommitHistograms::default(),
             families: TopicFamilies::default(),
@@ -481,6 +484,11 @@ impl prometheus_client::collector::Collector for Exporter {
                 "events_coalesced",
                 "Events replaced by a later one with the same coalesce key",
                 m.coalesced.load(Relaxed),
+            ),
+            (
+                "dead_letters_evicted",
+                "Oldest dead letters deleted to stay under store.max_dead_letters",
+                m.dead_letters_evicted.load(Relaxed),
             ),
             (
                 "publishes_rejected_over_rate",

@@ -83,8 +83,9 @@ pub async fn run(
     let store = {
         let retention = config.store.retention();
         let max_dead_letters = config.store.max_dead_letters();
+        let metrics = metrics.clone();
         StoreActor::start_in_arbiter(&store_arbiter.handle(), move |_| {
-            StoreActor::new(store, retention, max_dead_letters)
+            StoreActor::new(store, retention, max_dead_letters, metrics)
         })
     };
     let workers: Vec<Addr<DeliveryWorker>> = (0..config.delivery_workers())

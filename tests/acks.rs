@@ -272,6 +272,13 @@ async fn dead_letters_are_bounded_oldest_first() {
         let (_, stats) = server.get("/api/stats").await;
         assert_eq!(stats["store"]["dead_letters"], 2, "{kind:?}");
         assert_eq!(stats["store"]["dead_letters_evicted"], 3, "{kind:?}");
+        let (_, metrics) = server.get_text("/metrics").await;
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l == "switchyard_dead_letters_evicted_total 3"),
+            "{kind:?}: {metrics}"
+        );
         assert_eq!(stats["events"]["dead_lettered"]["total"], 5, "{kind:?}");
     }
 }

@@ -9,11 +9,13 @@
 //! else — the guarantee a `SyncArbiter` gives — while a plain `Context` also gives it a
 //! timer for age-based retention. Must not: assign cursors or decide routing.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 
+use crate::metrics::Metrics;
 use crate::protocol::EncodedEvent;
 use crate::routing::Matcher;
 use crate::store::{
@@ -50,8 +52,9 @@ pub struct StoreActor {
     retention: Retention,
     /// `store.max_dead_letters`; `None`: no limit.
     max_dead_letters: Option<u64>,
-    /// Dead letters deleted to stay under that limit, since start.
-    dead_letters_evicted: u64,
+    /// `dead_letters_evicted` counts the dead letters deleted to stay under that
+    /// limit (`/api/stats` and `/metrics`).
+    metrics: Arc<Metrics>,
     /// Dead letters stored since the limit was last enforced: it is enforced every
     /// hundredth of it (at least every one), so a storm costs one extra write per
     /// hundredth, not per dead letter, and the limit is exceeded by at most 1 %.
@@ -68,12 +71,13 @@ impl StoreActor {
         store: Box<dyn EventStore>,
         retention: Retention,
         max_dead_letters: Option<u64>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         StoreActor {
             store,
             retention,
             max_dead_letters,
-            dead_letters_evicted: 0,
+            metrics,
             dead_letters_since_trim: 0,
             eviction_logged: None,
             since_retention: 0,
@@ -154,7 +158,7 @@ impl Handler<Stats> for StoreActor {
 
     fn handle(&mut self, _: Stats, _: &mut Context<Self>) -> Self::Result {
         let mut stats = self.store.stats()?;
-        stats.dead_letters_evicted = self.dead_letters_evicted;
+        stats.dead_letters_evicted = self.metrics.dead_letters_evicted.load(Relaxed);
         Ok(stats)
     }
 }
@@ -210,7 +214,7 @@ impl Handler<AddDeadLetter> for StoreActor {
             match self.store.trim_dead_letters(max) {
                 Ok(0) => {}
                 Ok(n) => {
-                    self.dead_letters_evicted += n;
+                    let evicted = self.metrics.dead_letters_evicted.fetch_add(n, Relaxed) + n;
                     let quiet = self
                         .eviction_logged
                         .is_some_and(|at| at.elapsed() < EVICTION_LOG_INTERVAL);
@@ -218,8 +222,7 @@ impl Handler<AddDeadLetter> for StoreActor {
                         self.eviction_logged = Some(std::time::Instant::now());
                         log::warn!(
                             "more than store.max_dead_letters ({max}) dead letters: deleting \
-                             the oldest ({} so far)",
-                            self.dead_letters_evicted
+                             the oldest ({evicted} so far)"
                         );
                     }
                 }
@@ -358,6 +361,7 @@ mod tests {
             Box::new(MemoryStore::new()),
             Retention::default(),
             Some(200),
+            Arc::new(Metrics::default()),
         )
         .start();
         let event = EncodedEvent::new(
