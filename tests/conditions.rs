@@ -191,6 +191,23 @@ async fn bad_conditions_answer_invalid_condition_with_the_position() {
             assert!(message.contains("line 1, column"), "{message}");
         }
     }
+    // A loop inside a loop is refused before it ever runs on the router.
+    let reply = c
+        .request(
+            json!({"type": "subscribe", "request_id": 5, "subscription": {
+            "type": "conditional",
+            "condition": "payload.items.all(a, payload.items.exists(b, a == b))"}}),
+        )
+        .await;
+    assert_eq!(reply["code"], "invalid_condition", "{reply}");
+    assert_eq!(reply["request_id"], 5);
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains("loop inside a loop"),
+        "{reply}"
+    );
     // `conditional` without a condition is a subscription error, not a condition one.
     let reply = c
         .request(json!({"type": "subscribe", "subscription": {"type": "conditional"}}))

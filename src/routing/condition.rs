@@ -233,7 +233,64 @@ fn compile_bounded(source: &str) -> Result<Program, String> {
              use `in [...]` rather than long chains of `==`, or fewer nested calls"
         ));
     }
+    if has_nested_loop(program.expression()) {
+        return Err(
+            "a condition cannot loop inside a loop: `all`, `exists`, `exists_one`, \
+             `map` and `filter` may not appear in the predicate of another (conditions run \
+             on every event, and a loop in a loop over a large payload list would take \
+             its square)"
+                .to_owned(),
+        );
+    }
     Ok(program)
+}
+
+/// Does a comprehension (`all`, `exists`, `exists_one`, `map`, `filter`) run inside
+/// the loop body of another? Its cost would be the product of the two lists' lengths,
+/// and with lists from an event's payload (up to `max_event_bytes`) that is a router
+/// stalled for seconds: conditions run on the router's thread for every event. A
+/// comprehension in another's range (`l.filter(...).all(...)`) or result runs once,
+/// and is fine. Walks without recursion; the tree is already bounded by [`MAX_DEPTH`].
+fn has_nested_loop(root: &IdedExpr) -> bool {
+    let mut stack = vec![(root, false)];
+    while let Some((expr, in_loop)) = stack.pop() {
+        match &expr.expr {
+            Expr::Comprehension(c) => {
+                if in_loop {
+                    return true;
+                }
+                stack.extend([
+                    (&c.iter_range, false),
+                    (&c.accu_init, false),
+                    (&c.result, false),
+                    (&c.loop_cond, true),
+                    (&c.loop_step, true),
+                ]);
+            }
+            Expr::Call(call) => {
+                stack.extend(call.target.as_deref().map(|t| (t, in_loop)));
+                stack.extend(call.args.iter().map(|a| (a, in_loop)));
+            }
+            Expr::List(list) => stack.extend(list.elements.iter().map(|e| (e, in_loop))),
+            Expr::Map(map) => {
+                for entry in &map.entries {
+                    if let EntryExpr::MapEntry(e) = &entry.expr {
+                        stack.extend([(&e.key, in_loop), (&e.value, in_loop)]);
+                    }
+                }
+            }
+            Expr::Struct(st) => {
+                for entry in &st.entries {
+                    if let EntryExpr::StructField(f) = &entry.expr {
+                        stack.push((&f.value, in_loop));
+                    }
+                }
+            }
+            Expr::Select(select) => stack.push((&select.operand, in_loop)),
+            Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+        }
+    }
+    false
 }
 
 /// Is the tree under `root` more than `max` levels deep? Walks it without recursion.
@@ -423,6 +480,36 @@ mod tests {
             (r#"payload.meta.n > 2u"#, true),
         ];
         for (cond, want) in table {
+            assert_eq!(eval(cond, ev.clone()), Ok(want), "{cond}");
+        }
+    }
+
+    #[test]
+    fn a_loop_inside_a_loop_is_refused_and_loops_in_sequence_are_not() {
+        let ev = json!({"type": "t", "payload": {"a": [1, 2, 3], "b": [[1], [2, 3]]}});
+        for cond in [
+            "payload.a.all(x, payload.a.exists(y, y == x))",
+            "payload.a.exists(x, payload.a.filter(y, y > x).size() > 0)",
+            "payload.b.all(l, l.map(v, v * 2).size() > 0)",
+            "payload.a.exists_one(x, [1, 2].exists(y, y == x))",
+        ] {
+            let err = Condition::compile(cond).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidCondition, "{cond}");
+            assert!(
+                err.message.contains("loop inside a loop"),
+                "{cond}: {err:?}"
+            );
+        }
+        for (cond, want) in [
+            ("payload.a.filter(x, x > 1).all(y, y > 1)", true),
+            ("payload.a.map(x, x * 2).exists(y, y == 6)", true),
+            (
+                "payload.a.exists(x, x == 2) && payload.b.all(l, size(l) > 0)",
+                true,
+            ),
+            ("payload.a.all(x, x in [1, 2, 3])", true),
+            ("payload.b.exists(l, 3 in l)", true),
+        ] {
             assert_eq!(eval(cond, ev.clone()), Ok(want), "{cond}");
         }
     }
