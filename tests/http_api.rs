@@ -177,8 +177,8 @@ async fn log_is_bounded_by_store_max_events() {
     }
 }
 
-/// Events older than `store.max_age_secs` leave the log; the newer ones stay, and
-/// cursors go on after the deleted ones.
+/// Events older than `store.max_age_secs` leave the log, the newer ones stay, and the
+/// high-water mark stays where it was.
 #[actix_rt::test]
 async fn log_is_bounded_by_store_max_age() {
     for kind in [StoreKind::Sqlite, StoreKind::Memory] {
