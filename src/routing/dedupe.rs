@@ -24,7 +24,7 @@ const MAX_RESERVED_IDS: usize = 1 << 20;
 
 impl DedupeWindow {
     /// A window of `capacity` ids with room for all of them (up to
-    /// [`MAX_RESERVED_IDS`]) from the start: it fills within seconds under load, and
+    /// `MAX_RESERVED_IDS`) from the start: it fills within seconds under load, and
     /// growing by doubling would rehash the map and copy the order on the router's
     /// thread, a pause every publish waits behind. The map gets twice the room: a full
     /// window removes one id per insert, and at under half full the removals leave

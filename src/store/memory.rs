@@ -58,7 +58,7 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// A store whose log has room for `max_events` (at most [`MAX_RESERVED_EVENTS`])
+    /// A store whose log has room for `max_events` (at most `MAX_RESERVED_EVENTS`)
     /// from the start, plus an eighth: the store actor enforces a count limit only
     /// every tenth of it, so the log holds up to ~10 % more (and a doubling past the
     /// reservation would copy the whole log once). The slots are address space until
