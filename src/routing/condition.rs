@@ -254,41 +254,14 @@ fn compile_bounded(source: &str) -> Result<Program, String> {
 fn has_nested_loop(root: &IdedExpr) -> bool {
     let mut stack = vec![(root, false)];
     while let Some((expr, in_loop)) = stack.pop() {
-        match &expr.expr {
-            Expr::Comprehension(c) => {
-                if in_loop {
-                    return true;
-                }
-                stack.extend([
-                    (&c.iter_range, false),
-                    (&c.accu_init, false),
-                    (&c.result, false),
-                    (&c.loop_cond, true),
-                    (&c.loop_step, true),
-                ]);
-            }
-            Expr::Call(call) => {
-                stack.extend(call.target.as_deref().map(|t| (t, in_loop)));
-                stack.extend(call.args.iter().map(|a| (a, in_loop)));
-            }
-            Expr::List(list) => stack.extend(list.elements.iter().map(|e| (e, in_loop))),
-            Expr::Map(map) => {
-                for entry in &map.entries {
-                    if let EntryExpr::MapEntry(e) = &entry.expr {
-                        stack.extend([(&e.key, in_loop), (&e.value, in_loop)]);
-                    }
-                }
-            }
-            Expr::Struct(st) => {
-                for entry in &st.entries {
-                    if let EntryExpr::StructField(f) = &entry.expr {
-                        stack.push((&f.value, in_loop));
-                    }
-                }
-            }
-            Expr::Select(select) => stack.push((&select.operand, in_loop)),
-            Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+        if in_loop && matches!(expr.expr, Expr::Comprehension(_)) {
+            return true;
         }
+        stack.extend(
+            children(expr)
+                .into_iter()
+                .map(|(child, body)| (child, in_loop || body)),
+        );
     }
     false
 }
@@ -300,42 +273,56 @@ fn depth_exceeds(root: &IdedExpr, max: usize) -> bool {
         if depth > max {
             return true;
         }
-        let below = depth + 1;
-        match &expr.expr {
-            Expr::Call(call) => {
-                stack.extend(call.target.as_deref().map(|t| (t, below)));
-                stack.extend(call.args.iter().map(|a| (a, below)));
-            }
-            Expr::Comprehension(c) => stack.extend(
-                [
-                    &c.iter_range,
-                    &c.accu_init,
-                    &c.loop_cond,
-                    &c.loop_step,
-                    &c.result,
-                ]
-                .map(|e| (e, below)),
-            ),
-            Expr::List(list) => stack.extend(list.elements.iter().map(|e| (e, below))),
-            Expr::Map(map) => {
-                for entry in &map.entries {
-                    if let EntryExpr::MapEntry(e) = &entry.expr {
-                        stack.extend([(&e.key, below), (&e.value, below)]);
-                    }
-                }
-            }
-            Expr::Struct(st) => {
-                for entry in &st.entries {
-                    if let EntryExpr::StructField(f) = &entry.expr {
-                        stack.push((&f.value, below));
-                    }
-                }
-            }
-            Expr::Select(select) => stack.push((&select.operand, below)),
-            Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
-        }
+        stack.extend(
+            children(expr)
+                .into_iter()
+                .map(|(child, _)| (child, depth + 1)),
+        );
     }
     false
+}
+
+/// The direct subexpressions of `expr`, each with whether it is a comprehension's loop
+/// body (`loop_cond`, `loop_step`: evaluated once per element) rather than evaluated
+/// once. Compile time only, on trees bounded by [`MAX_CONDITION_LEN`].
+fn children(expr: &IdedExpr) -> Vec<(&IdedExpr, bool)> {
+    let once = |e| (e, false);
+    match &expr.expr {
+        Expr::Call(call) => call
+            .target
+            .as_deref()
+            .into_iter()
+            .chain(&call.args)
+            .map(once)
+            .collect(),
+        Expr::Comprehension(c) => vec![
+            (&c.iter_range, false),
+            (&c.accu_init, false),
+            (&c.result, false),
+            (&c.loop_cond, true),
+            (&c.loop_step, true),
+        ],
+        Expr::List(list) => list.elements.iter().map(once).collect(),
+        Expr::Map(map) => map
+            .entries
+            .iter()
+            .filter_map(|entry| match &entry.expr {
+                EntryExpr::MapEntry(e) => Some([once(&e.key), once(&e.value)]),
+                _ => None,
+            })
+            .flatten()
+            .collect(),
+        Expr::Struct(st) => st
+            .entries
+            .iter()
+            .filter_map(|entry| match &entry.expr {
+                EntryExpr::StructField(f) => Some(once(&f.value)),
+                _ => None,
+            })
+            .collect(),
+        Expr::Select(select) => vec![once(&select.operand)],
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => Vec::new(),
+    }
 }
 
 fn topic_prefixes(expr: &IdedExpr) -> Option<Vec<Vec<String>>> {
