@@ -51,8 +51,16 @@ use crate::routing::SubscriptionSpec;
 const MAILBOX_CAPACITY: usize = 64;
 /// Publishes of one connection awaiting their commit before it stops reading frames.
 const MAX_PIPELINED_PUBLISHES: usize = 64;
-/// Event frame bytes a session queues before it lets its connection write them (see
-/// [`YieldOnce`]).
+/// Event frame bytes a session queues before it ends its context's turn (it waits on
+/// `tokio::task::yield_now`), so that the connection writes them. The WebSocket
+/// context encodes every frame queued during a turn into one fresh buffer, grown by
+/// doubling, which the HTTP layer copies into its own; a turn handles up to 256
+/// messages, so without a break one turn could queue all
+/// [`MAX_UNWRITTEN_FRAMES`](crate::delivery::MAX_UNWRITTEN_FRAMES) frames a worker hands
+/// over (~360 KB of 700-byte events) while every other connection on the same HTTP
+/// worker thread, a critical publisher's included, waited. With turns of ~16 KB the
+/// buffers stay small and the worker thread takes turns: in scenario 4 critical p99
+/// fell from 172–301 ms to 68–127 ms (docs/benchmarks.md).
 const WRITE_CHUNK_BYTES: usize = 16 << 10;
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
@@ -814,35 +822,8 @@ impl Handler<WriteFrames> for Session {
         if self.unwritten_bytes >= WRITE_CHUNK_BYTES {
             // Let the connection encode and write what is queued before the next message.
             self.unwritten_bytes = 0;
-            ctx.wait(actix::fut::wrap_future(YieldOnce(false)));
+            ctx.wait(actix::fut::wrap_future(tokio::task::yield_now()));
         }
-    }
-}
-
-/// Pending once (waking its task at once), ready the next time it is polled. A session
-/// waits on it to end its context's turn. The WebSocket context encodes every frame
-/// queued during a turn into one fresh buffer, grown by doubling, which the HTTP layer
-/// copies into its own; a turn handles up to 256 messages, so without a break one
-/// turn could queue all [`MAX_UNWRITTEN_FRAMES`](crate::delivery::MAX_UNWRITTEN_FRAMES)
-/// frames a worker hands over (~360 KB of 700-byte events) while every other
-/// connection on the same HTTP worker thread, a critical publisher's included, waited.
-/// With turns of ~16 KB the buffers stay small and the worker thread takes turns: in
-/// scenario 4 critical p99 fell from 172–301 ms to 68–127 ms (docs/benchmarks.md).
-struct YieldOnce(bool);
-
-impl std::future::Future for YieldOnce {
-    type Output = ();
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        if self.0 {
-            return std::task::Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
     }
 }
 
