@@ -56,6 +56,33 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 ";
 
+/// Records the newest cursor before retention may delete it, so cursors are never
+/// reused. `max(cursor)` is a scalar subquery: SQLite answers it from the end of the
+/// primary key. In a `FROM` clause the same aggregate scanned the whole table, on the
+/// store thread, at every retention pass (issue 6).
+const RECORD_LAST_CURSOR: &str = "
+    INSERT INTO meta (key, value)
+    SELECT 'last_cursor', newest FROM (SELECT (SELECT max(cursor) FROM events) AS newest)
+    WHERE newest IS NOT NULL
+    ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)";
+
+/// Deletes all but the newest `?1` events. Cursors are dense (a failed commit leaves a
+/// rare gap), so those are the ones above `max(cursor) - ?1`: a primary-key search, not
+/// a scan; with gaps, slightly fewer are kept.
+const DELETE_OVER_COUNT: &str =
+    "DELETE FROM events WHERE cursor <= (SELECT max(cursor) FROM events) - ?1";
+
+/// Deletes the events stored before `?1` (milliseconds), as the memory store does: the
+/// oldest events, in cursor order, up to the first one stored at or after the cutoff.
+/// Rows are stored in cursor order at the time of their commit, so this is every row
+/// older than the cutoff (unless the clock stepped back), found by walking the primary
+/// key from its start over exactly the rows to delete: no index on `stored_ms`, which
+/// every insert would pay for.
+const DELETE_OLDER_THAN: &str = "
+    DELETE FROM events WHERE cursor < coalesce(
+        (SELECT cursor FROM events WHERE stored_ms >= ?1 ORDER BY cursor LIMIT 1),
+        (SELECT max(cursor) FROM events) + 1)";
+
 const SELECT_DEAD_LETTER: &str =
     "SELECT id, subscription_id, connection_id, reason, attempts, dead_at, envelope
      FROM dead_letters WHERE id = ?1";
@@ -92,6 +119,10 @@ pub const DEFAULT_PAGE_SIZE: u32 = 16384;
 pub struct SqliteStore {
     conn: Connection,
     checkpointer: Checkpointer,
+    /// Rows in `events`: counted once on open, then kept by appends and retention.
+    /// `count(*)` reads every page of the table (270 ms on the store thread for a
+    /// million events), and `/api/stats` asks for it each time the dashboard polls.
+    event_count: u64,
 }
 
 impl SqliteStore {
@@ -128,10 +159,15 @@ impl SqliteStore {
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        // Reading the schema back proves the file is a usable database.
-        conn.query_row("SELECT count(*) FROM meta", [], |r| r.get::<_, i64>(0))?;
+        // Reading the table back proves the file is a usable database; the count is
+        // the only one this connection makes (see `event_count`).
+        let event_count: i64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
         let checkpointer = Checkpointer::start(path, synchronous_full, checkpoint_bytes)?;
-        Ok(SqliteStore { conn, checkpointer })
+        Ok(SqliteStore {
+            conn,
+            checkpointer,
+            event_count: event_count.max(0) as u64,
+        })
     }
 
     fn decode(cursor: u64, envelope: &str) -> Result<Arc<EncodedEvent>, StoreError> {
@@ -199,6 +235,7 @@ impl EventStore for SqliteStore {
             }
         }
         tx.commit()?;
+        self.event_count += events.len() as u64;
         if self.checkpointer.committed(bytes) {
             // Between commits, so it delays none; it fails only if another checkpoint
             // is running, and then the next catch-up does it.
@@ -276,14 +313,15 @@ impl EventStore for SqliteStore {
     }
 
     fn stats(&self) -> Result<StoreStats, StoreError> {
-        let (count, first, last): (i64, Option<i64>, Option<i64>) = self.conn.query_row(
-            "SELECT count(*), min(cursor), max(cursor) FROM events",
+        // Two primary-key searches; the count is kept, not counted.
+        let (first, last): (Option<i64>, Option<i64>) = self.conn.query_row(
+            "SELECT (SELECT min(cursor) FROM events), (SELECT max(cursor) FROM events)",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         Ok(StoreStats {
             kind: self.kind(),
-            event_count: count.max(0) as u64,
+            event_count: self.event_count,
             dead_letters: self.dead_letter_count()?,
             first_cursor: first.map(|c| c as u64),
             last_cursor: last.map(|c| c as u64),
@@ -297,39 +335,17 @@ impl EventStore for SqliteStore {
         // The newest event may be deleted below (by age): record its cursor first, in
         // the same transaction, so cursors are never reused. Appends do not write
         // `meta`, which keeps a commit to the pages of the rows it adds.
-        tx.execute(
-            "INSERT INTO meta (key, value)
-             SELECT 'last_cursor', newest FROM (SELECT max(cursor) AS newest FROM events)
-             WHERE newest IS NOT NULL
-             ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
-            [],
-        )?;
+        tx.execute(RECORD_LAST_CURSOR, [])?;
         if let Some(max) = retention.max_events {
-            deleted += tx.execute(
-                // Cursors are dense (a failed commit leaves a rare gap), so the newest
-                // `max` events are those above `max(cursor) - max`: a primary-key
-                // search, not a scan; with gaps, slightly fewer are kept.
-                "DELETE FROM events WHERE cursor <= (SELECT max(cursor) FROM events) - ?1",
-                params![to_i64(max)],
-            )? as u64;
+            deleted += tx.execute(DELETE_OVER_COUNT, params![to_i64(max)])? as u64;
         }
         if let Some(age) = retention.max_age {
             let cutoff =
                 Utc::now().timestamp_millis() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
-            // As the memory store does: the oldest events, in cursor order, up to the
-            // first one stored at or after the cutoff. Rows are stored in cursor order
-            // at the time of their commit, so this is every row older than the cutoff
-            // (unless the clock stepped back), found by walking the primary key from
-            // its start over exactly the rows to delete: no index on `stored_ms`,
-            // which every insert would pay for.
-            deleted += tx.execute(
-                "DELETE FROM events WHERE cursor < coalesce(
-                     (SELECT cursor FROM events WHERE stored_ms >= ?1 ORDER BY cursor LIMIT 1),
-                     (SELECT max(cursor) FROM events) + 1)",
-                params![cutoff],
-            )? as u64;
+            deleted += tx.execute(DELETE_OLDER_THAN, params![cutoff])? as u64;
         }
         tx.commit()?;
+        self.event_count = self.event_count.saturating_sub(deleted);
         Ok(deleted)
     }
 
@@ -545,6 +561,54 @@ mod tests {
 
     fn size(path: &Path) -> u64 {
         std::fs::metadata(path).map_or(0, |m| m.len())
+    }
+
+    /// Retention and `/api/stats` run on the store thread between commits: their
+    /// statements search the primary key instead of reading the whole table. (Age
+    /// retention walks the key from its start, over just the rows it deletes.)
+    #[test]
+    fn retention_and_stats_do_not_scan_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(&dir.path().join("events.db"), &fast()).unwrap();
+        store.append(&batch(1, 3)).unwrap();
+        for sql in [
+            RECORD_LAST_CURSOR,
+            DELETE_OVER_COUNT,
+            "SELECT (SELECT min(cursor) FROM events), (SELECT max(cursor) FROM events)",
+        ] {
+            let mut plan = store
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap();
+            for i in 1..=plan.parameter_count() {
+                plan.raw_bind_parameter(i, 1).unwrap();
+            }
+            let mut rows = plan.raw_query();
+            let mut steps: Vec<String> = Vec::new();
+            while let Some(row) = rows.next().unwrap() {
+                steps.push(row.get(3).unwrap());
+            }
+            assert!(
+                steps.iter().all(|s| !s.starts_with("SCAN events")),
+                "{sql}\n{steps:?}"
+            );
+        }
+        // The kept count follows appends, retention and a reopen.
+        let keep_one = Retention {
+            max_events: Some(1),
+            max_age: None,
+        };
+        assert_eq!(store.apply_retention(&keep_one).unwrap(), 2);
+        assert_eq!(store.stats().unwrap().event_count, 1);
+        store.append(&batch(4, 2)).unwrap();
+        assert_eq!(store.stats().unwrap().event_count, 3);
+        drop(store);
+        let store = SqliteStore::open(&dir.path().join("events.db"), &fast()).unwrap();
+        let stats = store.stats().unwrap();
+        assert_eq!(
+            (stats.event_count, stats.first_cursor, stats.last_cursor),
+            (3, Some(3), Some(5))
+        );
     }
 
     /// A file from before the age index was dropped loses it on open, keeps its
