@@ -33,7 +33,6 @@ fn all(limit: usize) -> EventQuery {
     }
 }
 
-/// Runs `check` against a fresh instance of every backend.
 fn fast() -> SqliteOptions {
     SqliteOptions {
         synchronous_full: false,
@@ -41,10 +40,14 @@ fn fast() -> SqliteOptions {
     }
 }
 
+/// Runs `check` against a fresh instance of every backend.
 fn each_backend(check: impl Fn(&mut dyn EventStore)) {
     check(&mut MemoryStore::new());
     let dir = tempfile::tempdir().unwrap();
     check(&mut SqliteStore::open_in(dir.path(), &fast()).unwrap());
+    // Two cursors per segment: every check crosses segment tables.
+    let path = dir.path().join("segmented.db");
+    check(&mut SqliteStore::open_segmented(&path, &fast(), 2).unwrap());
 }
 
 fn seed(store: &mut dyn EventStore) {
