@@ -47,7 +47,11 @@ fn each_backend(check: impl Fn(&mut dyn EventStore)) {
     check(&mut SqliteStore::open_in(dir.path(), &fast()).unwrap());
     // Two cursors per segment: every check crosses segment tables.
     let path = dir.path().join("segmented.db");
-    check(&mut SqliteStore::open_segmented(&path, &fast(), 2).unwrap());
+    let options = SqliteOptions {
+        segment_events: 2,
+        ..fast()
+    };
+    check(&mut SqliteStore::open(&path, &options).unwrap());
 }
 
 fn seed(store: &mut dyn EventStore) {
