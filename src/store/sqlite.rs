@@ -1,7 +1,12 @@
 //! The SQLite backend (default): one WAL-mode database file, `events.db`, under the data
 //! directory. Appends are one transaction per batch (the store actor groups many
 //! publishes into one batch), so durable ingest pays one fsync per batch. WAL
-//! checkpoints run on a thread of their own (`checkpoint`), not inside commits.
+//! checkpoints run on a thread of their own (`checkpoint`), not inside commits. The
+//! log is a run of segment tables (`Segments`), so that retention drops tables instead
+//! of deleting rows one by one.
+//!
+//! Owns: the database file and every statement run on it. Must not: decide retention
+//! limits or when they apply (the store actor does), or assign cursors.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -148,8 +153,9 @@ pub struct SqliteStore {
 /// of WAL for 100,000 rows against 26 ms and 64 KB for the same rows as one table).
 struct Segments {
     per: u64,
-    /// Segments that have a table, oldest first. A table may be empty (emptied by
-    /// retention between commits of a failed pass): every read skips empty ones.
+    /// Segments that have a table, oldest first. A table may be empty (an older
+    /// file's empty `events` table, or a segment whose rows all fell under a count
+    /// limit when cursors had gaps): reads skip empty ones and retention drops them.
     tables: BTreeSet<u64>,
 }
 
@@ -272,8 +278,8 @@ impl SqliteStore {
         super::decode_envelope(cursor, envelope.into())
     }
 
-    /// The lowest (`"min"`) or highest (`"max"`) stored cursor: from the first
-    /// segment, in that direction, that has one.
+    /// The lowest (`Order::Asc`) or highest (`Order::Desc`) stored cursor: from the
+    /// first segment, in that direction, that has one.
     fn edge_cursor(&self, end: Order) -> Result<Option<u64>, StoreError> {
         let (tables, aggregate): (Vec<u64>, _) = match end {
             Order::Asc => (self.segments.tables.iter().copied().collect(), "min"),
