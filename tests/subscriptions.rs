@@ -449,3 +449,32 @@ async fn many_concurrent_subscribers_each_get_every_event_in_order() {
         }
     }
 }
+
+/// A subscriber handed far more than one write turn at once (a batch of 400 events of
+/// ~1.3 KB: a delivery worker hands them over 256 at a time, and a session queues ~16
+/// KB per turn) gets every one, in cursor order, each once.
+#[actix_rt::test]
+async fn a_burst_larger_than_a_write_turn_arrives_whole_and_in_order() {
+    let server = TestServer::start().await;
+    let mut sub = server.ws().await;
+    sub.subscribe(json!({"type": "pattern", "patterns": ["burst.>"]}))
+        .await;
+    let mut publisher = server.ws().await;
+    let n = 400;
+    let events: Vec<Value> = (0..n)
+        .map(|i| json!({"topic": "burst.a", "payload": {"i": i, "pad": "x".repeat(1000)}}))
+        .collect();
+    let reply = publisher
+        .request(json!({"type": "publish_batch", "events": events}))
+        .await;
+    assert_eq!(reply["type"], "published_batch", "{reply}");
+    let mut last_cursor = 0;
+    for i in 0..n {
+        let e = sub.recv_event().await["event"].clone();
+        assert_eq!(e["payload"]["i"].as_u64(), Some(i), "publish order");
+        let cursor = e["cursor"].as_u64().unwrap();
+        assert!(cursor > last_cursor, "cursor order");
+        last_cursor = cursor;
+    }
+    sub.expect_silence(Duration::from_millis(200)).await;
+}

@@ -19,7 +19,7 @@
 //! that finds none is answered `rate_limited` and never reaches the router. A
 //! `rate_limited` answer is not a bad frame: it is not charged to the error budget.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,7 +45,7 @@ use crate::protocol::reply::event_frame;
 use crate::protocol::{decode, Command, PublishResult, Reply, ValidatedBatch};
 use crate::rate_limit::PublishBudget;
 use crate::routing::pattern::Pattern;
-use crate::routing::SubscriptionSpec;
+use crate::routing::{Priority, SubscriptionSpec};
 
 /// Messages a session's mailbox holds before delivery workers see it as slow.
 const MAILBOX_CAPACITY: usize = 64;
@@ -58,9 +58,10 @@ const MAX_PIPELINED_PUBLISHES: usize = 64;
 /// messages, so without a break one turn could queue all
 /// [`MAX_UNWRITTEN_FRAMES`](crate::delivery::MAX_UNWRITTEN_FRAMES) frames a worker hands
 /// over (~360 KB of 700-byte events) while every other connection on the same HTTP
-/// worker thread, a critical publisher's included, waited. With turns of ~16 KB the
-/// buffers stay small and the worker thread takes turns: in scenario 4 critical p99
-/// fell from 172–301 ms to 68–127 ms (docs/benchmarks.md).
+/// worker thread, a critical publisher's included, waited. The break comes inside a
+/// `WriteFrames` too (one holds up to 256 frames, ~180 KB): the rest waits in
+/// `Session::pending`. With turns of ~16 KB the buffers stay small and the worker
+/// thread takes turns (docs/benchmarks.md, scenario 4).
 const WRITE_CHUNK_BYTES: usize = 16 << 10;
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
@@ -137,6 +138,7 @@ pub async fn upgrade(
         publishes_in_flight: 0,
         backlog: Arc::default(),
         unwritten_bytes: 0,
+        pending: VecDeque::new(),
         budget: PublishBudget::new(&state.config.limits),
         _permit: permit,
     };
@@ -252,6 +254,9 @@ pub struct Session {
     budget: PublishBudget,
     /// Event frame bytes queued since this session last let its connection write.
     unwritten_bytes: usize,
+    /// Frames handed over and not queued on the connection yet: a `WriteFrames` holds
+    /// up to 256 (~180 KB), more than one turn should queue (see [`WRITE_CHUNK_BYTES`]).
+    pending: VecDeque<OutFrame>,
     _permit: ConnectionPermit,
 }
 
@@ -766,63 +771,127 @@ impl Handler<WriteFrames> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: WriteFrames, ctx: &mut Ctx) {
-        if self.backlog.written(msg.frames.len()) {
+        let idle = self.pending.is_empty();
+        for frame in msg.frames {
+            enqueue(&mut self.pending, frame);
+        }
+        if idle {
+            self.write_pending(ctx);
+        }
+        // Otherwise a `WritePending` is due and writes these after the others.
+    }
+}
+
+/// Internal: go on writing [`Session::pending`] after a break.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WritePending;
+
+impl Handler<WritePending> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: WritePending, ctx: &mut Ctx) {
+        self.write_pending(ctx);
+    }
+}
+
+/// A live event's priority; `None` for every other frame.
+fn live_priority(frame: &OutFrame) -> Option<Priority> {
+    match frame {
+        OutFrame::Event { event, .. } => Some(event.event.priority),
+        _ => None,
+    }
+}
+
+/// Adds a handed-over frame to a session's `pending` frames. A live event goes ahead
+/// of the live events of lower priority still waiting there (PROTOCOL.md section 4:
+/// events held back for a slow socket leave highest priority first, oldest first
+/// within a priority); it never passes a replayed event, a `replay_complete` or a
+/// `dropped` notice. Frames of one priority keep their order, and when all are of one
+/// priority this looks at the last frame only.
+fn enqueue(pending: &mut VecDeque<OutFrame>, frame: OutFrame) {
+    let mut at = pending.len();
+    if let Some(priority) = live_priority(&frame) {
+        while at > 0 && live_priority(&pending[at - 1]).is_some_and(|waiting| waiting < priority) {
+            at -= 1;
+        }
+    }
+    pending.insert(at, frame);
+}
+
+impl Session {
+    /// Queues pending frames on the connection until [`WRITE_CHUNK_BYTES`] of events,
+    /// then ends the turn (the context waits on `tokio::task::yield_now`) so that the
+    /// connection writes them and the other connections of this HTTP worker thread get
+    /// theirs, and comes back for the rest with a `WritePending`. Frames leave in the
+    /// order they were handed over.
+    fn write_pending(&mut self, ctx: &mut Ctx) {
+        let mut written = 0;
+        while let Some(frame) = self.pending.pop_front() {
+            written += 1;
+            self.write_frame(frame, ctx);
+            if self.unwritten_bytes >= WRITE_CHUNK_BYTES {
+                self.unwritten_bytes = 0;
+                ctx.wait(actix::fut::wrap_future(tokio::task::yield_now()));
+                if !self.pending.is_empty() {
+                    ctx.notify(WritePending);
+                }
+                break;
+            }
+        }
+        if self.backlog.written(written) {
             // If the worker's mailbox is full, its tick resumes this session anyway.
             let resume = delivery::Resume { session: self.id };
             let _ = worker_for(self.id, &self.workers).try_send(resume);
         }
-        for frame in msg.frames {
-            // Only a live event's first delivery measures publish-to-deliver latency.
-            let first_live = matches!(frame, OutFrame::Event { attempt: 1, .. });
-            match frame {
-                OutFrame::Event {
-                    sub,
-                    event,
-                    attempt,
+    }
+
+    fn write_frame(&mut self, frame: OutFrame, ctx: &mut Ctx) {
+        // Only a live event's first delivery measures publish-to-deliver latency.
+        let first_live = matches!(frame, OutFrame::Event { attempt: 1, .. });
+        match frame {
+            OutFrame::Event {
+                sub,
+                event,
+                attempt,
+            }
+            | OutFrame::Replayed {
+                sub,
+                event,
+                attempt,
+            } => {
+                if !sub.is_active() {
+                    return;
                 }
-                | OutFrame::Replayed {
-                    sub,
-                    event,
-                    attempt,
-                } => {
-                    if !sub.is_active() {
-                        continue;
-                    }
-                    let text = event_frame(&sub.frame_prefix, &event.json, attempt);
-                    self.unwritten_bytes += text.len();
-                    ctx.text(text);
-                    sub.delivered.fetch_add(1, Relaxed);
-                    self.metrics.count_delivered(&event, first_live);
-                }
-                OutFrame::ReplayComplete { sub, last_cursor } => {
-                    if sub.is_active() {
-                        self.send(
-                            ctx,
-                            &Reply::ReplayComplete {
-                                subscription_id: sub.id.clone(),
-                                last_cursor,
-                            },
-                        );
-                    }
-                }
-                OutFrame::Dropped { sub, count } => {
-                    if sub.is_active() {
-                        self.send(
-                            ctx,
-                            &Reply::Dropped {
-                                subscription_id: sub.id.clone(),
-                                count,
-                                reason: "slow_consumer",
-                            },
-                        );
-                    }
+                let text = event_frame(&sub.frame_prefix, &event.json, attempt);
+                self.unwritten_bytes += text.len();
+                ctx.text(text);
+                sub.delivered.fetch_add(1, Relaxed);
+                self.metrics.count_delivered(&event, first_live);
+            }
+            OutFrame::ReplayComplete { sub, last_cursor } => {
+                if sub.is_active() {
+                    self.send(
+                        ctx,
+                        &Reply::ReplayComplete {
+                            subscription_id: sub.id.clone(),
+                            last_cursor,
+                        },
+                    );
                 }
             }
-        }
-        if self.unwritten_bytes >= WRITE_CHUNK_BYTES {
-            // Let the connection encode and write what is queued before the next message.
-            self.unwritten_bytes = 0;
-            ctx.wait(actix::fut::wrap_future(tokio::task::yield_now()));
+            OutFrame::Dropped { sub, count } => {
+                if sub.is_active() {
+                    self.send(
+                        ctx,
+                        &Reply::Dropped {
+                            subscription_id: sub.id.clone(),
+                            count,
+                            reason: "slow_consumer",
+                        },
+                    );
+                }
+            }
         }
     }
 }
@@ -838,6 +907,75 @@ impl Handler<CloseSession> for Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{EncodedEvent, Event};
+    use serde_json::json;
+
+    struct Sink;
+    impl Actor for Sink {
+        type Context = Context<Self>;
+    }
+    impl Handler<WriteFrames> for Sink {
+        type Result = ();
+        fn handle(&mut self, _: WriteFrames, _: &mut Context<Self>) {}
+    }
+
+    /// Live events overtake lower-priority live events waiting in a session, keep
+    /// their order within a priority, and never pass a replayed event or a notice.
+    #[actix_rt::test]
+    async fn pending_frames_leave_highest_priority_first_within_bounds() {
+        let spec = json!({"type": "pattern", "patterns": [">"]});
+        let sink = SessionSink {
+            frames: Sink.start().recipient(),
+            backlog: Arc::default(),
+        };
+        let sub = Arc::new(SubscriptionHandle::new(
+            1,
+            "anonymous".into(),
+            "s".into(),
+            SubscriptionSpec::from_json(spec).unwrap(),
+            sink,
+        ));
+        let event = |priority: &str, cursor: u64| {
+            let mut e = Event::from_json(json!({"topic": "t", "priority": priority}), "s").unwrap();
+            e.cursor = cursor;
+            EncodedEvent::new(e)
+        };
+        let live = |priority: &str, cursor: u64| OutFrame::Event {
+            sub: sub.clone(),
+            event: event(priority, cursor),
+            attempt: 1,
+        };
+        let mut pending = VecDeque::new();
+        enqueue(&mut pending, live("low", 1));
+        enqueue(
+            &mut pending,
+            OutFrame::Replayed {
+                sub: sub.clone(),
+                event: event("low", 2),
+                attempt: 1,
+            },
+        );
+        for (priority, cursor) in [
+            ("low", 3),
+            ("low", 4),
+            ("high", 5),
+            ("critical", 6),
+            ("high", 7),
+            ("low", 8),
+        ] {
+            enqueue(&mut pending, live(priority, cursor));
+        }
+        let order: Vec<u64> = pending
+            .iter()
+            .map(|f| match f {
+                OutFrame::Event { event, .. } | OutFrame::Replayed { event, .. } => {
+                    event.event.cursor
+                }
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(order, [1, 2, 6, 5, 7, 3, 4, 8]);
+    }
 
     #[test]
     fn error_budget_resets_per_window() {
