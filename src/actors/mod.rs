@@ -155,3 +155,44 @@ impl SubscriptionHandle {
         })
     }
 }
+
+/// Test stand-ins shared by the actors' and the delivery state machines' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use actix::prelude::*;
+
+    use super::delivery::WriteFrames;
+    use super::{SessionSink, SubscriptionHandle};
+    use crate::routing::SubscriptionSpec;
+
+    /// A session that takes every `WriteFrames` and drops it.
+    struct NullSession;
+
+    impl Actor for NullSession {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<WriteFrames> for NullSession {
+        type Result = ();
+        fn handle(&mut self, _: WriteFrames, _: &mut Context<Self>) {}
+    }
+
+    /// A subscription of connection 1 (`spec` as a client sends it) whose frames go
+    /// nowhere. Needs a running actix system.
+    pub fn subscription(spec: serde_json::Value) -> Arc<SubscriptionHandle> {
+        let sink = SessionSink {
+            frames: NullSession.start().recipient(),
+            backlog: Arc::default(),
+        };
+        let spec = SubscriptionSpec::from_json(spec).expect("a valid subscription spec");
+        Arc::new(SubscriptionHandle::new(
+            1,
+            "anonymous".into(),
+            "s".into(),
+            spec,
+            sink,
+        ))
+    }
+}

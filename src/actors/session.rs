@@ -910,31 +910,12 @@ mod tests {
     use crate::protocol::{EncodedEvent, Event};
     use serde_json::json;
 
-    struct Sink;
-    impl Actor for Sink {
-        type Context = Context<Self>;
-    }
-    impl Handler<WriteFrames> for Sink {
-        type Result = ();
-        fn handle(&mut self, _: WriteFrames, _: &mut Context<Self>) {}
-    }
-
     /// Live events overtake lower-priority live events waiting in a session, keep
     /// their order within a priority, and never pass a replayed event or a notice.
     #[actix_rt::test]
     async fn pending_frames_leave_highest_priority_first_within_bounds() {
-        let spec = json!({"type": "pattern", "patterns": [">"]});
-        let sink = SessionSink {
-            frames: Sink.start().recipient(),
-            backlog: Arc::default(),
-        };
-        let sub = Arc::new(SubscriptionHandle::new(
-            1,
-            "anonymous".into(),
-            "s".into(),
-            SubscriptionSpec::from_json(spec).unwrap(),
-            sink,
-        ));
+        let sub =
+            crate::actors::testing::subscription(json!({"type": "pattern", "patterns": [">"]}));
         let event = |priority: &str, cursor: u64| {
             let mut e = Event::from_json(json!({"topic": "t", "priority": priority}), "s").unwrap();
             e.cursor = cursor;

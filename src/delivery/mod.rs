@@ -552,29 +552,7 @@ mod tests {
         EncodedEvent::new(e)
     }
 
-    struct Sink;
-    impl Actor for Sink {
-        type Context = Context<Self>;
-    }
-    impl Handler<WriteFrames> for Sink {
-        type Result = ();
-        fn handle(&mut self, _: WriteFrames, _: &mut Context<Self>) {}
-    }
-
-    fn handle(spec: serde_json::Value) -> Arc<SubscriptionHandle> {
-        let sink = SessionSink {
-            frames: Sink.start().recipient(),
-            backlog: Arc::default(),
-        };
-        let spec = crate::routing::SubscriptionSpec::from_json(spec).unwrap();
-        Arc::new(SubscriptionHandle::new(
-            1,
-            "anonymous".into(),
-            "s".into(),
-            spec,
-            sink,
-        ))
-    }
+    use crate::actors::testing::subscription as handle;
 
     fn drain(q: &mut SubQueue) -> Vec<u64> {
         let mut frames = Vec::new();

@@ -81,7 +81,17 @@ mod tests {
             w.insert(&format!("id-{cursor}"), cursor);
         }
         assert_eq!(w.cursors.len(), 1000);
-        assert_eq!((w.cursors.capacity(), w.order.capacity()), (map, order));
+        // The map's `capacity()` is its entries plus the room left before it grows,
+        // and the slots of removed entries (tombstones) take from that room until
+        // the table is rehashed in place: it varies with the per-process hash seed
+        // (3555 against 3584 in one run in five). A table that grew would report
+        // twice as much.
+        assert!(
+            w.cursors.capacity() <= map,
+            "{} > {map}",
+            w.cursors.capacity()
+        );
+        assert_eq!(w.order.capacity(), order);
         // A huge window reserves only up to the cap.
         let big = DedupeWindow::new(usize::MAX);
         assert!(big.order.capacity() < MAX_RESERVED_IDS * 2);
