@@ -3,7 +3,11 @@
 //!
 //! Into a session: WebSocket frames (as a stream), [`WriteFrames`] from its delivery
 //! worker, [`CloseSession`] from the router. Out of a session: commands to the router,
-//! `Ack` / `Nack` to its delivery worker.
+//! `Ack` / `Nack` / `Resume` to its delivery worker.
+//!
+//! Delivery: handed-over frames wait in the session's `pending` queue, highest
+//! priority first among live events, and are written in turns of `WRITE_CHUNK_BYTES`
+//! so that one busy subscriber does not hold its HTTP worker thread.
 //!
 //! Lifecycle: [`upgrade`] takes a connection permit and starts the actor; `started`
 //! registers with the router (stopping if that fails) and makes the connect-time
@@ -824,7 +828,7 @@ impl Session {
     /// then ends the turn (the context waits on `tokio::task::yield_now`) so that the
     /// connection writes them and the other connections of this HTTP worker thread get
     /// theirs, and comes back for the rest with a `WritePending`. Frames leave in the
-    /// order they were handed over.
+    /// order [`enqueue`] put them in.
     fn write_pending(&mut self, ctx: &mut Ctx) {
         let mut written = 0;
         while let Some(frame) = self.pending.pop_front() {
