@@ -172,6 +172,14 @@ impl Segments {
         }
     }
 
+    /// The segments that have a table, oldest first (`Asc`) or newest first (`Desc`).
+    fn in_order(&self, order: Order) -> Vec<u64> {
+        match order {
+            Order::Asc => self.tables.iter().copied().collect(),
+            Order::Desc => self.tables.iter().rev().copied().collect(),
+        }
+    }
+
     /// The highest cursor segment `n` may hold.
     fn last_cursor_of(&self, n: u64) -> u64 {
         if n == 0 {
@@ -281,11 +289,8 @@ impl SqliteStore {
     /// The lowest (`Order::Asc`) or highest (`Order::Desc`) stored cursor: from the
     /// first segment, in that direction, that has one.
     fn edge_cursor(&self, end: Order) -> Result<Option<u64>, StoreError> {
-        let (tables, aggregate): (Vec<u64>, _) = match end {
-            Order::Asc => (self.segments.tables.iter().copied().collect(), "min"),
-            Order::Desc => (self.segments.tables.iter().rev().copied().collect(), "max"),
-        };
-        for n in tables {
+        let aggregate = if end == Order::Asc { "min" } else { "max" };
+        for n in self.segments.in_order(end) {
             let sql = format!("SELECT {aggregate}(cursor) FROM {}", Segments::name(n));
             let found: Option<i64> = self
                 .conn
@@ -420,13 +425,9 @@ impl EventStore for SqliteStore {
                 .replace('_', "\\_");
             format!("{escaped}%")
         };
-        let tables: Vec<u64> = match q.order {
-            Order::Asc => self.segments.tables.iter().copied().collect(),
-            Order::Desc => self.segments.tables.iter().rev().copied().collect(),
-        };
         let after = q.after.unwrap_or(0);
         let mut found = Vec::new();
-        for n in tables {
+        for n in self.segments.in_order(q.order) {
             if self.segments.last_cursor_of(n) <= after {
                 // Nothing after `after` in this one.
                 continue;
@@ -497,7 +498,7 @@ impl EventStore for SqliteStore {
         let Some(newest) = self.edge_cursor(Order::Desc)? else {
             return Ok(0);
         };
-        let tables: Vec<u64> = self.segments.tables.iter().copied().collect();
+        let tables = self.segments.in_order(Order::Asc);
         let mut dropped = Vec::new();
         let mut deleted = 0;
         let tx = self.conn.transaction()?;
