@@ -31,9 +31,14 @@ pub const FRAMES_PER_BATCH: usize = 256;
 /// Batches sent to one session per flush before giving other sessions a turn.
 pub const BATCHES_PER_FLUSH: usize = 8;
 /// Frames a session may have been handed and not written yet. Past this the rest waits
-/// here, where a critical event still overtakes a backlog of low ones; in the session's
-/// mailbox it could not.
+/// here, where overflow drops the lowest priority first (PROTOCOL.md section 4) and
+/// the session's memory stays bounded.
 pub const MAX_UNWRITTEN_FRAMES: usize = 2 * FRAMES_PER_BATCH;
+/// Critical events a session may be handed past [`MAX_UNWRITTEN_FRAMES`]. Without
+/// them a critical event waits here until the session has written half its backlog,
+/// then for its turn in the session's mailbox; with them it joins the session's queue
+/// at once and leaves ahead of the lower-priority events there.
+pub const URGENT_FRAMES: usize = FRAMES_PER_BATCH / 4;
 
 /// Frames handed to one session and not written yet, shared by the session and the
 /// delivery worker that serves it. The worker hands over no more past
@@ -56,6 +61,12 @@ impl Backlog {
         }
         self.worker_waits.store(true, Release);
         self.unwritten.load(Acquire) < MAX_UNWRITTEN_FRAMES
+    }
+
+    /// Worker, once [`has_room`](Self::has_room) said no: how many critical events may
+    /// still be handed over ([`URGENT_FRAMES`] past the limit, less those not written).
+    pub fn urgent_room(&self) -> usize {
+        (MAX_UNWRITTEN_FRAMES + URGENT_FRAMES).saturating_sub(self.unwritten.load(Acquire))
     }
 
     /// Worker: `n` frames are being handed over (counted before sending, as the
@@ -308,11 +319,11 @@ impl SubQueue {
         &mut self,
         priority: Priority,
         frames: &mut Vec<OutFrame>,
+        limit: usize,
         (now, wall): (Instant, DateTime<Utc>),
         dead: &mut Vec<DeadNote>,
     ) {
-        while frames.len() < FRAMES_PER_BATCH && self.ack.as_ref().is_none_or(AckTracker::has_room)
-        {
+        while frames.len() < limit && self.ack.as_ref().is_none_or(AckTracker::has_room) {
             let Some(w) = self.waiting[priority.index()].pop_front() else {
                 break;
             };
@@ -411,10 +422,26 @@ impl Outbox {
         }
         for p in Priority::HIGHEST_FIRST {
             for q in self.subs.values_mut().filter(|q| !q.handle.is_replaying()) {
-                q.take_live(p, &mut frames, (now, wall), dead);
+                q.take_live(p, &mut frames, FRAMES_PER_BATCH, (now, wall), dead);
             }
             if frames.len() >= FRAMES_PER_BATCH {
                 break;
+            }
+        }
+        frames
+    }
+
+    /// Takes up to `room` critical live events, for a session whose backlog is full.
+    fn next_urgent(
+        &mut self,
+        room: usize,
+        clocks: (Instant, DateTime<Utc>),
+        dead: &mut Vec<DeadNote>,
+    ) -> Vec<OutFrame> {
+        let mut frames = Vec::new();
+        for q in self.subs.values_mut() {
+            if q.handle.is_active() && !q.handle.is_replaying() {
+                q.take_live(Priority::Critical, &mut frames, room, clocks, dead);
             }
         }
         frames
@@ -459,12 +486,19 @@ impl Outbox {
         let now = (Instant::now(), Utc::now());
         let mut result = Flush::Stalled;
         for _ in 0..BATCHES_PER_FLUSH {
-            if !self.sink.backlog.has_room() {
-                // The session says when it has written enough (`Resume`).
+            let frames = if self.sink.backlog.has_room() {
+                self.next_batch(now, dead)
+            } else {
+                // The session says when it has written enough (`Resume`); critical
+                // events need not wait for that.
                 result = Flush::Waiting;
-                break;
-            }
-            let frames = self.next_batch(now, dead);
+                let room = self.sink.backlog.urgent_room();
+                let urgent = self.next_urgent(room, now, dead);
+                if urgent.is_empty() {
+                    break;
+                }
+                urgent
+            };
             if frames.is_empty() {
                 result = Flush::Done;
                 break;
@@ -476,6 +510,7 @@ impl Outbox {
                 Err(SendError::Full(msg)) => {
                     self.sink.backlog.returned(n);
                     self.restore(msg.frames);
+                    result = Flush::Stalled;
                     break;
                 }
                 Err(SendError::Closed(_)) => return Flush::Closed,
@@ -558,7 +593,13 @@ mod tests {
         let mut frames = Vec::new();
         let mut dead = Vec::new();
         for p in Priority::HIGHEST_FIRST {
-            q.take_live(p, &mut frames, (Instant::now(), Utc::now()), &mut dead);
+            q.take_live(
+                p,
+                &mut frames,
+                FRAMES_PER_BATCH,
+                (Instant::now(), Utc::now()),
+                &mut dead,
+            );
         }
         frames
             .iter()
@@ -635,6 +676,43 @@ mod tests {
             (MAX_UNWRITTEN_FRAMES..MAX_UNWRITTEN_FRAMES + FRAMES_PER_BATCH).contains(&unwritten),
             "{unwritten}"
         );
+    }
+
+    /// Past the cap, critical events are still handed over, up to [`URGENT_FRAMES`]
+    /// more; nothing of lower priority is.
+    #[actix_rt::test]
+    async fn critical_events_pass_a_full_backlog_up_to_the_urgent_allowance() {
+        let metrics = Metrics::default();
+        let mut dead = Vec::new();
+        let sub = handle(json!({"type": "all"}));
+        let backlog = sub.sink.backlog.clone();
+        let mut outbox = Outbox::new(sub.sink.clone());
+        for i in 1..=1000 {
+            outbox
+                .queue(&sub)
+                .push(ev("low", i), 10_000, &metrics, &mut dead);
+        }
+        assert!(matches!(outbox.flush(&mut dead), Flush::Waiting));
+        assert_eq!(backlog.unwritten(), MAX_UNWRITTEN_FRAMES);
+        let urgent = URGENT_FRAMES as u64;
+        for i in 0..urgent + 10 {
+            let q = outbox.queue(&sub);
+            q.push(ev("critical", 5000 + i), 10_000, &metrics, &mut dead);
+            q.push(ev("high", 6000 + i), 10_000, &metrics, &mut dead);
+        }
+        assert!(matches!(outbox.flush(&mut dead), Flush::Waiting));
+        assert_eq!(backlog.unwritten(), MAX_UNWRITTEN_FRAMES + URGENT_FRAMES);
+        // Still waiting here: the critical events past the allowance, then the rest.
+        let left = drain(outbox.queue(&sub));
+        let critical_left: Vec<u64> = (5000 + urgent..5000 + urgent + 10).collect();
+        assert_eq!(left[..10], critical_left[..]);
+        assert_eq!(left[10], 6000);
+        // Once the allowance is used, not even a critical event is handed over.
+        outbox
+            .queue(&sub)
+            .push(ev("critical", 9999), 10_000, &metrics, &mut dead);
+        assert!(matches!(outbox.flush(&mut dead), Flush::Waiting));
+        assert_eq!(backlog.unwritten(), MAX_UNWRITTEN_FRAMES + URGENT_FRAMES);
     }
 
     #[actix_rt::test]
