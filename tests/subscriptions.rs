@@ -451,7 +451,7 @@ async fn many_concurrent_subscribers_each_get_every_event_in_order() {
 }
 
 /// A subscriber handed far more than one write turn at once (a batch of 400 events of
-/// ~1.3 KB: a delivery worker hands them over 256 at a time, and a session queues ~16
+/// ~1.3 KB: a delivery worker hands them over 256 at a time, and a session queues ~128
 /// KB per turn) gets every one, in cursor order, each once.
 #[actix_rt::test]
 async fn a_burst_larger_than_a_write_turn_arrives_whole_and_in_order() {

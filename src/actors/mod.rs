@@ -8,6 +8,9 @@
 //! - [`session::Session`]: one per WebSocket connection; decodes commands, owns that
 //!   connection's subscriptions, writes frames.
 //!
+//! [`turn`] is not an actor: it is the future a session waits on to give its HTTP
+//! worker thread to the other connections there.
+//!
 //! [`SubscriptionHandle`] is the one piece of state all three share: the session creates
 //! it, the router indexes it, workers queue for it.
 
@@ -15,6 +18,7 @@ pub mod delivery;
 pub mod router;
 pub mod session;
 pub mod store;
+pub mod turn;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

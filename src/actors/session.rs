@@ -7,7 +7,8 @@
 //!
 //! Delivery: handed-over frames wait in the session's `pending` queue, highest
 //! priority first among live events, and are written in turns of `WRITE_CHUNK_BYTES`
-//! so that one busy subscriber does not hold its HTTP worker thread.
+//! so that one busy subscriber does not hold its HTTP worker thread; published events
+//! are read in turns of `READ_TURN_EVENTS` for the same reason.
 //!
 //! Lifecycle: [`upgrade`] takes a connection permit and starts the actor; `started`
 //! registers with the router (stopping if that fails) and makes the connect-time
@@ -37,7 +38,7 @@ use serde_json::Value;
 
 use super::delivery::{self, worker_for, DeliveryWorker, OutFrame, WriteFrames};
 use super::router::{self, Dedupe, Router};
-use super::{SessionId, SessionSink, SubscriptionHandle};
+use super::{turn, SessionId, SessionSink, SubscriptionHandle};
 use crate::auth::Principal;
 use crate::config::Config;
 use crate::delivery::Backlog;
@@ -56,17 +57,25 @@ const MAILBOX_CAPACITY: usize = 64;
 /// Publishes of one connection awaiting their commit before it stops reading frames.
 const MAX_PIPELINED_PUBLISHES: usize = 64;
 /// Event frame bytes a session queues before it ends its context's turn (it waits on
-/// `tokio::task::yield_now`), so that the connection writes them. The WebSocket
-/// context encodes every frame queued during a turn into one fresh buffer, grown by
-/// doubling, which the HTTP layer copies into its own; a turn handles up to 256
-/// messages, so without a break one turn could queue all
-/// [`MAX_UNWRITTEN_FRAMES`](crate::delivery::MAX_UNWRITTEN_FRAMES) frames a worker hands
-/// over (~360 KB of 700-byte events) while every other connection on the same HTTP
-/// worker thread, a critical publisher's included, waited. The break comes inside a
-/// `WriteFrames` too (one holds up to 256 frames, ~180 KB): the rest waits in
-/// `Session::pending`. With turns of ~16 KB the buffers stay small and the worker
-/// thread takes turns (docs/benchmarks.md, scenario 4).
-const WRITE_CHUNK_BYTES: usize = 16 << 10;
+/// [`turn::end_turn`]), so that the connection writes them and the other connections
+/// of this HTTP worker thread get their turn. The WebSocket context encodes every
+/// frame queued during a turn into one fresh buffer, grown by doubling, which the HTTP
+/// layer copies into its own; without a break one turn could queue all
+/// [`MAX_UNWRITTEN_FRAMES`](crate::delivery::MAX_UNWRITTEN_FRAMES) frames a worker
+/// hands over (~360 KB of 700-byte events) while every other connection on the thread,
+/// a critical publisher's included, waited. The break comes inside a `WriteFrames` too
+/// (one holds up to 256 frames, ~180 KB): the rest waits in `Session::pending`.
+/// Smaller turns cost throughput: at 16 KB the thread switched connections so often
+/// that ten subscribers of a flood fell behind and lost events; at 128 KB they keep up
+/// and a critical delivery waits for at most a few turns (docs/benchmarks.md,
+/// scenario 4).
+const WRITE_CHUNK_BYTES: usize = 128 << 10;
+/// Published events a session reads and validates before it ends its context's turn
+/// (it waits on [`turn::end_turn`]). The WebSocket stream hands over up to 16 frames
+/// per turn, and a `publish_batch` frame may hold hundreds of events: without a break,
+/// a busy publisher held its HTTP worker thread for milliseconds at a time while the
+/// other connections there waited, a critical publisher's among them.
+const READ_TURN_EVENTS: usize = 256;
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -142,6 +151,7 @@ pub async fn upgrade(
         publishes_in_flight: 0,
         backlog: Arc::default(),
         unwritten_bytes: 0,
+        read_events: 0,
         pending: VecDeque::new(),
         budget: PublishBudget::new(&state.config.limits),
         _permit: permit,
@@ -258,6 +268,9 @@ pub struct Session {
     budget: PublishBudget,
     /// Event frame bytes queued since this session last let its connection write.
     unwritten_bytes: usize,
+    /// Published events read since this session last ended its turn
+    /// ([`READ_TURN_EVENTS`]).
+    read_events: usize,
     /// Frames handed over and not queued on the connection yet: a `WriteFrames` holds
     /// up to 256 (~180 KB), more than one turn should queue (see [`WRITE_CHUNK_BYTES`]).
     pending: VecDeque<OutFrame>,
@@ -510,6 +523,12 @@ impl Session {
             ctx.wait(answer);
         } else {
             ctx.spawn(answer);
+        }
+        self.read_events += raw.len();
+        if self.read_events >= READ_TURN_EVENTS {
+            // Let the other connections of this thread have a turn first.
+            self.read_events = 0;
+            ctx.wait(actix::fut::wrap_future(turn::end_turn()));
         }
     }
 
@@ -825,7 +844,7 @@ fn enqueue(pending: &mut VecDeque<OutFrame>, frame: OutFrame) {
 
 impl Session {
     /// Queues pending frames on the connection until [`WRITE_CHUNK_BYTES`] of events,
-    /// then ends the turn (the context waits on `tokio::task::yield_now`) so that the
+    /// then ends the turn (the context waits on [`turn::end_turn`]) so that the
     /// connection writes them and the other connections of this HTTP worker thread get
     /// theirs, and comes back for the rest with a `WritePending`. Frames leave in the
     /// order [`enqueue`] put them in.
@@ -836,7 +855,7 @@ impl Session {
             self.write_frame(frame, ctx);
             if self.unwritten_bytes >= WRITE_CHUNK_BYTES {
                 self.unwritten_bytes = 0;
-                ctx.wait(actix::fut::wrap_future(tokio::task::yield_now()));
+                ctx.wait(actix::fut::wrap_future(turn::end_turn()));
                 if !self.pending.is_empty() {
                     ctx.notify(WritePending);
                 }
