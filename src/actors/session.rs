@@ -67,8 +67,7 @@ const MAX_PIPELINED_PUBLISHES: usize = 64;
 /// (one holds up to 256 frames, ~180 KB): the rest waits in `Session::pending`.
 /// Smaller turns cost throughput: at 16 KB the thread switched connections so often
 /// that ten subscribers of a flood fell behind and lost events; at 128 KB they keep up
-/// and a critical delivery waits for at most a few turns (docs/benchmarks.md,
-/// scenario 4).
+/// (docs/benchmarks.md, scenario 4).
 const WRITE_CHUNK_BYTES: usize = 128 << 10;
 /// Published events a session reads and validates before it ends its context's turn
 /// (it waits on [`turn::end_turn`]). The WebSocket stream hands over up to 16 frames
