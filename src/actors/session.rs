@@ -527,7 +527,7 @@ impl Session {
         if self.read_events >= READ_TURN_EVENTS {
             // Let the other connections of this thread have a turn first.
             self.read_events = 0;
-            ctx.wait(actix::fut::wrap_future(turn::end_turn()));
+            end_turn(ctx);
         }
     }
 
@@ -817,6 +817,12 @@ impl Handler<WritePending> for Session {
     }
 }
 
+/// Ends this context's turn: nothing more is read or handled until the runtime has
+/// run the other connections' tasks that were ready ([`turn::end_turn`]).
+fn end_turn(ctx: &mut Ctx) {
+    ctx.wait(actix::fut::wrap_future(turn::end_turn()));
+}
+
 /// A live event's priority; `None` for every other frame.
 fn live_priority(frame: &OutFrame) -> Option<Priority> {
     match frame {
@@ -854,7 +860,7 @@ impl Session {
             self.write_frame(frame, ctx);
             if self.unwritten_bytes >= WRITE_CHUNK_BYTES {
                 self.unwritten_bytes = 0;
-                ctx.wait(actix::fut::wrap_future(turn::end_turn()));
+                end_turn(ctx);
                 if !self.pending.is_empty() {
                     ctx.notify(WritePending);
                 }
