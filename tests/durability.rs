@@ -138,6 +138,46 @@ async fn store_page_size_applies_to_a_new_file_only() {
     assert_eq!(page_size_of(&db), 65536);
 }
 
+/// A restart reads the row counts of the log's full segments from the file instead
+/// of counting them: only the newest segment (16,384 events by default) is counted.
+/// Changing a recorded count by hand shows which it did.
+#[actix_rt::test]
+async fn a_restart_reads_full_segments_counts_instead_of_counting() {
+    let server = TestServer::start().await;
+    let dir = server.data_dir.clone();
+    let mut c = server.ws().await;
+    let total = 17_000;
+    for first in (0..total).step_by(1000) {
+        let events: Vec<Value> = (first..first + 1000)
+            .map(|i| json!({"type": "bulk_event", "payload": {"i": i}}))
+            .collect();
+        let reply = c
+            .request(json!({"type": "publish_batch", "events": events}))
+            .await;
+        assert_eq!(reply["type"], "published_batch", "{reply}");
+    }
+    drop(c);
+    server.stop().await;
+
+    let db = rusqlite::Connection::open(dir.path().join("events.db")).unwrap();
+    let recorded = |key: &str| -> i64 {
+        db.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(recorded("segment_1_rows"), 16_384);
+    db.execute(
+        "UPDATE meta SET value = 16000 WHERE key = 'segment_1_rows'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+
+    let server = TestServer::with_data_dir(dir, |_| {}).await;
+    let (_, stats) = server.get("/api/stats").await;
+    assert_eq!(stats["store"]["event_count"], 16_000 + (17_000 - 16_384));
+    assert_eq!(stats["store"]["last_cursor"], 17_000);
+}
+
 #[actix_rt::test]
 async fn graceful_shutdown_stores_every_accepted_event() {
     let server = TestServer::start().await;

@@ -8,12 +8,12 @@
 //! Owns: the database file and every statement run on it. Must not: decide retention
 //! limits or when they apply (the store actor does), or assign cursors.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
 use chrono::Utc;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
 use super::checkpoint::{self, Checkpointer};
 use super::{
@@ -138,11 +138,16 @@ pub struct SqliteStore {
     conn: Connection,
     checkpointer: Checkpointer,
     segments: Segments,
-    /// Rows in all segments: counted once on open, then kept by appends and
-    /// retention. `count(*)` reads every page it counts (270 ms on the store thread
-    /// for a million events), and `/api/stats` asks for it each time the dashboard
-    /// polls.
+    /// Rows in all segments, kept by appends and retention. `count(*)` reads every
+    /// page it counts (270 ms on the store thread for a million events), and
+    /// `/api/stats` asks for it each time the dashboard polls.
     event_count: u64,
+    /// Rows per segment (same keys as `segments.tables`).
+    rows: BTreeMap<u64, u64>,
+    /// Segments whose row count is recorded in `meta` ([`record_segment`]): those the
+    /// log has moved past. Opening the file reads their counts instead of counting,
+    /// so only the newest segment is counted.
+    recorded: BTreeSet<u64>,
 }
 
 /// The event log's tables. Segment `n` (from 1) is the table `events_<n>` and holds
@@ -245,7 +250,7 @@ impl SqliteStore {
         checkpoint_bytes: usize,
     ) -> Result<SqliteStore, StoreError> {
         let synchronous_full = options.synchronous_full;
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         // Takes effect only while the file is new (before the first table exists).
         conn.pragma_update(None, "page_size", options.page_size)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -262,23 +267,47 @@ impl SqliteStore {
         // Reads and appends name one statement per segment.
         conn.set_prepared_statement_cache_capacity(64);
         let segments = Segments::load(&conn, options.segment_events)?;
-        // Reading the tables back proves the file is a usable database; these are the
-        // only counts this connection makes (see `event_count`).
-        let mut event_count = 0;
+        // A sealed segment's count is read from `meta` when its cursor edges still
+        // match what was recorded with it; the newest segment, and any other that was
+        // not recorded (a file from before this) or no longer matches, is counted, and
+        // every sealed one counted is recorded for the next open. These are the only
+        // counts this connection makes (see `event_count`).
+        let newest = segments.tables.last().copied();
+        let mut rows = BTreeMap::new();
+        let mut recorded = BTreeSet::new();
+        let tx = conn.transaction()?;
         for &n in &segments.tables {
-            let rows: i64 = conn.query_row(
-                &format!("SELECT count(*) FROM {}", Segments::name(n)),
-                [],
-                |r| r.get(0),
-            )?;
-            event_count += rows.max(0) as u64;
+            // Segment 0, a file's table from before segments, never gets appends.
+            let sealed = n == 0 || Some(n) != newest;
+            let count = match sealed.then(|| recorded_rows(&tx, n)).transpose()? {
+                Some(Some(count)) => count,
+                _ => {
+                    let count: i64 = tx.query_row(
+                        &format!("SELECT count(*) FROM {}", Segments::name(n)),
+                        [],
+                        |r| r.get(0),
+                    )?;
+                    let count = count.max(0) as u64;
+                    if sealed {
+                        record_segment(&tx, n, count)?;
+                    }
+                    count
+                }
+            };
+            if sealed {
+                recorded.insert(n);
+            }
+            rows.insert(n, count);
         }
+        tx.commit()?;
         let checkpointer = Checkpointer::start(path, synchronous_full, checkpoint_bytes)?;
         Ok(SqliteStore {
             conn,
             checkpointer,
             segments,
-            event_count,
+            event_count: rows.values().sum(),
+            rows,
+            recorded,
         })
     }
 
@@ -315,7 +344,65 @@ fn drop_segment(tx: &rusqlite::Transaction<'_>, n: u64) -> Result<u64, StoreErro
     let name = Segments::name(n);
     let rows = tx.execute(&format!("DELETE FROM {name}"), [])?;
     tx.execute_batch(&format!("DROP TABLE {name}"))?;
+    tx.execute(
+        "DELETE FROM meta WHERE key IN (?1, ?2, ?3)",
+        params_from_iter(segment_keys(n)),
+    )?;
     Ok(rows as u64)
+}
+
+/// The `meta` keys of a sealed segment: its row count, lowest and highest cursor.
+fn segment_keys(n: u64) -> [String; 3] {
+    ["rows", "first", "last"].map(|what| format!("segment_{n}_{what}"))
+}
+
+/// A segment's lowest and highest cursor (0 when it is empty), each a primary-key
+/// search: SQLite optimises `min` or `max` alone, not both in one `SELECT`.
+fn segment_edges(conn: &Connection, n: u64) -> Result<[i64; 2], StoreError> {
+    Ok(
+        conn.query_row(&segment_edges_sql(&Segments::name(n)), [], |r| {
+            Ok([r.get(0)?, r.get(1)?])
+        })?,
+    )
+}
+
+fn segment_edges_sql(name: &str) -> String {
+    format!(
+        "SELECT coalesce((SELECT min(cursor) FROM {name}), 0),
+                coalesce((SELECT max(cursor) FROM {name}), 0)"
+    )
+}
+
+/// Records that segment `n` holds `rows` rows, with its cursor edges, in the
+/// transaction that sealed it (or changed it since). One `meta` write per segment
+/// sealed: appends otherwise leave `meta` alone (see `apply_retention`).
+fn record_segment(tx: &rusqlite::Transaction<'_>, n: u64, rows: u64) -> Result<(), StoreError> {
+    let [first, last] = segment_edges(tx, n)?;
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    )?;
+    let [rows_key, first_key, last_key] = segment_keys(n);
+    upsert.execute(params![rows_key, to_i64(rows)])?;
+    upsert.execute(params![first_key, first])?;
+    upsert.execute(params![last_key, last])?;
+    Ok(())
+}
+
+/// The recorded row count of segment `n`, if there is one and its cursor edges still
+/// match the table's (a file changed by a version that did not record counts, or by
+/// hand at an edge, is counted again).
+fn recorded_rows(conn: &Connection, n: u64) -> Result<Option<u64>, StoreError> {
+    let mut get = conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?;
+    let mut values = [0i64; 3];
+    for (value, key) in values.iter_mut().zip(segment_keys(n)) {
+        match get.query_row(params![key], |r| r.get(0)).optional()? {
+            Some(v) => *value = v,
+            None => return Ok(None),
+        }
+    }
+    let [rows, first, last] = values;
+    Ok((segment_edges(conn, n)? == [first, last]).then_some(rows.max(0) as u64))
 }
 
 impl EventStore for SqliteStore {
@@ -365,6 +452,7 @@ impl EventStore for SqliteStore {
         let now = Utc::now().timestamp_millis();
         let mut bytes = 0;
         let mut created = Vec::new();
+        let mut added: BTreeMap<u64, u64> = BTreeMap::new();
         let tx = self.conn.transaction()?;
         // Cursors ascend within a batch: one run of events per segment it reaches.
         for run in events
@@ -393,9 +481,29 @@ impl EventStore for SqliteStore {
                 ])?;
                 bytes += e.json.len();
             }
+            *added.entry(n).or_default() += run.len() as u64;
+        }
+        // A new segment seals every one before it: record their counts with this
+        // commit. (Cursors only grow, so a recorded segment gets no rows; if one did,
+        // it is recorded again.)
+        let mut sealed = Vec::new();
+        let newest = created.last().copied().unwrap_or(0);
+        let known = self.segments.tables.iter().chain(&created).copied();
+        for n in known.filter(|n| {
+            (*n < newest && !self.recorded.contains(n))
+                || (self.recorded.contains(n) && added.contains_key(n))
+        }) {
+            let rows =
+                self.rows.get(&n).copied().unwrap_or(0) + added.get(&n).copied().unwrap_or(0);
+            record_segment(&tx, n, rows)?;
+            sealed.push(n);
         }
         tx.commit()?;
         self.segments.tables.extend(created);
+        self.recorded.extend(sealed);
+        for (n, k) in added {
+            *self.rows.entry(n).or_default() += k;
+        }
         self.event_count += events.len() as u64;
         if self.checkpointer.committed(bytes) {
             // Between commits, so it delays none; it fails only if another checkpoint
@@ -501,10 +609,13 @@ impl EventStore for SqliteStore {
         let tables = self.segments.in_order(Order::Asc);
         let mut dropped = Vec::new();
         let mut deleted = 0;
+        // Rows deleted from segments that stay, by segment.
+        let mut trimmed: BTreeMap<u64, u64> = BTreeMap::new();
         let tx = self.conn.transaction()?;
         // The newest event may be deleted below (by age): record its cursor first, in
-        // the same transaction, so cursors are never reused. Appends do not write
-        // `meta`, which keeps a commit to the pages of the rows it adds.
+        // the same transaction, so cursors are never reused. Appends write `meta` only
+        // when they seal a segment, which keeps a commit to the pages of the rows it
+        // adds.
         tx.execute(RECORD_LAST_CURSOR, params![to_i64(newest)])?;
         if let Some(threshold) = retention.max_events.and_then(|max| newest.checked_sub(max)) {
             // Cursors are dense (a failed commit leaves a rare gap), so the newest
@@ -517,10 +628,11 @@ impl EventStore for SqliteStore {
                     tx.query_row(&format!("SELECT max(cursor) FROM {name}"), [], |r| r.get(0))?;
                 match last {
                     Some(last) if last.max(0) as u64 > threshold => {
-                        deleted += tx.execute(
+                        let rows = tx.execute(
                             &format!("DELETE FROM {name} WHERE cursor <= ?1"),
                             params![to_i64(threshold)],
                         )? as u64;
+                        *trimmed.entry(n).or_default() += rows;
                         break;
                     }
                     _ => {
@@ -557,10 +669,11 @@ impl EventStore for SqliteStore {
                     .optional()?;
                 match first_kept {
                     Some(first) => {
-                        deleted += tx.execute(
+                        let rows = tx.execute(
                             &format!("DELETE FROM {name} WHERE cursor < ?1"),
                             params![first],
                         )? as u64;
+                        *trimmed.entry(n).or_default() += rows;
                         break;
                     }
                     None => {
@@ -570,9 +683,24 @@ impl EventStore for SqliteStore {
                 }
             }
         }
+        // A sealed segment that lost rows is recorded again, with its new first cursor.
+        for (&n, &k) in trimmed.iter().filter(|(n, _)| !dropped.contains(n)) {
+            if self.recorded.contains(&n) {
+                let left = self.rows.get(&n).copied().unwrap_or(0).saturating_sub(k);
+                record_segment(&tx, n, left)?;
+            }
+        }
         tx.commit()?;
+        for (n, k) in trimmed {
+            deleted += k;
+            if let Some(rows) = self.rows.get_mut(&n) {
+                *rows = rows.saturating_sub(k);
+            }
+        }
         for n in dropped {
             self.segments.tables.remove(&n);
+            self.rows.remove(&n);
+            self.recorded.remove(&n);
         }
         self.event_count = self.event_count.saturating_sub(deleted);
         Ok(deleted)
@@ -852,10 +980,13 @@ mod tests {
             "SELECT max(cursor) FROM events_1",
             "SELECT min(cursor) FROM events_1",
             "DELETE FROM events_1 WHERE cursor <= ?1",
+            &segment_edges_sql("events_1"),
         ] {
             let steps = plan(&store, sql);
             assert!(
-                steps.iter().all(|s| !s.starts_with("SCAN")),
+                steps
+                    .iter()
+                    .all(|s| !s.starts_with("SCAN") || s == "SCAN CONSTANT ROW"),
                 "{sql}\n{steps:?}"
             );
         }
@@ -878,6 +1009,80 @@ mod tests {
             (stats.event_count, stats.first_cursor, stats.last_cursor),
             (3, Some(3), Some(5))
         );
+    }
+
+    /// The recorded count of segment `n`: rows, first and last cursor.
+    fn recorded(store: &SqliteStore, n: u64) -> Option<[i64; 3]> {
+        let mut values = [0; 3];
+        for (value, key) in values.iter_mut().zip(segment_keys(n)) {
+            *value = store
+                .conn
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()
+                .unwrap()?;
+        }
+        Some(values)
+    }
+
+    /// Sealed segments record their row counts, with their cursor edges, in `meta`:
+    /// a reopen counts only the newest segment, and counts again one whose edges no
+    /// longer match.
+    #[test]
+    fn sealed_segments_keep_their_counts_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let four = SqliteOptions {
+            segment_events: 4,
+            ..fast()
+        };
+        let mut store = SqliteStore::open(&path, &four).unwrap();
+        // Segments 1 (cursors 1..=4), 2 (5..=8) and 3 (9, 10): the first two sealed.
+        store.append(&batch(1, 10)).unwrap();
+        assert_eq!(recorded(&store, 1), Some([4, 1, 4]));
+        assert_eq!(recorded(&store, 2), Some([4, 5, 8]));
+        assert_eq!(
+            recorded(&store, 3),
+            None,
+            "the newest segment is not sealed"
+        );
+        // Keeping 5 drops segment 1 and trims segment 2, which is recorded again.
+        let keep_five = Retention {
+            max_events: Some(5),
+            max_age: None,
+        };
+        assert_eq!(store.apply_retention(&keep_five).unwrap(), 5);
+        assert_eq!(recorded(&store, 1), None);
+        assert_eq!(recorded(&store, 2), Some([3, 6, 8]));
+        assert_eq!(store.stats().unwrap().event_count, 5);
+        drop(store);
+
+        // The reopen reads the recorded count: made wrong (edges intact) by hand, it
+        // shows in the kept count, so it was read and not counted.
+        let raw = Connection::open(&path).unwrap();
+        raw.execute(
+            "UPDATE meta SET value = 100 WHERE key = 'segment_2_rows'",
+            [],
+        )
+        .unwrap();
+        drop(raw);
+        let store = SqliteStore::open(&path, &four).unwrap();
+        assert_eq!(store.stats().unwrap().event_count, 102);
+        drop(store);
+
+        // A row deleted at an edge by something else: counted again, recorded again.
+        let raw = Connection::open(&path).unwrap();
+        raw.execute("DELETE FROM events_2 WHERE cursor = 8", [])
+            .unwrap();
+        drop(raw);
+        let mut store = SqliteStore::open(&path, &four).unwrap();
+        assert_eq!(store.stats().unwrap().event_count, 4);
+        assert_eq!(recorded(&store, 2), Some([2, 6, 7]));
+
+        // Appends that open segment 4 seal segment 3.
+        store.append(&batch(11, 3)).unwrap();
+        assert_eq!(recorded(&store, 3), Some([4, 9, 12]));
+        assert_eq!(recorded(&store, 4), None);
+        assert_eq!(store.stats().unwrap().event_count, 7);
     }
 
     /// A file from before segments keeps its `events` table as the oldest segment:
@@ -919,6 +1124,8 @@ mod tests {
             .unwrap();
         assert_eq!(indexes, 0);
         assert_eq!(store.last_cursor().unwrap(), 3);
+        // Counted once and recorded: the old table gets no appends.
+        assert_eq!(recorded(&store, 0), Some([3, 1, 3]));
         store.append(&batch(4, 3)).unwrap();
         assert_eq!(tables(&store), ["events", "events_2", "events_3"]);
         let cursors = |store: &SqliteStore, order| -> Vec<u64> {
@@ -942,6 +1149,7 @@ mod tests {
         };
         assert_eq!(store.apply_retention(&an_hour).unwrap(), 3);
         assert_eq!(tables(&store), ["events_2", "events_3"]);
+        assert_eq!(recorded(&store, 0), None);
         let stats = store.stats().unwrap();
         assert_eq!(
             (stats.event_count, stats.first_cursor, stats.last_cursor),
