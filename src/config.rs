@@ -126,11 +126,24 @@ pub struct StoreConfig {
     pub synchronous_full: bool,
     /// Page size, in bytes, of a database file the server creates.
     pub page_size: u32,
+    /// Cursors per segment table of a database file the server creates; 0 chooses
+    /// from `max_events` ([`crate::store::sqlite::segment_events_for`]).
+    pub segment_events: u64,
     /// Dead letters kept, newest first (0 = no limit).
     pub max_dead_letters: u64,
 }
 
 impl StoreConfig {
+    /// Cursors per segment for a new SQLite file: the setting, or the choice made
+    /// from the count limit.
+    pub fn segment_events(&self) -> u64 {
+        if self.segment_events == 0 {
+            crate::store::sqlite::segment_events_for(self.retention().max_events)
+        } else {
+            self.segment_events
+        }
+    }
+
     /// The retention policy these settings describe.
     pub fn retention(&self) -> crate::store::Retention {
         crate::store::Retention {
@@ -266,6 +279,18 @@ impl Config {
                 "must be a power of two from 512 to 65536",
             );
         }
+        let segments =
+            crate::store::sqlite::MIN_SEGMENT_EVENTS..=crate::store::sqlite::MAX_SEGMENT_EVENTS;
+        if self.store.segment_events != 0 && !segments.contains(&self.store.segment_events) {
+            return invalid(
+                "store.segment_events",
+                &format!(
+                    "must be 0 (chosen from store.max_events) or from {} to {}",
+                    segments.start(),
+                    segments.end()
+                ),
+            );
+        }
         if self.router.max_queued_events == 0 {
             return invalid("router.max_queued_events", "must be greater than 0");
         }
@@ -395,6 +420,29 @@ mod tests {
             let c = load(&format!("[store]\npage_size = {good}\n")).unwrap();
             assert_eq!(c.store.page_size, good);
         }
+    }
+
+    #[test]
+    fn store_segment_events_is_automatic_or_in_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segments.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(Some(&path), &Overrides::default())
+        };
+        for bad in [1, 1023, 262_145] {
+            let err = load(&format!("[store]\nsegment_events = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("store.segment_events"), "{bad}: {err}");
+        }
+        // 0 chooses from the count limit; a setting wins over it.
+        let auto = load("[store]\nmax_events = 100000000\n").unwrap();
+        assert_eq!(auto.store.segment_events(), 262_144);
+        let unlimited = load("[store]\nmax_events = 0\n").unwrap();
+        assert_eq!(unlimited.store.segment_events(), 16_384);
+        let set = load("[store]\nmax_events = 0\nsegment_events = 131072\n").unwrap();
+        assert_eq!(set.store.segment_events(), 131_072);
     }
 
     #[test]

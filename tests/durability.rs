@@ -178,6 +178,52 @@ async fn a_restart_reads_full_segments_counts_instead_of_counting() {
     assert_eq!(stats["store"]["last_cursor"], 17_000);
 }
 
+/// `store.segment_events` sizes the segment tables of a new file; a file keeps its
+/// size when the setting changes.
+#[actix_rt::test]
+async fn store_segment_events_sizes_a_new_file() {
+    let server = TestServer::with(|c| c.store.segment_events = 1024).await;
+    let dir = server.data_dir.clone();
+    let mut c = server.ws().await;
+    let events: Vec<Value> = (0..1000)
+        .map(|i| json!({"type": "bulk_event", "payload": {"i": i}}))
+        .collect();
+    for _ in 0..3 {
+        let reply = c
+            .request(json!({"type": "publish_batch", "events": events.clone()}))
+            .await;
+        assert_eq!(reply["type"], "published_batch", "{reply}");
+    }
+    drop(c);
+    server.stop().await;
+    let tables = || {
+        let db = rusqlite::Connection::open(dir.path().join("events.db")).unwrap();
+        let mut stmt = db
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'events_*' ORDER BY name")
+            .unwrap();
+        let names: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        names
+    };
+    // 3,000 cursors at 1,024 per segment.
+    assert_eq!(tables(), ["events_1", "events_2", "events_3"]);
+
+    let server = TestServer::with_data_dir(dir.clone(), |_| {}).await;
+    let mut c = server.ws().await;
+    let reply = c
+        .request(json!({"type": "publish_batch", "events": events}))
+        .await;
+    assert_eq!(reply["type"], "published_batch", "{reply}");
+    let (_, stats) = server.get("/api/stats").await;
+    assert_eq!(stats["store"]["event_count"], 4000);
+    drop(c);
+    server.stop().await;
+    assert_eq!(tables(), ["events_1", "events_2", "events_3", "events_4"]);
+}
+
 #[actix_rt::test]
 async fn graceful_shutdown_stores_every_accepted_event() {
     let server = TestServer::start().await;

@@ -257,7 +257,7 @@ pub fn open(config: &Config) -> Result<Box<dyn EventStore>, StoreError> {
             &sqlite::SqliteOptions {
                 synchronous_full: config.store.synchronous_full,
                 page_size: config.store.page_size,
-                segment_events: sqlite::segment_events_for(config.store.retention().max_events),
+                segment_events: config.store.segment_events(),
             },
         )?)),
     }

@@ -76,7 +76,12 @@ fn create_segment(name: &str) -> String {
 /// in one pass; at about 700 bytes an event, a segment is ~11 MB.
 pub const SEGMENT_EVENTS: u64 = 16384;
 
-/// The largest segment [`segment_events_for`] chooses.
+/// The smallest segment `store.segment_events` may ask for: below it the tables
+/// multiply, and SQLite reloads its schema at each one created or dropped.
+pub const MIN_SEGMENT_EVENTS: u64 = 1024;
+
+/// The largest segment [`segment_events_for`] chooses, and `store.segment_events` may
+/// ask for: retention deletes up to one segment row by row in a pass.
 pub const MAX_SEGMENT_EVENTS: u64 = 262_144;
 
 /// Records the newest cursor before retention may delete it, so cursors are never
