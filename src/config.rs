@@ -377,14 +377,16 @@ mod tests {
         assert!(err.contains("limits.max_frame_bytes"), "{err}");
     }
 
+    /// Loads `text` as the configuration file, with no overrides.
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("switchyard.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(Some(&path), &Overrides::default())
+    }
+
     #[test]
     fn publish_rate_needs_a_burst() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("rate.toml");
-        let load = |text: &str| {
-            std::fs::write(&path, text).unwrap();
-            Config::load(Some(&path), &Overrides::default())
-        };
         let err = load("[limits]\npublish_rate_per_sec = 10\npublish_burst = 0\n")
             .unwrap_err()
             .to_string();
@@ -404,12 +406,6 @@ mod tests {
 
     #[test]
     fn store_page_size_is_a_power_of_two_sqlite_accepts() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.toml");
-        let load = |text: &str| {
-            std::fs::write(&path, text).unwrap();
-            Config::load(Some(&path), &Overrides::default())
-        };
         for bad in ["1000", "256", "131072", "0"] {
             let err = load(&format!("[store]\npage_size = {bad}\n"))
                 .unwrap_err()
@@ -424,12 +420,6 @@ mod tests {
 
     #[test]
     fn store_segment_events_is_automatic_or_in_range() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("segments.toml");
-        let load = |text: &str| {
-            std::fs::write(&path, text).unwrap();
-            Config::load(Some(&path), &Overrides::default())
-        };
         for bad in [1, 1023, 262_145] {
             let err = load(&format!("[store]\nsegment_events = {bad}\n"))
                 .unwrap_err()

@@ -632,22 +632,29 @@ mod tests {
         assert_eq!(drain(&mut q), [6]);
     }
 
+    /// An outbox that queued `lows` low events (cursors from 1) and handed its session
+    /// as many as the cap allows, none of them written yet.
+    fn outbox_at_the_cap(lows: u64, metrics: &Metrics) -> (Arc<SubscriptionHandle>, Outbox) {
+        let mut dead = Vec::new();
+        let sub = handle(json!({"type": "all"}));
+        let mut outbox = Outbox::new(sub.sink.clone());
+        for i in 1..=lows {
+            outbox
+                .queue(&sub)
+                .push(ev("low", i), 10_000, metrics, &mut dead);
+        }
+        assert!(matches!(outbox.flush(&mut dead), Flush::Waiting));
+        assert_eq!(sub.sink.backlog.unwritten(), MAX_UNWRITTEN_FRAMES);
+        (sub, outbox)
+    }
+
     /// A session that has not written what it was handed gets no more; the backlog
     /// stays here, where a critical event still goes first.
     #[actix_rt::test]
     async fn unwritten_frames_are_capped_and_the_backlog_keeps_its_priority() {
-        let metrics = Metrics::default();
-        let mut dead = Vec::new();
-        let sub = handle(json!({"type": "all"}));
+        let (metrics, mut dead) = (Metrics::default(), Vec::new());
+        let (sub, mut outbox) = outbox_at_the_cap(2000, &metrics);
         let backlog = sub.sink.backlog.clone();
-        let mut outbox = Outbox::new(sub.sink.clone());
-        for i in 1..=2000 {
-            outbox
-                .queue(&sub)
-                .push(ev("low", i), 10_000, &metrics, &mut dead);
-        }
-        assert!(matches!(outbox.flush(&mut dead), Flush::Waiting));
-        assert_eq!(backlog.unwritten(), MAX_UNWRITTEN_FRAMES);
         // Nothing more while the session has not written them.
         assert!(matches!(outbox.flush(&mut dead), Flush::Waiting));
         assert_eq!(backlog.unwritten(), MAX_UNWRITTEN_FRAMES);
@@ -682,18 +689,9 @@ mod tests {
     /// more; nothing of lower priority is.
     #[actix_rt::test]
     async fn critical_events_pass_a_full_backlog_up_to_the_urgent_allowance() {
-        let metrics = Metrics::default();
-        let mut dead = Vec::new();
-        let sub = handle(json!({"type": "all"}));
+        let (metrics, mut dead) = (Metrics::default(), Vec::new());
+        let (sub, mut outbox) = outbox_at_the_cap(1000, &metrics);
         let backlog = sub.sink.backlog.clone();
-        let mut outbox = Outbox::new(sub.sink.clone());
-        for i in 1..=1000 {
-            outbox
-                .queue(&sub)
-                .push(ev("low", i), 10_000, &metrics, &mut dead);
-        }
-        assert!(matches!(outbox.flush(&mut dead), Flush::Waiting));
-        assert_eq!(backlog.unwritten(), MAX_UNWRITTEN_FRAMES);
         let urgent = URGENT_FRAMES as u64;
         for i in 0..urgent + 10 {
             let q = outbox.queue(&sub);

@@ -490,18 +490,20 @@ impl EventStore for SqliteStore {
         }
         // A new segment seals every one before it: record their counts with this
         // commit. (Cursors only grow, so a recorded segment gets no rows; if one did,
-        // it is recorded again.)
-        let mut sealed = Vec::new();
-        let newest = created.last().copied().unwrap_or(0);
-        let known = self.segments.tables.iter().chain(&created).copied();
-        for n in known.filter(|n| {
-            (*n < newest && !self.recorded.contains(n))
-                || (self.recorded.contains(n) && added.contains_key(n))
-        }) {
+        // it is recorded again.) Most appends create none and look at nothing here.
+        let mut sealed: Vec<u64> = added
+            .keys()
+            .copied()
+            .filter(|n| self.recorded.contains(n))
+            .collect();
+        if let Some(&newest) = created.last() {
+            let before = self.segments.tables.iter().chain(&created).copied();
+            sealed.extend(before.filter(|&n| n < newest && !self.recorded.contains(&n)));
+        }
+        for &n in &sealed {
             let rows =
                 self.rows.get(&n).copied().unwrap_or(0) + added.get(&n).copied().unwrap_or(0);
             record_segment(&tx, n, rows)?;
-            sealed.push(n);
         }
         tx.commit()?;
         self.segments.tables.extend(created);
