@@ -270,8 +270,9 @@ async fn wait_for_subscriptions(server: &TestServer, n: usize) {
     panic!("{n} subscriptions never appeared");
 }
 
-/// The overload and idle-memory scenarios against a running server: a critical lane
-/// beside the load, idle connections held open, the server's memory read from /metrics.
+/// The overload and idle-memory scenarios against a running server: a critical lane and
+/// a ping lane beside the load, idle connections held open, the server's memory read
+/// from /metrics.
 #[actix_rt::test]
 async fn bench_critical_lane_and_idle_connections() {
     let server = TestServer::start().await;
@@ -287,7 +288,7 @@ async fn bench_critical_lane_and_idle_connections() {
             "3000",
         ])
         .args(["--priorities", "low=1", "--critical-rate", "200"])
-        .args(["--idle-connections", "40"]);
+        .args(["--ping-rate", "200", "--idle-connections", "40"]);
     let out = run_to_end(cmd, None).await;
     assert!(out.status.success(), "{out:?}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
@@ -302,6 +303,8 @@ async fn bench_critical_lane_and_idle_connections() {
         "{report}"
     );
     assert_eq!(by_priority["low"]["samples"], 9000, "{report}");
+    let pings = report["ping_latency_us"]["samples"].as_u64().unwrap();
+    assert!(pings > 0, "{report}");
     assert!(by_priority.get("normal").is_none(), "{report}");
     let idle = &report["idle"];
     assert_eq!(idle["connections"], 40, "{report}");

@@ -10,7 +10,9 @@
 //! Subscribers are spread over `--client-threads` threads, each with its own runtime, so
 //! that reading frames is not what limits a fan-out. `--critical-rate N` adds one
 //! connection publishing N critical events per second alongside the load, and latency is
-//! also reported per priority (the overload scenario). `--idle-connections N` opens N
+//! also reported per priority (the overload scenario); `--ping-rate N` likewise sends
+//! N pings per second and reports their round trip, the floor under any routed latency
+//! on the same machine and load. `--idle-connections N` opens N
 //! connections that only answer pings and reports the server's resident memory before
 //! and with them (from its `/metrics`).
 //! `--in-process` starts a router with the memory store on 127.0.0.1:0 in this process
@@ -94,6 +96,11 @@ pub struct BenchArgs {
     /// on a connection of their own, while the load runs.
     #[arg(long, default_value_t = 0)]
     pub critical_rate: u64,
+    /// Also send this many `ping` commands per second, one at a time on a connection of
+    /// their own, while the load runs: the `pong` round trip is the floor under any
+    /// routed latency (a frame read and a frame written by the server, nothing routed).
+    #[arg(long, default_value_t = 0)]
+    pub ping_rate: u64,
     /// Open this many connections that only answer pings, and report the server's
     /// resident memory per connection (read from its `/metrics`).
     #[arg(long, default_value_t = 0)]
@@ -331,6 +338,48 @@ async fn all_ready(readies: Vec<IsReady>) -> Result<(), BenchError> {
         })??;
     }
     Ok(())
+}
+
+/// The ping lane: one `ping` at a time, `rate` per second, until `done` is set or the
+/// run's deadline; the round trip of each (to its `pong`) goes into the histogram.
+async fn pinger(
+    mut ws: Conn,
+    rate: u64,
+    done: Arc<AtomicBool>,
+    deadline: Instant,
+) -> (Histogram<u64>, Option<String>) {
+    let mut latency = histogram();
+    let mut timer = pin!(sleep_until(deadline));
+    let start = Instant::now();
+    let mut problem = None;
+    for k in 0u64.. {
+        if done.load(Relaxed) || Instant::now() >= deadline {
+            break;
+        }
+        sleep_until(start + Duration::from_secs_f64(k as f64 / rate as f64)).await;
+        let sent = Instant::now();
+        if let Err(e) = ws.send(Message::Text(r#"{"type":"ping"}"#.into())).await {
+            problem = Some(e.to_string());
+            break;
+        }
+        let answered = loop {
+            match next_text(&mut ws, &mut timer).await {
+                Ok(Some(text)) if Finder::new(r#""pong""#).find(&text).is_some() => break true,
+                Ok(Some(_)) => {}
+                Ok(None) => break false,
+                Err(e) => {
+                    problem = Some(e);
+                    break false;
+                }
+            }
+        };
+        if !answered {
+            break;
+        }
+        latency.saturating_record((sent.elapsed().as_micros() as u64).max(1));
+    }
+    let _ = ws.send(Message::Close(None)).await;
+    (latency, problem)
 }
 
 /// Opens a subscriber's connection and subscribes `bench-{index}` to the load's topic.
@@ -901,6 +950,26 @@ pub async fn run(mut args: BenchArgs) -> Result<bool, BenchError> {
             Some(lane.1)
         }
     };
+    let ping = match args.ping_rate {
+        0 => None,
+        rate => {
+            let (url, token, done) = (args.url.clone(), token.clone(), load_done.clone());
+            let lane = on_own_thread("bench-ping".into(), move |ready| async move {
+                match connect(&url, token.as_deref()).await {
+                    Ok(ws) => {
+                        let _ = ready.send(Ok(()));
+                        Some(pinger(ws, rate, done, deadline).await)
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        None
+                    }
+                }
+            })?;
+            all_ready(vec![lane.0]).await?;
+            Some(lane.1)
+        }
+    };
     let pubs = (0..args.publishers).zip(conns).map(|(k, ws)| {
         let seqs = events * k / args.publishers..events * (k + 1) / args.publishers;
         let lane = Lane {
@@ -928,6 +997,13 @@ pub async fn run(mut args: BenchArgs) -> Result<bool, BenchError> {
             _ => (0, Value::Null),
         },
         None => (0, Value::Null),
+    };
+    let (ping_latency, ping_problem) = match ping {
+        Some(lane) => match lane.await {
+            Ok(Some((latency, problem))) => (summary(&latency), problem),
+            _ => (Value::Null, Some("the ping lane stopped".to_owned())),
+        },
+        None => (Value::Null, None),
     };
     let matching: u64 = pubs.iter().map(|p| p.matching).sum();
     target.store(matching, Relaxed);
@@ -996,6 +1072,7 @@ pub async fn run(mut args: BenchArgs) -> Result<bool, BenchError> {
         .iter()
         .filter_map(|p| p.problem.clone())
         .chain(subs.iter().filter_map(|s| s.problem.clone()))
+        .chain(ping_problem)
         .collect();
     let report = json!({
         "publishers": args.publishers, "subscribers": args.subscribers, "batch": args.batch,
@@ -1004,6 +1081,7 @@ pub async fn run(mut args: BenchArgs) -> Result<bool, BenchError> {
         "in_process": args.in_process, "client_threads": threads,
         "critical_rate": args.critical_rate, "critical_published": critical_published,
         "critical_publish_latency_us": critical_reply,
+        "ping_rate": args.ping_rate, "ping_latency_us": ping_latency,
         "published": accepted, "publish_rate": (accepted as f64 / pub_secs).round(),
         "delivered": delivered, "delivered_rate": (delivered as f64 / sub_secs).round(),
         "delivered_mb_per_s": ((bytes as f64 / sub_secs / 1e6) * 10.0).round() / 10.0,
@@ -1055,6 +1133,9 @@ fn print_report(r: &Value) {
             "  {p:<8} p50 {} p90 {} p99 {} p99.9 {} max {} ({} samples)",
             h["p50"], h["p90"], h["p99"], h["p99_9"], h["max"], h["samples"]
         );
+    }
+    if !r["ping_latency_us"].is_null() {
+        println!("ping → pong latency (µs): {}", l("ping_latency_us"));
     }
     let idle = &r["idle"];
     if !idle.is_null() {
