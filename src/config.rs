@@ -42,6 +42,12 @@ pub struct ServerConfig {
     pub tls_cert: PathBuf,
     #[serde(default)]
     pub tls_key: PathBuf,
+    /// Linux: let the kernel back this process's memory with transparent huge pages.
+    /// Off by default: the first touch of a huge page zeroes 2 MiB inside whichever
+    /// request touched it (docs/architecture.md, "Memory and huge pages"). Applied by
+    /// `switchyard serve` only.
+    #[serde(default)]
+    pub transparent_huge_pages: bool,
 }
 
 impl ServerConfig {

@@ -140,6 +140,7 @@ fn main() -> ExitCode {
                 eprintln!("error: {e}");
                 return ExitCode::from(2);
             }
+            huge_pages(config.server.transparent_huge_pages);
             let listener = match std::net::TcpListener::bind(config.server.listen) {
                 Ok(l) => l,
                 Err(e) => {
@@ -166,6 +167,24 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// Opts the server process out of transparent huge pages unless `allowed`
+/// (`server.transparent_huge_pages`). mimalloc hands out memory from regions the
+/// kernel backs with 2 MiB pages, and the first touch of each one zeroes it on the
+/// thread that touched it: under a full load, single connection polls took 10-30 ms of
+/// CPU and a critical event waited behind them (docs/benchmarks.md). Process-wide and
+/// inherited, so it is done here for `serve` only, never by the library for an
+/// embedding program.
+fn huge_pages(allowed: bool) {
+    if allowed {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    match rustix::thread::disable_transparent_huge_pages(true) {
+        Ok(()) => log::debug!("transparent huge pages off for this process"),
+        Err(e) => log::warn!("cannot turn transparent huge pages off: {e}"),
     }
 }
 

@@ -175,13 +175,15 @@ fn secrets_are_redacted_and_bad_auth_settings_exit_2() {
     }
 }
 
-/// `serve` on port 0, SIGTERM while a client is connected: the client gets a close
-/// frame (1001) and the process exits 0.
-#[actix_rt::test]
-async fn sigterm_closes_sessions_and_exits_cleanly() {
+/// Starts `serve` on port 0 with a temporary data directory and `env`; the child and
+/// the address it announced.
+fn spawn_serve(env: &[(&str, &str)]) -> (std::process::Child, String, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
     let mut child = switchyard()
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -202,6 +204,14 @@ async fn sigterm_closes_sessions_and_exits_cleanly() {
     let addr = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("server announces its address");
+    (child, addr, data)
+}
+
+/// `serve` on port 0, SIGTERM while a client is connected: the client gets a close
+/// frame (1001) and the process exits 0.
+#[actix_rt::test]
+async fn sigterm_closes_sessions_and_exits_cleanly() {
+    let (mut child, addr, _data) = spawn_serve(&[]);
     let mut c = WsClient::connect(&format!("ws://{addr}/ws")).await;
     c.assert_alive().await;
     let kill = Command::new("kill")
@@ -216,6 +226,29 @@ async fn sigterm_closes_sessions_and_exits_cleanly() {
         .unwrap()
         .unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+/// The server opts out of transparent huge pages (`server.transparent_huge_pages =
+/// false`, the default) and leaves them alone when configured to: the kernel's own view
+/// of the process, `THP_enabled` in /proc/PID/status.
+#[cfg(target_os = "linux")]
+#[test]
+fn serve_opts_out_of_transparent_huge_pages_unless_configured() {
+    let thp_enabled = |env: &[(&str, &str)]| {
+        let (mut child, _addr, _data) = spawn_serve(env);
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let line = status.lines().find(|l| l.starts_with("THP_enabled:"));
+        line.map(|l| l.split_whitespace().nth(1).unwrap_or_default().to_owned())
+    };
+    let Some(default) = thp_enabled(&[]) else {
+        eprintln!("this kernel does not report THP_enabled; nothing to check");
+        return;
+    };
+    assert_eq!(default, "0");
+    let allowed = thp_enabled(&[("SWITCHYARD_SERVER__TRANSPARENT_HUGE_PAGES", "true")]);
+    assert_eq!(allowed.as_deref(), Some("1"));
 }
 
 #[actix_rt::test]
