@@ -91,6 +91,8 @@ fn main() -> ExitCode {
             }
         }
         Command::Bench(args) => {
+            // The in-process router runs with `serve`'s default.
+            huge_pages(!args.in_process);
             let system = actix_web::rt::System::new();
             match system.block_on(switchyard::cli::bench::run(args)) {
                 Ok(true) => ExitCode::SUCCESS,
@@ -175,8 +177,8 @@ fn main() -> ExitCode {
 /// kernel backs with 2 MiB pages, and the first touch of each one zeroes it on the
 /// thread that touched it: under a full load, single connection polls took 10-30 ms of
 /// CPU and a critical event waited behind them (docs/benchmarks.md). Process-wide and
-/// inherited, so it is done here for `serve` only, never by the library for an
-/// embedding program.
+/// inherited, so it is done here for `serve` (and `bench --in-process`) only, never by
+/// the library for an embedding program.
 fn huge_pages(allowed: bool) {
     if allowed {
         return;

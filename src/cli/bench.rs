@@ -352,6 +352,7 @@ async fn pinger(
     let mut timer = pin!(sleep_until(deadline));
     let start = Instant::now();
     let mut problem = None;
+    let pong = Finder::new(r#""pong""#);
     for k in 0u64.. {
         if done.load(Relaxed) || Instant::now() >= deadline {
             break;
@@ -364,7 +365,7 @@ async fn pinger(
         }
         let answered = loop {
             match next_text(&mut ws, &mut timer).await {
-                Ok(Some(text)) if Finder::new(r#""pong""#).find(&text).is_some() => break true,
+                Ok(Some(text)) if pong.find(&text).is_some() => break true,
                 Ok(Some(_)) => {}
                 Ok(None) => break false,
                 Err(e) => {
