@@ -138,6 +138,22 @@ async fn store_page_size_applies_to_a_new_file_only() {
     assert_eq!(page_size_of(&db), 65536);
 }
 
+/// Publishes one `bulk_event` per number of `range`, in batches of up to 1000, each
+/// accepted.
+async fn publish_bulk(c: &mut WsClient, range: std::ops::Range<u64>) {
+    let numbers: Vec<u64> = range.collect();
+    for chunk in numbers.chunks(1000) {
+        let events: Vec<Value> = chunk
+            .iter()
+            .map(|i| json!({"type": "bulk_event", "payload": {"i": i}}))
+            .collect();
+        let reply = c
+            .request(json!({"type": "publish_batch", "events": events}))
+            .await;
+        assert_eq!(reply["type"], "published_batch", "{reply}");
+    }
+}
+
 /// A restart reads the row counts of the log's full segments from the file instead
 /// of counting them: only the newest segment (16,384 events by default) is counted.
 /// Changing a recorded count by hand shows which it did.
@@ -146,16 +162,7 @@ async fn a_restart_reads_full_segments_counts_instead_of_counting() {
     let server = TestServer::start().await;
     let dir = server.data_dir.clone();
     let mut c = server.ws().await;
-    let total = 17_000;
-    for first in (0..total).step_by(1000) {
-        let events: Vec<Value> = (first..first + 1000)
-            .map(|i| json!({"type": "bulk_event", "payload": {"i": i}}))
-            .collect();
-        let reply = c
-            .request(json!({"type": "publish_batch", "events": events}))
-            .await;
-        assert_eq!(reply["type"], "published_batch", "{reply}");
-    }
+    publish_bulk(&mut c, 0..17_000).await;
     drop(c);
     server.stop().await;
 
@@ -185,15 +192,7 @@ async fn store_segment_events_sizes_a_new_file() {
     let server = TestServer::with(|c| c.store.segment_events = 1024).await;
     let dir = server.data_dir.clone();
     let mut c = server.ws().await;
-    let events: Vec<Value> = (0..1000)
-        .map(|i| json!({"type": "bulk_event", "payload": {"i": i}}))
-        .collect();
-    for _ in 0..3 {
-        let reply = c
-            .request(json!({"type": "publish_batch", "events": events.clone()}))
-            .await;
-        assert_eq!(reply["type"], "published_batch", "{reply}");
-    }
+    publish_bulk(&mut c, 0..3000).await;
     drop(c);
     server.stop().await;
     let tables = || {
@@ -213,10 +212,7 @@ async fn store_segment_events_sizes_a_new_file() {
 
     let server = TestServer::with_data_dir(dir.clone(), |_| {}).await;
     let mut c = server.ws().await;
-    let reply = c
-        .request(json!({"type": "publish_batch", "events": events}))
-        .await;
-    assert_eq!(reply["type"], "published_batch", "{reply}");
+    publish_bulk(&mut c, 3000..4000).await;
     let (_, stats) = server.get("/api/stats").await;
     assert_eq!(stats["store"]["event_count"], 4000);
     drop(c);

@@ -421,14 +421,29 @@ impl Outbox {
             q.take_replay(&mut frames, now);
         }
         for p in Priority::HIGHEST_FIRST {
-            for q in self.subs.values_mut().filter(|q| !q.handle.is_replaying()) {
-                q.take_live(p, &mut frames, FRAMES_PER_BATCH, (now, wall), dead);
-            }
+            self.take_live(p, &mut frames, FRAMES_PER_BATCH, (now, wall), dead);
             if frames.len() >= FRAMES_PER_BATCH {
                 break;
             }
         }
         frames
+    }
+
+    /// Live events of priority `p`, from every active subscription not replaying,
+    /// until `frames` holds `limit`.
+    fn take_live(
+        &mut self,
+        p: Priority,
+        frames: &mut Vec<OutFrame>,
+        limit: usize,
+        clocks: (Instant, DateTime<Utc>),
+        dead: &mut Vec<DeadNote>,
+    ) {
+        for q in self.subs.values_mut() {
+            if q.handle.is_active() && !q.handle.is_replaying() {
+                q.take_live(p, frames, limit, clocks, dead);
+            }
+        }
     }
 
     /// Takes up to `room` critical live events, for a session whose backlog is full.
@@ -439,11 +454,7 @@ impl Outbox {
         dead: &mut Vec<DeadNote>,
     ) -> Vec<OutFrame> {
         let mut frames = Vec::new();
-        for q in self.subs.values_mut() {
-            if q.handle.is_active() && !q.handle.is_replaying() {
-                q.take_live(Priority::Critical, &mut frames, room, clocks, dead);
-            }
-        }
+        self.take_live(Priority::Critical, &mut frames, room, clocks, dead);
         frames
     }
 

@@ -143,11 +143,10 @@ pub struct SqliteStore {
     conn: Connection,
     checkpointer: Checkpointer,
     segments: Segments,
-    /// Rows in all segments, kept by appends and retention. `count(*)` reads every
-    /// page it counts (270 ms on the store thread for a million events), and
-    /// `/api/stats` asks for it each time the dashboard polls.
-    event_count: u64,
-    /// Rows per segment (same keys as `segments.tables`).
+    /// Rows per segment (same keys as `segments.tables`), kept by appends and
+    /// retention; their sum is the event count. `count(*)` reads every page it counts
+    /// (270 ms on the store thread for a million events), and `/api/stats` asks for
+    /// it each time the dashboard polls.
     rows: BTreeMap<u64, u64>,
     /// Segments whose row count is recorded in `meta` ([`record_segment`]): those the
     /// log has moved past. Opening the file reads their counts instead of counting,
@@ -276,7 +275,7 @@ impl SqliteStore {
         // match what was recorded with it; the newest segment, and any other that was
         // not recorded (a file from before this) or no longer matches, is counted, and
         // every sealed one counted is recorded for the next open. These are the only
-        // counts this connection makes (see `event_count`).
+        // counts this connection makes (see `rows`).
         let newest = segments.tables.last().copied();
         let mut rows = BTreeMap::new();
         let mut recorded = BTreeSet::new();
@@ -310,7 +309,6 @@ impl SqliteStore {
             conn,
             checkpointer,
             segments,
-            event_count: rows.values().sum(),
             rows,
             recorded,
         })
@@ -398,6 +396,15 @@ fn record_segment(tx: &rusqlite::Transaction<'_>, n: u64, rows: u64) -> Result<(
 /// match the table's (a file changed by a version that did not record counts, or by
 /// hand at an edge, is counted again).
 fn recorded_rows(conn: &Connection, n: u64) -> Result<Option<u64>, StoreError> {
+    let Some([rows, first, last]) = segment_record(conn, n)? else {
+        return Ok(None);
+    };
+    Ok((segment_edges(conn, n)? == [first, last]).then_some(rows.max(0) as u64))
+}
+
+/// What `meta` holds for segment `n` ([`segment_keys`]): rows, first and last
+/// cursor; `None` unless all three are there.
+fn segment_record(conn: &Connection, n: u64) -> Result<Option<[i64; 3]>, StoreError> {
     let mut get = conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?;
     let mut values = [0i64; 3];
     for (value, key) in values.iter_mut().zip(segment_keys(n)) {
@@ -406,8 +413,7 @@ fn recorded_rows(conn: &Connection, n: u64) -> Result<Option<u64>, StoreError> {
             None => return Ok(None),
         }
     }
-    let [rows, first, last] = values;
-    Ok((segment_edges(conn, n)? == [first, last]).then_some(rows.max(0) as u64))
+    Ok(Some(values))
 }
 
 impl EventStore for SqliteStore {
@@ -511,7 +517,6 @@ impl EventStore for SqliteStore {
         for (n, k) in added {
             *self.rows.entry(n).or_default() += k;
         }
-        self.event_count += events.len() as u64;
         if self.checkpointer.committed(bytes) {
             // Between commits, so it delays none; it fails only if another checkpoint
             // is running, and then the next catch-up does it.
@@ -601,7 +606,7 @@ impl EventStore for SqliteStore {
         // Primary-key searches; the count is kept, not counted.
         Ok(StoreStats {
             kind: self.kind(),
-            event_count: self.event_count,
+            event_count: self.rows.values().sum(),
             dead_letters: self.dead_letter_count()?,
             first_cursor: self.edge_cursor(Order::Asc)?,
             last_cursor: self.edge_cursor(Order::Desc)?,
@@ -709,7 +714,6 @@ impl EventStore for SqliteStore {
             self.rows.remove(&n);
             self.recorded.remove(&n);
         }
-        self.event_count = self.event_count.saturating_sub(deleted);
         Ok(deleted)
     }
 
@@ -1020,15 +1024,7 @@ mod tests {
 
     /// The recorded count of segment `n`: rows, first and last cursor.
     fn recorded(store: &SqliteStore, n: u64) -> Option<[i64; 3]> {
-        let mut values = [0; 3];
-        for (value, key) in values.iter_mut().zip(segment_keys(n)) {
-            *value = store
-                .conn
-                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-                .optional()
-                .unwrap()?;
-        }
-        Some(values)
+        segment_record(&store.conn, n).unwrap()
     }
 
     /// Sealed segments record their row counts, with their cursor edges, in `meta`:
