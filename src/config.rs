@@ -73,6 +73,14 @@ pub struct LimitsConfig {
     pub publish_rate_per_sec: u32,
     /// Events one connection may publish at once before the rate applies (bucket size).
     pub publish_burst: u32,
+    /// Critical and high events written to their subscribers later than this after the
+    /// router accepted them slow down the connections that publish only low events
+    /// (`crate::overload`); 0 = never.
+    #[serde(default)]
+    pub urgent_latency_target_us: u64,
+    /// Low events per second the server keeps admitting however late urgent ones are.
+    #[serde(default)]
+    pub low_rate_floor_per_sec: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

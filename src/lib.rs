@@ -33,6 +33,7 @@ pub mod delivery;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod overload;
 pub mod protocol;
 pub mod rate_limit;
 pub mod routing;

@@ -60,6 +60,11 @@ pub struct Metrics {
     pub rejected_over_rate: AtomicU64,
     /// Bad frames answered with an `error`.
     pub protocol_errors: AtomicU64,
+    /// Low events per second admitted while urgent ones are late (`crate::overload`);
+    /// 0: no limit.
+    pub low_admission_rate: AtomicU64,
+    /// Times a low-only publisher's connection stopped reading to stay under that rate.
+    pub low_publish_pauses: AtomicU64,
     /// Open WebSocket connections (see [`ConnectionPermit`]).
     pub connections: AtomicUsize,
     pub connections_total: AtomicU64,
@@ -215,6 +220,8 @@ impl Default for Metrics {
             rejected_busy: AtomicU64::default(),
             rejected_over_rate: AtomicU64::default(),
             protocol_errors: AtomicU64::default(),
+            low_admission_rate: AtomicU64::default(),
+            low_publish_pauses: AtomicU64::default(),
             connections: AtomicUsize::default(),
             connections_total: AtomicU64::default(),
             connections_refused: AtomicU64::default(),
@@ -501,6 +508,12 @@ impl prometheus_client::collector::Collector for Exporter {
                 m.protocol_errors.load(Relaxed),
             ),
             (
+                "low_publish_pauses",
+                "Times a connection publishing only low events stopped reading because \
+                 urgent events were late (limits.urgent_latency_target_us)",
+                m.low_publish_pauses.load(Relaxed),
+            ),
+            (
                 "connections_opened",
                 "WebSocket connections accepted",
                 m.connections_total.load(Relaxed),
@@ -574,6 +587,11 @@ impl prometheus_client::collector::Collector for Exporter {
                 "acks_in_flight",
                 "Deliveries awaiting an ack",
                 m.router.in_flight.load(Relaxed),
+            ),
+            (
+                "low_admission_rate",
+                "Low events per second admitted while urgent events are late; 0: no limit",
+                m.low_admission_rate.load(Relaxed),
             ),
         ] {
             ConstGauge::new(value as i64).encode(encoder.encode_descriptor(

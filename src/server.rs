@@ -25,6 +25,7 @@ use crate::actors::store::StoreActor;
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
+use crate::overload::LowAdmission;
 
 /// How long the head of an HTTP request may take to arrive, from the moment the
 /// connection is accepted; then the connection is closed (with 408 when part of a head
@@ -130,6 +131,7 @@ pub async fn run(
         config: config.clone(),
         auth,
         registry: crate::metrics::registry(metrics.clone()),
+        admission: Arc::new(LowAdmission::new(&config.limits, metrics.clone())),
         metrics,
         shutting_down: shutting_down.clone(),
     });

@@ -405,3 +405,102 @@ async fn rate_limited_publishes_are_not_charged_to_the_error_budget() {
     c.expect_silence(Duration::from_millis(100)).await;
     c.assert_alive().await;
 }
+
+/// A counter or gauge from `/metrics`, 0 when absent.
+async fn metric(server: &TestServer, name: &str) -> f64 {
+    let (status, text) = server.get_text("/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A batch of `n` events of `priority` on `overload.tick`, numbered from `first`.
+fn tick_batch(first: usize, n: usize, priority: &str) -> serde_json::Value {
+    let events: Vec<_> = (first..first + n)
+        .map(|i| json!({"topic": "overload.tick", "type": "tick", "priority": priority, "payload": {"i": i}}))
+        .collect();
+    json!({"type": "publish_batch", "events": events})
+}
+
+async fn publish_all(c: &mut WsClient, batch: serde_json::Value) {
+    let reply = c.request(batch).await;
+    assert_eq!(reply["type"], "published_batch", "{reply}");
+    let results = reply["results"].as_array().expect("results");
+    assert!(results.iter().all(|r| r["cursor"].is_u64()), "{reply}");
+}
+
+#[actix_rt::test]
+async fn low_only_publishers_are_slowed_while_urgent_events_are_late_and_lose_nothing() {
+    // Against a 1 µs target every critical delivery is late.
+    let server = TestServer::with(|c| {
+        c.limits.urgent_latency_target_us = 1;
+        c.limits.low_rate_floor_per_sec = 2000;
+    })
+    .await;
+    let mut sub = server.ws().await;
+    sub.subscribe(json!({"type": "pattern", "patterns": ["overload.>"]}))
+        .await;
+    let mut urgent = server.ws().await;
+    let mut mixed = server.ws().await;
+    let mut low = server.ws().await;
+    let mut sent = 0;
+    let mut critical = 0;
+    // Late critical deliveries, and a publisher whose batches carry a high event
+    // among the low ones, until low events are limited: it is never paused.
+    for _ in 0..100 {
+        alarm(&mut urgent).await;
+        critical += 1;
+        let mut batch = tick_batch(sent, 50, "low");
+        batch["events"][0]["priority"] = json!("high");
+        publish_all(&mut mixed, batch).await;
+        sent += 50;
+        if metric(&server, "switchyard_low_admission_rate").await > 0.0 {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(metric(&server, "switchyard_low_admission_rate").await >= 2000.0);
+    assert_eq!(
+        metric(&server, "switchyard_low_publish_pauses_total").await,
+        0.0
+    );
+    // A publisher of low events only is paused now; every event still gets through.
+    for _ in 0..10 {
+        alarm(&mut urgent).await;
+        critical += 1;
+        publish_all(&mut low, tick_batch(sent, 100, "low")).await;
+        sent += 100;
+    }
+    let pauses = metric(&server, "switchyard_low_publish_pauses_total").await;
+    assert!(pauses > 0.0, "no pause");
+    let mut seen = vec![false; sent];
+    let mut alarms = 0;
+    for _ in 0..sent + critical {
+        let e = sub.recv_event().await;
+        match e["event"]["payload"]["i"].as_u64() {
+            Some(i) => seen[i as usize] = true,
+            None => alarms += 1,
+        }
+    }
+    assert_eq!(alarms, critical);
+    assert!(seen.iter().all(|s| *s), "a low event was lost");
+    // A quiet second without urgent deliveries lifts the limit.
+    actix_rt::time::sleep(overload_quiet()).await;
+    publish_all(&mut low, tick_batch(sent, 100, "low")).await;
+    assert_eq!(metric(&server, "switchyard_low_admission_rate").await, 0.0);
+    assert_eq!(
+        metric(&server, "switchyard_low_publish_pauses_total").await,
+        pauses
+    );
+}
+
+async fn alarm(urgent: &mut WsClient) {
+    urgent
+        .publish(json!({"topic": "overload.alarm", "type": "alarm", "priority": "critical"}))
+        .await;
+}
+
+fn overload_quiet() -> Duration {
+    switchyard::overload::QUIET + switchyard::overload::WINDOW
+}

@@ -45,6 +45,7 @@ use crate::delivery::Backlog;
 use crate::error::{ErrorCode, HttpError, ProtocolError};
 use crate::http::AppState;
 use crate::metrics::{ConnectionPermit, Metrics};
+use crate::overload::LowAdmission;
 use crate::protocol::order::ReplyOrder;
 use crate::protocol::reply::event_frame;
 use crate::protocol::{decode, Command, PublishResult, Reply, ValidatedBatch};
@@ -153,6 +154,7 @@ pub async fn upgrade(
         read_events: 0,
         pending: VecDeque::new(),
         budget: PublishBudget::new(&state.config.limits),
+        admission: state.admission.clone(),
         _permit: permit,
     };
     ws::WsResponseBuilder::new(session, &req, stream)
@@ -265,6 +267,9 @@ pub struct Session {
     backlog: Arc<Backlog>,
     /// Tokens for publishing: one per event (`limits.publish_rate_per_sec`).
     budget: PublishBudget,
+    /// Slows this connection down while it publishes only low events and urgent ones
+    /// are late (`limits.urgent_latency_target_us`).
+    admission: Arc<LowAdmission>,
     /// Event frame bytes queued since this session last let its connection write.
     unwritten_bytes: usize,
     /// Published events read since this session last ended its turn
@@ -485,6 +490,11 @@ impl Session {
                 .fetch_add(refused as u64, Relaxed);
         }
         let events = validated.take_valid();
+        let low = events
+            .iter()
+            .filter(|e| e.priority == Priority::Low)
+            .count();
+        let pause = self.admission.admit(low, Instant::now());
         let fut = router::publish(&self.router, &self.metrics, events, Dedupe::Check);
         // Frames keep being read while the commit is pending (several publishes of one
         // connection share a group commit); the reply keeps its place in line.
@@ -524,7 +534,14 @@ impl Session {
             ctx.spawn(answer);
         }
         self.read_events += raw.len();
-        if self.read_events >= READ_TURN_EVENTS {
+        if let Some(pause) = pause.filter(|_| low == raw.len()) {
+            // Urgent events are late and this publish was all low: read nothing more
+            // for a while; the next frames wait in the socket. A publish that carried
+            // other priorities does not wait, it only used up tokens.
+            self.read_events = 0;
+            self.metrics.low_publish_pauses.fetch_add(1, Relaxed);
+            ctx.wait(actix::fut::wrap_future(actix_web::rt::time::sleep(pause)));
+        } else if self.read_events >= READ_TURN_EVENTS {
             // Let the other connections of this thread have a turn first.
             self.read_events = 0;
             end_turn(ctx);
@@ -896,6 +913,10 @@ impl Session {
                 ctx.text(text);
                 sub.delivered.fetch_add(1, Relaxed);
                 self.metrics.count_delivered(&event, first_live);
+                if first_live {
+                    self.admission
+                        .observe(event.event.priority, event.accepted_at);
+                }
             }
             OutFrame::ReplayComplete { sub, last_cursor } => {
                 if sub.is_active() {

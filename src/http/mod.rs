@@ -30,6 +30,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
+    /// Throttles low-only publishers while urgent events are late.
+    pub admission: Arc<crate::overload::LowAdmission>,
     /// `GET /metrics`.
     pub registry: prometheus_client::registry::Registry,
     /// Set once shutdown begins; `/ready` answers 503 from then on.

@@ -1,0 +1,293 @@
+//! Low-priority admission under overload. While critical and high events reach their
+//! subscribers later than `limits.urgent_latency_target_us` after the router accepted
+//! them, the connections that publish only low events are read more slowly, so the
+//! CPU their events would take goes to the urgent ones (docs/architecture.md,
+//! "Overload"; docs/benchmarks.md, scenario 4).
+//!
+//! Owns: the admitted rate of low events (an AIMD controller fed with the
+//! accept-to-write latency of urgent deliveries) and the token bucket that applies it.
+//! Must not: refuse, drop or reorder an event. A throttled publisher's frames wait in
+//! its socket (TCP backpressure) and are read later: low events queue, none is lost.
+//!
+//! The control loop, once per [`WINDOW`]:
+//! - more than 1 % of the urgent deliveries in the window were late: the low rate drops
+//!   to 3/4 of what it was (of what was admitted, the first time), not below
+//!   `limits.low_rate_floor_per_sec`;
+//! - urgent deliveries were all (but 1 %) on time: the rate grows by 1/20;
+//! - no urgent delivery for [`QUIET`]: the limit is lifted. With no critical or high
+//!   traffic nothing is throttled, however busy the server is.
+//!
+//! The signal starts at the router's accept, so it misses the time a frame waits to be
+//! read; that wait shrinks with the same cure (fewer low frames to read).
+
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::config::LimitsConfig;
+use crate::metrics::Metrics;
+use crate::routing::Priority;
+
+/// How often the low rate is adjusted.
+pub const WINDOW: Duration = Duration::from_millis(100);
+/// How long without an urgent delivery before the limit is lifted.
+pub const QUIET: Duration = Duration::from_secs(1);
+/// The longest single pause of a publisher: its pings and other frames wait too.
+pub const MAX_PAUSE: Duration = Duration::from_millis(100);
+/// Tokens the bucket holds at most, in seconds of the current rate.
+const BURST: f64 = 0.02;
+const DECREASE: f64 = 0.75;
+const INCREASE: f64 = 1.05;
+
+/// The controller and its bucket, one per server, shared by every session.
+#[derive(Debug)]
+pub struct LowAdmission {
+    /// Late urgent deliveries are those over this; `None`: the controller is off.
+    target: Option<Duration>,
+    floor: f64,
+    metrics: Arc<Metrics>,
+    /// Since when `last_urgent_us` counts.
+    epoch: Instant,
+    /// Urgent first deliveries in the current window, and how many of them were late.
+    urgent: AtomicU64,
+    late: AtomicU64,
+    /// The last urgent delivery, µs after `epoch`.
+    last_urgent_us: AtomicU64,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    window_start: Instant,
+    /// Low events admitted per second; `None`: no limit.
+    rate: Option<f64>,
+    /// May go below zero: a publish takes all its events' tokens at once, and its
+    /// connection then pauses until the debt is paid.
+    tokens: f64,
+    refilled: Instant,
+    /// Low events admitted in the current window.
+    admitted: u64,
+}
+
+impl LowAdmission {
+    pub fn new(limits: &LimitsConfig, metrics: Arc<Metrics>) -> Self {
+        let now = Instant::now();
+        LowAdmission {
+            target: (limits.urgent_latency_target_us > 0)
+                .then(|| Duration::from_micros(limits.urgent_latency_target_us)),
+            floor: f64::from(limits.low_rate_floor_per_sec.max(1)),
+            metrics,
+            epoch: now,
+            urgent: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            last_urgent_us: AtomicU64::new(0),
+            state: Mutex::new(State {
+                window_start: now,
+                rate: None,
+                tokens: 0.0,
+                refilled: now,
+                admitted: 0,
+            }),
+        }
+    }
+
+    /// Session: a live event the router accepted at `accepted` was written to a
+    /// subscriber for the first time. Only critical and high events count.
+    pub fn observe(&self, priority: Priority, accepted: Instant) {
+        if self.target.is_some() && priority >= Priority::High {
+            self.record(accepted, Instant::now());
+        }
+    }
+
+    /// An urgent first delivery, written at `now`.
+    fn record(&self, accepted: Instant, now: Instant) {
+        let Some(target) = self.target else { return };
+        self.urgent.fetch_add(1, Relaxed);
+        if now.saturating_duration_since(accepted) > target {
+            self.late.fetch_add(1, Relaxed);
+        }
+        let at = now.saturating_duration_since(self.epoch).as_micros() as u64;
+        self.last_urgent_us.fetch_max(at, Relaxed);
+    }
+
+    /// Session: a publish carries `low` low-priority events. When low events are being
+    /// throttled and the bucket is in debt, how long the connection should stop
+    /// reading (a connection that also publishes other priorities should not).
+    pub fn admit(&self, low: usize, now: Instant) -> Option<Duration> {
+        self.target?;
+        if low == 0 {
+            return None;
+        }
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if now.saturating_duration_since(state.window_start) >= WINDOW {
+            self.adjust(&mut state, now);
+        }
+        state.admitted += low as u64;
+        let rate = state.rate?;
+        let elapsed = now.saturating_duration_since(state.refilled).as_secs_f64();
+        state.refilled = now;
+        state.tokens = (state.tokens + elapsed * rate).min((rate * BURST).max(1.0));
+        state.tokens -= low as f64;
+        if state.tokens >= 0.0 {
+            return None;
+        }
+        Some(Duration::from_secs_f64(-state.tokens / rate).min(MAX_PAUSE))
+    }
+
+    /// Ends the window: the control loop of the module docs.
+    fn adjust(&self, state: &mut State, now: Instant) {
+        let secs = now
+            .saturating_duration_since(state.window_start)
+            .as_secs_f64();
+        state.window_start = now;
+        let urgent = self.urgent.swap(0, Relaxed);
+        let late = self.late.swap(0, Relaxed);
+        let admitted = std::mem::take(&mut state.admitted) as f64;
+        let since_urgent = now.saturating_duration_since(
+            self.epoch + Duration::from_micros(self.last_urgent_us.load(Relaxed)),
+        );
+        state.rate = if since_urgent >= QUIET {
+            None
+        } else if late * 100 > urgent {
+            let current = state.rate.unwrap_or(admitted / secs.max(1e-3));
+            let rate = (current * DECREASE).max(self.floor);
+            if state.rate.is_none() {
+                // The bucket starts full.
+                state.tokens = rate * BURST;
+                state.refilled = now;
+            }
+            Some(rate)
+        } else if urgent > 0 {
+            state.rate.map(|r| r * INCREASE)
+        } else {
+            state.rate
+        };
+        let gauge = state.rate.map_or(0, |r| r as u64);
+        self.metrics.low_admission_rate.store(gauge, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(target_us: u64, floor: u32) -> LowAdmission {
+        let mut limits = crate::Config::defaults().limits;
+        limits.urgent_latency_target_us = target_us;
+        limits.low_rate_floor_per_sec = floor;
+        LowAdmission::new(&limits, Arc::new(Metrics::default()))
+    }
+
+    fn rate(a: &LowAdmission) -> Option<f64> {
+        a.state.lock().unwrap().rate
+    }
+
+    /// An urgent first delivery written at `at`, `latency` after the router accepted
+    /// the event.
+    fn deliver(a: &LowAdmission, at: Instant, latency: Duration) {
+        a.record(at - latency, at);
+    }
+
+    const LATE: Duration = Duration::from_millis(10);
+    const ON_TIME: Duration = Duration::from_micros(100);
+
+    #[test]
+    fn nothing_is_throttled_without_urgent_traffic() {
+        let a = admission(2000, 1000);
+        let t0 = Instant::now();
+        for i in 0..100 {
+            assert_eq!(a.admit(10_000, t0 + WINDOW * i), None);
+        }
+        assert_eq!(rate(&a), None);
+    }
+
+    #[test]
+    fn off_when_the_target_is_zero() {
+        let a = admission(0, 1000);
+        a.observe(Priority::Critical, Instant::now() - LATE);
+        let t0 = Instant::now();
+        assert_eq!(a.admit(100, t0), None);
+        assert_eq!(a.admit(100_000, t0 + WINDOW * 2), None);
+        assert_eq!(rate(&a), None);
+    }
+
+    #[test]
+    fn late_urgent_deliveries_cut_the_low_rate_to_three_quarters_of_what_was_admitted() {
+        let a = admission(2000, 1000);
+        let t0 = a.epoch;
+        // 10,000 low events in the first window (100,000/s), then late critical ones.
+        a.admit(10_000, t0);
+        for _ in 0..10 {
+            deliver(&a, t0 + ON_TIME, LATE);
+        }
+        assert_eq!(a.admit(1, t0 + WINDOW), None, "the bucket starts full");
+        let r = rate(&a).expect("limited");
+        assert!((74_000.0..=76_000.0).contains(&r), "{r}");
+        assert_eq!(a.metrics.low_admission_rate.load(Relaxed), r as u64);
+    }
+
+    #[test]
+    fn a_publisher_in_debt_is_told_how_long_to_wait() {
+        let a = admission(2000, 1000);
+        let t0 = a.epoch;
+        a.admit(1000, t0);
+        deliver(&a, t0 + ON_TIME, LATE);
+        // 1,000 in 100 ms: 10,000/s, cut to 7,500/s, a full bucket of 150 (20 ms);
+        // 750 events leave a debt of 600, 80 ms at that rate.
+        let wait = a.admit(750, t0 + WINDOW).expect("in debt");
+        assert_eq!(wait, Duration::from_millis(80));
+        // 100 ms later the debt is paid.
+        assert_eq!(a.admit(1, t0 + WINDOW + MAX_PAUSE + ON_TIME), None);
+    }
+
+    #[test]
+    fn on_time_deliveries_raise_the_rate_and_quiet_lifts_it() {
+        let a = admission(2000, 1000);
+        let t0 = a.epoch;
+        a.admit(1000, t0);
+        deliver(&a, t0 + ON_TIME, LATE);
+        a.admit(1, t0 + WINDOW);
+        let cut = rate(&a).expect("limited");
+        deliver(&a, t0 + WINDOW + ON_TIME, ON_TIME);
+        a.admit(1, t0 + WINDOW * 2);
+        let raised = rate(&a).expect("limited");
+        assert!((raised - cut * INCREASE).abs() < 1e-6, "{cut} -> {raised}");
+        // A window with no urgent delivery keeps the rate ...
+        a.admit(1, t0 + WINDOW * 3);
+        assert_eq!(rate(&a), Some(raised));
+        // ... and a quiet second lifts it.
+        a.admit(1, t0 + WINDOW * 2 + QUIET + WINDOW);
+        assert_eq!(rate(&a), None);
+        assert_eq!(a.metrics.low_admission_rate.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn one_late_delivery_in_a_hundred_is_tolerated_and_the_floor_holds() {
+        let a = admission(2000, 5000);
+        let t0 = a.epoch;
+        a.admit(100, t0);
+        deliver(&a, t0 + ON_TIME, LATE);
+        for _ in 0..99 {
+            deliver(&a, t0 + ON_TIME, ON_TIME);
+        }
+        a.admit(1, t0 + WINDOW);
+        assert_eq!(rate(&a), None, "1 % late is within the target");
+        for i in 2..40 {
+            deliver(&a, t0 + WINDOW * (i - 1) + ON_TIME, LATE);
+            a.admit(1, t0 + WINDOW * i);
+        }
+        assert_eq!(rate(&a), Some(5000.0));
+    }
+
+    #[test]
+    fn normal_and_low_deliveries_are_not_a_signal() {
+        let a = admission(2000, 1000);
+        let t0 = a.epoch;
+        a.admit(1000, t0);
+        a.observe(Priority::Normal, Instant::now() - LATE);
+        a.observe(Priority::Low, Instant::now() - LATE);
+        a.admit(1, t0 + WINDOW);
+        assert_eq!(rate(&a), None);
+    }
+}
