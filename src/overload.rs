@@ -38,7 +38,10 @@ pub const MAX_PAUSE: Duration = Duration::from_millis(100);
 /// Tokens the bucket holds at most, in seconds of the current rate.
 const BURST: f64 = 0.02;
 const DECREASE: f64 = 0.75;
+/// Growth per on-time window while well below the rate of the last cut ...
 const INCREASE: f64 = 1.05;
+/// ... and near or above it, where the last cut says lateness begins.
+const PROBE: f64 = 1.01;
 
 /// The controller and its bucket, one per server, shared by every session.
 #[derive(Debug)]
@@ -66,8 +69,13 @@ struct State {
     /// connection then pauses until the debt is paid.
     tokens: f64,
     refilled: Instant,
-    /// Low events admitted in the current window.
+    /// The rate the last cut was made from.
+    cut_from: f64,
+    /// Low events admitted in the current window, and when the first of them was:
+    /// the rate they came at leaves out a quiet start (a window is ended by the next
+    /// low publish, so the first one after a pause spans the pause).
     admitted: u64,
+    first_admitted: Option<Instant>,
 }
 
 impl LowAdmission {
@@ -87,7 +95,9 @@ impl LowAdmission {
                 rate: None,
                 tokens: 0.0,
                 refilled: now,
+                cut_from: 0.0,
                 admitted: 0,
+                first_admitted: None,
             }),
         }
     }
@@ -124,6 +134,7 @@ impl LowAdmission {
             self.adjust(&mut state, now);
         }
         state.admitted += low as u64;
+        state.first_admitted.get_or_insert(now);
         let rate = state.rate?;
         let elapsed = now.saturating_duration_since(state.refilled).as_secs_f64();
         state.refilled = now;
@@ -144,13 +155,19 @@ impl LowAdmission {
         let urgent = self.urgent.swap(0, Relaxed);
         let late = self.late.swap(0, Relaxed);
         let admitted = std::mem::take(&mut state.admitted) as f64;
+        let admitting = state.first_admitted.take().map_or(secs, |first| {
+            now.saturating_duration_since(first).as_secs_f64()
+        });
         let since_urgent = now.saturating_duration_since(
             self.epoch + Duration::from_micros(self.last_urgent_us.load(Relaxed)),
         );
         state.rate = if since_urgent >= QUIET {
             None
-        } else if late * 100 > urgent {
-            let current = state.rate.unwrap_or(admitted / secs.max(1e-3));
+        } else if late * 100 > urgent && (state.rate.is_some() || admitted > 0.0) {
+            let current = state
+                .rate
+                .unwrap_or(admitted / admitting.max(WINDOW.as_secs_f64() / 10.0));
+            state.cut_from = current;
             let rate = (current * DECREASE).max(self.floor);
             if state.rate.is_none() {
                 // The bucket starts full.
@@ -159,7 +176,10 @@ impl LowAdmission {
             }
             Some(rate)
         } else if urgent > 0 {
-            state.rate.map(|r| r * INCREASE)
+            let near = state.cut_from * 0.95;
+            state
+                .rate
+                .map(|r| if r < near { r * INCREASE } else { r * PROBE })
         } else {
             state.rate
         };
@@ -228,6 +248,21 @@ mod tests {
     }
 
     #[test]
+    fn the_first_cut_is_from_the_rate_low_events_came_at() {
+        let a = admission(2000, 1000);
+        let t0 = a.epoch;
+        // Late urgent deliveries before any low event: no rate to cut from yet.
+        deliver(&a, t0 + ON_TIME, LATE);
+        a.admit(1000, t0 + Duration::from_millis(900));
+        assert_eq!(rate(&a), None);
+        // 2,000 low events in the 100 ms since: 20,000/s.
+        a.admit(1000, t0 + Duration::from_millis(950));
+        deliver(&a, t0 + Duration::from_millis(960), LATE);
+        a.admit(1, t0 + Duration::from_millis(1000));
+        assert_eq!(rate(&a), Some(15_000.0));
+    }
+
+    #[test]
     fn a_publisher_in_debt_is_told_how_long_to_wait() {
         let a = admission(2000, 1000);
         let t0 = a.epoch;
@@ -245,19 +280,29 @@ mod tests {
     fn on_time_deliveries_raise_the_rate_and_quiet_lifts_it() {
         let a = admission(2000, 1000);
         let t0 = a.epoch;
+        // 1,000 low events in 100 ms: cut from 10,000/s to 7,500/s.
         a.admit(1000, t0);
         deliver(&a, t0 + ON_TIME, LATE);
         a.admit(1, t0 + WINDOW);
-        let cut = rate(&a).expect("limited");
-        deliver(&a, t0 + WINDOW + ON_TIME, ON_TIME);
-        a.admit(1, t0 + WINDOW * 2);
-        let raised = rate(&a).expect("limited");
-        assert!((raised - cut * INCREASE).abs() < 1e-6, "{cut} -> {raised}");
+        let mut r = rate(&a).expect("limited");
+        assert_eq!(r, 7500.0);
+        // Then 5 % a window up to near the rate it was cut from, 1 % from there.
+        let mut t = t0 + WINDOW;
+        for _ in 0..10 {
+            t += WINDOW;
+            deliver(&a, t - ON_TIME, ON_TIME);
+            a.admit(1, t);
+            let step = if r < 9500.0 { INCREASE } else { PROBE };
+            let next = rate(&a).expect("limited");
+            assert!((next - r * step).abs() < 1e-6, "{r} -> {next}");
+            r = next;
+        }
+        assert!(r > 10_000.0, "{r}");
         // A window with no urgent delivery keeps the rate ...
-        a.admit(1, t0 + WINDOW * 3);
-        assert_eq!(rate(&a), Some(raised));
+        a.admit(1, t + WINDOW);
+        assert_eq!(rate(&a), Some(r));
         // ... and a quiet second lifts it.
-        a.admit(1, t0 + WINDOW * 2 + QUIET + WINDOW);
+        a.admit(1, t + QUIET);
         assert_eq!(rate(&a), None);
         assert_eq!(a.metrics.low_admission_rate.load(Relaxed), 0);
     }

@@ -913,7 +913,7 @@ impl Session {
                 ctx.text(text);
                 sub.delivered.fetch_add(1, Relaxed);
                 self.metrics.count_delivered(&event, first_live);
-                if first_live {
+                if first_live && sub.spec.delivers_at_once() {
                     self.admission
                         .observe(event.event.priority, event.accepted_at);
                 }

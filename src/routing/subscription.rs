@@ -192,6 +192,16 @@ fn literal_prefixes(patterns: &[Pattern]) -> Option<Vec<Vec<String>>> {
 }
 
 impl SubscriptionSpec {
+    /// Live events go out as soon as they are routed: no ack window, no coalescing
+    /// window and no replay to wait for (durable subscriptions replay on resume). Only
+    /// such deliveries say how busy the server is (`crate::overload`).
+    pub fn delivers_at_once(&self) -> bool {
+        self.ack.is_none()
+            && self.coalesce.is_none()
+            && self.replay.is_none()
+            && self.durable.is_none()
+    }
+
     /// Narrows the subscription to what `grant` (a read grant) allows: it then never
     /// matches, replays or evaluates a condition on an event outside the grant. A
     /// subscription whose own topic patterns all lie outside the grant (`agent.>`
