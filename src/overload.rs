@@ -13,7 +13,8 @@
 //! - more than 1 % of the urgent deliveries in the window were late: the low rate drops
 //!   to 3/4 of what it was (of what was admitted, the first time), not below
 //!   `limits.low_rate_floor_per_sec`;
-//! - urgent deliveries were all (but 1 %) on time: the rate grows by 1/20;
+//! - urgent deliveries were all (but 1 %) on time: the rate grows by 5 % a window, by
+//!   1 % once within 5 % of the rate of the last cut (where lateness began);
 //! - no urgent delivery for [`QUIET`]: the limit is lifted. With no critical or high
 //!   traffic nothing is throttled, however busy the server is.
 //!

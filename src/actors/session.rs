@@ -494,7 +494,11 @@ impl Session {
             .iter()
             .filter(|e| e.priority == Priority::Low)
             .count();
-        let pause = self.admission.admit(low, Instant::now());
+        // Only a publish of low events alone may pause its connection.
+        let pause = self
+            .admission
+            .admit(low, Instant::now())
+            .filter(|_| low == events.len());
         let fut = router::publish(&self.router, &self.metrics, events, Dedupe::Check);
         // Frames keep being read while the commit is pending (several publishes of one
         // connection share a group commit); the reply keeps its place in line.
@@ -534,7 +538,7 @@ impl Session {
             ctx.spawn(answer);
         }
         self.read_events += raw.len();
-        if let Some(pause) = pause.filter(|_| low == raw.len()) {
+        if let Some(pause) = pause {
             // Urgent events are late and this publish was all low: read nothing more
             // for a while; the next frames wait in the socket. A publish that carried
             // other priorities does not wait, it only used up tokens.
