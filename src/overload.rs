@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::LimitsConfig;
 use crate::metrics::Metrics;
+use crate::protocol::Event;
 use crate::routing::Priority;
 
 /// How often the low rate is adjusted.
@@ -122,10 +123,23 @@ impl LowAdmission {
         self.last_urgent_us.fetch_max(at, Relaxed);
     }
 
-    /// Session: a publish carries `low` low-priority events. When low events are being
-    /// throttled and the bucket is in debt, how long the connection should stop
-    /// reading (a connection that also publishes other priorities should not).
-    pub fn admit(&self, low: usize, now: Instant) -> Option<Duration> {
+    /// A publish of `events` (a WebSocket session's, or an HTTP `POST /api/events`):
+    /// takes a token per low event, and says how long its publisher should wait before
+    /// the next one when low events are being throttled, the bucket is in debt and
+    /// every event of this publish is low (one with another priority never waits: it
+    /// may carry an urgent event).
+    pub fn admit_events(&self, events: &[Event]) -> Option<Duration> {
+        let low = events
+            .iter()
+            .filter(|e| e.priority == Priority::Low)
+            .count();
+        self.admit(low, Instant::now())
+            .filter(|_| low == events.len())
+    }
+
+    /// Takes `low` tokens at `now`; when low events are being throttled and the bucket
+    /// is in debt, how long until it is paid.
+    fn admit(&self, low: usize, now: Instant) -> Option<Duration> {
         self.target?;
         if low == 0 {
             return None;

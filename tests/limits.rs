@@ -474,6 +474,16 @@ async fn low_only_publishers_are_slowed_while_urgent_events_are_late_and_lose_no
     }
     let pauses = metric(&server, "switchyard_low_publish_pauses_total").await;
     assert!(pauses > 0.0, "no pause");
+    // So is one over HTTP: 1,000 low events leave the bucket (20 ms of the rate) in debt.
+    alarm(&mut urgent).await;
+    critical += 1;
+    let batch = tick_batch(sent, 1000, "low");
+    let (status, reply) = server.post("/api/events", &batch["events"]).await;
+    assert_eq!(status, 201, "{reply}");
+    sent += 1000;
+    let after = metric(&server, "switchyard_low_publish_pauses_total").await;
+    assert_eq!(after, pauses + 1.0, "the HTTP publish did not wait");
+    let pauses = after;
     let mut seen = vec![false; sent];
     let mut alarms = 0;
     for _ in 0..sent + critical {

@@ -490,15 +490,7 @@ impl Session {
                 .fetch_add(refused as u64, Relaxed);
         }
         let events = validated.take_valid();
-        let low = events
-            .iter()
-            .filter(|e| e.priority == Priority::Low)
-            .count();
-        // Only a publish of low events alone may pause its connection.
-        let pause = self
-            .admission
-            .admit(low, Instant::now())
-            .filter(|_| low == events.len());
+        let pause = self.admission.admit_events(&events);
         let fut = router::publish(&self.router, &self.metrics, events, Dedupe::Check);
         // Frames keep being read while the commit is pending (several publishes of one
         // connection share a group commit); the reply keeps its place in line.
@@ -540,8 +532,7 @@ impl Session {
         self.read_events += raw.len();
         if let Some(pause) = pause {
             // Urgent events are late and this publish was all low: read nothing more
-            // for a while; the next frames wait in the socket. A publish that carried
-            // other priorities does not wait, it only used up tokens.
+            // for a while; the next frames wait in the socket.
             self.read_events = 0;
             self.metrics.low_publish_pauses.fetch_add(1, Relaxed);
             ctx.wait(actix::fut::wrap_future(actix_web::rt::time::sleep(pause)));

@@ -256,6 +256,15 @@ pub async fn publish(
         }
     }
     let events = batch.take_valid();
+    if let Some(pause) = state.admission.admit_events(&events) {
+        // Urgent events are late and these are all low: they wait before the router
+        // takes them (`crate::overload`), and so does the client for its answer.
+        state
+            .metrics
+            .low_publish_pauses
+            .fetch_add(1, Ordering::Relaxed);
+        actix_web::rt::time::sleep(pause).await;
+    }
     let accepted = router::publish(&state.router, &state.metrics, events, Dedupe::Check).await;
     let merged = batch.merge(accepted);
     if single {
