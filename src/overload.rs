@@ -14,7 +14,8 @@
 //!   to 3/4 of what it was (of what was admitted, the first time), not below
 //!   `limits.low_rate_floor_per_sec`;
 //! - urgent deliveries were all (but 1 %) on time: the rate grows by 5 % a window, by
-//!   1 % once within 5 % of the rate of the last cut (where lateness began);
+//!   1 % once within 5 % of the rate of the last cut (where lateness began), and the
+//!   limit is lifted past twice that rate;
 //! - no urgent delivery for [`QUIET`]: the limit is lifted. With no critical or high
 //!   traffic nothing is throttled, however busy the server is.
 //!
@@ -158,7 +159,8 @@ impl LowAdmission {
         if state.tokens >= 0.0 {
             return None;
         }
-        Some(Duration::from_secs_f64(-state.tokens / rate).min(MAX_PAUSE))
+        let debt = (-state.tokens / rate).min(MAX_PAUSE.as_secs_f64());
+        Some(Duration::try_from_secs_f64(debt).unwrap_or(MAX_PAUSE))
     }
 
     /// Ends the window: the control loop of the module docs.
@@ -191,10 +193,13 @@ impl LowAdmission {
             }
             Some(rate)
         } else if urgent > 0 {
-            let near = state.cut_from * 0.95;
+            // Twice the rate lateness began at: the limit no longer says anything
+            // (the flood is gone, or the machine got faster); lift it.
+            let (near, far) = (state.cut_from * 0.95, state.cut_from * 2.0);
             state
                 .rate
                 .map(|r| if r < near { r * INCREASE } else { r * PROBE })
+                .filter(|r| *r <= far)
         } else {
             state.rate
         };
@@ -222,6 +227,24 @@ mod tests {
     /// the event.
     fn deliver(a: &LowAdmission, at: Instant, latency: Duration) {
         a.record(at - latency, at);
+    }
+
+    /// 1,000 low events in the first window, a late urgent delivery, and the window's
+    /// end: a cut from 10,000/s to 7,500/s. Returns when the window ended.
+    fn cut_from_10k(a: &LowAdmission) -> Instant {
+        let t0 = a.epoch;
+        a.admit(1000, t0);
+        deliver(a, t0 + ON_TIME, LATE);
+        a.admit(1, t0 + WINDOW);
+        t0 + WINDOW
+    }
+
+    /// One more window after `t` with an on-time urgent delivery; returns its end.
+    fn on_time_window(a: &LowAdmission, t: Instant) -> Instant {
+        let end = t + WINDOW;
+        deliver(a, end - ON_TIME, ON_TIME);
+        a.admit(1, end);
+        end
     }
 
     const LATE: Duration = Duration::from_millis(10);
@@ -280,33 +303,24 @@ mod tests {
     #[test]
     fn a_publisher_in_debt_is_told_how_long_to_wait() {
         let a = admission(2000, 1000);
-        let t0 = a.epoch;
-        a.admit(1000, t0);
-        deliver(&a, t0 + ON_TIME, LATE);
-        // 1,000 in 100 ms: 10,000/s, cut to 7,500/s, a full bucket of 150 (20 ms);
-        // 750 events leave a debt of 600, 80 ms at that rate.
-        let wait = a.admit(750, t0 + WINDOW).expect("in debt");
-        assert_eq!(wait, Duration::from_millis(80));
+        let t = cut_from_10k(&a);
+        // At 7,500/s a full bucket holds 150 (20 ms), 1 of them taken by the cut's
+        // publish; 750 events leave a debt of 601, 80.13 ms at that rate.
+        let wait = a.admit(750, t).expect("in debt");
+        assert_eq!(wait.as_micros(), 80_133);
         // 100 ms later the debt is paid.
-        assert_eq!(a.admit(1, t0 + WINDOW + MAX_PAUSE + ON_TIME), None);
+        assert_eq!(a.admit(1, t + MAX_PAUSE), None);
     }
 
     #[test]
     fn on_time_deliveries_raise_the_rate_and_quiet_lifts_it() {
         let a = admission(2000, 1000);
-        let t0 = a.epoch;
-        // 1,000 low events in 100 ms: cut from 10,000/s to 7,500/s.
-        a.admit(1000, t0);
-        deliver(&a, t0 + ON_TIME, LATE);
-        a.admit(1, t0 + WINDOW);
+        let mut t = cut_from_10k(&a);
         let mut r = rate(&a).expect("limited");
         assert_eq!(r, 7500.0);
         // Then 5 % a window up to near the rate it was cut from, 1 % from there.
-        let mut t = t0 + WINDOW;
         for _ in 0..10 {
-            t += WINDOW;
-            deliver(&a, t - ON_TIME, ON_TIME);
-            a.admit(1, t);
+            t = on_time_window(&a, t);
             let step = if r < 9500.0 { INCREASE } else { PROBE };
             let next = rate(&a).expect("limited");
             assert!((next - r * step).abs() < 1e-6, "{r} -> {next}");
@@ -320,6 +334,20 @@ mod tests {
         a.admit(1, t + QUIET);
         assert_eq!(rate(&a), None);
         assert_eq!(a.metrics.low_admission_rate.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn a_rate_grown_past_twice_the_last_cut_is_lifted() {
+        let a = admission(2000, 1000);
+        let mut t = cut_from_10k(&a);
+        let mut windows = 0;
+        while rate(&a).is_some() {
+            t = on_time_window(&a, t);
+            windows += 1;
+            assert!(windows < 1000, "never lifted");
+        }
+        // From 7,500/s: 5 % a window to 9,500/s, then 1 % a window to 20,000/s.
+        assert!((70..=80).contains(&windows), "{windows}");
     }
 
     #[test]

@@ -430,6 +430,13 @@ async fn publish_all(c: &mut WsClient, batch: serde_json::Value) {
     assert!(results.iter().all(|r| r["cursor"].is_u64()), "{reply}");
 }
 
+/// A critical event, published and answered.
+async fn alarm(urgent: &mut WsClient) {
+    urgent
+        .publish(json!({"topic": "overload.alarm", "type": "alarm", "priority": "critical"}))
+        .await;
+}
+
 #[actix_rt::test]
 async fn low_only_publishers_are_slowed_while_urgent_events_are_late_and_lose_nothing() {
     // Against a 1 µs target every critical delivery is late.
@@ -496,21 +503,11 @@ async fn low_only_publishers_are_slowed_while_urgent_events_are_late_and_lose_no
     assert_eq!(alarms, critical);
     assert!(seen.iter().all(|s| *s), "a low event was lost");
     // A quiet second without urgent deliveries lifts the limit.
-    actix_rt::time::sleep(overload_quiet()).await;
+    actix_rt::time::sleep(switchyard::overload::QUIET + switchyard::overload::WINDOW).await;
     publish_all(&mut low, tick_batch(sent, 100, "low")).await;
     assert_eq!(metric(&server, "switchyard_low_admission_rate").await, 0.0);
     assert_eq!(
         metric(&server, "switchyard_low_publish_pauses_total").await,
         pauses
     );
-}
-
-async fn alarm(urgent: &mut WsClient) {
-    urgent
-        .publish(json!({"topic": "overload.alarm", "type": "alarm", "priority": "critical"}))
-        .await;
-}
-
-fn overload_quiet() -> Duration {
-    switchyard::overload::QUIET + switchyard::overload::WINDOW
 }
