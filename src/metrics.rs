@@ -63,7 +63,8 @@ pub struct Metrics {
     /// Low events per second admitted while urgent ones are late (`crate::overload`);
     /// 0: no limit.
     pub low_admission_rate: AtomicU64,
-    /// Times a low-only publisher's connection stopped reading to stay under that rate.
+    /// Times a publish of low events alone waited to stay under that rate (its
+    /// connection stopped reading, or its HTTP request waited).
     pub low_publish_pauses: AtomicU64,
     /// Open WebSocket connections (see [`ConnectionPermit`]).
     pub connections: AtomicUsize,

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::LimitsConfig;
 use crate::metrics::Metrics;
-use crate::protocol::Event;
-use crate::routing::Priority;
+use crate::protocol::{EncodedEvent, Event};
+use crate::routing::{Priority, SubscriptionSpec};
 
 /// How often the low rate is adjusted.
 pub const WINDOW: Duration = Duration::from_millis(100);
@@ -105,11 +105,15 @@ impl LowAdmission {
         }
     }
 
-    /// Session: a live event the router accepted at `accepted` was written to a
-    /// subscriber for the first time. Only critical and high events count.
-    pub fn observe(&self, priority: Priority, accepted: Instant) {
-        if self.target.is_some() && priority >= Priority::High {
-            self.record(accepted, Instant::now());
+    /// Session: `event`'s first live delivery was written to a subscription of `spec`.
+    /// Only critical and high events count, and only on subscriptions that deliver
+    /// them at once (`SubscriptionSpec::delivers_at_once`).
+    pub fn observe(&self, event: &EncodedEvent, spec: &SubscriptionSpec) {
+        if self.target.is_some()
+            && event.event.priority >= Priority::High
+            && spec.delivers_at_once()
+        {
+            self.record(event.accepted_at, Instant::now());
         }
     }
 
@@ -129,13 +133,17 @@ impl LowAdmission {
     /// the next one when low events are being throttled, the bucket is in debt and
     /// every event of this publish is low (one with another priority never waits: it
     /// may carry an urgent event).
+    /// Every wait it returns is counted in `low_publish_pauses`: the caller waits.
     pub fn admit_events(&self, events: &[Event]) -> Option<Duration> {
         let low = events
             .iter()
             .filter(|e| e.priority == Priority::Low)
             .count();
-        self.admit(low, Instant::now())
-            .filter(|_| low == events.len())
+        let pause = self
+            .admit(low, Instant::now())
+            .filter(|_| low == events.len())?;
+        self.metrics.low_publish_pauses.fetch_add(1, Relaxed);
+        Some(pause)
     }
 
     /// Takes `low` tokens at `now`; when low events are being throttled and the bucket
@@ -211,6 +219,7 @@ impl LowAdmission {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
 
     fn admission(target_us: u64, floor: u32) -> LowAdmission {
         let mut limits = crate::Config::defaults().limits;
@@ -227,6 +236,21 @@ mod tests {
     /// the event.
     fn deliver(a: &LowAdmission, at: Instant, latency: Duration) {
         a.record(at - latency, at);
+    }
+
+    /// Through `observe`: a first live delivery of a `priority` event accepted `latency`
+    /// ago, to a subscription `subscription` (PROTOCOL.md JSON).
+    fn written(a: &LowAdmission, priority: &str, latency: Duration, subscription: Value) {
+        let event = Event::from_json(json!({"type": "t", "priority": priority}), "svc")
+            .expect("valid event");
+        let mut event = EncodedEvent::new(event);
+        Arc::get_mut(&mut event).expect("fresh").accepted_at = Instant::now() - latency;
+        let spec = SubscriptionSpec::from_json(subscription).expect("valid subscription");
+        a.observe(&event, &spec);
+    }
+
+    fn all() -> Value {
+        json!({"type": "all"})
     }
 
     /// 1,000 low events in the first window, a late urgent delivery, and the window's
@@ -263,7 +287,7 @@ mod tests {
     #[test]
     fn off_when_the_target_is_zero() {
         let a = admission(0, 1000);
-        a.observe(Priority::Critical, Instant::now() - LATE);
+        written(&a, "critical", LATE, all());
         let t0 = Instant::now();
         assert_eq!(a.admit(100, t0), None);
         assert_eq!(a.admit(100_000, t0 + WINDOW * 2), None);
@@ -373,9 +397,29 @@ mod tests {
         let a = admission(2000, 1000);
         let t0 = a.epoch;
         a.admit(1000, t0);
-        a.observe(Priority::Normal, Instant::now() - LATE);
-        a.observe(Priority::Low, Instant::now() - LATE);
+        written(&a, "normal", LATE, all());
+        written(&a, "low", LATE, all());
         a.admit(1, t0 + WINDOW);
         assert_eq!(rate(&a), None);
+    }
+
+    #[test]
+    fn deliveries_that_wait_by_design_are_not_a_signal() {
+        let a = admission(2000, 1000);
+        let t0 = a.epoch;
+        a.admit(1000, t0);
+        written(&a, "critical", LATE, json!({"type": "all", "ack": true}));
+        written(
+            &a,
+            "critical",
+            LATE,
+            json!({"type": "all", "from_cursor": 0}),
+        );
+        a.admit(1, t0 + WINDOW);
+        assert_eq!(rate(&a), None);
+        // The same lateness on a plain subscription is.
+        written(&a, "critical", LATE, all());
+        a.admit(1, t0 + WINDOW * 2);
+        assert!(rate(&a).is_some());
     }
 }

@@ -534,7 +534,6 @@ impl Session {
             // Urgent events are late and this publish was all low: read nothing more
             // for a while; the next frames wait in the socket.
             self.read_events = 0;
-            self.metrics.low_publish_pauses.fetch_add(1, Relaxed);
             ctx.wait(actix::fut::wrap_future(actix_web::rt::time::sleep(pause)));
         } else if self.read_events >= READ_TURN_EVENTS {
             // Let the other connections of this thread have a turn first.
@@ -908,9 +907,8 @@ impl Session {
                 ctx.text(text);
                 sub.delivered.fetch_add(1, Relaxed);
                 self.metrics.count_delivered(&event, first_live);
-                if first_live && sub.spec.delivers_at_once() {
-                    self.admission
-                        .observe(event.event.priority, event.accepted_at);
+                if first_live {
+                    self.admission.observe(&event, &sub.spec);
                 }
             }
             OutFrame::ReplayComplete { sub, last_cursor } => {

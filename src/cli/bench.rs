@@ -330,6 +330,37 @@ where
     Ok((is_ready, rx))
 }
 
+/// A lane with a connection and a thread of its own (the critical and ping lanes):
+/// connects, then runs `run` on the connection. Returns once it is connected; the
+/// receiver gets `None` if it could not.
+async fn connected_lane<T, F, Fut>(
+    name: &str,
+    url: &str,
+    token: &Option<String>,
+    run: F,
+) -> Result<oneshot::Receiver<Option<T>>, BenchError>
+where
+    F: FnOnce(Conn) -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+    T: Send + 'static,
+{
+    let (url, token) = (url.to_owned(), token.clone());
+    let (ready, result) = on_own_thread(name.into(), move |ready| async move {
+        match connect(&url, token.as_deref()).await {
+            Ok(ws) => {
+                let _ = ready.send(Ok(()));
+                Some(run(ws).await)
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                None
+            }
+        }
+    })?;
+    all_ready(vec![ready]).await?;
+    Ok(result)
+}
+
 /// Waits until every client thread has opened its connections; the first failure.
 async fn all_ready(readies: Vec<IsReady>) -> Result<(), BenchError> {
     for r in readies {
@@ -919,17 +950,9 @@ pub async fn run(mut args: BenchArgs) -> Result<bool, BenchError> {
     let critical = match args.critical_rate {
         0 => None,
         rate => {
-            let (url, token, done) = (args.url.clone(), token.clone(), load_done.clone());
+            let done = load_done.clone();
             let (lane_args, slots, stop_at) = (args.clone(), plan.slots.clone(), plan.stop_at);
-            let lane = on_own_thread("bench-critical".into(), move |ready| async move {
-                let ws = match connect(&url, token.as_deref()).await {
-                    Ok(ws) => ws,
-                    Err(e) => {
-                        let _ = ready.send(Err(e));
-                        return None;
-                    }
-                };
-                let _ = ready.send(Ok(()));
+            let lane = connected_lane("bench-critical", &args.url, &token, move |ws| async move {
                 let plan = Rc::new(Plan {
                     pad: "x".repeat(lane_args.payload_bytes),
                     slots,
@@ -945,30 +968,19 @@ pub async fn run(mut args: BenchArgs) -> Result<bool, BenchError> {
                     priority: Some("critical"),
                     done: Some(done),
                 };
-                Some(publisher(ws, CRITICAL_SEQ..CRITICAL_SEQ * 2, plan, lane).await)
-            })?;
-            all_ready(vec![lane.0]).await?;
-            Some(lane.1)
+                publisher(ws, CRITICAL_SEQ..CRITICAL_SEQ * 2, plan, lane).await
+            });
+            Some(lane.await?)
         }
     };
     let ping = match args.ping_rate {
         0 => None,
         rate => {
-            let (url, token, done) = (args.url.clone(), token.clone(), load_done.clone());
-            let lane = on_own_thread("bench-ping".into(), move |ready| async move {
-                match connect(&url, token.as_deref()).await {
-                    Ok(ws) => {
-                        let _ = ready.send(Ok(()));
-                        Some(pinger(ws, rate, done, deadline).await)
-                    }
-                    Err(e) => {
-                        let _ = ready.send(Err(e));
-                        None
-                    }
-                }
-            })?;
-            all_ready(vec![lane.0]).await?;
-            Some(lane.1)
+            let done = load_done.clone();
+            let lane = connected_lane("bench-ping", &args.url, &token, move |ws| {
+                pinger(ws, rate, done, deadline)
+            });
+            Some(lane.await?)
         }
     };
     let pubs = (0..args.publishers).zip(conns).map(|(k, ws)| {

@@ -259,10 +259,6 @@ pub async fn publish(
     if let Some(pause) = state.admission.admit_events(&events) {
         // Urgent events are late and these are all low: they wait before the router
         // takes them (`crate::overload`), and so does the client for its answer.
-        state
-            .metrics
-            .low_publish_pauses
-            .fetch_add(1, Ordering::Relaxed);
         actix_web::rt::time::sleep(pause).await;
     }
     let accepted = router::publish(&state.router, &state.metrics, events, Dedupe::Check).await;
