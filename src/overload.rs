@@ -36,7 +36,8 @@ use crate::routing::{Priority, SubscriptionSpec};
 pub const WINDOW: Duration = Duration::from_millis(100);
 /// How long without an urgent delivery before the limit is lifted.
 pub const QUIET: Duration = Duration::from_secs(1);
-/// The longest single pause of a publisher: its pings and other frames wait too.
+/// The longest single pause of a publisher: the commands it sends meanwhile (pings
+/// too) wait in its socket; its deliveries and replies do not.
 pub const MAX_PAUSE: Duration = Duration::from_millis(100);
 /// Tokens the bucket holds at most, in seconds of the current rate.
 const BURST: f64 = 0.02;

@@ -511,3 +511,82 @@ async fn low_only_publishers_are_slowed_while_urgent_events_are_late_and_lose_no
         pauses
     );
 }
+
+#[actix_rt::test]
+async fn a_paused_publisher_goes_on_receiving_its_deliveries() {
+    // Against a 1 µs target every critical delivery is late; a subscriber's waiting
+    // queue holds 400 events past the 512 its session may have unwritten.
+    let server = TestServer::with(|c| {
+        c.limits.urgent_latency_target_us = 1;
+        c.limits.low_rate_floor_per_sec = 1000;
+        c.limits.max_waiting_per_subscriber = 400;
+    })
+    .await;
+    let mut watcher = server.ws().await;
+    watcher
+        .subscribe(json!({"type": "pattern", "patterns": ["overload.alarm"]}))
+        .await;
+    let mut urgent = server.ws().await;
+    let mut low = server.ws().await;
+    low.subscribe(json!({"type": "pattern", "patterns": ["feed.>"]}))
+        .await;
+    let mut feeder = server.ws().await;
+    let mut sent = 0;
+    for _ in 0..100 {
+        alarm(&mut urgent).await;
+        watcher.recv_event().await;
+        publish_all(&mut low, tick_batch(sent, 10, "low")).await;
+        sent += 10;
+        if metric(&server, "switchyard_low_admission_rate").await > 0.0 {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(metric(&server, "switchyard_low_admission_rate").await > 0.0);
+    let pauses = metric(&server, "switchyard_low_publish_pauses_total").await;
+    // 1,000 low events at ~1,000/s: the publisher stops reading for 100 ms ...
+    low.send(&tick_batch(sent, 1000, "low")).await;
+    // ... and, meanwhile, 1,500 events arrive for its subscription. A session that
+    // stopped writing too would hold 512, and its worker would drop past 400 more.
+    const FEED: u64 = 1500;
+    let reader = actix_rt::spawn(async move {
+        let (mut fed, mut dropped, mut answered) = (0, 0, false);
+        while fed + dropped < FEED || !answered {
+            let msg = low.recv().await;
+            match msg["type"].as_str() {
+                Some("event") => fed += 1,
+                Some("dropped") => dropped += msg["count"].as_u64().expect("count"),
+                Some("published_batch") => answered = true,
+                _ => panic!("unexpected {msg}"),
+            }
+        }
+        (fed, dropped, low)
+    });
+    for batch in 0..FEED / 100 {
+        let events: Vec<_> = (0..100)
+            .map(|i| json!({"topic": "feed.x", "type": "fed", "payload": {"i": batch * 100 + i}}))
+            .collect();
+        publish_all(
+            &mut feeder,
+            json!({"type": "publish_batch", "events": events}),
+        )
+        .await;
+    }
+    let (fed, dropped, mut low) = reader.await.expect("reader");
+    let paused = metric(&server, "switchyard_low_publish_pauses_total").await;
+    assert!(paused > pauses, "the publisher was not paused");
+    assert_eq!((fed, dropped), (FEED, 0));
+    // A publisher that closes while paused: what it sent before still gets through.
+    let mut tail = server.ws().await;
+    tail.subscribe(json!({"type": "pattern", "patterns": ["overload.tick"]}))
+        .await;
+    sent += 1000;
+    low.send(&tick_batch(sent, 300, "low")).await;
+    low.send(&tick_batch(sent + 300, 10, "low")).await;
+    low.send_message(actix_http::ws::Message::Close(None)).await;
+    for i in sent..sent + 310 {
+        let event = tail.recv_event().await;
+        assert_eq!(event["event"]["payload"]["i"], i);
+    }
+    assert!(metric(&server, "switchyard_low_publish_pauses_total").await > paused);
+}

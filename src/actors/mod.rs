@@ -8,13 +8,15 @@
 //! - [`session::Session`]: one per WebSocket connection; decodes commands, owns that
 //!   connection's subscriptions, writes frames.
 //!
-//! [`turn`] is not an actor: it is the future a session waits on to give its HTTP
-//! worker thread to the other connections there.
+//! [`turn`] and [`read_pause`] are not actors: the future a session waits on to give
+//! its HTTP worker thread to the other connections there, and the gate on the bytes a
+//! session reads, which overload control closes for a while.
 //!
 //! [`SubscriptionHandle`] is the one piece of state all three share: the session creates
 //! it, the router indexes it, workers queue for it.
 
 pub mod delivery;
+pub mod read_pause;
 pub mod router;
 pub mod session;
 pub mod store;

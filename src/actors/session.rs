@@ -23,6 +23,10 @@
 //! Each valid event published costs a token of the connection's [`PublishBudget`]; one
 //! that finds none is answered `rate_limited` and never reaches the router. A
 //! `rate_limited` answer is not a bad frame: it is not charged to the error budget.
+//! A publish of low events alone that overload control slows down
+//! ([`crate::overload`]) stops the reading of the socket for a while
+//! ([`super::read_pause`]); frames read before that wait in `deferred`, and
+//! deliveries, replies and WebSocket pongs go on being written meanwhile.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -37,6 +41,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::delivery::{self, worker_for, DeliveryWorker, OutFrame, WriteFrames};
+use super::read_pause::ReadPause;
 use super::router::{self, Dedupe, Router};
 use super::{turn, SessionId, SessionSink, SubscriptionHandle};
 use crate::auth::Principal;
@@ -134,6 +139,7 @@ pub async fn upgrade(
     let peer = req
         .peer_addr()
         .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+    let read_pause = ReadPause::default();
     let session = Session {
         id: NEXT_SESSION_ID.fetch_add(1, Relaxed),
         peer,
@@ -155,9 +161,13 @@ pub async fn upgrade(
         pending: VecDeque::new(),
         budget: PublishBudget::new(&state.config.limits),
         admission: state.admission.clone(),
+        read_pause: read_pause.clone(),
+        deferred: VecDeque::new(),
+        deferred_due: false,
+        read_ended: false,
         _permit: permit,
     };
-    ws::WsResponseBuilder::new(session, &req, stream)
+    ws::WsResponseBuilder::new(session, &req, read_pause.gate(stream))
         .frame_size(state.config.limits.max_frame_bytes)
         .start()
         .map_err(|e| {
@@ -270,6 +280,15 @@ pub struct Session {
     /// Slows this connection down while it publishes only low events and urgent ones
     /// are late (`limits.urgent_latency_target_us`).
     admission: Arc<LowAdmission>,
+    /// Stops reading this connection's socket while `admission` says so.
+    read_pause: ReadPause,
+    /// Frames the decoder handed over while reading was paused, to handle when it ends.
+    /// Only what it had already read: the pause stops the reading of new bytes.
+    deferred: VecDeque<WsItem>,
+    /// A `HandleDeferred` is scheduled.
+    deferred_due: bool,
+    /// The client's stream ended; stop once `deferred` is handled.
+    read_ended: bool,
     /// Event frame bytes queued since this session last let its connection write.
     unwritten_bytes: usize,
     /// Published events read since this session last ended its turn
@@ -532,10 +551,11 @@ impl Session {
         self.read_events += raw.len();
         if let Some(pause) = pause {
             // Urgent events are late and this publish was all low: read nothing more
-            // for a while; the next frames wait in the socket.
-            self.read_events = 0;
-            ctx.wait(actix::fut::wrap_future(actix_web::rt::time::sleep(pause)));
-        } else if self.read_events >= READ_TURN_EVENTS {
+            // for a while; the next frames wait in the socket, and this connection's
+            // deliveries and replies go on being written.
+            self.read_pause.pause_for(pause);
+        }
+        if self.read_events >= READ_TURN_EVENTS {
             // Let the other connections of this thread have a turn first.
             self.read_events = 0;
             end_turn(ctx);
@@ -759,8 +779,73 @@ impl Actor for Session {
 }
 
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
-    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Ctx) {
+    fn handle(&mut self, msg: WsItem, ctx: &mut Ctx) {
         self.last_seen = Instant::now();
+        if let Ok(ws::Message::Ping(p)) = &msg {
+            // A control frame: answered at once, even while reading is paused.
+            return ctx.pong(p);
+        }
+        if self.deferred.is_empty() && self.read_pause.remaining().is_none() {
+            return self.on_message(msg, ctx);
+        }
+        // Read before the pause began (the decoder had it buffered): handled, in
+        // order, once it is over.
+        self.deferred.push_back(msg);
+        self.handle_deferred_soon(ctx);
+    }
+
+    fn finished(&mut self, ctx: &mut Ctx) {
+        // The client is gone; what it sent before still counts.
+        if self.deferred.is_empty() {
+            ctx.stop();
+        } else {
+            self.read_ended = true;
+        }
+    }
+}
+
+/// Internal: handle the next of [`Session::deferred`].
+#[derive(Message)]
+#[rtype(result = "()")]
+struct HandleDeferred;
+
+impl Handler<HandleDeferred> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: HandleDeferred, ctx: &mut Ctx) {
+        self.deferred_due = false;
+        if self.read_pause.remaining().is_none() {
+            if let Some(msg) = self.deferred.pop_front() {
+                self.on_message(msg, ctx);
+            }
+        }
+        if !self.deferred.is_empty() {
+            self.handle_deferred_soon(ctx);
+        } else if self.read_ended {
+            ctx.stop();
+        }
+    }
+}
+
+type WsItem = Result<ws::Message, ws::ProtocolError>;
+
+impl Session {
+    /// Schedules a [`HandleDeferred`]: at the end of the pause, or next if there is none.
+    /// One at a time, so each deferred frame is handled after the waits the previous
+    /// one began (a turn's end, a full pipeline, a new pause).
+    fn handle_deferred_soon(&mut self, ctx: &mut Ctx) {
+        if std::mem::replace(&mut self.deferred_due, true) {
+            return;
+        }
+        match self.read_pause.remaining() {
+            Some(left) => {
+                ctx.run_later(left, |_, ctx| ctx.notify(HandleDeferred));
+            }
+            None => ctx.notify(HandleDeferred),
+        }
+    }
+
+    fn on_message(&mut self, msg: WsItem, ctx: &mut Ctx) {
         let msg = match msg {
             Ok(m) => m,
             Err(ws::ProtocolError::Overflow) => {

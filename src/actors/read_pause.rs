@@ -1,0 +1,138 @@
+//! [`Gated`]: the request body stream a session reads its frames from, which stops
+//! reading while its [`ReadPause`] says so (overload control: `crate::overload`).
+//!
+//! Owns: the instant until which one connection's bytes stay in its socket. Must not:
+//! touch actor state or drop, reorder or hold back bytes it has read; it is not an actor.
+//!
+//! Why not `ctx.wait(sleep)` in the session: that stops the whole actor, so the frames
+//! its delivery worker hands it are not written either. A low-only publisher that also
+//! subscribes would have its deliveries held for every pause, and on a busy
+//! subscription its worker's waiting queue would overflow and drop them. Here only the
+//! reading stops: the bytes wait in the socket (TCP backpressure), and the session goes
+//! on writing, answering and handling its mailbox. Frames the WebSocket decoder had
+//! already read when the pause began still reach the session, which keeps them, in
+//! order, until the pause is over (`Session::deferred`): handled at once, a window of
+//! pipelined batches would pass as one burst.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_web::rt::time::{sleep_until, Instant, Sleep};
+use futures_util::Stream;
+
+/// The session's side: ask the stream to stop reading for a while.
+#[derive(Clone, Debug, Default)]
+pub struct ReadPause {
+    until: Rc<Cell<Option<Instant>>>,
+}
+
+impl ReadPause {
+    /// Read nothing more for `pause` from now (or longer, if an earlier pause ends later).
+    pub fn pause_for(&self, pause: Duration) {
+        let until = Instant::now() + pause;
+        self.until
+            .set(Some(self.until.get().map_or(until, |u| u.max(until))));
+    }
+
+    /// How long the pause still lasts; `None` when reading is on.
+    pub fn remaining(&self) -> Option<Duration> {
+        let left = self.until.get()?.checked_duration_since(Instant::now())?;
+        (!left.is_zero()).then_some(left)
+    }
+
+    /// Wraps the stream this pause applies to.
+    pub fn gate<S>(&self, inner: S) -> Gated<S> {
+        Gated {
+            inner,
+            pause: self.clone(),
+            sleep: None,
+        }
+    }
+}
+
+/// A stream that yields nothing while its [`ReadPause`] is on.
+pub struct Gated<S> {
+    inner: S,
+    pause: ReadPause,
+    /// The timer of the pause being waited out.
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S: Stream + Unpin> Stream for Gated<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        let this = &mut *self;
+        if let Some(until) = this.pause.until.get() {
+            let sleep = this
+                .sleep
+                .get_or_insert_with(|| Box::pin(sleep_until(until)));
+            if sleep.deadline() != until {
+                sleep.as_mut().reset(until);
+            }
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.pause.until.set(None);
+            this.sleep = None;
+        }
+        Pin::new(&mut this.inner).poll_next(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+
+    /// A stream of 1, 2, 3 that is always ready.
+    fn numbers() -> impl Stream<Item = u32> + Unpin {
+        let mut next = 0;
+        Box::pin(futures_util::stream::poll_fn(move |_| {
+            next += 1;
+            Poll::Ready((next <= 3).then_some(next))
+        }))
+    }
+
+    async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
+        poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
+    }
+
+    #[actix_rt::test]
+    async fn reads_nothing_until_the_pause_is_over() {
+        let pause = ReadPause::default();
+        let mut stream = pause.gate(numbers());
+        assert_eq!(next(&mut stream).await, Some(1));
+        let start = Instant::now();
+        pause.pause_for(Duration::from_millis(50));
+        // A shorter pause asked for meanwhile does not end the longer one.
+        pause.pause_for(Duration::from_millis(10));
+        assert_eq!(next(&mut stream).await, Some(2));
+        assert!(start.elapsed() >= Duration::from_millis(50));
+        // Over: the stream is read again, and the pause is forgotten.
+        assert_eq!(pause.until.get(), None);
+        assert_eq!(next(&mut stream).await, Some(3));
+        assert_eq!(next(&mut stream).await, None);
+    }
+
+    #[actix_rt::test]
+    async fn a_longer_pause_asked_for_while_waiting_moves_the_end() {
+        let pause = ReadPause::default();
+        let mut stream = pause.gate(numbers());
+        let start = Instant::now();
+        pause.pause_for(Duration::from_millis(10));
+        poll_fn(|cx| {
+            // Waiting on the 10 ms timer when the pause grows to 40 ms.
+            assert!(Pin::new(&mut stream).poll_next(cx).is_pending());
+            pause.pause_for(Duration::from_millis(40));
+            Poll::Ready(())
+        })
+        .await;
+        assert_eq!(next(&mut stream).await, Some(1));
+        assert!(start.elapsed() >= Duration::from_millis(40));
+    }
+}
