@@ -66,6 +66,9 @@ pub struct Metrics {
     /// Times a publish of low events alone waited to stay under that rate (its
     /// connection stopped reading, or its HTTP request waited).
     pub low_publish_pauses: AtomicU64,
+    /// Times cutting that rate was found not to reduce the lateness of urgent events,
+    /// and given back.
+    pub low_admission_cuts_undone: AtomicU64,
     /// Open WebSocket connections (see [`ConnectionPermit`]).
     pub connections: AtomicUsize,
     pub connections_total: AtomicU64,
@@ -223,6 +226,7 @@ impl Default for Metrics {
             protocol_errors: AtomicU64::default(),
             low_admission_rate: AtomicU64::default(),
             low_publish_pauses: AtomicU64::default(),
+            low_admission_cuts_undone: AtomicU64::default(),
             connections: AtomicUsize::default(),
             connections_total: AtomicU64::default(),
             connections_refused: AtomicU64::default(),
@@ -513,6 +517,12 @@ impl prometheus_client::collector::Collector for Exporter {
                 "Times a connection publishing only low events stopped reading because \
                  urgent events were late (limits.urgent_latency_target_us)",
                 m.low_publish_pauses.load(Relaxed),
+            ),
+            (
+                "low_admission_cuts_undone",
+                "Times cutting the low-priority rate did not make urgent events less \
+                 late, and the rate was given back",
+                m.low_admission_cuts_undone.load(Relaxed),
             ),
             (
                 "connections_opened",

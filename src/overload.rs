@@ -19,6 +19,13 @@
 //! - no urgent delivery for [`QUIET`]: the limit is lifted. With no critical or high
 //!   traffic nothing is throttled, however busy the server is.
 //!
+//! Cuts are judged too (`Level`): once enough urgent deliveries were measured at half
+//! the rate cutting started from or lower, they must have been late half as often as
+//! there. If not, the lateness is not the low events' doing (a machine busy with other
+//! work, stalls, a target below what it achieves unloaded): the rate goes back to where
+//! cutting started and no late window cuts for [`HOLD`]. Without this, such lateness
+//! pinned the low rate to the floor while helping no urgent event.
+//!
 //! The signal starts at the router's accept, so it misses the time a frame waits to be
 //! read; that wait shrinks with the same cure (fewer low frames to read).
 
@@ -46,6 +53,13 @@ const DECREASE: f64 = 0.75;
 const INCREASE: f64 = 1.05;
 /// ... and near or above it, where the last cut says lateness begins.
 const PROBE: f64 = 1.01;
+/// Windows the lateness of a rate level is measured over before the first cut from it.
+const RECENT: usize = 10;
+/// Urgent deliveries measured at half a level or lower before cutting is judged (a
+/// verdict on fewer would be noise).
+const EVIDENCE: u64 = 500;
+/// How long cuts stay off once they were found not to help.
+pub const HOLD: Duration = Duration::from_secs(1);
 
 /// The controller and its bucket, one per server, shared by every session.
 #[derive(Debug)]
@@ -80,6 +94,25 @@ struct State {
     /// low publish, so the first one after a pause spans the pause).
     admitted: u64,
     first_admitted: Option<Instant>,
+    /// Urgent deliveries and late ones in each of the last [`RECENT`] windows.
+    recent: std::collections::VecDeque<(u64, u64)>,
+    /// The rate cutting started from and how late urgent deliveries were there.
+    level: Option<Level>,
+    /// Until when late windows do not cut (cutting was found not to help).
+    hold_until: Option<Instant>,
+}
+
+/// A rate the low events were cut from, to judge whether cutting helps: the windows
+/// at half of it or lower must be late half as often, or the lateness is not the low
+/// events' doing. Queueing makes lateness grow much faster than load, so a cause
+/// halves it easily.
+#[derive(Debug, Clone, Copy)]
+struct Level {
+    rate: f64,
+    /// Share of urgent deliveries that were late at this rate.
+    late: f64,
+    /// Urgent deliveries, and late ones, in windows at half of `rate` or lower.
+    below: (u64, u64),
 }
 
 impl LowAdmission {
@@ -102,6 +135,9 @@ impl LowAdmission {
                 cut_from: 0.0,
                 admitted: 0,
                 first_admitted: None,
+                recent: std::collections::VecDeque::with_capacity(RECENT + 1),
+                level: None,
+                hold_until: None,
             }),
         }
     }
@@ -187,33 +223,99 @@ impl LowAdmission {
         let since_urgent = now.saturating_duration_since(
             self.epoch + Duration::from_micros(self.last_urgent_us.load(Relaxed)),
         );
+        state.recent.push_back((urgent, late));
+        if state.recent.len() > RECENT {
+            state.recent.pop_front();
+        }
+        if let (Some(level), Some(rate)) = (state.level.as_mut(), state.rate) {
+            if rate <= level.rate / 2.0 {
+                level.below.0 += urgent;
+                level.below.1 += late;
+            }
+        }
+        let holding = state.hold_until.is_some_and(|until| now < until);
         state.rate = if since_urgent >= QUIET {
+            state.level = None;
             None
         } else if late * 100 > urgent && (state.rate.is_some() || admitted > 0.0) {
             let current = state
                 .rate
                 .unwrap_or(admitted / admitting.max(WINDOW.as_secs_f64() / 10.0));
-            state.cut_from = current;
-            let rate = (current * DECREASE).max(self.floor);
-            if state.rate.is_none() {
-                // The bucket starts full.
-                state.tokens = rate * BURST;
-                state.refilled = now;
+            if holding {
+                Some(current)
+            } else {
+                self.cut(state, current, now)
             }
-            Some(rate)
         } else if urgent > 0 {
             // Twice the rate lateness began at: the limit no longer says anything
             // (the flood is gone, or the machine got faster); lift it.
             let (near, far) = (state.cut_from * 0.95, state.cut_from * 2.0);
-            state
+            let rate = state
                 .rate
                 .map(|r| if r < near { r * INCREASE } else { r * PROBE })
-                .filter(|r| *r <= far)
+                .filter(|r| *r <= far);
+            if rate.zip(state.level).is_none_or(|(r, l)| r >= l.rate) {
+                // Back where cutting started: the next cut starts a new level.
+                state.level = None;
+            }
+            rate
         } else {
             state.rate
         };
         let gauge = state.rate.map_or(0, |r| r as u64);
         self.metrics.low_admission_rate.store(gauge, Relaxed);
+    }
+
+    /// A late window at `current`: the new rate. Once [`EVIDENCE`] urgent deliveries
+    /// were measured at half the level cutting started at or lower, it judges whether
+    /// cutting helped (see [`Level`]): if it did, the current rate is the next level;
+    /// if not, the rate goes back to the level (measured as late as the rates below
+    /// it) and cuts stay off for [`HOLD`]. Going back only half way would ratchet:
+    /// the next verdict would find half of that no better, and so on to the floor.
+    fn cut(&self, state: &mut State, current: f64, now: Instant) -> Option<f64> {
+        let (urgent, late) = state
+            .recent
+            .iter()
+            .fold((0, 0), |(u, l), (wu, wl)| (u + wu, l + wl));
+        let recent_late = late as f64 / urgent.max(1) as f64;
+        let level = *state.level.get_or_insert(Level {
+            rate: current,
+            late: recent_late,
+            below: (0, 0),
+        });
+        if level.below.0 >= EVIDENCE {
+            let below_late = level.below.1 as f64 / level.below.0 as f64;
+            log::debug!(
+                "low admission: {:.1} % of urgent deliveries late at {:.0}/s, {:.1} % at \
+                 {:.0}/s or less",
+                level.late * 100.0,
+                level.rate,
+                below_late * 100.0,
+                level.rate / 2.0
+            );
+            if below_late > 0.0 && below_late * 2.0 >= level.late {
+                // Half the low events or fewer did not halve the lateness. (None late
+                // down there: cutting did its work, whatever this window says.)
+                state.level = None;
+                state.hold_until = Some(now + HOLD);
+                state.cut_from = level.rate;
+                self.metrics.low_admission_cuts_undone.fetch_add(1, Relaxed);
+                return Some(level.rate);
+            }
+            state.level = Some(Level {
+                rate: current,
+                late: below_late,
+                below: (0, 0),
+            });
+        }
+        state.cut_from = current;
+        let rate = (current * DECREASE).max(self.floor);
+        if state.rate.is_none() {
+            // The bucket starts full.
+            state.tokens = rate * BURST;
+            state.refilled = now;
+        }
+        Some(rate)
     }
 }
 
@@ -270,6 +372,26 @@ mod tests {
         deliver(a, end - ON_TIME, ON_TIME);
         a.admit(1, end);
         end
+    }
+
+    /// A window after `t` with 100 urgent deliveries, `late` of them late; returns
+    /// its end and the rate set then.
+    fn window(a: &LowAdmission, t: Instant, late: usize) -> (Instant, Option<f64>) {
+        let end = t + WINDOW;
+        for i in 0..100 {
+            deliver(a, end - ON_TIME, if i < late { LATE } else { ON_TIME });
+        }
+        a.admit(1, end);
+        (end, rate(a))
+    }
+
+    /// 1,000 low events in the first window (10,000/s), 100 urgent deliveries with
+    /// `late` of them late, and the window's end: the first cut. Returns its end.
+    fn first_cut(a: &LowAdmission, late: usize) -> Instant {
+        a.admit(1000, a.epoch);
+        let (t, r) = window(a, a.epoch, late);
+        assert_eq!(r, Some(7500.0));
+        t
     }
 
     const LATE: Duration = Duration::from_millis(10);
@@ -391,6 +513,64 @@ mod tests {
             a.admit(1, t0 + WINDOW * i);
         }
         assert_eq!(rate(&a), Some(5000.0));
+    }
+
+    #[test]
+    fn cutting_that_does_not_help_is_given_back_and_held() {
+        let a = admission(2000, 100);
+        // 5 % of urgent deliveries late, whatever the rate.
+        let mut t = first_cut(&a, 5);
+        let mut rates = Vec::new();
+        for _ in 0..7 {
+            let (end, r) = window(&a, t, 5);
+            t = end;
+            rates.push(r.expect("limited").round());
+        }
+        // Down 3/4 a window; five windows at half of 10,000/s or lower (500
+        // deliveries) were as late as at 10,000/s: back to it.
+        assert_eq!(
+            rates,
+            [5625.0, 4219.0, 3164.0, 2373.0, 1780.0, 1335.0, 10_000.0]
+        );
+        assert_eq!(a.metrics.low_admission_cuts_undone.load(Relaxed), 1);
+        // No cut for a second, however late ...
+        let held = t + HOLD;
+        while t + WINDOW < held {
+            t = window(&a, t, 5).0;
+            assert_eq!(rate(&a), Some(10_000.0));
+        }
+        // ... then cutting starts again from there.
+        let (_, r) = window(&a, held, 5);
+        assert_eq!(r, Some(7500.0));
+    }
+
+    #[test]
+    fn cutting_that_helps_goes_on_and_is_judged_again_lower_down() {
+        let a = admission(2000, 100);
+        // 20 % late above 5,000/s, 2 % below.
+        let mut t = first_cut(&a, 20);
+        let mut rates = Vec::new();
+        for _ in 0..14 {
+            let late = if rate(&a).expect("limited") > 5000.0 {
+                20
+            } else {
+                2
+            };
+            let (end, r) = window(&a, t, late);
+            t = end;
+            rates.push(r.expect("limited").round());
+        }
+        // At 1,335/s lateness had fallen tenfold: cutting goes on, and 1,335/s is the
+        // level the next verdict compares with. Below half of it, 2 % were still
+        // late: back to it.
+        assert_eq!(
+            rates,
+            [
+                5625.0, 4219.0, 3164.0, 2373.0, 1780.0, 1335.0, 1001.0, 751.0, 563.0, 422.0, 317.0,
+                238.0, 178.0, 1335.0
+            ]
+        );
+        assert_eq!(a.metrics.low_admission_cuts_undone.load(Relaxed), 1);
     }
 
     #[test]

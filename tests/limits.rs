@@ -590,3 +590,47 @@ async fn a_paused_publisher_goes_on_receiving_its_deliveries() {
     }
     assert!(metric(&server, "switchyard_low_publish_pauses_total").await > paused);
 }
+
+#[actix_rt::test]
+async fn a_cut_that_does_not_make_urgent_events_timely_is_given_back() {
+    // Against a 1 µs target every critical delivery is late, whatever the low rate:
+    // cutting it cannot help, and the controller must find that out.
+    let server = TestServer::with(|c| {
+        c.limits.urgent_latency_target_us = 1;
+        c.limits.low_rate_floor_per_sec = 100;
+    })
+    .await;
+    let mut watcher = server.ws().await;
+    watcher
+        .subscribe(json!({"type": "pattern", "patterns": ["overload.alarm"]}))
+        .await;
+    let mut urgent = server.ws().await;
+    let mut low = server.ws().await;
+    let alarms: Vec<_> = (0..20)
+        .map(|_| json!({"topic": "overload.alarm", "type": "alarm", "priority": "critical"}))
+        .collect();
+    let alarms = json!({"type": "publish_batch", "events": alarms});
+    let (mut sent, mut lowest) = (0, f64::MAX);
+    for _ in 0..1000 {
+        publish_all(&mut urgent, alarms.clone()).await;
+        for _ in 0..20 {
+            watcher.recv_event().await;
+        }
+        publish_all(&mut low, tick_batch(sent, 100, "low")).await;
+        sent += 100;
+        let rate = metric(&server, "switchyard_low_admission_rate").await;
+        if rate > 0.0 {
+            lowest = lowest.min(rate);
+        }
+        if metric(&server, "switchyard_low_admission_cuts_undone_total").await > 0.0 {
+            break;
+        }
+    }
+    assert!(
+        metric(&server, "switchyard_low_admission_cuts_undone_total").await > 0.0,
+        "never given back (lowest rate {lowest})"
+    );
+    // Back to where cutting started, at least twice the lowest rate it reached.
+    let rate = metric(&server, "switchyard_low_admission_rate").await;
+    assert!(rate >= 2.0 * lowest, "{rate} against {lowest}");
+}
