@@ -437,6 +437,27 @@ async fn alarm(urgent: &mut WsClient) {
         .await;
 }
 
+/// A server where every critical delivery is late (a 1 µs target), with
+/// `low_rate_floor_per_sec = floor` and whatever else `limits` sets; a watcher of
+/// `overload.alarm`, and a connection to publish alarms on.
+async fn late_urgent_events(
+    floor: u32,
+    limits: impl FnOnce(&mut switchyard::config::LimitsConfig),
+) -> (TestServer, WsClient, WsClient) {
+    let server = TestServer::with(|c| {
+        c.limits.urgent_latency_target_us = 1;
+        c.limits.low_rate_floor_per_sec = floor;
+        limits(&mut c.limits);
+    })
+    .await;
+    let mut watcher = server.ws().await;
+    watcher
+        .subscribe(json!({"type": "pattern", "patterns": ["overload.alarm"]}))
+        .await;
+    let urgent = server.ws().await;
+    (server, watcher, urgent)
+}
+
 #[actix_rt::test]
 async fn low_only_publishers_are_slowed_while_urgent_events_are_late_and_lose_nothing() {
     // Against a 1 µs target every critical delivery is late.
@@ -516,17 +537,8 @@ async fn low_only_publishers_are_slowed_while_urgent_events_are_late_and_lose_no
 async fn a_paused_publisher_goes_on_receiving_its_deliveries() {
     // Against a 1 µs target every critical delivery is late; a subscriber's waiting
     // queue holds 400 events past the 512 its session may have unwritten.
-    let server = TestServer::with(|c| {
-        c.limits.urgent_latency_target_us = 1;
-        c.limits.low_rate_floor_per_sec = 1000;
-        c.limits.max_waiting_per_subscriber = 400;
-    })
-    .await;
-    let mut watcher = server.ws().await;
-    watcher
-        .subscribe(json!({"type": "pattern", "patterns": ["overload.alarm"]}))
-        .await;
-    let mut urgent = server.ws().await;
+    let (server, mut watcher, mut urgent) =
+        late_urgent_events(1000, |l| l.max_waiting_per_subscriber = 400).await;
     let mut low = server.ws().await;
     low.subscribe(json!({"type": "pattern", "patterns": ["feed.>"]}))
         .await;
@@ -595,16 +607,7 @@ async fn a_paused_publisher_goes_on_receiving_its_deliveries() {
 async fn a_cut_that_does_not_make_urgent_events_timely_is_given_back() {
     // Against a 1 µs target every critical delivery is late, whatever the low rate:
     // cutting it cannot help, and the controller must find that out.
-    let server = TestServer::with(|c| {
-        c.limits.urgent_latency_target_us = 1;
-        c.limits.low_rate_floor_per_sec = 100;
-    })
-    .await;
-    let mut watcher = server.ws().await;
-    watcher
-        .subscribe(json!({"type": "pattern", "patterns": ["overload.alarm"]}))
-        .await;
-    let mut urgent = server.ws().await;
+    let (server, mut watcher, mut urgent) = late_urgent_events(100, |_| {}).await;
     let mut low = server.ws().await;
     let alarms: Vec<_> = (0..20)
         .map(|_| json!({"topic": "overload.alarm", "type": "alarm", "priority": "critical"}))
