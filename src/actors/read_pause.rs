@@ -12,35 +12,64 @@
 //! on writing, answering and handling its mailbox. Frames the WebSocket decoder had
 //! already read when the pause began still reach the session, which keeps them, in
 //! order, until the pause is over (`Session::deferred`): handled at once, a window of
-//! pipelined batches would pass as one burst.
+//! pipelined batches would pass as one burst. While it keeps any, it holds the reading
+//! ([`ReadPause::hold`]), so what it keeps never grows past what was read before.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use actix_web::rt::time::{sleep_until, Instant, Sleep};
 use futures_util::Stream;
 
-/// The session's side: ask the stream to stop reading for a while.
+/// The session's side: ask the stream to stop reading for a while, or until released.
 #[derive(Clone, Debug, Default)]
 pub struct ReadPause {
-    until: Rc<Cell<Option<Instant>>>,
+    inner: Rc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    until: Cell<Option<Instant>>,
+    /// Held by the session while it has frames of its own to handle first.
+    held: Cell<bool>,
+    /// The stream's task, waiting for a release.
+    waiting: RefCell<Option<Waker>>,
 }
 
 impl ReadPause {
+    /// Read nothing more until [`release`](Self::release), whatever the time: the
+    /// session holds the reading while frames read earlier still wait to be handled,
+    /// so that what it keeps stays bounded by what was read before a pause.
+    pub fn hold(&self) {
+        self.inner.held.set(true);
+    }
+
+    /// Ends a [`hold`](Self::hold); the stream reads again unless a pause is on.
+    pub fn release(&self) {
+        self.inner.held.set(false);
+        if let Some(waker) = self.inner.waiting.take() {
+            waker.wake();
+        }
+    }
+
     /// Read nothing more for `pause` from now (or longer, if an earlier pause ends later).
     pub fn pause_for(&self, pause: Duration) {
         let until = Instant::now() + pause;
-        self.until
-            .set(Some(self.until.get().map_or(until, |u| u.max(until))));
+        let until = self.inner.until.get().map_or(until, |u| u.max(until));
+        self.inner.until.set(Some(until));
     }
 
     /// How long the pause still lasts; `None` when reading is on.
     pub fn remaining(&self) -> Option<Duration> {
-        let left = self.until.get()?.checked_duration_since(Instant::now())?;
+        let left = self
+            .inner
+            .until
+            .get()?
+            .checked_duration_since(Instant::now())?;
         (!left.is_zero()).then_some(left)
     }
 
@@ -54,7 +83,7 @@ impl ReadPause {
     }
 }
 
-/// A stream that yields nothing while its [`ReadPause`] is on.
+/// A stream that yields nothing while its [`ReadPause`] is on or held.
 pub struct Gated<S> {
     inner: S,
     pause: ReadPause,
@@ -67,7 +96,12 @@ impl<S: Stream + Unpin> Stream for Gated<S> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
         let this = &mut *self;
-        if let Some(until) = this.pause.until.get() {
+        let pause = &this.pause.inner;
+        if pause.held.get() {
+            pause.waiting.replace(Some(cx.waker().clone()));
+            return Poll::Pending;
+        }
+        if let Some(until) = pause.until.get() {
             let sleep = this
                 .sleep
                 .get_or_insert_with(|| Box::pin(sleep_until(until)));
@@ -77,7 +111,7 @@ impl<S: Stream + Unpin> Stream for Gated<S> {
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            this.pause.until.set(None);
+            pause.until.set(None);
             this.sleep = None;
         }
         Pin::new(&mut this.inner).poll_next(cx)
@@ -88,6 +122,8 @@ impl<S: Stream + Unpin> Stream for Gated<S> {
 mod tests {
     use super::*;
     use std::future::poll_fn;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
 
     /// A stream of 1, 2, 3 that is always ready.
     fn numbers() -> impl Stream<Item = u32> + Unpin {
@@ -114,9 +150,39 @@ mod tests {
         assert_eq!(next(&mut stream).await, Some(2));
         assert!(start.elapsed() >= Duration::from_millis(50));
         // Over: the stream is read again, and the pause is forgotten.
-        assert_eq!(pause.until.get(), None);
+        assert_eq!(pause.inner.until.get(), None);
         assert_eq!(next(&mut stream).await, Some(3));
         assert_eq!(next(&mut stream).await, None);
+    }
+
+    #[actix_rt::test]
+    async fn a_hold_keeps_the_stream_waiting_until_released() {
+        let pause = ReadPause::default();
+        let mut stream = pause.gate(numbers());
+        pause.hold();
+        poll_fn(|cx| {
+            assert!(Pin::new(&mut stream).poll_next(cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        // The release wakes the waiting task, and the stream is read again.
+        let woken = pause.inner.waiting.take().expect("a waiting task");
+        let flag = Arc::new(Flag::default());
+        pause.inner.waiting.replace(Some(Waker::from(flag.clone())));
+        pause.release();
+        assert!(flag.0.load(Ordering::Acquire));
+        drop(woken);
+        assert_eq!(next(&mut stream).await, Some(1));
+    }
+
+    /// A waker that records that it was woken.
+    #[derive(Default)]
+    struct Flag(AtomicBool);
+
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::Release);
+        }
     }
 
     #[actix_rt::test]

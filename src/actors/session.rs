@@ -283,7 +283,8 @@ pub struct Session {
     /// Stops reading this connection's socket while `admission` says so.
     read_pause: ReadPause,
     /// Frames the decoder handed over while reading was paused, to handle when it ends.
-    /// Only what it had already read: the pause stops the reading of new bytes.
+    /// Only what it had already read: the pause, then `read_pause.hold()` until this
+    /// is empty, stop the reading of new bytes.
     deferred: VecDeque<WsItem>,
     /// A `HandleDeferred` is scheduled.
     deferred_due: bool,
@@ -791,6 +792,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
         // Read before the pause began (the decoder had it buffered): handled, in
         // order, once it is over.
         self.deferred.push_back(msg);
+        self.read_pause.hold();
         self.handle_deferred_soon(ctx);
     }
 
@@ -823,6 +825,8 @@ impl Handler<HandleDeferred> for Session {
             self.handle_deferred_soon(ctx);
         } else if self.read_ended {
             ctx.stop();
+        } else {
+            self.read_pause.release();
         }
     }
 }
