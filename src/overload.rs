@@ -254,8 +254,11 @@ impl LowAdmission {
                 .rate
                 .map(|r| if r < near { r * INCREASE } else { r * PROBE })
                 .filter(|r| *r <= far);
-            if rate.zip(state.level).is_none_or(|(r, l)| r >= l.rate) {
-                // Back where cutting started: the next cut starts a new level.
+            if state
+                .level
+                .is_some_and(|l| rate.is_none_or(|r| r >= l.rate))
+            {
+                // Back where cutting started (or lifted): the next cut starts a new level.
                 state.level = None;
             }
             rate
