@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use crate::protocol::EncodedEvent;
-use crate::routing::Priority;
+use crate::protocol::Priority;
 
 /// Topic families tracked by name on `/metrics`; later ones are counted as `other`.
 pub const MAX_TOPIC_FAMILIES: usize = 100;
@@ -90,11 +90,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The counters of `event`'s topic family, looked up once per event.
-    pub fn family_of<'e>(&self, event: &'e EncodedEvent) -> &'e FamilyCounters {
-        event
+    /// The counters of `event`'s topic family, its slot looked up once per event.
+    pub fn family_of(&self, event: &EncodedEvent) -> &FamilyCounters {
+        let slot = *event
             .family
-            .get_or_init(|| self.families.get(&event.event.topic))
+            .get_or_init(|| self.families.slot_of(&event.event.topic));
+        &self.families.slots[usize::from(slot)]
     }
 
     pub fn count_published(&self, event: &EncodedEvent) {
@@ -139,31 +140,55 @@ pub struct FamilyCounters {
 
 /// The families seen so far, at most [`MAX_TOPIC_FAMILIES`] by name (label
 /// cardinality stays bounded whatever topics clients invent); the rest share `other`.
-#[derive(Debug, Default)]
+/// Families are numbered by slot; an event keeps its family's slot
+/// ([`EncodedEvent::family`]), so counting a delivery takes no lock.
+#[derive(Debug)]
 pub struct TopicFamilies {
-    known: RwLock<BTreeMap<String, Arc<FamilyCounters>>>,
-    other: Arc<FamilyCounters>,
+    known: RwLock<BTreeMap<String, u16>>,
+    /// One per possible family, then `other` at [`OTHER_FAMILY`].
+    slots: Box<[Arc<FamilyCounters>]>,
+}
+
+/// The slot of `other`, the family of every topic past the first
+/// [`MAX_TOPIC_FAMILIES`].
+const OTHER_FAMILY: u16 = MAX_TOPIC_FAMILIES as u16;
+const _: () = assert!(MAX_TOPIC_FAMILIES < u16::MAX as usize);
+
+impl Default for TopicFamilies {
+    fn default() -> Self {
+        TopicFamilies {
+            known: RwLock::default(),
+            slots: (0..=MAX_TOPIC_FAMILIES).map(|_| Arc::default()).collect(),
+        }
+    }
 }
 
 impl TopicFamilies {
     pub fn get(&self, topic: &str) -> Arc<FamilyCounters> {
+        self.slots[usize::from(self.slot_of(topic))].clone()
+    }
+
+    /// The slot of `topic`'s family, given one if it is new and there is room.
+    pub fn slot_of(&self, topic: &str) -> u16 {
         let family = topic.split('.').next().unwrap_or(topic);
-        if let Some(c) = self
+        if let Some(slot) = self
             .known
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(family)
         {
-            return c.clone();
+            return *slot;
         }
         let mut known = self.known.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(c) = known.get(family) {
-            return c.clone();
+        if let Some(slot) = known.get(family) {
+            return *slot;
         }
-        if known.len() >= MAX_TOPIC_FAMILIES {
-            return self.other.clone();
+        let next = known.len() as u16;
+        if next >= OTHER_FAMILY {
+            return OTHER_FAMILY;
         }
-        known.entry(family.to_owned()).or_default().clone()
+        known.insert(family.to_owned(), next);
+        next
     }
 
     /// Every family with its counters, `other` last.
@@ -171,8 +196,11 @@ impl TopicFamilies {
         let known = self.known.read().unwrap_or_else(PoisonError::into_inner);
         known
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .chain(std::iter::once(("other".to_owned(), self.other.clone())))
+            .map(|(name, slot)| (name.clone(), self.slots[usize::from(*slot)].clone()))
+            .chain(std::iter::once((
+                "other".to_owned(),
+                self.slots[usize::from(OTHER_FAMILY)].clone(),
+            )))
             .collect()
     }
 }

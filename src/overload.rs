@@ -36,8 +36,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::LimitsConfig;
 use crate::metrics::Metrics;
+use crate::protocol::Priority;
 use crate::protocol::{EncodedEvent, Event};
-use crate::routing::{Priority, SubscriptionSpec};
+use crate::routing::SubscriptionSpec;
 
 /// How often the low rate is adjusted.
 pub const WINDOW: Duration = Duration::from_millis(100);

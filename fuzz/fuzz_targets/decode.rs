@@ -6,6 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use switchyard::protocol::{decode, Command, EncodedEvent, Event, ValidatedBatch};
+use switchyard::routing::SubscriptionSpec;
 use switchyard_fuzz::{instants, on_small_stack, SAMPLES};
 
 fn check(event: Event) {
@@ -35,7 +36,10 @@ fn run(text: &str) {
             batch.take_valid().into_iter().for_each(check);
             let _ = batch.merge(Vec::new());
         }
-        Ok(Command::Subscribe { spec }) => {
+        Ok(Command::Subscribe { request }) => {
+            let Ok(spec) = SubscriptionSpec::from_request(request) else {
+                return;
+            };
             let _ = spec.matcher.topic_prefixes();
             for event in SAMPLES.iter() {
                 let _ = spec.matcher.matches(event);

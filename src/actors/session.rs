@@ -53,10 +53,11 @@ use crate::metrics::{ConnectionPermit, Metrics};
 use crate::overload::LowAdmission;
 use crate::protocol::order::ReplyOrder;
 use crate::protocol::reply::event_frame;
+use crate::protocol::Priority;
 use crate::protocol::{decode, Command, PublishResult, Reply, ValidatedBatch};
 use crate::rate_limit::PublishBudget;
 use crate::routing::pattern::Pattern;
-use crate::routing::{Priority, SubscriptionSpec};
+use crate::routing::SubscriptionSpec;
 
 /// Messages a session's mailbox holds before delivery workers see it as slow.
 const MAILBOX_CAPACITY: usize = 64;
@@ -399,7 +400,10 @@ impl Session {
             ),
             Command::Publish { event } => self.publish(&[event], false, request_id, ctx),
             Command::PublishBatch { events } => self.publish(&events, true, request_id, ctx),
-            Command::Subscribe { spec } => self.subscribe(*spec, request_id, ctx),
+            Command::Subscribe { request } => match SubscriptionSpec::from_request(request) {
+                Ok(spec) => self.subscribe(spec, request_id, ctx),
+                Err(e) => self.fail(ctx, &e, request_id),
+            },
             Command::Unsubscribe { subscription_id } => {
                 self.unsubscribe(subscription_id, request_id, ctx)
             }

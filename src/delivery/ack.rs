@@ -13,24 +13,7 @@ use std::time::{Duration, Instant};
 use priority_queue::PriorityQueue;
 
 use crate::protocol::EncodedEvent;
-
-/// Per-subscription settings (PROTOCOL.md section 3, defaults there).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AckOptions {
-    pub timeout: Duration,
-    pub max_attempts: u32,
-    pub max_in_flight: usize,
-}
-
-impl Default for AckOptions {
-    fn default() -> Self {
-        AckOptions {
-            timeout: Duration::from_millis(30_000),
-            max_attempts: 5,
-            max_in_flight: 100,
-        }
-    }
-}
+use crate::routing::subscription::AckOptions;
 
 /// Why an event was dead-lettered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

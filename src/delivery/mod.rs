@@ -23,8 +23,8 @@ use crate::actors::delivery::{OutFrame, WriteFrames};
 use crate::actors::{SessionSink, SubscriptionHandle};
 use crate::metrics::Metrics;
 use crate::protocol::EncodedEvent;
+use crate::protocol::Priority;
 use crate::routing::coalesce::CoalesceSpec;
-use crate::routing::Priority;
 
 /// Frames per `WriteFrames` message.
 pub const FRAMES_PER_BATCH: usize = 256;

@@ -13,9 +13,9 @@ use crate::actors::router::{self, Dedupe};
 use crate::actors::store;
 use crate::error::{ErrorCode, HttpError, ProtocolError};
 use crate::protocol::event::check_json;
+use crate::protocol::Priority;
 use crate::protocol::{PublishResult, Reply, ValidatedBatch};
 use crate::routing::pattern::Pattern;
-use crate::routing::Priority;
 use crate::store::{EventQuery, Order, DEFAULT_LIMIT, MAX_LIMIT};
 
 /// `GET /api/info` (and `/api`): what this service is and where its parts are.

@@ -9,7 +9,6 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::{ErrorCode, ProtocolError};
-use crate::routing::SubscriptionSpec;
 
 /// A decoded command. Published events stay JSON text borrowed from the frame; the
 /// session validates them (`Event::from_raw`).
@@ -25,7 +24,7 @@ pub enum Command<'a> {
     },
     /// `subscribe`, or the alias `{"action": "subscribe", "topics": [...]}`.
     Subscribe {
-        spec: Box<SubscriptionSpec>,
+        request: SubscribeRequest,
     },
     Unsubscribe {
         subscription_id: String,
@@ -41,6 +40,22 @@ pub enum Command<'a> {
         delay_ms: Option<u64>,
     },
     Ping,
+}
+
+/// A subscription as the client wrote it. Routing compiles it into a subscription
+/// (`routing::SubscriptionSpec::from_request`), where patterns, filters and conditions
+/// are checked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubscribeRequest {
+    /// `{"type": "subscribe", "subscription": {...}}`: the `subscription` object.
+    Spec(Value),
+    /// `{"action": "subscribe", "topics": [...]}` (or `kinds`), optionally narrowed to
+    /// one agent or task.
+    Topics {
+        topics: Vec<String>,
+        agent_id: Option<String>,
+        task_id: Option<String>,
+    },
 }
 
 /// One frame's decoding: the `request_id` is kept even when the command is bad, so the
@@ -231,9 +246,8 @@ fn decode_object(obj: Map<String, Value>) -> Result<Command<'static>, ProtocolEr
 
 fn decode_subscribe(mut obj: Map<String, Value>) -> Result<Command<'static>, ProtocolError> {
     if let Some(sub) = obj.remove("subscription") {
-        let spec = SubscriptionSpec::from_json(sub)?;
         return Ok(Command::Subscribe {
-            spec: Box::new(spec),
+            request: SubscribeRequest::Spec(sub),
         });
     }
     // Alias: {"action": "subscribe", "topics": [...]} (or "kinds"), optionally narrowed.
@@ -270,9 +284,12 @@ fn decode_subscribe(mut obj: Map<String, Value>) -> Result<Command<'static>, Pro
             format!("`{key}` must be a string"),
         )),
     };
-    let spec = SubscriptionSpec::from_topics(topics, opt("agent_id")?, opt("task_id")?, None)?;
     Ok(Command::Subscribe {
-        spec: Box::new(spec),
+        request: SubscribeRequest::Topics {
+            topics,
+            agent_id: opt("agent_id")?,
+            task_id: opt("task_id")?,
+        },
     })
 }
 
@@ -359,10 +376,6 @@ mod tests {
                 ErrorCode::InvalidEvent,
             ),
             (r#"{"type": "subscribe"}"#, ErrorCode::InvalidSubscription),
-            (
-                r#"{"type": "subscribe", "subscription": {"type": "pattern", "patterns": ["a..b"]}}"#,
-                ErrorCode::InvalidPattern,
-            ),
             (
                 r#"{"action": "subscribe", "topics": [1]}"#,
                 ErrorCode::InvalidSubscription,

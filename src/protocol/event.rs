@@ -12,9 +12,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::topic::validate_topic;
+use super::Priority;
 use crate::error::{ErrorCode, ProtocolError};
-use crate::routing::pattern::validate_topic;
-use crate::routing::Priority;
 
 /// Longest accepted `id`, `type`, `source`, `target`, `correlation_id`, `agent_id` or `task_id`.
 pub const MAX_FIELD_LEN: usize = 256;

@@ -4,12 +4,15 @@
 pub mod command;
 pub mod event;
 pub mod order;
+pub mod priority;
 pub mod reply;
+pub mod topic;
 
 use std::sync::Arc;
 
-pub use command::{decode, Command, Decoded};
+pub use command::{decode, Command, Decoded, SubscribeRequest};
 pub use event::Event;
+pub use priority::Priority;
 pub use reply::{PublishOk, PublishResult, Reply};
 
 /// An accepted event together with its JSON envelope, serialised exactly once and
@@ -22,8 +25,9 @@ pub struct EncodedEvent {
     /// When the router accepted it (or it was read back): the start of its
     /// publish-to-deliver latency.
     pub accepted_at: std::time::Instant,
-    /// Its topic family's counters, looked up once (see `Metrics::family_of`).
-    pub family: std::sync::OnceLock<Arc<crate::metrics::FamilyCounters>>,
+    /// Its topic family's slot in the metrics' table, looked up once per event
+    /// (`metrics::Metrics::family_of`).
+    pub family: std::sync::OnceLock<u16>,
 }
 
 impl EncodedEvent {

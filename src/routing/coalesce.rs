@@ -2,7 +2,7 @@
 //! field groups events, and how long a window lasts.
 //!
 //! Owns: validating the option and reading an event's key. Must not: hold windows or
-//! pending events (the delivery worker's [`crate::delivery::coalesce`] does).
+//! pending events (the delivery layer does).
 
 use std::time::Duration;
 

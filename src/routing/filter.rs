@@ -6,9 +6,9 @@
 use serde::Deserialize;
 
 use super::pattern::Pattern;
-use super::Priority;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::protocol::Event;
+use crate::protocol::Priority;
 
 /// The filter as the client sends it.
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]

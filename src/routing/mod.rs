@@ -7,8 +7,6 @@ pub mod dedupe;
 pub mod filter;
 pub mod index;
 pub mod pattern;
-pub mod priority;
 pub mod subscription;
 
-pub use priority::Priority;
 pub use subscription::{Matcher, Replay, SubscriptionKind, SubscriptionSpec};

@@ -4,6 +4,8 @@
 //! Owns: what a subscription *selects*. Must not: hold delivery state (workers do) or
 //! know which connection owns it (the session does).
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -11,9 +13,27 @@ use super::coalesce::CoalesceSpec;
 use super::condition::{Condition, EvalError, MatchInput};
 use super::filter::{Filter, FilterSpec};
 use super::pattern::Pattern;
-use crate::delivery::ack::AckOptions;
 use crate::error::{ErrorCode, ProtocolError};
-use crate::protocol::Event;
+use crate::protocol::{Event, SubscribeRequest};
+
+/// How a subscription with `ack: true` is delivered: redelivery timeout, attempts
+/// before a dead letter, and deliveries awaiting an ack at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckOptions {
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub max_in_flight: usize,
+}
+
+impl Default for AckOptions {
+    fn default() -> Self {
+        AckOptions {
+            timeout: Duration::from_millis(30_000),
+            max_attempts: 5,
+            max_in_flight: 100,
+        }
+    }
+}
 
 /// Longest accepted client-chosen subscription id.
 pub const MAX_SUBSCRIPTION_ID_LEN: usize = 128;
@@ -194,7 +214,7 @@ fn literal_prefixes(patterns: &[Pattern]) -> Option<Vec<Vec<String>>> {
 impl SubscriptionSpec {
     /// Live events go out as soon as they are routed: no ack window, no coalescing
     /// window and no replay to wait for (durable subscriptions replay on resume). Only
-    /// such deliveries say how busy the server is (`crate::overload`).
+    /// such deliveries say how busy the server is (overload control).
     pub fn delivers_at_once(&self) -> bool {
         self.ack.is_none()
             && self.coalesce.is_none()
@@ -334,7 +354,7 @@ impl SubscriptionSpec {
                 defaults.max_in_flight as u64,
             )?;
             Some(AckOptions {
-                timeout: std::time::Duration::from_millis(timeout),
+                timeout: Duration::from_millis(timeout),
                 max_attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
                 max_in_flight: usize::try_from(in_flight).unwrap_or(usize::MAX),
             })
@@ -383,6 +403,18 @@ impl SubscriptionSpec {
         })
     }
 
+    /// Compiles a subscription as a client's `subscribe` command wrote it.
+    pub fn from_request(request: SubscribeRequest) -> Result<SubscriptionSpec, ProtocolError> {
+        match request {
+            SubscribeRequest::Spec(value) => Self::from_json(value),
+            SubscribeRequest::Topics {
+                topics,
+                agent_id,
+                task_id,
+            } => Self::from_topics(topics, agent_id, task_id, None),
+        }
+    }
+
     /// A pattern subscription on `topics`, optionally narrowed by agent and task ids:
     /// what the connect-time query (`?topics=…&agent_id=…`) and the `{"action":
     /// "subscribe", "topics": [...]}` alias create.
@@ -412,6 +444,32 @@ impl SubscriptionSpec {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A `subscribe` frame as a session handles it: decoded, then compiled here.
+    #[test]
+    fn subscribe_frames_compile_or_name_the_problem() {
+        let table = [
+            (
+                r#"{"type": "subscribe", "subscription": {"type": "pattern", "patterns": ["a..b"]}}"#,
+                Some(ErrorCode::InvalidPattern),
+            ),
+            (
+                r#"{"action": "subscribe", "topics": ["task.*"], "agent_id": "a1"}"#,
+                None,
+            ),
+        ];
+        for (text, code) in table {
+            let Ok(crate::protocol::Command::Subscribe { request }) =
+                crate::protocol::decode(text).command
+            else {
+                panic!("not a subscribe: {text}")
+            };
+            let got = SubscriptionSpec::from_request(request)
+                .err()
+                .map(|e| e.code);
+            assert_eq!(got, code, "{text}");
+        }
+    }
 
     fn event(v: Value) -> Event {
         Event::from_json(v, "svc").unwrap()

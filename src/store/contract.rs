@@ -8,9 +8,9 @@ use serde_json::json;
 use super::memory::MemoryStore;
 use super::sqlite::{SqliteOptions, SqliteStore};
 use super::{EventQuery, EventStore, Order, Retention};
+use crate::protocol::Priority;
 use crate::protocol::{EncodedEvent, Event};
 use crate::routing::pattern::Pattern;
-use crate::routing::Priority;
 
 fn ev(cursor: u64, topic: &str, priority: &str) -> Arc<EncodedEvent> {
     let mut e = Event::from_json(

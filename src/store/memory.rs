@@ -16,7 +16,7 @@ use super::{
     Retention, StoreError, StoreStats,
 };
 use crate::protocol::EncodedEvent;
-use crate::routing::Priority;
+use crate::protocol::Priority;
 
 /// One event of the log.
 #[derive(Debug)]

@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, StoreKind};
 use crate::protocol::EncodedEvent;
+use crate::protocol::Priority;
 use crate::routing::pattern::Pattern;
-use crate::routing::Priority;
 
 /// Default and maximum page sizes of `/api/events`.
 pub const DEFAULT_LIMIT: usize = 100;

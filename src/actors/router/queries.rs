@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::{Router, RATE_WINDOW};
-use crate::routing::Priority;
+use crate::protocol::Priority;
 
 /// The `/api/stats` document.
 #[derive(Message)]
