@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Protocol conformance checks for Switchyard, written as a client we do not write.
 
-Sends the literal JSON frames of /work/shared/PROTOCOL.md (wire protocol v1) over
-WebSocket and HTTP and checks the replies are exactly what that document promises.
+Sends the literal JSON frames of docs/protocol.md (wire protocol v1, the contract kept in
+this repository) over WebSocket and HTTP and checks the replies are exactly what that
+document promises.
 
 Run from the repository root after `cargo build --bin switchyard`:
 
@@ -14,7 +15,8 @@ every check on fresh connections (each receive times out after 5 s), stops the s
 with SIGTERM (expecting exit code 0), prints `PASS name` / `FAIL name: reason` per check
 and finally one line `N passed, M failed`. Exit status is 1 if any check failed.
 
-A second server is then started with tokens (section 7) for the authentication checks.
+A second server is then started with tokens (docs/protocol.md section 1.3) for the
+authentication checks.
 """
 import argparse
 import asyncio
@@ -322,7 +324,8 @@ async def filtered_subscriptions():
 
 
 async def conditional_subscriptions():
-    # PROTOCOL.md's own example condition, then `event.type` and a bad expression.
+    # The example condition of docs/protocol.md (section 4.1), then `event.type` and a bad
+    # expression.
     cond = 'priority == "critical" || (topic.startsWith("cost.") && payload.total_cost > 5.0)'
     async with AsyncExitStack() as s:
         ws, sid = await subscriber(s, {"type": "conditional", "condition": cond})
