@@ -26,9 +26,11 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::router::DeadLettered;
+use super::send_or_wait;
 use super::store::DurableAcked;
-use super::{send_or_wait, SessionId, SubscriptionHandle};
-use crate::delivery::{DeadNote, Flush, Outbox};
+use crate::delivery::{
+    DeadNote, Flush, FrameSink, Handed, OutFrame, Outbox, SessionId, SubscriptionHandle,
+};
 use crate::error::{ErrorCode, ProtocolError};
 use crate::metrics::Metrics;
 use crate::protocol::EncodedEvent;
@@ -127,28 +129,14 @@ pub struct WriteFrames {
     pub frames: Vec<OutFrame>,
 }
 
-pub enum OutFrame {
-    Event {
-        sub: Arc<SubscriptionHandle>,
-        event: Arc<EncodedEvent>,
-        attempt: u32,
-    },
-    /// `count` events were dropped for `sub` because its subscriber was too slow.
-    Dropped {
-        sub: Arc<SubscriptionHandle>,
-        count: u64,
-    },
-    /// A stored event delivered by replay.
-    Replayed {
-        sub: Arc<SubscriptionHandle>,
-        event: Arc<EncodedEvent>,
-        attempt: u32,
-    },
-    /// The replay of `sub` is done; live events follow.
-    ReplayComplete {
-        sub: Arc<SubscriptionHandle>,
-        last_cursor: u64,
-    },
+impl FrameSink for Recipient<WriteFrames> {
+    fn offer(&self, frames: Vec<OutFrame>) -> Handed {
+        match self.try_send(WriteFrames { frames }) {
+            Ok(()) => Handed::Taken,
+            Err(SendError::Full(msg)) => Handed::Full(msg.frames),
+            Err(SendError::Closed(_)) => Handed::Closed,
+        }
+    }
 }
 
 pub struct DeliveryWorker {

@@ -40,13 +40,14 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::delivery::{self, worker_for, DeliveryWorker, OutFrame, WriteFrames};
+use super::delivery::{self, worker_for, DeliveryWorker, WriteFrames};
 use super::read_pause::ReadPause;
 use super::router::{self, Dedupe, Router};
-use super::{turn, SessionId, SessionSink, SubscriptionHandle};
+use super::turn;
 use crate::auth::Principal;
 use crate::config::Config;
 use crate::delivery::Backlog;
+use crate::delivery::{OutFrame, SessionId, SessionSink, SubscriptionHandle};
 use crate::error::{ErrorCode, HttpError, ProtocolError};
 use crate::http::AppState;
 use crate::metrics::{ConnectionPermit, Metrics};
@@ -598,7 +599,7 @@ impl Session {
             id.clone(),
             spec,
             SessionSink {
-                frames: ctx.address().recipient(),
+                frames: Arc::new(ctx.address().recipient::<WriteFrames>()),
                 backlog: self.backlog.clone(),
             },
         ));
@@ -1049,8 +1050,9 @@ mod tests {
     /// their order within a priority, and never pass a replayed event or a notice.
     #[actix_rt::test]
     async fn pending_frames_leave_highest_priority_first_within_bounds() {
-        let sub =
-            crate::actors::testing::subscription(json!({"type": "pattern", "patterns": [">"]}));
+        let sub = crate::delivery::subscription::testing::subscription(
+            json!({"type": "pattern", "patterns": [">"]}),
+        );
         let event = |priority: &str, cursor: u64| {
             let mut e = Event::from_json(json!({"topic": "t", "priority": priority}), "s").unwrap();
             e.cursor = cursor;

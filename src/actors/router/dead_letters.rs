@@ -8,9 +8,10 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::{Dedupe, Router, SessionId};
+use crate::actors::send_or_wait;
 use crate::actors::store::{AddDeadLetter, DurableAcked};
-use crate::actors::{send_or_wait, SubscriptionHandle};
 use crate::delivery::ack::DeadReason;
+use crate::delivery::SubscriptionHandle;
 use crate::protocol::{EncodedEvent, Event};
 use crate::store::{DeadLetter, NewDeadLetter, StoreError};
 

@@ -13,7 +13,7 @@ use super::Router;
 use crate::actors::delivery::{worker_for, DeliveryWorker, ReplayEvents};
 use crate::actors::session::CloseSession;
 use crate::actors::store::{Query, StoreActor};
-use crate::actors::SubscriptionHandle;
+use crate::delivery::SubscriptionHandle;
 use crate::routing::Replay;
 use crate::store::EventQuery;
 
