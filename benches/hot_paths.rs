@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use serde_json::json;
-use switchyard::delivery::ack::{AckOptions, AckTracker};
+use switchyard::delivery::ack::AckTracker;
 use switchyard::protocol::reply::{event_frame, event_frame_prefix};
 use switchyard::protocol::{decode, EncodedEvent, Event};
 use switchyard::routing::filter::Filter;
 use switchyard::routing::pattern::Pattern;
+use switchyard::routing::subscription::AckOptions;
 
 fn event_json() -> serde_json::Value {
     json!({"type": "task_progress", "priority": "high", "source": "planner",

@@ -20,6 +20,7 @@ use actix::prelude::*;
 use actix_web::{web, App, HttpServer};
 
 use crate::actors::delivery::{AttachRouter, DeliveryWorker};
+use crate::actors::ingress::Ingress;
 use crate::actors::router::{self, Router, StoredState};
 use crate::actors::store::StoreActor;
 use crate::config::Config;
@@ -131,12 +132,18 @@ pub async fn run(
         config: config.clone(),
         auth,
         registry: crate::metrics::registry(metrics.clone()),
-        admission: Arc::new(LowAdmission::new(&config.limits, metrics.clone())),
+        ingress: Ingress::new(
+            router.clone(),
+            metrics.clone(),
+            Arc::new(LowAdmission::new(&config.limits, metrics.clone())),
+            &config.limits,
+        ),
         metrics,
         shutting_down: shutting_down.clone(),
     });
     let max_payload = config.limits.max_frame_bytes;
     let unread_limit = config.heartbeat_interval() * 2;
+    let limits = config.limits.clone();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -151,7 +158,10 @@ pub async fn run(
     })
     .workers(config.http_workers())
     .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
-    .on_connect(move |conn, _| tune_socket(conn, unread_limit))
+    .on_connect(move |conn, data| {
+        tune_socket(conn, unread_limit);
+        data.insert(http::ConnectionBudget::new(&limits));
+    })
     .disable_signals()
     .shutdown_timeout(config.server.shutdown_timeout_ms.div_ceil(1000).max(1));
     let server = match tls {

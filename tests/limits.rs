@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use awc::ws::CloseCode;
 use common::{TestServer, WsClient};
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[actix_rt::test]
 async fn event_over_max_event_bytes_gets_payload_too_large_and_connection_stays() {
@@ -289,6 +289,50 @@ async fn publishes_over_the_connection_rate_get_rate_limited_and_are_not_stored(
     // The budget is per connection: another one starts with a full bucket.
     let mut other = server.ws().await;
     other.publish(json!({"type": "rated_event"})).await;
+}
+
+/// `POST /api/events` takes the path a WebSocket publish does: each HTTP connection
+/// has a budget, shared by the requests it keeps alive for.
+#[actix_rt::test]
+async fn http_publishes_over_the_connection_rate_get_rate_limited_and_are_not_stored() {
+    let server = rate_limited_server(3).await;
+    // One connection, kept alive: `awc` reuses it for every request of this client.
+    let client = awc::Client::new();
+    let post = |body: Value| {
+        let request = client
+            .post(server.url("/api/events"))
+            .insert_header(("content-type", "application/json"))
+            .send_body(body.to_string());
+        async move {
+            let mut res = request.await.expect("POST /api/events");
+            let body = res.body().await.expect("body");
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            (res.status().as_u16(), body)
+        }
+    };
+    for i in 0..5 {
+        let (status, body) = post(json!({"type": "http_rated", "payload": {"i": i}})).await;
+        if i < 3 {
+            assert_eq!(status, 201, "{body}");
+        } else {
+            assert_eq!(status, 429, "{body}");
+            assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+        }
+    }
+    // A batch on the same connection: every event finds the bucket empty.
+    let (status, body) = post(json!([{"type": "http_rated"}, {"type": "http_rated"}])).await;
+    assert_eq!(status, 201, "{body}");
+    for result in body["results"].as_array().cloned().unwrap_or_default() {
+        assert_eq!(result["error"]["code"], "rate_limited", "{body}");
+    }
+    let kept: Vec<_> = stored(&server, "http_rated")
+        .await
+        .iter()
+        .map(|e| e["payload"]["i"].clone())
+        .collect();
+    assert_eq!(kept, [0, 1, 2], "only the accepted events are stored");
+    let (_, stats) = server.get("/api/stats").await;
+    assert_eq!(stats["events"]["rejected_over_rate"], 4);
 }
 
 #[actix_rt::test]

@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::router::DeadLettered;
 use super::send_or_wait;
 use super::store::DurableAcked;
+use crate::delivery::ack::DeadReason;
 use crate::delivery::{
     DeadNote, Flush, FrameSink, Handed, OutFrame, Outbox, SessionId, SubscriptionHandle,
 };
@@ -121,6 +121,21 @@ pub struct AttachRouter {
 }
 
 // ---- messages out of a worker ----
+
+/// A delivery worker gave up on an event for a subscription: store it as a dead letter
+/// and publish a notice on `switchyard.dead_letter`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeadLettered {
+    pub event: Arc<EncodedEvent>,
+    pub subscription_id: String,
+    pub connection_id: SessionId,
+    pub reason: DeadReason,
+    pub attempts: u32,
+    /// (principal, name) of a durable subscription: its cursor is resolved once the
+    /// dead letter is stored, not before.
+    pub durable: Option<(String, String)>,
+}
 
 /// Frames for one session, in the order to write them.
 #[derive(Message)]

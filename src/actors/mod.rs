@@ -8,19 +8,18 @@
 //! - [`session::Session`]: one per WebSocket connection; decodes commands, owns that
 //!   connection's subscriptions, writes frames.
 //!
-//! [`turn`] and [`read_pause`] are not actors: the future a session waits on to give
-//! its HTTP worker thread to the other connections there, and the gate on the bytes a
-//! session reads, which overload control closes for a while.
+//! - [`store::StoreActor`]: the event log's owner, on a thread of its own.
+//!
+//! [`ingress`] is not an actor: the one publish path every way in shares.
 //!
 //! The state all three share, a subscription's handle, is the delivery layer's
 //! ([`crate::delivery::SubscriptionHandle`]).
 
 pub mod delivery;
-pub mod read_pause;
+pub mod ingress;
 pub mod router;
 pub mod session;
 pub mod store;
-pub mod turn;
 
 use actix::Recipient;
 

@@ -25,7 +25,7 @@ mod publish;
 mod queries;
 mod replay;
 
-pub use dead_letters::{DeadLettered, FindSubscription, DEAD_LETTER_TOPIC};
+pub use dead_letters::{FindSubscription, DEAD_LETTER_TOPIC};
 pub use publish::{publish, Dedupe, Publish, PublishReply, PublishResults};
 pub use queries::{GetStats, GetTopics, ListSubscriptions, TopicInfo};
 
@@ -39,7 +39,6 @@ use chrono::{DateTime, Utc};
 
 use super::delivery::worker_index;
 use super::delivery::{DeliveryWorker, Dispatch, DispatchItem};
-use super::session::CloseSession;
 use super::store::{Append, OpenDurable, StoreActor};
 use crate::config::Config;
 use crate::delivery::{SessionId, SubscriptionHandle};
@@ -60,6 +59,15 @@ const WORKER_RETRY: Duration = Duration::from_millis(1);
 /// ([`publish`]); other senders wait (bounded) for room.
 const MAILBOX_CAPACITY: usize = 4096;
 const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+// ---- messages out of the router ----
+
+/// Close the connection with a "going away" close frame.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseSession {
+    pub reason: String,
+}
 
 // ---- messages into the router ----
 

@@ -47,6 +47,12 @@ pub struct Query {
 #[rtype(result = "Result<StoreStats, StoreError>")]
 pub struct Stats;
 
+/// Answered as soon as it is handled: the store actor runs and its mailbox moves
+/// (`GET /ready`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Ping;
+
 pub struct StoreActor {
     store: Box<dyn EventStore>,
     retention: Retention,
@@ -151,6 +157,12 @@ impl Handler<Query> for StoreActor {
     fn handle(&mut self, msg: Query, _: &mut Context<Self>) -> Self::Result {
         self.store.query(&msg.query)
     }
+}
+
+impl Handler<Ping> for StoreActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Ping, _: &mut Context<Self>) {}
 }
 
 impl Handler<Stats> for StoreActor {

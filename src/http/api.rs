@@ -1,20 +1,22 @@
 //! Handlers of the JSON API.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::{Admin, AppState, Caller};
+use super::{Admin, AppState, Caller, ConnectionBudget};
 use crate::actors::delivery::{self, worker_for};
+use crate::actors::ingress::Shape;
 use crate::actors::router::{self, Dedupe};
 use crate::actors::store;
 use crate::error::{ErrorCode, HttpError, ProtocolError};
 use crate::protocol::event::check_json;
 use crate::protocol::Priority;
-use crate::protocol::{PublishResult, Reply, ValidatedBatch};
+use crate::protocol::{PublishResult, Reply};
 use crate::routing::pattern::Pattern;
 use crate::store::{EventQuery, Order, DEFAULT_LIMIT, MAX_LIMIT};
 
@@ -25,10 +27,7 @@ pub async fn info(_caller: Caller) -> HttpResponse {
         "version": env!("CARGO_PKG_VERSION"),
         "websocket": "/ws",
         "dashboard": "/",
-        "api": [
-            "/api/info", "/api/stats", "/api/topics", "/api/events", "/api/subscriptions",
-            "/api/dead-letters", "/health", "/ready", "/metrics",
-        ],
+        "routes": super::ROUTES,
     }))
 }
 
@@ -50,15 +49,36 @@ pub async fn metrics(
         .body(body))
 }
 
+/// How long `GET /ready` waits for each actor to answer.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /ready`: 200 while the router and the store both answer, 503 naming what does
+/// not (or `shutting_down`).
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    if state.shutting_down.load(Ordering::Relaxed) {
-        return HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({ "status": "shutting_down" }));
+    let shutting_down = state.shutting_down.load(Ordering::Relaxed);
+    let router = state.router.send(router::GetStats).timeout(READY_TIMEOUT);
+    let store = state.store.send(store::Ping).timeout(READY_TIMEOUT);
+    let (router, store) = futures_util::future::join(router, store).await;
+    let (ready, status) = readiness(shutting_down, router.is_ok(), store.is_ok());
+    let body = serde_json::json!({ "status": status });
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
     }
-    match state.router.send(router::GetStats).await {
-        Ok(_) => HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })),
-        Err(_) => HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({ "status": "router_unavailable" })),
+}
+
+/// Whether the server is ready, and the `status` it says.
+fn readiness(
+    shutting_down: bool,
+    router_answers: bool,
+    store_answers: bool,
+) -> (bool, &'static str) {
+    match (shutting_down, router_answers, store_answers) {
+        (true, _, _) => (false, "shutting_down"),
+        (false, false, _) => (false, "router_unavailable"),
+        (false, true, false) => (false, "store_unavailable"),
+        (false, true, true) => (true, "ready"),
     }
 }
 
@@ -202,22 +222,21 @@ pub async fn events(
 }
 
 /// `POST /api/events`: one event or an array; `201` with a `published_batch` body.
+/// Events take the same path as a WebSocket publish ([`crate::actors::ingress`]),
+/// charged to this HTTP connection's publish budget.
 pub async fn publish(
+    req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Bytes,
     Caller(caller): Caller,
 ) -> Result<HttpResponse, HttpError> {
-    let limits = &state.config.limits;
-    if body.len() > limits.max_event_bytes {
-        return Err(HttpError::new(
-            ErrorCode::PayloadTooLarge,
-            format!(
-                "body is {} bytes, over the limit of {}",
-                body.len(),
-                limits.max_event_bytes
-            ),
-        ));
-    }
+    let single = !body.trim_ascii_start().starts_with(b"[");
+    let shape = if single { Shape::One } else { Shape::Batch };
+    // Refused before anything is parsed.
+    state
+        .ingress
+        .check_size(body.len(), shape)
+        .map_err(HttpError)?;
     // Events stay JSON text until validated (`Event::from_raw`), as over WebSocket;
     // the body as a whole must be JSON a client could have parsed.
     let text = std::str::from_utf8(&body)
@@ -226,7 +245,6 @@ pub async fn publish(
     // Checked above: this parse cannot fail.
     let invalid_json =
         |e: serde_json::Error| HttpError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}"));
-    let single = !text.trim_start().starts_with('[');
     let raw: Vec<&RawValue> = if single {
         vec![serde_json::from_str(text).map_err(invalid_json)?]
     } else {
@@ -238,31 +256,17 @@ pub async fn publish(
             "the array holds no event",
         ));
     }
-    if raw.len() > limits.max_batch_events {
-        return Err(HttpError::new(
-            ErrorCode::PayloadTooLarge,
-            format!(
-                "{} events is over the limit of {}",
-                raw.len(),
-                limits.max_batch_events
-            ),
-        ));
-    }
-    let mut batch = ValidatedBatch::new(&raw, &caller.name);
-    batch.refuse_where(|e| caller.check_publish(&e.topic));
-    if single {
-        if let Some(e) = batch.first_error() {
-            return Err(HttpError(e.clone()));
-        }
-    }
-    let events = batch.take_valid();
-    if let Some(pause) = state.admission.admit_events(&events) {
+    let budget = ConnectionBudget::of(&req, &state.config.limits);
+    let admitted = state
+        .ingress
+        .admit(&raw, body.len(), shape, &caller, &budget.0)
+        .map_err(HttpError)?;
+    if let Some(pause) = admitted.pause() {
         // Urgent events are late and these are all low: they wait before the router
         // takes them (`crate::overload`), and so does the client for its answer.
         actix_web::rt::time::sleep(pause).await;
     }
-    let accepted = router::publish(&state.router, &state.metrics, events, Dedupe::Check).await;
-    let merged = batch.merge(accepted);
+    let merged = state.ingress.publish(admitted).await;
     if single {
         // The only event was valid; the router may still refuse it (queue or inbox
         // full: 429 `rate_limited`).
@@ -401,5 +405,24 @@ pub async fn delete_dead_letter(
     match taken {
         Some(_) => Ok(HttpResponse::NoContent().finish()),
         None => Err(no_dead_letter(id)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_names_what_does_not_answer() {
+        let table = [
+            ((false, true, true), (true, "ready")),
+            ((true, true, true), (false, "shutting_down")),
+            ((false, false, true), (false, "router_unavailable")),
+            ((false, false, false), (false, "router_unavailable")),
+            ((false, true, false), (false, "store_unavailable")),
+        ];
+        for ((shutting_down, router, store), want) in table {
+            assert_eq!(readiness(shutting_down, router, store), want);
+        }
     }
 }

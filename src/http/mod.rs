@@ -13,13 +13,15 @@ use actix::Addr;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::actors::delivery::DeliveryWorker;
+use crate::actors::ingress::Ingress;
 use crate::actors::router::Router;
 use crate::actors::session;
 use crate::actors::store::StoreActor;
 use crate::auth::{Authenticator, Principal};
-use crate::config::Config;
+use crate::config::{Config, LimitsConfig};
 use crate::error::{ErrorCode, HttpError};
 use crate::metrics::Metrics;
+use crate::rate_limit::PublishBudget;
 
 /// What every handler can reach.
 pub struct AppState {
@@ -30,8 +32,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
-    /// Throttles low-only publishers while urgent events are late.
-    pub admission: Arc<crate::overload::LowAdmission>,
+    /// The publish path shared with every session.
+    pub ingress: Ingress,
     /// `GET /metrics`.
     pub registry: prometheus_client::registry::Registry,
     /// Set once shutdown begins; `/ready` answers 503 from then on.
@@ -48,6 +50,26 @@ impl actix_web::FromRequest for Caller {
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         std::future::ready(authenticate(req, false).map(Caller))
+    }
+}
+
+/// The publish budget of one HTTP connection (`limits.publish_rate_per_sec`), as each
+/// WebSocket connection has one: attached when the connection is accepted
+/// (`server::run`), so keep-alive requests share it.
+#[derive(Clone)]
+pub struct ConnectionBudget(pub Arc<PublishBudget>);
+
+impl ConnectionBudget {
+    pub fn new(limits: &LimitsConfig) -> Self {
+        ConnectionBudget(Arc::new(PublishBudget::new(limits)))
+    }
+
+    /// The budget of `req`'s connection; a fresh one for a connection accepted without
+    /// (an app served by another `HttpServer`, as in unit tests).
+    pub fn of(req: &HttpRequest, limits: &LimitsConfig) -> Self {
+        req.conn_data::<ConnectionBudget>()
+            .cloned()
+            .unwrap_or_else(|| ConnectionBudget::new(limits))
     }
 }
 
@@ -80,37 +102,69 @@ pub fn authenticate(req: &HttpRequest, allow_query: bool) -> Result<Arc<Principa
     Ok(principal)
 }
 
-/// Registers every route.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/ws", web::get().to(session::upgrade))
-        .route("/", web::get().to(root))
-        .route("/dashboard/{file}", web::get().to(dashboard::asset))
-        .route("/health", web::get().to(api::health))
-        .route("/ready", web::get().to(api::ready))
-        .route("/metrics", web::get().to(api::metrics))
-        .service(
-            web::scope("/api")
-                .route("", web::get().to(api::info))
-                .route("/info", web::get().to(api::info))
-                .route("/stats", web::get().to(api::stats))
-                .route("/topics", web::get().to(api::topics))
-                .route("/events", web::get().to(api::events))
-                .route("/events", web::post().to(api::publish))
-                .route("/subscriptions", web::get().to(api::subscriptions))
-                .route("/dead-letters", web::get().to(api::dead_letters))
-                .route(
-                    "/dead-letters/{id}/retry",
-                    web::post().to(api::retry_dead_letter),
-                )
-                .route(
-                    "/dead-letters/{id}",
-                    web::delete().to(api::delete_dead_letter),
-                ),
-        )
-        .route("/stats", web::get().to(api::stats))
-        .route("/topics", web::get().to(api::topics))
-        .route("/events", web::get().to(api::events))
-        .default_service(web::to(not_found));
+impl AppState {
+    /// What a session of this server needs.
+    fn session_shared(&self) -> session::Shared {
+        session::Shared {
+            router: self.router.clone(),
+            workers: self.workers.clone(),
+            config: self.config.clone(),
+            metrics: self.metrics.clone(),
+            ingress: self.ingress.clone(),
+        }
+    }
+}
+
+/// `GET /ws`: authenticates first (401, no upgrade, without a valid token), then
+/// hands the connection to a new session.
+async fn ws(
+    req: HttpRequest,
+    stream: web::Payload,
+    state: web::Data<AppState>,
+    query: web::Query<session::ConnectQuery>,
+) -> Result<HttpResponse, HttpError> {
+    let principal = authenticate(&req, true)?;
+    session::upgrade(&req, stream, &state.session_shared(), principal, &query)
+}
+
+/// Declares each route once: [`configure`] registers them and [`ROUTES`] lists them
+/// (`GET /api/info`), so the two cannot drift apart.
+macro_rules! routes {
+    ($($method:ident $path:literal => $handler:expr,)*) => {
+        /// Every route this server answers, as `METHOD /path`, in registration order.
+        pub const ROUTES: &[&str] = &[$(concat!(routes!(@upper $method), " ", $path)),*];
+
+        /// Registers every route; anything else is 404 `not_found`.
+        pub fn configure(cfg: &mut web::ServiceConfig) {
+            $(cfg.route($path, web::$method().to($handler));)*
+            cfg.default_service(web::to(not_found));
+        }
+    };
+    (@upper get) => { "GET" };
+    (@upper post) => { "POST" };
+    (@upper delete) => { "DELETE" };
+}
+
+routes! {
+    get "/ws" => ws,
+    get "/" => root,
+    get "/dashboard/{file}" => dashboard::asset,
+    get "/health" => api::health,
+    get "/ready" => api::ready,
+    get "/metrics" => api::metrics,
+    get "/api" => api::info,
+    get "/api/info" => api::info,
+    get "/api/stats" => api::stats,
+    get "/api/topics" => api::topics,
+    get "/api/events" => api::events,
+    post "/api/events" => api::publish,
+    get "/api/subscriptions" => api::subscriptions,
+    get "/api/dead-letters" => api::dead_letters,
+    post "/api/dead-letters/{id}/retry" => api::retry_dead_letter,
+    delete "/api/dead-letters/{id}" => api::delete_dead_letter,
+    get "/stats" => api::stats,
+    get "/topics" => api::topics,
+    get "/events" => api::events,
 }
 
 /// `GET /`: a WebSocket upgrade when asked for one (existing clients connect to a bare
@@ -128,7 +182,7 @@ async fn root(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     if wants_upgrade {
-        return session::upgrade(req, stream, state, query).await;
+        return ws(req, stream, state, query).await;
     }
     Ok(dashboard::page(&req))
 }

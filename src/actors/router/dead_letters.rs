@@ -8,27 +8,12 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::{Dedupe, Router, SessionId};
+use crate::actors::delivery::DeadLettered;
 use crate::actors::send_or_wait;
 use crate::actors::store::{AddDeadLetter, DurableAcked};
-use crate::delivery::ack::DeadReason;
 use crate::delivery::SubscriptionHandle;
-use crate::protocol::{EncodedEvent, Event};
+use crate::protocol::Event;
 use crate::store::{DeadLetter, NewDeadLetter, StoreError};
-
-/// A delivery worker gave up on an event for a subscription: store it as a dead letter
-/// and publish a notice on `switchyard.dead_letter`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct DeadLettered {
-    pub event: Arc<EncodedEvent>,
-    pub subscription_id: String,
-    pub connection_id: SessionId,
-    pub reason: DeadReason,
-    pub attempts: u32,
-    /// (principal, name) of a durable subscription: its cursor is resolved once the
-    /// dead letter is stored, not before.
-    pub durable: Option<(String, String)>,
-}
 
 /// The live subscription a dead letter came from, if it is still open.
 #[derive(Message)]

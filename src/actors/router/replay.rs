@@ -9,9 +9,8 @@ use std::time::Duration;
 use actix::prelude::*;
 use chrono::Utc;
 
-use super::Router;
+use super::{CloseSession, Router};
 use crate::actors::delivery::{worker_for, DeliveryWorker, ReplayEvents};
-use crate::actors::session::CloseSession;
 use crate::actors::store::{Query, StoreActor};
 use crate::delivery::SubscriptionHandle;
 use crate::routing::Replay;
