@@ -21,11 +21,11 @@ pub mod sqlite;
 mod contract;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::Retention;
 use crate::config::{Config, StoreKind};
 use crate::protocol::EncodedEvent;
 use crate::routing::pattern::Pattern;
@@ -145,14 +145,6 @@ impl NewDeadLetter {
     }
 }
 
-/// How much to keep. Either limit may be off. A backend may keep slightly fewer than
-/// `max_events` (SQLite counts by cursor range), never more once retention has run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Retention {
-    pub max_events: Option<u64>,
-    pub max_age: Option<Duration>,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot use data directory {path}: {source}")]
@@ -254,11 +246,7 @@ pub fn open(config: &Config) -> Result<Box<dyn EventStore>, StoreError> {
         ))),
         StoreKind::Sqlite => Ok(Box::new(sqlite::SqliteStore::open_in(
             &config.server.data_dir,
-            &sqlite::SqliteOptions {
-                synchronous_full: config.store.synchronous_full,
-                page_size: config.store.page_size,
-                segment_events: config.store.segment_events(),
-            },
+            &sqlite::SqliteOptions::from(&config.store),
         )?)),
     }
 }

@@ -20,6 +20,7 @@ use super::{
     DeadLetter, DurableState, EventQuery, EventStore, NewDeadLetter, Order, Retention, StoreError,
     StoreStats,
 };
+use crate::config::{Config, StoreConfig};
 use crate::protocol::EncodedEvent;
 
 const SCHEMA: &str = "
@@ -70,20 +71,6 @@ fn create_segment(name: &str) -> String {
     )
 }
 
-/// Cursors per segment table in a new file, unless the count limit is large (see
-/// [`segment_events_for`]; a file keeps the number it was created with, in `meta`).
-/// Retention drops whole segments, so at most this many events are deleted row by row
-/// in one pass; at about 700 bytes an event, a segment is ~11 MB.
-pub const SEGMENT_EVENTS: u64 = 16384;
-
-/// The smallest segment `store.segment_events` may ask for: below it the tables
-/// multiply, and SQLite reloads its schema at each one created or dropped.
-pub const MIN_SEGMENT_EVENTS: u64 = 1024;
-
-/// The largest segment [`segment_events_for`] chooses, and `store.segment_events` may
-/// ask for: retention deletes up to one segment row by row in a pass.
-pub const MAX_SEGMENT_EVENTS: u64 = 262_144;
-
 /// Records the newest cursor before retention may delete it, so cursors are never
 /// reused.
 const RECORD_LAST_CURSOR: &str = "
@@ -108,36 +95,28 @@ pub struct SqliteOptions {
     /// but every commit rewrites at least one whole page.
     pub page_size: u32,
     /// Cursors per segment table of a file this creates; an existing file keeps its
-    /// own. The server sets it from the count limit with [`segment_events_for`].
+    /// own. The server sets it from the count limit with
+    /// [`segment_events_for`](crate::config::segment_events_for).
     pub segment_events: u64,
 }
 
-impl Default for SqliteOptions {
-    fn default() -> Self {
+impl From<&StoreConfig> for SqliteOptions {
+    fn from(config: &StoreConfig) -> Self {
         SqliteOptions {
-            synchronous_full: true,
-            page_size: DEFAULT_PAGE_SIZE,
-            segment_events: SEGMENT_EVENTS,
+            synchronous_full: config.synchronous_full,
+            page_size: config.page_size,
+            segment_events: config.segment_events(),
         }
     }
 }
 
-/// Cursors per segment for a log limited to `max_events`: [`SEGMENT_EVENTS`], or a
-/// 256th of the limit when that is larger (at most [`MAX_SEGMENT_EVENTS`]). Every table
-/// created or dropped makes SQLite reload the schema, which grows with the number of
-/// tables (measured: 0.6 ms with 60 tables, 2.5 ms with 600, 66 ms with 6,000), so a
-/// large limit gets larger segments; a retention pass then deletes up to one segment
-/// row by row (262,144 rows: about 2 s).
-pub fn segment_events_for(max_events: Option<u64>) -> u64 {
-    max_events.map_or(SEGMENT_EVENTS, |max| {
-        (max / 256).clamp(SEGMENT_EVENTS, MAX_SEGMENT_EVENTS)
-    })
+/// The options of the embedded defaults (`config/switchyard.toml`), so that a store
+/// opened without a configuration matches one the server opens.
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions::from(&Config::defaults().store)
+    }
 }
-
-/// The page size of a new file when nothing else is configured (as `store.page_size`
-/// in `config/switchyard.toml`): four times SQLite's own 4096, so a bulk commit makes
-/// a quarter of the WAL writes (docs/benchmarks.md).
-pub const DEFAULT_PAGE_SIZE: u32 = 16384;
 
 pub struct SqliteStore {
     conn: Connection,
@@ -936,20 +915,6 @@ mod tests {
 
     fn size(path: &Path) -> u64 {
         std::fs::metadata(path).map_or(0, |m| m.len())
-    }
-
-    #[test]
-    fn segments_grow_with_a_large_count_limit() {
-        for (max, per) in [
-            (None, SEGMENT_EVENTS),
-            (Some(0), SEGMENT_EVENTS),
-            (Some(1_000_000), SEGMENT_EVENTS),
-            (Some(4 << 20), SEGMENT_EVENTS),
-            (Some(10_000_000), 39_062),
-            (Some(100_000_000), MAX_SEGMENT_EVENTS),
-        ] {
-            assert_eq!(segment_events_for(max), per, "{max:?}");
-        }
     }
 
     fn plan(store: &SqliteStore, sql: &str) -> Vec<String> {
