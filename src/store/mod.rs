@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::config::Retention;
 use crate::config::{Config, StoreKind};
+use crate::error::{ErrorCode, HttpError};
 use crate::protocol::EncodedEvent;
 use crate::routing::pattern::Pattern;
 use crate::routing::Priority;
@@ -158,6 +159,15 @@ pub enum StoreError {
     Corrupt { cursor: u64, message: String },
     #[error("cannot start the store's thread: {source}")]
     Thread { source: std::io::Error },
+}
+
+/// A store failure answering an HTTP request: logged here, shown to the client as
+/// `internal`, since nothing the client sends can fix it.
+impl From<StoreError> for HttpError {
+    fn from(err: StoreError) -> Self {
+        log::error!("store read failed: {err}");
+        HttpError::new(ErrorCode::Internal, format!("store read failed: {err}"))
+    }
 }
 
 /// A backend for the event log.
