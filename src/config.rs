@@ -1,7 +1,9 @@
 //! Configuration: embedded defaults (`config/switchyard.toml`), an optional file, then
 //! `SWITCHYARD_<SECTION>__<KEY>` environment variables, then command-line flags.
 //!
-//! Owns: the typed [`Config`] and its validation. Must not: start anything.
+//! Owns: the typed [`Config`], its validation, and the values derived from it alone
+//! ([`Retention`], [`segment_events_for`]). Must not: start anything, or import another
+//! module of the crate: it is the bottom layer, and the others read it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,17 +1,19 @@
-//! Event storage: a trait and one file per backend.
+//! Event storage: a trait and one module per backend.
 //!
 //! - [`sqlite::SqliteStore`] (default): a WAL-mode SQLite file under `--data-dir`;
 //!   survives restarts, cursors continue where they stopped.
 //! - [`memory::MemoryStore`] (`store.kind = "memory"`): a bounded in-process log.
 //!
-//! The trait is what a shared backend for several router nodes (Redis) implements next:
-//! every method is cursor-based and stateless between calls, so state lives in the
-//! backend, not in the router.
+//! Every method of the trait is cursor-based and stateless between calls, so that
+//! state lives in the backend, not in the router, and a backend shared by several
+//! router nodes can implement it too. The `contract` tests hold every backend to it.
 //!
-//! Owns: persisted events, the cursor high-water mark and retention. Must not: assign
-//! cursors (the router does, in acceptance order) or route anything. Backends are
-//! blocking; they run only on the store actor's own arbiter thread, never on a thread
-//! shared with the router, workers or sessions.
+//! Owns: persisted events, dead letters and durable subscription state, the cursor
+//! high-water mark, and applying a [`Retention`] (whose limits come from `config`).
+//! Must not: assign cursors (the router does, in acceptance order), route anything, or
+//! import from the layers above it (actors, http). Backends are blocking; they run
+//! only on the store actor's own arbiter thread, never on a thread shared with the
+//! router, workers or sessions.
 
 mod checkpoint;
 pub mod memory;
