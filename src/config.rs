@@ -1,7 +1,9 @@
 //! Configuration: embedded defaults (`config/switchyard.toml`), an optional file, then
 //! `SWITCHYARD_<SECTION>__<KEY>` environment variables, then command-line flags.
 //!
-//! Owns: the typed [`Config`] and its validation. Must not: start anything.
+//! Owns: the typed [`Config`], its validation, and the values derived from it alone
+//! ([`Retention`], [`segment_events_for`]). Must not: start anything, or import another
+//! module of the crate: it is the bottom layer, and the others read it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -141,7 +143,7 @@ pub struct StoreConfig {
     /// Page size, in bytes, of a database file the server creates.
     pub page_size: u32,
     /// Cursors per segment table of a database file the server creates; 0 chooses
-    /// from `max_events` ([`crate::store::sqlite::segment_events_for`]).
+    /// from `max_events` ([`segment_events_for`]).
     pub segment_events: u64,
     /// Dead letters kept, newest first (0 = no limit).
     pub max_dead_letters: u64,
@@ -152,15 +154,15 @@ impl StoreConfig {
     /// from the count limit.
     pub fn segment_events(&self) -> u64 {
         if self.segment_events == 0 {
-            crate::store::sqlite::segment_events_for(self.retention().max_events)
+            segment_events_for(self.retention().max_events)
         } else {
             self.segment_events
         }
     }
 
     /// The retention policy these settings describe.
-    pub fn retention(&self) -> crate::store::Retention {
-        crate::store::Retention {
+    pub fn retention(&self) -> Retention {
+        Retention {
             max_events: (self.max_events > 0).then_some(self.max_events),
             max_age: (self.max_age_secs > 0).then(|| Duration::from_secs(self.max_age_secs)),
         }
@@ -170,6 +172,36 @@ impl StoreConfig {
     pub fn max_dead_letters(&self) -> Option<u64> {
         (self.max_dead_letters > 0).then_some(self.max_dead_letters)
     }
+}
+
+/// How much of the event log to keep; either limit may be off. A backend may keep
+/// slightly fewer than `max_events` (SQLite counts by cursor range), never more once
+/// retention has run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub max_events: Option<u64>,
+    pub max_age: Option<Duration>,
+}
+
+/// Cursors per segment table of a new SQLite file when the count limit is small or off.
+pub const DEFAULT_SEGMENT_EVENTS: u64 = 16384;
+
+/// The smallest `store.segment_events`: below it the tables multiply, and SQLite
+/// reloads its schema at each one created or dropped.
+pub const MIN_SEGMENT_EVENTS: u64 = 1024;
+
+/// The largest `store.segment_events`, and the most [`segment_events_for`] chooses:
+/// retention deletes up to one segment row by row in a pass.
+pub const MAX_SEGMENT_EVENTS: u64 = 262_144;
+
+/// Cursors per segment for a log limited to `max_events`: [`DEFAULT_SEGMENT_EVENTS`],
+/// or a 256th of the limit when that is larger, up to [`MAX_SEGMENT_EVENTS`]. SQLite
+/// reloads its schema at every table created or dropped, and that costs more the more
+/// tables there are, so a large limit gets fewer, larger segments.
+pub fn segment_events_for(max_events: Option<u64>) -> u64 {
+    max_events.map_or(DEFAULT_SEGMENT_EVENTS, |max| {
+        (max / 256).clamp(DEFAULT_SEGMENT_EVENTS, MAX_SEGMENT_EVENTS)
+    })
 }
 
 /// A configuration that cannot be used. The message names the key.
@@ -293,8 +325,7 @@ impl Config {
                 "must be a power of two from 512 to 65536",
             );
         }
-        let segments =
-            crate::store::sqlite::MIN_SEGMENT_EVENTS..=crate::store::sqlite::MAX_SEGMENT_EVENTS;
+        let segments = MIN_SEGMENT_EVENTS..=MAX_SEGMENT_EVENTS;
         if self.store.segment_events != 0 && !segments.contains(&self.store.segment_events) {
             return invalid(
                 "store.segment_events",
@@ -357,7 +388,7 @@ mod tests {
         assert_eq!(c.server.listen, "127.0.0.1:9090".parse().unwrap());
         assert_eq!(c.limits.max_event_bytes, 1 << 20);
         assert_eq!(c.limits.max_frame_bytes, 16 << 20);
-        assert_eq!(c.store.page_size, crate::store::sqlite::DEFAULT_PAGE_SIZE);
+        assert_eq!(c.store.page_size, 16384);
     }
 
     #[test]
@@ -429,6 +460,20 @@ mod tests {
         for good in [512, 4096, 65536] {
             let c = load(&format!("[store]\npage_size = {good}\n")).unwrap();
             assert_eq!(c.store.page_size, good);
+        }
+    }
+
+    #[test]
+    fn segments_grow_with_a_large_count_limit() {
+        for (max, per) in [
+            (None, DEFAULT_SEGMENT_EVENTS),
+            (Some(0), DEFAULT_SEGMENT_EVENTS),
+            (Some(1_000_000), DEFAULT_SEGMENT_EVENTS),
+            (Some(4 << 20), DEFAULT_SEGMENT_EVENTS),
+            (Some(10_000_000), 39_062),
+            (Some(100_000_000), MAX_SEGMENT_EVENTS),
+        ] {
+            assert_eq!(segment_events_for(max), per, "{max:?}");
         }
     }
 

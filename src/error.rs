@@ -124,12 +124,6 @@ impl HttpError {
     pub fn store_unavailable(err: actix::MailboxError) -> Self {
         Self::new(ErrorCode::Internal, format!("store unavailable: {err}"))
     }
-
-    /// The store failed to answer a read.
-    pub fn store(err: crate::store::StoreError) -> Self {
-        log::error!("store read failed: {err}");
-        Self::new(ErrorCode::Internal, format!("store read failed: {err}"))
-    }
 }
 
 impl ResponseError for HttpError {

@@ -93,7 +93,7 @@ pub async fn stats(state: web::Data<AppState>, _caller: Caller) -> Result<HttpRe
         .send(store::Stats)
         .await
         .map_err(HttpError::store_unavailable)?
-        .map_err(HttpError::store)?;
+        .map_err(HttpError::from)?;
     stats["store"] = serde_json::to_value(store).unwrap_or_default();
     Ok(HttpResponse::Ok().json(stats))
 }
@@ -201,7 +201,7 @@ pub async fn events(
         .send(store::Query { query })
         .await
         .map_err(HttpError::store_unavailable)?
-        .map_err(HttpError::store)?;
+        .map_err(HttpError::from)?;
     // Events outside the caller's grant are left out of the page.
     if caller.read_grant().is_some() {
         events.retain(|e| caller.may_read(&e.event.topic));
@@ -309,7 +309,7 @@ pub async fn dead_letters(
         .send(store::ListDeadLetters { after, limit })
         .await
         .map_err(HttpError::store_unavailable)?
-        .map_err(HttpError::store)?;
+        .map_err(HttpError::from)?;
     let rows: Vec<Value> = list.iter().map(|d| d.to_json()).collect();
     Ok(HttpResponse::Ok().json(rows))
 }
@@ -340,7 +340,7 @@ pub async fn retry_dead_letter(
         .send(store::GetDeadLetter { id })
         .await
         .map_err(HttpError::store_unavailable)?
-        .map_err(HttpError::store)?
+        .map_err(HttpError::from)?
         .ok_or_else(|| no_dead_letter(id))?;
     let find = router::FindSubscription {
         connection_id: dl.connection_id,
@@ -385,7 +385,7 @@ pub async fn retry_dead_letter(
         .send(store::TakeDeadLetter { id })
         .await
         .map_err(HttpError::store_unavailable)?
-        .map_err(HttpError::store)?;
+        .map_err(HttpError::from)?;
     Ok(HttpResponse::Ok().json(body))
 }
 
@@ -401,7 +401,7 @@ pub async fn delete_dead_letter(
         .send(store::TakeDeadLetter { id })
         .await
         .map_err(HttpError::store_unavailable)?
-        .map_err(HttpError::store)?;
+        .map_err(HttpError::from)?;
     match taken {
         Some(_) => Ok(HttpResponse::NoContent().finish()),
         None => Err(no_dead_letter(id)),

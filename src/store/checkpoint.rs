@@ -2,10 +2,10 @@
 //!
 //! SQLite's automatic checkpoint runs inside the commit that crosses its threshold: that
 //! commit copies megabytes from the WAL into the database file and waits for two
-//! fsyncs, and every publish waiting on it waits too (issue 6, scenario 6: about half
-//! of the store thread's wall time). Here the writer's automatic checkpoint is off and
-//! a thread of its own, with its own connection, checkpoints in `PASSIVE` mode (it never
-//! blocks the writer) each time the writer has appended [`CHECKPOINT_BYTES`].
+//! fsyncs, and every publish waiting on it waits too. Here the writer's automatic
+//! checkpoint is off and a thread of its own, with its own connection, checkpoints in
+//! `PASSIVE` mode (it never blocks the writer) each time the writer has appended
+//! [`CHECKPOINT_BYTES`].
 //!
 //! A passive checkpoint that runs while the writer keeps appending never quite catches
 //! up, and the WAL only starts over from its beginning once every frame in it has been
@@ -14,7 +14,8 @@
 //! the last background pass, and the next commit starts the WAL over. If the thread is
 //! still busy by twice that, the writer waits for it: the WAL stays bounded.
 //!
-//! Owns: the checkpoint thread and its connection. Must not: write rows.
+//! Owns: the checkpoint thread and its connection, and when the writer catches up.
+//! Must not: write rows.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

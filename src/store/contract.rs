@@ -1,4 +1,7 @@
 //! The contract every backend must pass. Each test runs against every backend.
+//!
+//! Owns: the behaviour callers may rely on whatever the backend. Must not: look inside
+//! one backend (its own tests, beside it, do).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,10 +1,12 @@
 //! The in-memory backend: a log in cursor order, gone on restart.
 //!
 //! The log keeps each event's envelope (shared with the in-flight [`EncodedEvent`], not
-//! copied) and the three fields queries filter on, not the decoded event: that would
-//! nearly double what a retained event costs (about 1.6 KB of resident memory instead
-//! of 0.9 KB for a 256-byte payload), and the default retention is a million events. Queries decode
-//! the envelopes they return, as the SQLite backend does.
+//! copied) and the three fields queries filter on, not the decoded event, which would
+//! nearly double what a retained event costs when the default retention is a million
+//! events. Queries decode the envelopes they return, as the SQLite backend does.
+//!
+//! Owns: the in-process log, dead letters and durable state. Must not: decide
+//! retention limits or when they apply (the store actor does), or assign cursors.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -49,8 +51,8 @@ pub struct MemoryStore {
     last_dead_letter: u64,
 }
 
-/// The most log slots reserved up front (≈300 MB of address space at 72 bytes per
-/// slot); a larger `store.max_events` grows past it by doubling.
+/// The most log slots reserved up front, so that a huge `store.max_events` does not
+/// reserve address space it may never use; a larger log grows past it by doubling.
 const MAX_RESERVED_EVENTS: u64 = 1 << 22;
 
 impl MemoryStore {
@@ -60,11 +62,11 @@ impl MemoryStore {
 
     /// A store whose log has room for `max_events` (at most `MAX_RESERVED_EVENTS`)
     /// from the start, plus an eighth: the store actor enforces a count limit only
-    /// every tenth of it, so the log holds up to ~10 % more (and a doubling past the
+    /// every tenth of it, so the log holds up to a tenth more (and a doubling past the
     /// reservation would copy the whole log once). The slots are address space until
     /// written, so this costs no resident memory up front; what it saves is the log's
-    /// doubling as it fills: at half a million events one doubling copies ~36 MB on the
-    /// store thread, and every commit (so every `published`) waits behind it.
+    /// doubling as it fills, which copies the whole log on the store thread while
+    /// every commit (so every `published`) waits behind it.
     pub fn with_capacity(max_events: Option<u64>) -> Self {
         let reserve =
             max_events.map_or(0, |n| n.saturating_add(n / 8).min(MAX_RESERVED_EVENTS)) as usize;
@@ -270,7 +272,7 @@ mod tests {
         assert_eq!(
             std::mem::size_of::<Stored>(),
             72,
-            "the slot size the docs quote"
+            "the slot size docs/architecture.md quotes"
         );
         assert_eq!(MemoryStore::with_capacity(None).events.capacity(), 0);
         let huge = MemoryStore::with_capacity(Some(u64::MAX));

@@ -1,17 +1,19 @@
-//! Event storage: a trait and one file per backend.
+//! Event storage: a trait and one module per backend.
 //!
 //! - [`sqlite::SqliteStore`] (default): a WAL-mode SQLite file under `--data-dir`;
 //!   survives restarts, cursors continue where they stopped.
 //! - [`memory::MemoryStore`] (`store.kind = "memory"`): a bounded in-process log.
 //!
-//! The trait is what a shared backend for several router nodes (Redis) implements next:
-//! every method is cursor-based and stateless between calls, so state lives in the
-//! backend, not in the router.
+//! Every method of the trait is cursor-based and stateless between calls, so that
+//! state lives in the backend, not in the router, and a backend shared by several
+//! router nodes can implement it too. The `contract` tests hold every backend to it.
 //!
-//! Owns: persisted events, the cursor high-water mark and retention. Must not: assign
-//! cursors (the router does, in acceptance order) or route anything. Backends are
-//! blocking; they run only on the store actor's own arbiter thread, never on a thread
-//! shared with the router, workers or sessions.
+//! Owns: persisted events, dead letters and durable subscription state, the cursor
+//! high-water mark, and applying a [`Retention`] (whose limits come from `config`).
+//! Must not: assign cursors (the router does, in acceptance order), route anything, or
+//! import from the layers above it (actors, http). Backends are blocking; they run
+//! only on the store actor's own arbiter thread, never on a thread shared with the
+//! router, workers or sessions.
 
 mod checkpoint;
 pub mod memory;
@@ -21,12 +23,13 @@ pub mod sqlite;
 mod contract;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::Retention;
 use crate::config::{Config, StoreKind};
+use crate::error::{ErrorCode, HttpError};
 use crate::protocol::EncodedEvent;
 use crate::protocol::Priority;
 use crate::routing::pattern::Pattern;
@@ -145,14 +148,6 @@ impl NewDeadLetter {
     }
 }
 
-/// How much to keep. Either limit may be off. A backend may keep slightly fewer than
-/// `max_events` (SQLite counts by cursor range), never more once retention has run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Retention {
-    pub max_events: Option<u64>,
-    pub max_age: Option<Duration>,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot use data directory {path}: {source}")]
@@ -166,6 +161,15 @@ pub enum StoreError {
     Corrupt { cursor: u64, message: String },
     #[error("cannot start the store's thread: {source}")]
     Thread { source: std::io::Error },
+}
+
+/// A store failure answering an HTTP request: logged here, shown to the client as
+/// `internal`, since nothing the client sends can fix it.
+impl From<StoreError> for HttpError {
+    fn from(err: StoreError) -> Self {
+        log::error!("store read failed: {err}");
+        HttpError::new(ErrorCode::Internal, format!("store read failed: {err}"))
+    }
 }
 
 /// A backend for the event log.
@@ -254,11 +258,7 @@ pub fn open(config: &Config) -> Result<Box<dyn EventStore>, StoreError> {
         ))),
         StoreKind::Sqlite => Ok(Box::new(sqlite::SqliteStore::open_in(
             &config.server.data_dir,
-            &sqlite::SqliteOptions {
-                synchronous_full: config.store.synchronous_full,
-                page_size: config.store.page_size,
-                segment_events: config.store.segment_events(),
-            },
+            &sqlite::SqliteOptions::from(&config.store),
         )?)),
     }
 }

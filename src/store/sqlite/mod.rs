@@ -1,0 +1,223 @@
+//! The SQLite backend (default): one WAL-mode database file, `events.db`, under the data
+//! directory. Appends are one transaction per batch (the store actor groups many
+//! publishes into one batch), so durable ingest pays one fsync per batch. WAL
+//! checkpoints run on a thread of their own (`store::checkpoint`), not inside
+//! commits. The log is a run of segment tables, so that retention drops tables instead
+//! of deleting rows one by one.
+//!
+//! - this file: the options, opening the file, and the [`EventStore`] impl, which
+//!   hands each method to the file of its concern;
+//! - `schema`: the tables and the writer connection's settings;
+//! - `segments`: which table holds which cursors, and the row counts kept per segment;
+//! - `append` and `reads`: writing and reading the log;
+//! - `retention`: deleting what the retention limits no longer keep;
+//! - `dead_letters` and `durable`: dead letters and durable subscription state, in
+//!   tables of their own beside the log.
+//!
+//! Owns: the database file and every statement run on it but checkpoints. Must not:
+//! decide retention limits or when they apply (the store actor does), or assign
+//! cursors.
+
+mod append;
+mod dead_letters;
+mod durable;
+mod reads;
+mod retention;
+mod schema;
+mod segments;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use rusqlite::Connection;
+
+use self::segments::Segments;
+use super::checkpoint::{self, Checkpointer};
+use super::{
+    DeadLetter, DurableState, EventQuery, EventStore, NewDeadLetter, Order, Retention, StoreError,
+    StoreStats,
+};
+use crate::config::{Config, StoreConfig};
+use crate::protocol::EncodedEvent;
+
+/// How the database file is opened (`[store]` in the configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// Every commit survives power loss (`synchronous = FULL`); otherwise a commit
+    /// survives a crash of the process, not of the machine.
+    pub synchronous_full: bool,
+    /// Page size of a file this creates (a power of two, 512 to 65536); an existing
+    /// file keeps its own. Larger pages mean fewer writes per event under bulk ingest,
+    /// but every commit rewrites at least one whole page.
+    pub page_size: u32,
+    /// Cursors per segment table of a file this creates; an existing file keeps its
+    /// own. The server sets it from the count limit with
+    /// [`segment_events_for`](crate::config::segment_events_for).
+    pub segment_events: u64,
+}
+
+impl From<&StoreConfig> for SqliteOptions {
+    fn from(config: &StoreConfig) -> Self {
+        SqliteOptions {
+            synchronous_full: config.synchronous_full,
+            page_size: config.page_size,
+            segment_events: config.segment_events(),
+        }
+    }
+}
+
+/// The options of the embedded defaults (`config/switchyard.toml`), so that a store
+/// opened without a configuration matches one the server opens.
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions::from(&Config::defaults().store)
+    }
+}
+
+pub struct SqliteStore {
+    conn: Connection,
+    checkpointer: Checkpointer,
+    segments: Segments,
+    /// Rows per segment (same keys as `segments.tables`), kept by appends and
+    /// retention; their sum is the event count. `count(*)` reads every page it
+    /// counts, and `/api/stats` asks for the count each time the dashboard polls.
+    rows: BTreeMap<u64, u64>,
+    /// Segments whose row count is recorded in `meta`
+    /// ([`segments::record_segment`]): those the log has moved past. Opening the file
+    /// reads their counts instead of counting, so only the newest segment is counted.
+    recorded: BTreeSet<u64>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `events.db` in `dir`.
+    pub fn open_in(dir: &Path, options: &SqliteOptions) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        Self::open(&dir.join("events.db"), options)
+    }
+
+    pub fn open(path: &Path, options: &SqliteOptions) -> Result<SqliteStore, StoreError> {
+        Self::open_with(path, options, checkpoint::CHECKPOINT_BYTES)
+    }
+
+    fn open_with(
+        path: &Path,
+        options: &SqliteOptions,
+        checkpoint_bytes: usize,
+    ) -> Result<SqliteStore, StoreError> {
+        let mut conn = schema::connect(path, options)?;
+        let segments = Segments::load(&conn, options.segment_events)?;
+        let (rows, recorded) = segments::count_rows(&mut conn, &segments)?;
+        let checkpointer = Checkpointer::start(path, options.synchronous_full, checkpoint_bytes)?;
+        Ok(SqliteStore {
+            conn,
+            checkpointer,
+            segments,
+            rows,
+            recorded,
+        })
+    }
+}
+
+fn decode(cursor: u64, envelope: &str) -> Result<Arc<EncodedEvent>, StoreError> {
+    super::decode_envelope(cursor, envelope.into())
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl EventStore for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn last_cursor(&self) -> Result<u64, StoreError> {
+        self.last_cursor_ever()
+    }
+
+    fn recent_ids(&self, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
+        self.newest_ids(limit)
+    }
+
+    fn append(&mut self, events: &[Arc<EncodedEvent>]) -> Result<(), StoreError> {
+        self.append_batch(events)
+    }
+
+    fn query(&self, q: &EventQuery) -> Result<Vec<Arc<EncodedEvent>>, StoreError> {
+        self.run_query(q)
+    }
+
+    fn stats(&self) -> Result<StoreStats, StoreError> {
+        // Primary-key searches; the count is kept, not counted.
+        Ok(StoreStats {
+            kind: self.kind(),
+            event_count: self.rows.values().sum(),
+            dead_letters: self.dead_letter_count()?,
+            first_cursor: self.edge_cursor(Order::Asc)?,
+            last_cursor: self.edge_cursor(Order::Desc)?,
+            dead_letters_evicted: 0,
+        })
+    }
+
+    fn apply_retention(&mut self, retention: &Retention) -> Result<u64, StoreError> {
+        self.retain(retention)
+    }
+
+    fn add_dead_letter(&mut self, dl: NewDeadLetter) -> Result<DeadLetter, StoreError> {
+        dead_letters::add(&self.conn, dl)
+    }
+
+    fn dead_letters(&self, after: u64, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        dead_letters::list(&self.conn, after, limit)
+    }
+
+    fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        dead_letters::get(&self.conn, id)
+    }
+
+    fn take_dead_letter(&mut self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        dead_letters::take(&mut self.conn, id)
+    }
+
+    fn trim_dead_letters(&mut self, max: u64) -> Result<u64, StoreError> {
+        dead_letters::trim(&self.conn, max)
+    }
+
+    fn dead_letter_count(&self) -> Result<u64, StoreError> {
+        dead_letters::count(&self.conn)
+    }
+
+    fn durable_open(
+        &mut self,
+        principal: &str,
+        name: &str,
+        floor: u64,
+    ) -> Result<DurableState, StoreError> {
+        durable::open(&mut self.conn, principal, name, floor)
+    }
+
+    fn durable_ack(
+        &mut self,
+        principal: &str,
+        name: &str,
+        cursors: &[u64],
+    ) -> Result<(), StoreError> {
+        durable::ack(&mut self.conn, principal, name, cursors)
+    }
+
+    fn durable_set_floor(
+        &mut self,
+        principal: &str,
+        name: &str,
+        floor: u64,
+    ) -> Result<(), StoreError> {
+        durable::set_floor(&mut self.conn, principal, name, floor)
+    }
+}

@@ -1,0 +1,88 @@
+//! The tables of the database file and the settings of the writer's connection.
+//!
+//! Owns: the `CREATE` statements, the pragmas, and dropping the index an older file
+//! still has. Must not: read or write rows (an older file's `events` table is read as a
+//! segment; see `segments`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use super::SqliteOptions;
+use crate::store::checkpoint;
+use crate::store::StoreError;
+
+/// Every table but the log's segments, which are created as the log reaches them
+/// ([`create_segment`]).
+const SCHEMA: &str = "
+-- Retention by age walks a segment's primary key (see `retention`): an index on
+-- stored_ms cost each insert a second B-tree and is dropped from older files.
+DROP INDEX IF EXISTS events_stored;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    subscription_id TEXT    NOT NULL,
+    connection_id   INTEGER NOT NULL,
+    reason          TEXT    NOT NULL,
+    attempts        INTEGER NOT NULL,
+    dead_at         TEXT    NOT NULL,
+    envelope        TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS durable_subscriptions (
+    principal TEXT    NOT NULL,
+    name      TEXT    NOT NULL,
+    floor     INTEGER NOT NULL,
+    PRIMARY KEY (principal, name)
+);
+CREATE TABLE IF NOT EXISTS durable_acks (
+    principal TEXT    NOT NULL,
+    name      TEXT    NOT NULL,
+    cursor    INTEGER NOT NULL,
+    PRIMARY KEY (principal, name, cursor)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+";
+
+/// One segment of the log: the table `name`, with the columns of the single `events`
+/// table of files from before segments.
+pub(super) fn create_segment(name: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {name} (
+            cursor    INTEGER PRIMARY KEY,
+            id        TEXT    NOT NULL,
+            topic     TEXT    NOT NULL,
+            type      TEXT    NOT NULL,
+            priority  TEXT    NOT NULL,
+            stored_ms INTEGER NOT NULL,
+            envelope  TEXT    NOT NULL
+        )"
+    )
+}
+
+/// Opens the writer's connection to `path` and creates the tables it lacks.
+pub(super) fn connect(path: &Path, options: &SqliteOptions) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    // Takes effect only while the file is new (before the first table exists).
+    conn.pragma_update(None, "page_size", options.page_size)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // Checkpoints are the checkpoint thread's job, and the writer's between commits.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.pragma_update(None, "journal_size_limit", checkpoint::WAL_SIZE_LIMIT)?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        if options.synchronous_full {
+            "FULL"
+        } else {
+            "NORMAL"
+        },
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.execute_batch(SCHEMA)?;
+    // Reads and appends name one statement per segment.
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
