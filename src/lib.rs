@@ -2,27 +2,34 @@
 //!
 //! An actor-based priority event router. Agents and services publish JSON events over
 //! WebSocket; subscribers receive them live, filtered by pattern or fields, highest
-//! priority first. The wire contract is `PROTOCOL.md`; the flow of one event is in
+//! priority first. The wire contract is `docs/protocol.md`; the flow of one event is in
 //! `docs/architecture.md`.
 //!
 //! # Layout
 //!
-//! - [`server`]: starts the actors and the HTTP server, and runs graceful shutdown.
-//! - [`actors`]: the router, delivery workers, the store actor and per-connection sessions.
-//! - [`delivery`]: delivery state machines: waiting queues, replay, ack tracking.
-//! - [`http`]: routes, the JSON API, and the web dashboard embedded in the binary.
-//! - [`auth`]: bearer tokens and JWTs, principals and their topic grants.
-//! - [`client`]: an async Rust client of the wire protocol, with reconnect and resume.
-//! - [`cli`]: the client commands of the binary (`publish`, `tail`).
-//! - [`protocol`]: the event envelope, client commands and server replies.
-//! - [`routing`]: pure policy: priorities, topic patterns, filters, CEL conditions,
-//!   coalesce keys, subscription specs and the topic-prefix subscription index.
-//! - [`store`]: the event log and dead letters: a storage trait, SQLite and memory backends.
-//! - [`metrics`]: shared counters behind `/api/stats` and `/metrics`.
-//! - [`rate_limit`]: the per-connection publish budget (a token bucket).
-//! - [`config`]: layered configuration with embedded defaults.
-//! - [`tls`]: optional TLS (rustls) from PEM files.
+//! Lowest layer first; a module names only modules of the layers below its own
+//! (`tests/layers.rs` checks this). `error`, `tls` and `client` form the lowest layer,
+//! `auth`, `rate_limit` and `overload` one layer; they do not name each other.
+//!
 //! - [`error`]: typed errors and their stable wire codes.
+//! - [`tls`]: optional TLS (rustls) from PEM files.
+//! - [`client`]: an async Rust client of the wire protocol, with reconnect and resume.
+//! - [`config`]: layered configuration with embedded defaults.
+//! - [`protocol`]: wire types: envelope, commands, replies, priorities, topic names.
+//! - [`routing`]: pure matching: patterns, filters, CEL, coalesce keys, specs, the index.
+//! - [`metrics`]: shared counters behind `/api/stats` and `/metrics`.
+//! - [`delivery`]: pure per-subscriber state: waiting queues, replay, acks, coalescing.
+//! - [`store`]: the event log, dead letters, durable state: a trait, SQLite and memory.
+//! - [`auth`]: bearer tokens and JWTs, principals and their topic grants.
+//! - [`rate_limit`]: the per-connection publish budget (a token bucket).
+//! - [`overload`]: low-priority admission while urgent deliveries run late.
+//! - [`actors`]: router, store actor, delivery workers, sessions, and the publish path.
+//! - [`http`]: routes, the JSON API, the WebSocket upgrade and the embedded dashboard.
+//! - [`server`]: starts the actors and the HTTP server, and runs graceful shutdown.
+//!
+//! The binary (`src/main.rs`) sits on top: it parses the command line and configuration
+//! and calls [`run`]; its own `cli` module holds the client commands (`publish`, `tail`,
+//! `bench`), which speak the wire protocol through [`client`].
 
 pub mod actors;
 pub mod auth;
