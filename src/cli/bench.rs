@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::rt::time::{sleep, sleep_until, Instant, Sleep};
-use awc::ws::{Codec, Frame, Message};
+use awc::ws::{Frame, Message};
 use bytes::Bytes;
 use futures_util::future::{join_all, select, Either};
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -44,7 +44,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 /// An open WebSocket connection.
-pub type Conn = actix_codec::Framed<awc::BoxedSocket, Codec>;
+pub type Conn = crate::client::socket::WsConnection;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -200,17 +200,9 @@ pub fn check_local(url: &str) -> Result<(), BenchError> {
 
 /// Opens a WebSocket, with `Authorization: Bearer` when a token is given.
 pub async fn connect(url: &str, token: Option<&str>) -> Result<Conn, BenchError> {
-    let mut req = crate::client::socket::http_client(Duration::from_secs(10))
-        .ws(url)
-        .max_frame_size(64 << 20);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let (_, conn) = req
-        .connect()
+    crate::client::socket::open_ws(url, token)
         .await
-        .map_err(|e| BenchError::Connection(format!("cannot connect to {url}: {e}")))?;
-    Ok(conn)
+        .map_err(|e| BenchError::Connection(format!("cannot connect to {url}: {e}")))
 }
 
 /// The next text frame, answering pings; `None` when `timer` fires first.
