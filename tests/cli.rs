@@ -350,6 +350,36 @@ async fn bench_critical_lane_and_idle_connections() {
     server.stop().await;
 }
 
+/// `bench --replay` reads the whole stored log back and counts it.
+#[actix_rt::test]
+async fn bench_replay_reads_the_stored_log() {
+    let server = TestServer::start().await;
+    let mut c = server.ws().await;
+    let events: Vec<_> = (0..250)
+        .map(|i| json!({"topic": "replay.me", "payload": {"i": i}}))
+        .collect();
+    let reply = c
+        .request(json!({"type": "publish_batch", "events": events}))
+        .await;
+    assert_eq!(reply["results"].as_array().unwrap().len(), 250, "{reply}");
+    let mut cmd = switchyard();
+    cmd.args([
+        "bench",
+        "--url",
+        &server.ws_url("/ws"),
+        "--replay",
+        "--json",
+    ]);
+    let out = run_to_end(cmd, None).await;
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    assert_eq!(report["mode"], "replay", "{report}");
+    assert_eq!(report["replayed"], 250, "{report}");
+    assert_eq!(report["last_cursor"], 250, "{report}");
+    assert_eq!(report["dropped"], 0, "{report}");
+    server.stop().await;
+}
+
 #[actix_rt::test]
 async fn publish_and_tail_commands() {
     let server = TestServer::start().await;

@@ -15,7 +15,8 @@
 //! on the same machine and load. `--idle-connections N` opens N
 //! connections that only answer pings and reports the server's resident memory before
 //! and with them (from its `/metrics`).
-//! `--in-process` starts a router with the memory store on 127.0.0.1:0 in this process
+//! `--replay` publishes nothing: it reads the whole stored log back from cursor 0 and
+//! reports how fast it came. `--in-process` starts a router with the memory store on 127.0.0.1:0 in this process
 //! (the figures then include the client's work on the same cores). The run stops at
 //! `--events` (or `--duration-secs`) and never outlives `--timeout-secs`.
 //!
@@ -105,6 +106,10 @@ pub struct BenchArgs {
     /// resident memory per connection (read from its `/metrics`).
     #[arg(long, default_value_t = 0)]
     pub idle_connections: u64,
+    /// Publish nothing: subscribe to everything from cursor 0 and time the replay of
+    /// the stored log until `replay_complete` (against `--url`, which must hold events).
+    #[arg(long, conflicts_with = "in_process")]
+    pub replay: bool,
     /// Print only one JSON report.
     #[arg(long)]
     pub json: bool,
@@ -867,6 +872,9 @@ pub async fn run(mut args: BenchArgs) -> Result<bool, BenchError> {
     };
     let began = Instant::now();
     let deadline = began + Duration::from_secs(args.timeout_secs);
+    if args.replay {
+        return replay(&args, deadline).await;
+    }
     let token = args.token.clone();
     let events = if args.duration_secs.is_some() {
         CRITICAL_SEQ
@@ -936,6 +944,7 @@ pub async fn run(mut args: BenchArgs) -> Result<bool, BenchError> {
         })
     });
     let start = Instant::now();
+    let setup = start.duration_since(began).as_secs_f64();
     // The critical lane runs on a thread of its own: sharing the flood publishers'
     // thread, its replies waited behind theirs and the generator measured itself.
     let load_done = Arc::new(AtomicBool::new(false));
@@ -1072,6 +1081,7 @@ pub async fn run(mut args: BenchArgs) -> Result<bool, BenchError> {
     let delivered: u64 = subs.iter().map(|s| s.received).sum();
     let dropped: u64 = subs.iter().map(|s| s.dropped).sum();
     let bytes: u64 = subs.iter().map(|s| s.bytes).sum();
+    let per_subscriber = subs.iter().map(|s| s.received);
     let rejected: u64 = errors.values().sum();
     let problems: Vec<String> = pubs
         .iter()
@@ -1090,12 +1100,14 @@ pub async fn run(mut args: BenchArgs) -> Result<bool, BenchError> {
         "published": accepted, "publish_rate": (accepted as f64 / pub_secs).round(),
         "delivered": delivered, "delivered_rate": (delivered as f64 / sub_secs).round(),
         "delivered_mb_per_s": ((bytes as f64 / sub_secs / 1e6) * 10.0).round() / 10.0,
+        "delivered_per_subscriber": {"min": per_subscriber.clone().min(), "max": per_subscriber.max()},
         "dropped": dropped, "rejected": rejected, "errors": errors,
         "publish_latency_us": summary(&pub_latency),
         "end_to_end_latency_us": summary(&e2e),
         "end_to_end_latency_us_by_priority": e2e_by_priority,
         "idle": idle,
         "seconds": (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        "setup_seconds": (setup * 1000.0).round() / 1000.0,
         "problems": problems,
     });
     if args.json {
@@ -1104,6 +1116,67 @@ pub async fn run(mut args: BenchArgs) -> Result<bool, BenchError> {
         print_report(&report);
     }
     Ok(rejected == 0 && problems.is_empty())
+}
+
+/// `--replay`: subscribes to everything from cursor 0 and counts events until
+/// `replay_complete`: how fast a subscriber catches up on the whole stored log.
+async fn replay(args: &BenchArgs, deadline: Instant) -> Result<bool, BenchError> {
+    let mut ws = connect(&args.url, args.token.as_deref()).await?;
+    let subscribe = json!({"type": "subscribe", "subscription": {"type": "all", "from_cursor": 0}});
+    let start = Instant::now();
+    ws.send(Message::Text(subscribe.to_string().into()))
+        .await
+        .map_err(|e| BenchError::Connection(e.to_string()))?;
+    let mut timer = pin!(sleep_until(deadline));
+    let (mut replayed, mut dropped, mut bytes) = (0u64, 0u64, 0u64);
+    let (mut complete, mut last_cursor, mut problem) = (false, None, None);
+    while !complete && problem.is_none() {
+        match next_text(&mut ws, &mut timer).await {
+            Ok(Some(b)) if b.starts_with(EVENT) => {
+                replayed += 1;
+                bytes += b.len() as u64;
+            }
+            Ok(Some(b)) => {
+                let msg: Value = serde_json::from_slice(&b).unwrap_or_default();
+                match msg["type"].as_str() {
+                    Some("subscribed") => {}
+                    Some("dropped") => dropped += msg["count"].as_u64().unwrap_or(0),
+                    Some("replay_complete") => {
+                        complete = true;
+                        last_cursor = msg["last_cursor"].as_u64();
+                    }
+                    _ => problem = Some(format!("unexpected message: {msg}")),
+                }
+            }
+            Ok(None) => problem = Some("timed out".to_owned()),
+            Err(e) => problem = Some(e),
+        }
+    }
+    let secs = start.elapsed().as_secs_f64().max(1e-9);
+    let _ = ws.send(Message::Close(None)).await;
+    let report = json!({
+        "mode": "replay", "replayed": replayed, "replay_rate": (replayed as f64 / secs).round(),
+        "replayed_mb_per_s": ((bytes as f64 / secs / 1e6) * 10.0).round() / 10.0,
+        "last_cursor": last_cursor, "dropped": dropped,
+        "seconds": (secs * 1000.0).round() / 1000.0, "problems": problem.as_slice(),
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!(
+            "replayed   {} events at {} events/s, {} MB/s; last cursor {}, {} dropped",
+            report["replayed"],
+            report["replay_rate"],
+            report["replayed_mb_per_s"],
+            report["last_cursor"],
+            report["dropped"]
+        );
+        println!("wall time  {} s", report["seconds"]);
+        if let Some(p) = &problem {
+            println!("problem: {p}");
+        }
+    }
+    Ok(problem.is_none() && dropped == 0)
 }
 
 fn print_report(r: &Value) {
@@ -1122,6 +1195,13 @@ fn print_report(r: &Value) {
         "delivered  {} events at {} events/s, {} MB/s; {} dropped",
         r["delivered"], r["delivered_rate"], r["delivered_mb_per_s"], r["dropped"]
     );
+    let spread = &r["delivered_per_subscriber"];
+    if !spread["min"].is_null() {
+        println!(
+            "           per subscriber: min {} max {}",
+            spread["min"], spread["max"]
+        );
+    }
     println!(
         "publish → reply latency (µs, per command): {}",
         l("publish_latency_us")
@@ -1150,7 +1230,10 @@ fn print_report(r: &Value) {
             idle["rss_per_connection_bytes"], idle["closed_by_server"]
         );
     }
-    println!("wall time  {} s", r["seconds"]);
+    println!(
+        "wall time  {} s ({} s of setup before)",
+        r["seconds"], r["setup_seconds"]
+    );
     for p in r["problems"].as_array().into_iter().flatten() {
         println!("problem: {p}");
     }
