@@ -13,7 +13,6 @@
 //! - [`http`]: routes, the JSON API, and the web dashboard embedded in the binary.
 //! - [`auth`]: bearer tokens and JWTs, principals and their topic grants.
 //! - [`client`]: an async Rust client of the wire protocol, with reconnect and resume.
-//! - [`cli`]: the client commands of the binary (`publish`, `tail`).
 //! - [`protocol`]: the event envelope, client commands and server replies.
 //! - [`routing`]: pure policy: priorities, topic patterns, filters, CEL conditions,
 //!   coalesce keys, subscription specs and the topic-prefix subscription index.
@@ -26,7 +25,6 @@
 
 pub mod actors;
 pub mod auth;
-pub mod cli;
 pub mod client;
 pub mod config;
 pub mod delivery;

@@ -45,7 +45,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 /// An open WebSocket connection.
-pub type Conn = crate::client::socket::WsConnection;
+pub type Conn = switchyard::client::socket::WsConnection;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -205,7 +205,7 @@ pub fn check_local(url: &str) -> Result<(), BenchError> {
 
 /// Opens a WebSocket, with `Authorization: Bearer` when a token is given.
 pub async fn connect(url: &str, token: Option<&str>) -> Result<Conn, BenchError> {
-    crate::client::socket::open_ws(url, token)
+    switchyard::client::socket::open_ws(url, token)
         .await
         .map_err(|e| BenchError::Connection(format!("cannot connect to {url}: {e}")))
 }
@@ -838,14 +838,14 @@ fn start_in_process() -> Result<(String, tokio::sync::oneshot::Sender<()>), Benc
     let addr = listener
         .local_addr()
         .map_err(|e| BenchError::Server(e.to_string()))?;
-    let mut config = crate::config::Config::defaults();
-    config.store.kind = crate::config::StoreKind::Memory;
+    let mut config = switchyard::config::Config::defaults();
+    config.store.kind = switchyard::config::StoreKind::Memory;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     actix_web::rt::spawn(async move {
         let shutdown = async move {
             let _ = stopped.await;
         };
-        if let Err(e) = crate::server::run(listener, config, shutdown).await {
+        if let Err(e) = switchyard::server::run(listener, config, shutdown).await {
             eprintln!("in-process router stopped: {e}");
         }
     });

@@ -5,7 +5,7 @@ use std::io::{BufRead, IsTerminal};
 use serde_json::{json, Map, Value};
 
 use super::ConnectArgs;
-use crate::client::{Client, ClientError, Published};
+use switchyard::client::{Client, ClientError, Published};
 
 /// Events per `publish_batch` when reading standard input.
 const BATCH: usize = 100;

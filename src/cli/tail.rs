@@ -7,7 +7,7 @@ use anstyle::{AnsiColor, Style};
 use serde_json::{json, Value};
 
 use super::ConnectArgs;
-use crate::client::{Client, ClientError, Delivery};
+use switchyard::client::{Client, ClientError, Delivery};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TailArgs {
@@ -119,7 +119,7 @@ pub async fn run(args: TailArgs) -> Result<(), ClientError> {
     }
     client.close();
     match client.state() {
-        crate::client::ConnectionState::Failed => Err(ClientError::Failed),
+        switchyard::client::ConnectionState::Failed => Err(ClientError::Failed),
         _ => Ok(()),
     }
 }
