@@ -1,6 +1,9 @@
 //! The `switchyard` command: parses the command line and configuration, then calls the
-//! library (`serve`) or the client commands in [`cli`]. Exit codes: 0 on a clean stop, 1 on a runtime failure, 2 on bad
-//! configuration or usage.
+//! library (`serve`) or the client commands in [`cli`]. Exit codes: 0 on a clean stop, 1
+//! on a runtime failure, 2 on bad configuration or usage.
+//!
+//! Owns: the process (allocator, logger, signals, huge pages). Must not: hold logic a
+//! test would want to call; that belongs in the library or in `cli`.
 
 mod cli;
 

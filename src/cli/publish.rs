@@ -1,4 +1,7 @@
 //! `switchyard publish`: one event from flags, or JSON lines from standard input.
+//!
+//! Owns: building events from flags or lines and printing each reply. Must not: open
+//! sockets itself; it publishes through [`switchyard::client`].
 
 use std::io::{BufRead, IsTerminal};
 

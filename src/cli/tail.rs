@@ -1,5 +1,8 @@
 //! `switchyard tail`: follow events live, one readable line each, coloured by priority
 //! on a terminal (plain when piped), or raw JSON lines with `--json`.
+//!
+//! Owns: the subscription it makes and how deliveries are printed. Must not: open
+//! sockets itself; it subscribes through [`switchyard::client`].
 
 use std::io::Write;
 
