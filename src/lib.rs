@@ -31,22 +31,21 @@
 //! and calls [`run`]; its own `cli` module holds the client commands (`publish`, `tail`,
 //! `bench`), which speak the wire protocol through [`client`].
 
-pub mod actors;
-pub mod auth;
-pub mod cli;
+pub mod error;
+pub mod tls;
 pub mod client;
 pub mod config;
-pub mod delivery;
-pub mod error;
-pub mod http;
-pub mod metrics;
-pub mod overload;
 pub mod protocol;
-pub mod rate_limit;
 pub mod routing;
-pub mod server;
+pub mod metrics;
+pub mod delivery;
 pub mod store;
-pub mod tls;
+pub mod auth;
+pub mod rate_limit;
+pub mod overload;
+pub mod actors;
+pub mod http;
+pub mod server;
 
 pub use config::Config;
 pub use server::run;

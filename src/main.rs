@@ -1,6 +1,11 @@
 //! The `switchyard` command: parses the command line and configuration, then calls the
-//! library. Exit codes: 0 on a clean stop, 1 on a runtime failure, 2 on bad
-//! configuration or usage.
+//! library (`serve`) or the client commands in [`cli`]. Exit codes: 0 on a clean stop, 1
+//! on a runtime failure, 2 on bad configuration or usage.
+//!
+//! Owns: the process (allocator, logger, signals, huge pages). Must not: hold logic a
+//! test would want to call; that belongs in the library or in `cli`.
+
+mod cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,11 +52,11 @@ enum Command {
     /// Print the effective configuration as TOML.
     PrintConfig(ConfigArgs),
     /// Publish an event from flags, or JSON lines from standard input.
-    Publish(switchyard::cli::publish::PublishArgs),
+    Publish(cli::publish::PublishArgs),
     /// Follow events live: `switchyard tail 'task.>' --condition 'priority == "high"'`.
-    Tail(switchyard::cli::tail::TailArgs),
+    Tail(cli::tail::TailArgs),
     /// Load generator: publishers → subscribers on this machine, with a report.
-    Bench(switchyard::cli::bench::BenchArgs),
+    Bench(cli::bench::BenchArgs),
 }
 
 fn load(args: &ConfigArgs) -> Result<Config, ExitCode> {
@@ -75,47 +80,12 @@ fn main() -> ExitCode {
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     match cli.command {
-        Command::Publish(args) => {
-            let system = actix_web::rt::System::new();
-            match system.block_on(switchyard::cli::publish::run(args)) {
-                Ok(0) => ExitCode::SUCCESS,
-                Ok(_) => ExitCode::from(1),
-                Err(e @ switchyard::cli::publish::PublishError::Client(_)) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(1)
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
-            }
-        }
+        Command::Publish(args) => cli::run_publish(args),
+        Command::Tail(args) => cli::run_tail(args),
         Command::Bench(args) => {
             // The in-process router runs with `serve`'s default.
             huge_pages(!args.in_process);
-            let system = actix_web::rt::System::new();
-            match system.block_on(switchyard::cli::bench::run(args)) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::from(1),
-                Err(e @ switchyard::cli::bench::BenchError::Usage(_)) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
-        Command::Tail(args) => {
-            let system = actix_web::rt::System::new();
-            match system.block_on(switchyard::cli::tail::run(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(1)
-                }
-            }
+            cli::run_bench(args)
         }
         Command::PrintConfig(args) => match load(&args) {
             Ok(config) => {
@@ -174,11 +144,11 @@ fn main() -> ExitCode {
 
 /// Opts the server process out of transparent huge pages unless `allowed`
 /// (`server.transparent_huge_pages`). mimalloc hands out memory from regions the
-/// kernel backs with 2 MiB pages, and the first touch of each one zeroes it on the
-/// thread that touched it: under a full load, single connection polls took 10-30 ms of
-/// CPU and a critical event waited behind them (docs/benchmarks.md). Process-wide and
-/// inherited, so it is done here for `serve` (and `bench --in-process`) only, never by
-/// the library for an embedding program.
+/// kernel backs with huge pages, and the first touch of each one zeroes it on the
+/// thread that touched it: under a full load a single connection poll stalled on it and
+/// a critical event waited behind (docs/benchmarks.md has the figures). Process-wide
+/// and inherited, so it is done here for `serve` (and `bench --in-process`) only, never
+/// by the library for an embedding program.
 fn huge_pages(allowed: bool) {
     if allowed {
         return;

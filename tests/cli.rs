@@ -3,19 +3,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use awc::ws::CloseCode;
+use common::process::{switchyard, SpawnedServer};
 use common::{TestServer, WsClient};
 use serde_json::json;
-
-fn switchyard() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
-    cmd.env_remove("SWITCHYARD_CONFIG");
-    cmd
-}
 
 #[test]
 fn print_config_shows_embedded_defaults() {
@@ -175,53 +169,21 @@ fn secrets_are_redacted_and_bad_auth_settings_exit_2() {
     }
 }
 
-/// Starts `serve` on port 0 with a temporary data directory and `env`; the child and
-/// the address it announced.
-fn spawn_serve(env: &[(&str, &str)]) -> (std::process::Child, String, tempfile::TempDir) {
-    let data = tempfile::tempdir().unwrap();
-    let mut child = switchyard()
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data.path())
-        .env("RUST_LOG", "info")
-        .envs(env.iter().copied())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let addr = rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("server announces its address");
-    (child, addr, data)
-}
-
 /// `serve` on port 0, SIGTERM while a client is connected: the client gets a close
 /// frame (1001) and the process exits 0.
 #[actix_rt::test]
 async fn sigterm_closes_sessions_and_exits_cleanly() {
-    let (mut child, addr, _data) = spawn_serve(&[]);
-    let mut c = WsClient::connect(&format!("ws://{addr}/ws")).await;
+    let server = SpawnedServer::start(&[]);
+    let mut c = WsClient::connect(&server.ws_url()).await;
     c.assert_alive().await;
     let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &server.pid().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
     let reason = c.recv_close().await.expect("close frame with a reason");
     assert_eq!(reason.code, CloseCode::Away);
-    let status = actix_rt::task::spawn_blocking(move || child.wait())
+    let status = actix_rt::task::spawn_blocking(move || server.wait())
         .await
         .unwrap()
         .unwrap();
@@ -235,10 +197,9 @@ async fn sigterm_closes_sessions_and_exits_cleanly() {
 #[test]
 fn serve_opts_out_of_transparent_huge_pages_unless_configured() {
     let thp_enabled = |env: &[(&str, &str)]| {
-        let (mut child, _addr, _data) = spawn_serve(env);
-        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
+        let server = SpawnedServer::start(env);
+        let status = server.proc_status();
+        drop(server);
         let line = status.lines().find(|l| l.starts_with("THP_enabled:"));
         line.map(|l| l.split_whitespace().nth(1).unwrap_or_default().to_owned())
     };
@@ -347,6 +308,36 @@ async fn bench_critical_lane_and_idle_connections() {
         idle["server_rss_with_idle"].as_u64().unwrap() > 0,
         "{report}"
     );
+    server.stop().await;
+}
+
+/// `bench --replay` reads the whole stored log back and counts it.
+#[actix_rt::test]
+async fn bench_replay_reads_the_stored_log() {
+    let server = TestServer::start().await;
+    let mut c = server.ws().await;
+    let events: Vec<_> = (0..250)
+        .map(|i| json!({"topic": "replay.me", "payload": {"i": i}}))
+        .collect();
+    let reply = c
+        .request(json!({"type": "publish_batch", "events": events}))
+        .await;
+    assert_eq!(reply["results"].as_array().unwrap().len(), 250, "{reply}");
+    let mut cmd = switchyard();
+    cmd.args([
+        "bench",
+        "--url",
+        &server.ws_url("/ws"),
+        "--replay",
+        "--json",
+    ]);
+    let out = run_to_end(cmd, None).await;
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    assert_eq!(report["mode"], "replay", "{report}");
+    assert_eq!(report["replayed"], 250, "{report}");
+    assert_eq!(report["last_cursor"], 250, "{report}");
+    assert_eq!(report["dropped"], 0, "{report}");
     server.stop().await;
 }
 

@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::process::{switchyard, SpawnedServer};
 use common::{TestServer, WsClient};
 use serde_json::{json, Value};
 
@@ -237,45 +237,14 @@ async fn graceful_shutdown_stores_every_accepted_event() {
     assert_eq!(all_events(|p| server.url(p)).await.len(), 500);
 }
 
-fn spawn_server(data_dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("RUST_LOG", "info")
-        .env_remove("SWITCHYARD_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn switchyard");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("server announces its address");
-    (child, addr)
-}
-
 /// A publisher pipelines batches as fast as it can; the server is killed with SIGKILL
 /// mid-stream. After a restart, every event whose `published_batch` result the client
 /// had received is stored, exactly once, in cursor order.
 #[actix_rt::test]
 async fn kill_9_loses_nothing_that_was_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = spawn_server(dir.path());
-    let mut c = WsClient::connect(&format!("ws://{addr}/ws")).await;
+    let server = SpawnedServer::start_in(dir.path(), &[]);
+    let mut c = WsClient::connect(&server.ws_url()).await;
 
     let mut acked: Vec<u64> = Vec::new();
     let mut sent = 0u64;
@@ -297,7 +266,7 @@ async fn kill_9_loses_nothing_that_was_acknowledged() {
         }
         if !killed && started.elapsed() > Duration::from_millis(700) {
             let status = Command::new("kill")
-                .args(["-KILL", &child.id().to_string()])
+                .args(["-KILL", &server.pid().to_string()])
                 .status()
                 .unwrap();
             assert!(status.success());
@@ -314,19 +283,20 @@ async fn kill_9_loses_nothing_that_was_acknowledged() {
             None => break,
         }
     }
-    let _ = child.wait();
+    let _ = server.wait();
     assert!(killed);
     assert!(
         acked.len() >= 50,
         "the publisher got acknowledgements before the kill"
     );
 
-    let (mut child, addr) = spawn_server(dir.path());
+    let server = SpawnedServer::start_in(dir.path(), &[]);
+    let addr = server.addr;
     let stored = all_events(|p| format!("http://{addr}{p}")).await;
     let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &server.pid().to_string()])
         .status();
-    let _ = child.wait();
+    let _ = server.wait();
     eprintln!(
         "kill -9: {} acknowledged, {} stored",
         acked.len(),
@@ -372,10 +342,9 @@ fn unusable_data_directory_is_a_clear_startup_error() {
         (file.as_path(), "data directory"),
         (corrupt.as_path(), "event store"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        let out = switchyard()
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
-            .env_remove("SWITCHYARD_CONFIG")
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(1), "{data_dir:?}");

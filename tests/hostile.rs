@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use actix_http::ws::Item;
 use awc::ws::{self, CloseCode};
 use bytes::Bytes;
+use common::process::SpawnedServer;
 use common::{TestServer, WsClient};
 use serde_json::{json, Value};
 
@@ -1131,79 +1132,6 @@ async fn rapid_connect_disconnect_cycles() {
     http.assert_healthy(&server.ws_url("/ws")).await;
 }
 
-/// The real binary on 127.0.0.1:0, killed when dropped, so that its resident memory
-/// can be read from `/proc/<pid>/status`.
-struct SpawnedServer {
-    child: std::process::Child,
-    addr: String,
-    _data_dir: tempfile::TempDir,
-}
-
-impl SpawnedServer {
-    fn start(env: &[(&str, &str)]) -> SpawnedServer {
-        use std::io::BufRead;
-        use std::process::{Command, Stdio};
-        let data_dir = tempfile::tempdir().expect("temp dir");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir.path())
-            .env("RUST_LOG", "warn,switchyard=info")
-            .env_remove("SWITCHYARD_CONFIG")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn switchyard");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Reads the log to the end, so that the server never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or_default();
-                    let _ = tx.send(addr.to_owned());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("server announces its address");
-        SpawnedServer {
-            child,
-            addr,
-            _data_dir: data_dir,
-        }
-    }
-
-    fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    /// Resident memory in MiB (`VmRSS`).
-    fn rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("/proc/<pid>/status");
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmRSS");
-        kib / 1024.0
-    }
-}
-
-impl Drop for SpawnedServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The real binary under every kind of hostile client at once: never-reading
 /// subscribers under a flood, thousands of subscriptions, events just under
 /// `max_event_bytes`, deeply nested frames and connection churn. Once they have left,
@@ -1221,7 +1149,7 @@ async fn spawned_server_memory_returns_near_baseline_after_hostile_clients() {
         ("SWITCHYARD_LIMITS__MAX_ERRORS_PER_WINDOW", "100000"),
         ("SWITCHYARD_STORE__SYNCHRONOUS_FULL", "false"),
     ]);
-    let http = Http::new(&server.addr);
+    let http = Http::new(&server.addr.to_string());
     let url = server.ws_url();
     let bystander = Bystander::connect(&url).await;
     // Warm up: the paths the hostile clients take, once, before the baseline.
@@ -1239,7 +1167,7 @@ async fn spawned_server_memory_returns_near_baseline_after_hostile_clients() {
 
     // Never-reading subscribers, and a flood for them (15 MiB).
     let stop = Arc::new(AtomicBool::new(false));
-    let addr: SocketAddr = server.addr.parse().expect("address");
+    let addr = server.addr;
     let deaf: Vec<TcpStream> = (0..5)
         .map(|_| never_reading_subscriber(addr, "flood.>", &stop))
         .collect();

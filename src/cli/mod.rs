@@ -1,16 +1,23 @@
-//! Client commands of the `switchyard` binary: `publish`, `tail` and `bench`.
+//! Client commands of the `switchyard` binary: `publish`, `tail` and `bench`. A module
+//! of the binary, not of the library: a program embedding the router has no use for
+//! them, and the library stays smaller to read.
 //!
-//! Owns: turning command-line options into client calls and printing the answers.
-//! Must not: reach into the server; both commands speak the wire protocol through
-//! [`crate::client`], like any other client.
+//! Owns: turning command-line options into client calls, printing the answers, and the
+//! exit code each command ends with (0 clean, 1 a failure or refusal, 2 bad usage).
+//! Must not: reach into the server; the commands speak the wire protocol through
+//! [`switchyard::client`], like any other client (`bench --in-process` merely starts
+//! a router through the library's public `run`).
 
 pub mod bench;
 pub mod publish;
 pub mod tail;
 
+use std::fmt::Display;
+use std::future::Future;
+use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::client::ClientConfig;
+use switchyard::client::ClientConfig;
 
 /// Where and as whom to connect; shared by the client commands.
 #[derive(Debug, Clone, clap::Args)]
@@ -35,4 +42,45 @@ impl ConnectArgs {
             ..ClientConfig::new(self.url.clone())
         }
     }
+}
+
+/// `switchyard publish`: 1 when an event was refused or the router could not be
+/// reached, 2 when the input itself is wrong.
+pub fn run_publish(args: publish::PublishArgs) -> ExitCode {
+    match block_on(publish::run(args)) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(_refused) => ExitCode::from(1),
+        Err(e @ publish::PublishError::Client(_)) => failed(e, 1),
+        Err(e) => failed(e, 2),
+    }
+}
+
+/// `switchyard tail`: runs until `--count` events or the connection is given up.
+pub fn run_tail(args: tail::TailArgs) -> ExitCode {
+    match block_on(tail::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => failed(e, 1),
+    }
+}
+
+/// `switchyard bench`: 1 when the run was not clean (an event refused or lost, a
+/// timeout), 2 on options it cannot run with.
+pub fn run_bench(args: bench::BenchArgs) -> ExitCode {
+    match block_on(bench::run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e @ bench::BenchError::Usage(_)) => failed(e, 2),
+        Err(e) => failed(e, 1),
+    }
+}
+
+/// Runs a command to its end on an actix system of its own (the client needs one).
+fn block_on<F: Future>(command: F) -> F::Output {
+    actix_web::rt::System::new().block_on(command)
+}
+
+/// Says why a command failed; answers the exit code.
+fn failed(error: impl Display, code: u8) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::from(code)
 }

@@ -1,11 +1,14 @@
 //! `switchyard publish`: one event from flags, or JSON lines from standard input.
+//!
+//! Owns: building events from flags or lines and printing each reply. Must not: open
+//! sockets itself; it publishes through [`switchyard::client`].
 
 use std::io::{BufRead, IsTerminal};
 
 use serde_json::{json, Map, Value};
 
 use super::ConnectArgs;
-use crate::client::{Client, ClientError, Published};
+use switchyard::client::{Client, ClientError, Published};
 
 /// Events per `publish_batch` when reading standard input.
 const BATCH: usize = 100;

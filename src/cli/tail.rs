@@ -1,5 +1,8 @@
 //! `switchyard tail`: follow events live, one readable line each, coloured by priority
 //! on a terminal (plain when piped), or raw JSON lines with `--json`.
+//!
+//! Owns: the subscription it makes and how deliveries are printed. Must not: open
+//! sockets itself; it subscribes through [`switchyard::client`].
 
 use std::io::Write;
 
@@ -7,7 +10,7 @@ use anstyle::{AnsiColor, Style};
 use serde_json::{json, Value};
 
 use super::ConnectArgs;
-use crate::client::{Client, ClientError, Delivery};
+use switchyard::client::{Client, ClientError, Delivery};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TailArgs {
@@ -119,7 +122,7 @@ pub async fn run(args: TailArgs) -> Result<(), ClientError> {
     }
     client.close();
     match client.state() {
-        crate::client::ConnectionState::Failed => Err(ClientError::Failed),
+        switchyard::client::ConnectionState::Failed => Err(ClientError::Failed),
         _ => Ok(()),
     }
 }

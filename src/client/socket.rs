@@ -1,11 +1,11 @@
-//! The HTTP client every outgoing WebSocket of this crate uses (the client library and
-//! `switchyard bench`): awc, with `TCP_NODELAY` on each socket it opens.
+//! How every outgoing WebSocket of this crate is opened (the client library, and the
+//! binary's `bench`): awc, with `TCP_NODELAY` on each socket it opens.
 //!
 //! Without it a small frame sent while the previous one is unacknowledged waits for
-//! that ACK (Nagle's algorithm): a publisher sending single events every 100 µs had
-//! them held back until the server's reply came, which both delays events and
-//! inflates the latency `switchyard bench` reports. The server sets the same option on
-//! the sockets it accepts (`server::tune_socket`).
+//! that ACK (Nagle's algorithm): single events sent in quick succession are held back
+//! until the server's reply comes, which both delays them and inflates the latency
+//! `switchyard bench` reports. The server sets the same option on the sockets it
+//! accepts (`server::tune_socket`).
 //!
 //! Owns: how outgoing connections are opened. Must not: speak the protocol.
 
@@ -27,6 +27,32 @@ pub fn http_client(timeout: Duration) -> awc::Client {
         .connector(connector)
         .timeout(timeout)
         .finish()
+}
+
+/// An open WebSocket: awc's framed connection, frames in and out.
+pub type WsConnection = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
+
+/// How long the WebSocket handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest frame accepted from the server: a whole replay page or `publish_batch` reply
+/// fits; a larger one ends the connection with an overflow error (awc's default is 64 KiB).
+const MAX_FRAME_BYTES: usize = 64 << 20;
+
+/// Opens a WebSocket to `url` (`ws://` or `wss://`), with `Authorization: Bearer` when a
+/// token is given.
+pub async fn open_ws(
+    url: &str,
+    token: Option<&str>,
+) -> Result<WsConnection, awc::error::WsClientError> {
+    let mut request = http_client(HANDSHAKE_TIMEOUT)
+        .ws(url)
+        .max_frame_size(MAX_FRAME_BYTES);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let (_, conn) = request.connect().await?;
+    Ok(conn)
 }
 
 /// Wraps actix-tls's resolving TCP connector; sets `TCP_NODELAY` on what it connects.

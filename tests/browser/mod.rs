@@ -1,5 +1,6 @@
 //! Headless Chromium for the dashboard tests: a chromedriver guard that starts the driver
-//! on a free loopback port and kills it (and the browsers it started) on `Drop`, and a
+//! on a free loopback port and kills it (and the browsers it started) on `Drop`, through
+//! the shared [`ChildGuard`](crate::common::process::ChildGuard), and a
 //! WebDriver session (fantoccini) with helpers that poll the page with a deadline.
 //!
 //! chromedriver is found through `SWITCHYARD_CHROMEDRIVER` (default
@@ -12,7 +13,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,8 @@ use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
+
+use crate::common::process::ChildGuard;
 
 pub const CHROMEDRIVER_ENV: &str = "SWITCHYARD_CHROMEDRIVER";
 pub const CHROMIUM_ENV: &str = "SWITCHYARD_CHROMIUM";
@@ -34,7 +37,8 @@ const POLL: Duration = Duration::from_millis(40);
 /// A running chromedriver, shared by the tests of one binary that run at the same
 /// time; the last one to finish stops it.
 pub struct Chromedriver {
-    child: Child,
+    /// Leads a process group, so that the browsers it started go with it.
+    process: ChildGuard,
     pub addr: SocketAddr,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -84,27 +88,22 @@ impl Chromedriver {
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
             .arg(format!("--log-path={}", log.display()))
-            // Chromium's own temporary directories (`org.chromium.Chromium.scoped_dir.*`,
-            // ~3 MB per browser) go under the driver's directory, which goes with it.
+            // Chromium's own temporary directories (`org.chromium.Chromium.scoped_dir.*`)
+            // go under the driver's directory, which goes with it.
             .env("TMPDIR", dir.path())
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        // Its own process group, so that Drop can stop the browsers it started too.
-        #[cfg(unix)]
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let child = command
-            .spawn()
+        let process = ChildGuard::spawn(&mut command, true)
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
         let mut driver = Chromedriver {
-            child,
+            process,
             addr,
             log,
             _dir: dir,
         };
         let started = Instant::now();
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Ok(Some(status)) = driver.child.try_wait() {
+            if let Ok(Some(status)) = driver.process.try_wait() {
                 panic!(
                     "chromedriver exited at start ({status}): {}",
                     driver.log_tail()
@@ -124,21 +123,6 @@ impl Chromedriver {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let start = text.len().saturating_sub(2000);
         text.get(start..).unwrap_or_default().to_owned()
-    }
-}
-
-impl Drop for Chromedriver {
-    fn drop(&mut self) {
-        // The whole group: chromedriver and any browser a failed test left open.
-        #[cfg(unix)]
-        {
-            let _ = Command::new("kill")
-                .args(["-s", "KILL", "--", &format!("-{}", self.child.id())])
-                .stderr(Stdio::null())
-                .status();
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

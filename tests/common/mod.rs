@@ -1,9 +1,12 @@
 //! Test harness shared by every integration test: a real server on `127.0.0.1:0` in
 //! the test's own actix system, a WebSocket client that speaks raw JSON frames, and
 //! small HTTP helpers. Every receive has a timeout, so a missing reply fails the test
-//! instead of hanging it.
+//! instead of hanging it. [`process`] starts the binary (or chromedriver) as a child
+//! process, for what only a real process shows.
 
 #![allow(dead_code)]
+
+pub mod process;
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;

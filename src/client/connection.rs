@@ -1,0 +1,363 @@
+//! The connection task: the one place that holds the socket. It opens it (with
+//! [`Backoff`](super::Backoff) between attempts), restores subscriptions and resends
+//! unanswered requests after a reconnect, matches replies to requests by `request_id`,
+//! and hands deliveries to their subscriptions.
+//!
+//! Owns: the socket, the requests awaiting replies, the subscriptions to restore. Must
+//! not: block the caller; handles reach it only through [`Op`]s.
+
+use std::collections::HashMap;
+
+use actix_web::rt::time::sleep;
+use awc::ws;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::handle::Op;
+use super::socket::{self, WsConnection};
+use super::{server_error, ClientConfig, ClientError, ConnectionState, Delivery};
+
+struct Pending {
+    frame: Value,
+    retry: bool,
+    reply: oneshot::Sender<Result<Value, ClientError>>,
+}
+
+struct Sub {
+    spec: Value,
+    deliveries: mpsc::Sender<Delivery>,
+    /// Highest cursor delivered: a resume starts after it.
+    last_cursor: Option<u64>,
+    /// When it was made: a resume before any delivery starts there.
+    since: String,
+}
+
+impl Sub {
+    /// The subscribe command that restores it after a reconnect.
+    fn resume_frame(&self) -> Value {
+        let mut spec = self.spec.clone();
+        if spec.get("durable").is_none() {
+            if let Some(obj) = spec.as_object_mut() {
+                obj.remove("from_cursor");
+                obj.remove("since");
+            }
+            match self.last_cursor {
+                Some(c) => spec["from_cursor"] = json!(c),
+                None => spec["since"] = json!(self.since),
+            }
+        }
+        json!({"type": "subscribe", "subscription": spec})
+    }
+}
+
+struct Task {
+    config: ClientConfig,
+    state: watch::Sender<ConnectionState>,
+    pending: HashMap<u64, Pending>,
+    subs: HashMap<String, Sub>,
+    next_request: u64,
+}
+
+enum Ended {
+    /// The connection dropped: reconnect.
+    Lost,
+    /// `close()` was called or every `Client` handle is gone.
+    Closed,
+}
+
+/// Connects, serves, reconnects with backoff, until closed or out of attempts.
+pub(super) async fn run(
+    config: ClientConfig,
+    mut ops: mpsc::UnboundedReceiver<Op>,
+    state: watch::Sender<ConnectionState>,
+) {
+    let mut task = Task {
+        config,
+        state,
+        pending: HashMap::new(),
+        subs: HashMap::new(),
+        next_request: 1,
+    };
+    let mut failures = 0u32;
+    loop {
+        match task.open().await {
+            Ok(conn) => {
+                failures = 0;
+                let _ = task.state.send(ConnectionState::Connected);
+                match task.serve(conn, &mut ops).await {
+                    Ended::Closed => break,
+                    Ended::Lost => log::info!("switchyard client: connection lost"),
+                }
+            }
+            Err(e) => log::info!(
+                "switchyard client: connect to {} failed: {e}",
+                task.config.url
+            ),
+        }
+        failures += 1;
+        if task.config.max_attempts.is_some_and(|max| failures > max) {
+            let _ = task.state.send(ConnectionState::Failed);
+            task.fail_all(ClientError::Failed);
+            // Answer calls made from now on, until every handle is gone.
+            while let Some(op) = ops.recv().await {
+                reject(op, ClientError::Failed);
+            }
+            return;
+        }
+        let _ = task
+            .state
+            .send(ConnectionState::Reconnecting { attempt: failures });
+        let delay = task.config.backoff.delay(failures, fastrand::f64());
+        // Keep taking calls while waiting; they are sent once connected.
+        let wait = sleep(delay);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                _ = &mut wait => break,
+                op = ops.recv() => match op {
+                    None | Some(Op::Close) => {
+                        task.close();
+                        return;
+                    }
+                    // Sent (or restored) once connected; an ack meanwhile is moot:
+                    // the server redelivers what was not acknowledged.
+                    Some(op) => {
+                        task.queue(op);
+                    }
+                },
+            }
+        }
+    }
+    task.close();
+}
+
+fn reject(op: Op, error: ClientError) {
+    match op {
+        Op::Request { reply, .. } | Op::Subscribe { reply, .. } | Op::Unsubscribe { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Op::Send(_) | Op::Close => {}
+    }
+}
+
+impl Task {
+    async fn open(&mut self) -> Result<WsConnection, String> {
+        let mut conn = socket::open_ws(&self.config.url, self.config.token.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
+        // Restore subscriptions, then resend what was never answered (a subscribe
+        // still waiting for its reply is resent as it was, not restored twice).
+        let awaiting: Vec<&str> = self
+            .pending
+            .values()
+            .filter(|p| p.frame["type"] == "subscribe")
+            .filter_map(|p| p.frame["subscription"]["id"].as_str())
+            .collect();
+        let frames: Vec<Value> = self
+            .subs
+            .iter()
+            .filter(|(id, _)| !awaiting.contains(&id.as_str()))
+            .map(|(_, s)| s.resume_frame())
+            .collect();
+        for frame in frames {
+            send(&mut conn, &frame).await.map_err(|e| e.to_string())?;
+        }
+        let mut ids: Vec<u64> = self.pending.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            if let Some(p) = self.pending.get(&id) {
+                send(&mut conn, &p.frame).await.map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(conn)
+    }
+
+    /// Takes a call: a request gets its `request_id` and waits for its reply.
+    fn queue(&mut self, op: Op) -> Option<Value> {
+        match op {
+            Op::Request {
+                mut frame,
+                retry,
+                reply,
+            } => {
+                let id = self.next_request;
+                self.next_request += 1;
+                frame["request_id"] = json!(id);
+                self.pending.insert(
+                    id,
+                    Pending {
+                        frame: frame.clone(),
+                        retry,
+                        reply,
+                    },
+                );
+                Some(frame)
+            }
+            Op::Subscribe {
+                id,
+                spec,
+                deliveries,
+                reply,
+            } => {
+                let frame = json!({"type": "subscribe", "subscription": spec.clone()});
+                self.subs.insert(
+                    id,
+                    Sub {
+                        spec,
+                        deliveries,
+                        last_cursor: None,
+                        since: chrono::Utc::now()
+                            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    },
+                );
+                self.queue(Op::Request {
+                    frame,
+                    retry: true,
+                    reply,
+                })
+            }
+            Op::Unsubscribe { id, reply } => {
+                self.subs.remove(&id);
+                let frame = json!({"type": "unsubscribe", "subscription_id": id});
+                self.queue(Op::Request {
+                    frame,
+                    retry: false,
+                    reply,
+                })
+            }
+            Op::Send(frame) => Some(frame),
+            Op::Close => None,
+        }
+    }
+
+    async fn serve(
+        &mut self,
+        mut conn: WsConnection,
+        ops: &mut mpsc::UnboundedReceiver<Op>,
+    ) -> Ended {
+        loop {
+            tokio::select! {
+                frame = conn.next() => match frame {
+                    Some(Ok(ws::Frame::Text(text))) => self.receive(&text).await,
+                    Some(Ok(ws::Frame::Ping(p))) => {
+                        if conn.send(ws::Message::Pong(p)).await.is_err() {
+                            return self.lost();
+                        }
+                    }
+                    Some(Ok(ws::Frame::Close(reason))) => {
+                        log::info!("switchyard client: server closed the connection: {reason:?}");
+                        return self.lost();
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return self.lost(),
+                },
+                op = ops.recv() => match op {
+                    None | Some(Op::Close) => {
+                        let _ = conn.send(ws::Message::Close(Some(ws::CloseCode::Normal.into()))).await;
+                        return Ended::Closed;
+                    }
+                    Some(op) => {
+                        if let Some(frame) = self.queue(op) {
+                            if send(&mut conn, &frame).await.is_err() {
+                                return self.lost();
+                            }
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// The connection dropped: calls that cannot be retried fail now.
+    fn lost(&mut self) -> Ended {
+        let gone: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| !p.retry)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some(p) = self.pending.remove(&id) {
+                let _ = p.reply.send(Err(ClientError::Unexpected(
+                    "the connection dropped before the reply".into(),
+                )));
+            }
+        }
+        Ended::Lost
+    }
+
+    async fn receive(&mut self, text: &[u8]) {
+        let Ok(msg) = serde_json::from_slice::<Value>(text) else {
+            log::warn!("switchyard client: a frame that is not JSON");
+            return;
+        };
+        let sub_id = msg["subscription_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let delivery = match msg["type"].as_str() {
+            Some("event") => {
+                let cursor = msg["event"]["cursor"].as_u64();
+                Some(Delivery::Event {
+                    attempt: msg["attempt"].as_u64().unwrap_or(1),
+                    event: msg["event"].clone(),
+                })
+                .inspect(|_| {
+                    if let (Some(sub), Some(c)) = (self.subs.get_mut(&sub_id), cursor) {
+                        sub.last_cursor = Some(sub.last_cursor.map_or(c, |l| l.max(c)));
+                    }
+                })
+            }
+            Some("replay_complete") => Some(Delivery::ReplayComplete {
+                last_cursor: msg["last_cursor"].as_u64().unwrap_or(0),
+            }),
+            Some("dropped") => Some(Delivery::Dropped {
+                count: msg["count"].as_u64().unwrap_or(0),
+            }),
+            _ => None,
+        };
+        if let Some(delivery) = delivery {
+            if let Some(sub) = self.subs.get(&sub_id) {
+                // A full buffer holds the connection: the server sees a slow reader.
+                let _ = sub.deliveries.send(delivery).await;
+            }
+            return;
+        }
+        let Some(id) = msg["request_id"].as_u64() else {
+            if msg["type"] == "error" {
+                log::warn!("switchyard client: server error: {msg}");
+            }
+            return;
+        };
+        let Some(p) = self.pending.remove(&id) else {
+            // The answer to a resubscription after a reconnect.
+            if msg["type"] == "error" {
+                log::warn!("switchyard client: resubscribe refused: {msg}");
+            }
+            return;
+        };
+        let result = if msg["type"] == "error" {
+            Err(server_error(&msg))
+        } else {
+            Ok(msg)
+        };
+        let _ = p.reply.send(result);
+    }
+
+    fn fail_all(&mut self, error: ClientError) {
+        for (_, p) in self.pending.drain() {
+            let _ = p.reply.send(Err(error.clone()));
+        }
+        self.subs.clear();
+    }
+
+    fn close(&mut self) {
+        let _ = self.state.send(ConnectionState::Closed);
+        self.fail_all(ClientError::Closed);
+    }
+}
+
+async fn send(conn: &mut WsConnection, frame: &Value) -> Result<(), awc::error::WsProtocolError> {
+    conn.send(ws::Message::Text(frame.to_string().into())).await
+}
