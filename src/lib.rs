@@ -31,21 +31,21 @@
 //! and calls [`run`]; its own `cli` module holds the client commands (`publish`, `tail`,
 //! `bench`), which speak the wire protocol through [`client`].
 
-pub mod error;
-pub mod tls;
+pub mod actors;
+pub mod auth;
 pub mod client;
 pub mod config;
-pub mod protocol;
-pub mod routing;
-pub mod metrics;
 pub mod delivery;
-pub mod store;
-pub mod auth;
-pub mod rate_limit;
-pub mod overload;
-pub mod actors;
+pub mod error;
 pub mod http;
+pub mod metrics;
+pub mod overload;
+pub mod protocol;
+pub mod rate_limit;
+pub mod routing;
 pub mod server;
+pub mod store;
+pub mod tls;
 
 pub use config::Config;
 pub use server::run;
