@@ -14,9 +14,31 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::handle::Op;
 use super::socket::{self, WsConnection};
 use super::{server_error, ClientConfig, ClientError, ConnectionState, Delivery};
+
+/// What a handle asks of the connection task.
+pub(super) enum Op {
+    Request {
+        frame: Value,
+        /// Sent again after a reconnect when still unanswered.
+        retry: bool,
+        reply: oneshot::Sender<Result<Value, ClientError>>,
+    },
+    Subscribe {
+        id: String,
+        spec: Value,
+        deliveries: mpsc::Sender<Delivery>,
+        reply: oneshot::Sender<Result<Value, ClientError>>,
+    },
+    Unsubscribe {
+        id: String,
+        reply: oneshot::Sender<Result<Value, ClientError>>,
+    },
+    /// Fire and forget (ack, nack).
+    Send(Value),
+    Close,
+}
 
 struct Pending {
     frame: Value,

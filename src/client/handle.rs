@@ -10,36 +10,12 @@ use actix_web::rt::time::timeout;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{
-    connection, server_error, ClientConfig, ClientError, ConnectionState, Delivery, Published,
-};
+use super::connection::{self, Op};
+use super::{server_error, ClientConfig, ClientError, ConnectionState, Delivery, Published};
 
 /// Deliveries buffered per subscription before the connection stops reading (and the
 /// server starts treating this client as slow).
 const DELIVERY_BUFFER: usize = 1024;
-
-/// What a handle asks of the connection task.
-pub(super) enum Op {
-    Request {
-        frame: Value,
-        /// Sent again after a reconnect when still unanswered.
-        retry: bool,
-        reply: oneshot::Sender<Result<Value, ClientError>>,
-    },
-    Subscribe {
-        id: String,
-        spec: Value,
-        deliveries: mpsc::Sender<Delivery>,
-        reply: oneshot::Sender<Result<Value, ClientError>>,
-    },
-    Unsubscribe {
-        id: String,
-        reply: oneshot::Sender<Result<Value, ClientError>>,
-    },
-    /// Fire and forget (ack, nack).
-    Send(Value),
-    Close,
-}
 
 /// A handle on the connection; cheap to clone.
 #[derive(Clone)]
