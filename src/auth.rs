@@ -1,4 +1,4 @@
-//! Authentication and topic grants (PROTOCOL.md section 7).
+//! Authentication and topic grants (docs/protocol.md section 1.3).
 //!
 //! Owns: turning a bearer credential (a configured token, or an HS256 JWT) into a
 //! [`Principal`] with its grants, and the rules that read those grants: may it publish

@@ -346,7 +346,7 @@ mod tests {
     }
 
     /// Through `observe`: a first live delivery of a `priority` event accepted `latency`
-    /// ago, to a subscription `subscription` (PROTOCOL.md JSON).
+    /// ago, to a subscription `subscription` (JSON as in docs/protocol.md section 4.1).
     fn written(a: &LowAdmission, priority: &str, latency: Duration, subscription: Value) {
         let event = Event::from_json(json!({"type": "t", "priority": priority}), "svc")
             .expect("valid event");

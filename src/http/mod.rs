@@ -1,5 +1,5 @@
-//! The HTTP surface: routes, shared state, the JSON API of PROTOCOL.md section 6, and
-//! the embedded web dashboard.
+//! The HTTP surface: routes, shared state, the JSON API of docs/protocol.md section 8,
+//! the WebSocket upgrade, and the embedded web dashboard.
 //!
 //! Owns: request parsing and response shapes. Must not: keep state of its own; every
 //! answer comes from the router (or the shared metrics).

@@ -1,4 +1,4 @@
-//! Decoding client commands (PROTOCOL.md section 3), aliases included.
+//! Decoding client commands (docs/protocol.md section 3), aliases included.
 //!
 //! Owns: turning one text frame into a typed [`Command`] or a [`ProtocolError`] with the
 //! right code. Must not: validate events against limits that need configuration (the

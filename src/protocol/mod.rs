@@ -1,5 +1,5 @@
-//! The wire protocol of `PROTOCOL.md`: the event envelope, client commands and server
-//! replies. Pure data and codecs; no actors, no sockets.
+//! The wire protocol of docs/protocol.md: the event envelope, client commands and
+//! server replies. Pure data and codecs; no actors, no sockets.
 
 pub mod command;
 pub mod event;

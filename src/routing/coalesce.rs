@@ -1,5 +1,5 @@
-//! The `coalesce` option of a subscription (PROTOCOL.md section 3): which envelope
-//! field groups events, and how long a window lasts.
+//! The `coalesce` option of a subscription (docs/protocol.md section 4.5): which
+//! envelope field groups events, and how long a window lasts.
 //!
 //! Owns: validating the option and reading an event's key. Must not: hold windows or
 //! pending events (the delivery layer does).

@@ -1,4 +1,4 @@
-//! CEL conditions of `conditional` subscriptions (PROTOCOL.md section 3, `condition`).
+//! CEL conditions of `conditional` subscriptions (docs/protocol.md section 4.4).
 //!
 //! Owns: compiling a condition once at subscribe time ([`Condition::compile`], a bad
 //! expression answers `invalid_condition` with its line and column), and the
