@@ -24,7 +24,7 @@
 //! there. If not, the lateness is not the low events' doing (a machine busy with other
 //! work, stalls, a target below what it achieves unloaded): the rate goes back to where
 //! cutting started and no late window cuts for [`HOLD`]. Without this, such lateness
-//! pinned the low rate to the floor while helping no urgent event.
+//! would pin the low rate to the floor while helping no urgent event.
 //!
 //! The signal starts at the router's accept, so it misses the time a frame waits to be
 //! read; that wait shrinks with the same cure (fewer low frames to read).

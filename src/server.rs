@@ -204,8 +204,8 @@ pub async fn run(
 ///
 /// - TCP_NODELAY: deliveries are small frames written as they come. With Nagle's
 ///   algorithm a frame waits for the ACK of the previous one, and a subscriber that
-///   sends nothing back delays its ACKs (up to 40 ms on Linux): that was a 20 ms median
-///   publish→deliver latency at 1,000 events/s.
+///   sends nothing back delays its ACKs (up to 40 ms on Linux), so at a steady rate
+///   nearly every delivery waited for one.
 /// - TCP_USER_TIMEOUT (Linux): when data we sent stays unacknowledged for `limit` (the
 ///   peer stopped reading and its receive window stayed at zero, or it vanished), the
 ///   kernel aborts the connection and actix drops it. A session cannot do this itself:

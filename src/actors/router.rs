@@ -192,8 +192,8 @@ impl Router {
 
     /// Asks for a `Drain` turn when committed events wait in the queues. Not for
     /// `queued` alone: that also counts the events of a commit still in flight, which
-    /// cannot be routed yet, and draining for them spun the router for as long as the
-    /// store took to commit.
+    /// cannot be routed yet, and draining for them would spin the router for as long as
+    /// the store takes to commit.
     fn schedule_drain(&mut self, ctx: &mut Context<Self>) {
         let routable = self.queues.iter().any(|q| !q.is_empty());
         if !self.drain_scheduled && routable {

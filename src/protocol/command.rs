@@ -380,8 +380,8 @@ mod tests {
                 r#"{"action": "subscribe", "topics": [1]}"#,
                 ErrorCode::InvalidSubscription,
             ),
-            // Regression (tests/hostile.rs): a wrongly typed narrowing id was ignored,
-            // silently widening the subscription to every agent.
+            // A wrongly typed narrowing id is refused: ignoring it would silently widen
+            // the subscription to every agent (tests/hostile.rs).
             (
                 r#"{"action": "subscribe", "topics": ["a"], "agent_id": 7}"#,
                 ErrorCode::InvalidSubscription,

@@ -36,7 +36,7 @@ impl EncodedEvent {
             /// Encoding goes through one growing buffer per thread, then into an
             /// exactly sized string: no reallocation while serialising (the router
             /// encodes every accepted event, and growing a fresh `String` from empty
-            /// was a fifth of its time).
+            /// reallocates several times per event).
             static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         let json = SCRATCH.with_borrow_mut(|buf| {

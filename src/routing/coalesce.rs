@@ -152,7 +152,7 @@ mod tests {
         assert_eq!(spec("nonsense").key_of(&e), None);
     }
 
-    /// Regression (tests/hostile.rs): `"coalesce": ["x"]` was accepted as the key `x`.
+    /// `"coalesce": ["x"]` is refused, not read as the key `x` (tests/hostile.rs).
     #[test]
     fn only_an_object_is_a_coalesce_spec() {
         let ok = CoalesceSpec::from_json(json!({"key": "payload.k"})).unwrap();

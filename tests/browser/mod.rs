@@ -84,8 +84,8 @@ impl Chromedriver {
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
             .arg(format!("--log-path={}", log.display()))
-            // Chromium's own temporary directories (`org.chromium.Chromium.scoped_dir.*`,
-            // ~3 MB per browser) go under the driver's directory, which goes with it.
+            // Chromium's own temporary directories (`org.chromium.Chromium.scoped_dir.*`)
+            // go under the driver's directory, which goes with it.
             .env("TMPDIR", dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
