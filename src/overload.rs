@@ -62,7 +62,8 @@ const EVIDENCE: u64 = 500;
 /// How long cuts stay off once they were found not to help.
 pub const HOLD: Duration = Duration::from_secs(1);
 
-/// The controller and its bucket, one per server, shared by every session.
+/// The controller and its bucket, one per server: the ingress admits every publish
+/// through it, and sessions report their urgent deliveries to it.
 #[derive(Debug)]
 pub struct LowAdmission {
     /// Late urgent deliveries are those over this; `None`: the controller is off.

@@ -2,7 +2,8 @@
 //!
 //! Shutdown is a visible sequence: `/ready` turns 503, the router closes every session
 //! with a close frame, the HTTP server stops accepting and waits for connections
-//! (bounded by `server.shutdown_timeout_ms`), then the actor threads stop.
+//! (bounded by `server.shutdown_timeout_ms`), every accepted event is committed, then
+//! the actor threads stop.
 //!
 //! Connections that never finish talking are ended here, below the session: a request
 //! head (a WebSocket upgrade included) must arrive within [`CLIENT_REQUEST_TIMEOUT`],

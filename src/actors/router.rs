@@ -1,13 +1,13 @@
 //! The router actor: the single owner of accepted events and of the subscription index.
 //!
-//! Into the router: [`Connect`], [`Disconnect`], [`Subscribe`], [`Unsubscribe`],
-//! [`Publish`] (sent only by [`publish`], for sessions, the HTTP API and dead-letter
-//! retries), [`Shutdown`] / [`Flush`]; the read-only queries [`GetStats`], [`GetTopics`],
-//! [`ListSubscriptions`] (`queries.rs`); [`DeadLettered`] from workers and
-//! [`FindSubscription`] for dead-letter retries (`dead_letters.rs`).
-//! Out of the router: [`Append`], `OpenDurable`, `Query` and `AddDeadLetter` to the
-//! store, [`Dispatch`] and `ReplayEvents` (`replay.rs`) to delivery workers,
-//! [`CloseSession`] to sessions.
+//! Into the router: [`Connect`], [`Disconnect`], [`Subscribe`], [`Unsubscribe`] from
+//! sessions; [`Publish`] (sent only by [`publish`]: from the ingress, and for
+//! dead-letter retries); [`Shutdown`] / [`Flush`]; the read-only queries [`GetStats`],
+//! [`GetTopics`], [`ListSubscriptions`] (`queries.rs`); [`DeadLettered`] from workers
+//! and [`FindSubscription`] for dead-letter retries (`dead_letters.rs`).
+//! Out of the router: [`Append`], `OpenDurable`, `Query`, `AddDeadLetter` and
+//! `DurableAcked` to the store, [`Dispatch`] and `ReplayEvents` (`replay.rs`) to
+//! delivery workers, [`CloseSession`] to sessions.
 //!
 //! A publish is accepted in one step (dedupe, cursor) into the commit buffer. Group
 //! commit: one `Append` is in flight at a time, and everything accepted meanwhile goes

@@ -166,7 +166,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// The batch as the session sees it: each event still JSON text.
+    /// The batch as the ingress sees it: each event still JSON text.
     fn batch(events: &[serde_json::Value]) -> ValidatedBatch {
         let raw: Vec<_> = events
             .iter()

@@ -1,7 +1,7 @@
 //! Writing: frames handed over by delivery workers wait in `pending`, highest
 //! priority first among live events, and are written in turns of
 //! [`WRITE_CHUNK_BYTES`] so that one busy subscriber does not hold its HTTP worker
-//! thread.
+//! thread. Once the backlog is written down, the delivery worker is told to `Resume`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
@@ -52,7 +52,7 @@ impl Handler<WriteFrames> for Session {
     }
 }
 
-/// Internal: go on writing [`Session::pending`] after a break.
+/// Internal: go on writing [`Writing::pending`] after a break.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct WritePending;

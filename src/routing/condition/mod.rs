@@ -17,10 +17,11 @@
 //! `payload`, ...) and the whole envelope is `event` (`event.type`, as `type` is a CEL
 //! built-in). Optional fields an event does not carry are `null`, as in the envelope
 //! (`target == null`). A missing key inside `payload` or `metadata` is an evaluation
-//! error, which means "no match"; `has(payload.x)` tests for it. JSON numbers become CEL `int` when they are
-//! integers that fit, `uint` above that, `double` otherwise, so `payload.count == 3`
-//! and `payload.cost > 5.0` both read naturally. The standard library and the
-//! `strings` extension (`lowerAscii`, `split`, `replace`, ...) are available.
+//! error, which means "no match"; `has(payload.x)` tests for it. JSON numbers become
+//! CEL `int` when they are integers that fit, `uint` above that, `double` otherwise,
+//! so `payload.count == 3` and `payload.cost > 5.0` both read naturally. The standard
+//! library and the `strings` extension (`lowerAscii`, `split`, `replace`, ...) are
+//! available.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
