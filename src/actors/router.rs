@@ -3,8 +3,9 @@
 //! Into the router: [`Connect`], [`Disconnect`], [`Subscribe`], [`Unsubscribe`] from
 //! sessions; [`Publish`] (sent only by [`publish`]: from the ingress, and for
 //! dead-letter retries); [`Shutdown`] / [`Flush`]; the read-only queries [`GetStats`],
-//! [`GetTopics`], [`ListSubscriptions`] (`queries.rs`); [`DeadLettered`] from workers
-//! and [`FindSubscription`] for dead-letter retries (`dead_letters.rs`).
+//! [`GetTopics`], [`ListSubscriptions`] (`queries.rs`);
+//! [`DeadLettered`](super::delivery::DeadLettered) from workers and
+//! [`FindSubscription`] for dead-letter retries (`dead_letters.rs`).
 //! Out of the router: [`Append`], `OpenDurable`, `Query`, `AddDeadLetter` and
 //! `DurableAcked` to the store, [`Dispatch`] and `ReplayEvents` (`replay.rs`) to
 //! delivery workers, [`CloseSession`] to sessions.
