@@ -29,7 +29,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(decode(black_box(&command))))
     });
 
-    // What a session and the router do with each published event: read it from the
+    // What the ingress and the router do with each published event: read it from the
     // frame's text, validate it, encode its envelope.
     let raw = serde_json::value::to_raw_value(&event_json()).expect("encodable");
     c.bench_function("validate_and_encode_event_256B", |b| {

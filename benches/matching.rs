@@ -4,7 +4,7 @@
 //! CEL conditions narrowed by a pattern, and a share of conditions with no topic
 //! constraint at all (they sit at the root of the index and see every event). Each
 //! case is measured through the topic-prefix index (what the router does) and as a
-//! linear scan over every subscription (what it did before), on the same data.
+//! linear scan over every subscription (the baseline), on the same data.
 //!
 //! Run: `cargo bench --bench matching`. Figures go in docs/benchmarks.md.
 

@@ -1,11 +1,11 @@
-//! Authentication and topic grants (PROTOCOL.md section 7).
+//! Authentication and topic grants (docs/protocol.md section 1.3).
 //!
 //! Owns: turning a bearer credential (a configured token, or an HS256 JWT) into a
 //! [`Principal`] with its grants, and the rules that read those grants: may it publish
 //! to a topic, read a topic, manage the router. Must not: know about sockets or
-//! actors; the HTTP layer and the session call in here and answer `unauthorized` /
-//! `forbidden` themselves. Credentials are never logged; a token is compared in
-//! constant time against every configured token.
+//! actors; the HTTP layer, the session and the ingress call in here and answer
+//! `unauthorized` / `forbidden` themselves. Credentials are never logged; a token is
+//! compared in constant time against every configured token.
 //!
 //! With no token and no JWT secret configured, auth is off: every caller is the
 //! principal `anonymous` with every grant, and the server refuses to listen on a

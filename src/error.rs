@@ -1,4 +1,4 @@
-//! Typed errors with the stable codes of `PROTOCOL.md` section 5.
+//! Typed errors with the stable codes of docs/protocol.md section 7.
 //!
 //! Owns: [`ErrorCode`] (the wire codes), [`ProtocolError`] (what a command can fail
 //! with) and [`HttpError`] (the JSON error body of the HTTP API).

@@ -24,7 +24,7 @@
 //! there. If not, the lateness is not the low events' doing (a machine busy with other
 //! work, stalls, a target below what it achieves unloaded): the rate goes back to where
 //! cutting started and no late window cuts for [`HOLD`]. Without this, such lateness
-//! pinned the low rate to the floor while helping no urgent event.
+//! would pin the low rate to the floor while helping no urgent event.
 //!
 //! The signal starts at the router's accept, so it misses the time a frame waits to be
 //! read; that wait shrinks with the same cure (fewer low frames to read).
@@ -62,7 +62,8 @@ const EVIDENCE: u64 = 500;
 /// How long cuts stay off once they were found not to help.
 pub const HOLD: Duration = Duration::from_secs(1);
 
-/// The controller and its bucket, one per server, shared by every session.
+/// The controller and its bucket, one per server: the ingress admits every publish
+/// through it, and sessions report their urgent deliveries to it.
 #[derive(Debug)]
 pub struct LowAdmission {
     /// Late urgent deliveries are those over this; `None`: the controller is off.
@@ -346,7 +347,7 @@ mod tests {
     }
 
     /// Through `observe`: a first live delivery of a `priority` event accepted `latency`
-    /// ago, to a subscription `subscription` (PROTOCOL.md JSON).
+    /// ago, to a subscription `subscription` (JSON as in docs/protocol.md section 4.1).
     fn written(a: &LowAdmission, priority: &str, latency: Duration, subscription: Value) {
         let event = Event::from_json(json!({"type": "t", "priority": priority}), "svc")
             .expect("valid event");

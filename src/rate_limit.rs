@@ -3,8 +3,9 @@
 //!
 //! Owns: one connection's bucket, and the `rate_limited` refusal it answers with. Every
 //! valid event a connection publishes costs one token, alone or in a batch.
-//! Must not: count, store or answer anything; the session decides how a refusal
-//! reaches the client (a whole `error`, or one result of a batch).
+//! Must not: count, store or answer anything; the ingress decides what a refusal
+//! takes down (a whole publish, or one result of a batch) and its caller how it
+//! reaches the client.
 
 use std::num::NonZeroU32;
 use std::time::Duration;

@@ -2,7 +2,8 @@
 //!
 //! Shutdown is a visible sequence: `/ready` turns 503, the router closes every session
 //! with a close frame, the HTTP server stops accepting and waits for connections
-//! (bounded by `server.shutdown_timeout_ms`), then the actor threads stop.
+//! (bounded by `server.shutdown_timeout_ms`), every accepted event is committed, then
+//! the actor threads stop.
 //!
 //! Connections that never finish talking are ended here, below the session: a request
 //! head (a WebSocket upgrade included) must arrive within [`CLIENT_REQUEST_TIMEOUT`],
@@ -204,8 +205,8 @@ pub async fn run(
 ///
 /// - TCP_NODELAY: deliveries are small frames written as they come. With Nagle's
 ///   algorithm a frame waits for the ACK of the previous one, and a subscriber that
-///   sends nothing back delays its ACKs (up to 40 ms on Linux): that was a 20 ms median
-///   publish→deliver latency at 1,000 events/s.
+///   sends nothing back delays its ACKs (up to 40 ms on Linux), so at a steady rate
+///   nearly every delivery waited for one.
 /// - TCP_USER_TIMEOUT (Linux): when data we sent stays unacknowledged for `limit` (the
 ///   peer stopped reading and its receive window stayed at zero, or it vanished), the
 ///   kernel aborts the connection and actix drops it. A session cannot do this itself:

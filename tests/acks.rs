@@ -1,5 +1,5 @@
-//! At-least-once delivery (PROTOCOL.md sections 3 and 4): ack, nack, timeouts,
-//! attempts, max_in_flight, TTL, dead letters over WebSocket and HTTP.
+//! At-least-once delivery (docs/protocol.md sections 3.5, 3.6 and 4.8): ack, nack,
+//! timeouts, attempts, max_in_flight, TTL, dead letters over WebSocket and HTTP.
 
 mod common;
 

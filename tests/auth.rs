@@ -1,6 +1,6 @@
-//! Authentication and topic grants over real sockets (PROTOCOL.md section 7): tokens
-//! and JWTs on the upgrade and on HTTP, publish and subscribe grants, narrowing, admin
-//! endpoints, and a JWT that expires on a live connection.
+//! Authentication and topic grants over real sockets (docs/protocol.md section 1.3):
+//! tokens and JWTs on the upgrade and on HTTP, publish and subscribe grants, narrowing,
+//! admin endpoints, and a JWT that expires on a live connection.
 
 mod common;
 

@@ -1,5 +1,5 @@
-//! Conditional (CEL) subscriptions and coalescing over real sockets (PROTOCOL.md
-//! section 3: `condition`, `coalesce`).
+//! Conditional (CEL) subscriptions and coalescing over real sockets (docs/protocol.md
+//! sections 4.4 and 4.5).
 
 mod common;
 

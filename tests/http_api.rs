@@ -1,4 +1,4 @@
-//! The HTTP API of PROTOCOL.md section 6, with every query parameter and alias.
+//! The HTTP API of docs/protocol.md section 8, with every query parameter and alias.
 
 mod common;
 

@@ -1,5 +1,5 @@
-//! Commands, aliases and error replies of PROTOCOL.md sections 3 and 5, over a real
-//! socket with the literal frames of the contract.
+//! Commands, aliases and error replies of docs/protocol.md sections 2, 3 and 7, over
+//! a real socket with the literal frames of the contract.
 
 mod common;
 

@@ -1,5 +1,5 @@
 //! Subscription kinds, filters, patterns, connect-time subscriptions, priority order,
-//! slow consumers and concurrent subscribers (PROTOCOL.md sections 1, 3 and 4).
+//! slow consumers and concurrent subscribers (docs/protocol.md sections 1.2, 4 and 5).
 
 mod common;
 

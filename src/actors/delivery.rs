@@ -5,9 +5,10 @@
 //! matched), [`ReplayEvents`] (stored events for one subscription, from the router's
 //! replay task), [`Ack`] and [`Nack`] (from sessions), [`Redeliver`] (a dead letter
 //! retried from the HTTP API), [`Resume`] (a session has written what it was handed),
-//! [`AttachRouter`] once at start.
+//! [`AttachRouter`] once at start (from the server).
 //! Out of a worker: [`WriteFrames`] to sessions, sent with `try_send`; [`DeadLettered`]
-//! to the router.
+//! to the router; `DurableAcked` (resolved cursors of durable subscriptions) to the
+//! store.
 //!
 //! The state machines live in [`crate::delivery`]: per-subscription waiting queues
 //! (priority-ordered, bounded by `limits.max_waiting_per_subscriber`), replay, and ack

@@ -1,7 +1,8 @@
-//! The one way events enter the router. A WebSocket `publish_event` or
+//! The one way clients' events enter the router. A WebSocket `publish_event` or
 //! `publish_batch`, `POST /api/events` and any future event source call
 //! [`Ingress::admit`], then [`Ingress::publish`]; a limit added here holds for all of
-//! them.
+//! them. (A retried dead letter was admitted once already: it goes to
+//! [`router::publish`] directly.)
 //!
 //! Owns, in this order: the size and batch limits, validation of each event, the
 //! caller's publish grants, the connection's rate budget, overload admission, and the
@@ -52,7 +53,8 @@ impl Admitted {
     }
 }
 
-/// The shared publish path; one per server, cloned into every session.
+/// The shared publish path; one per server, shared by the HTTP handlers and cloned
+/// into every session.
 #[derive(Debug, Clone)]
 pub struct Ingress {
     router: Addr<Router>,

@@ -1,4 +1,6 @@
-//! The actors, one per file, each with the messages it accepts beside it.
+//! The actors, one per file or folder, each with its messages beside it: those it
+//! accepts, and those it sends out ([`router::CloseSession`],
+//! [`delivery::WriteFrames`], [`delivery::DeadLettered`]).
 //!
 //! - [`router::Router`]: accepts events (assigns cursors, keeps the log), holds the four
 //!   priority queues and the subscription index, matches each event once and hands the
@@ -7,13 +9,12 @@
 //!   bounded, drop lowest-priority-oldest on overflow) and the flow of frames to sessions.
 //! - [`session::Session`]: one per WebSocket connection; decodes commands, owns that
 //!   connection's subscriptions, writes frames.
-//!
 //! - [`store::StoreActor`]: the event log's owner, on a thread of its own.
 //!
 //! [`ingress`] is not an actor: the one publish path every way in shares.
 //!
-//! The state all three share, a subscription's handle, is the delivery layer's
-//! ([`crate::delivery::SubscriptionHandle`]).
+//! The state the router, workers and sessions share, a subscription's handle, is the
+//! delivery layer's ([`crate::delivery::SubscriptionHandle`]).
 
 pub mod delivery;
 pub mod ingress;

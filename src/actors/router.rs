@@ -1,13 +1,14 @@
 //! The router actor: the single owner of accepted events and of the subscription index.
 //!
-//! Into the router: [`Connect`], [`Disconnect`], [`Subscribe`], [`Unsubscribe`],
-//! [`Publish`] (sent only by [`publish`], for sessions, the HTTP API and dead-letter
-//! retries), [`Shutdown`] / [`Flush`]; the read-only queries [`GetStats`], [`GetTopics`],
-//! [`ListSubscriptions`] (`queries.rs`); [`DeadLettered`] from workers and
+//! Into the router: [`Connect`], [`Disconnect`], [`Subscribe`], [`Unsubscribe`] from
+//! sessions; [`Publish`] (sent only by [`publish`]: from the ingress, and for
+//! dead-letter retries); [`Shutdown`] / [`Flush`]; the read-only queries [`GetStats`],
+//! [`GetTopics`], [`ListSubscriptions`] (`queries.rs`);
+//! [`DeadLettered`](super::delivery::DeadLettered) from workers and
 //! [`FindSubscription`] for dead-letter retries (`dead_letters.rs`).
-//! Out of the router: [`Append`], `OpenDurable`, `Query` and `AddDeadLetter` to the
-//! store, [`Dispatch`] and `ReplayEvents` (`replay.rs`) to delivery workers,
-//! [`CloseSession`] to sessions.
+//! Out of the router: [`Append`], `OpenDurable`, `Query`, `AddDeadLetter` and
+//! `DurableAcked` to the store, [`Dispatch`] and `ReplayEvents` (`replay.rs`) to
+//! delivery workers, [`CloseSession`] to sessions.
 //!
 //! A publish is accepted in one step (dedupe, cursor) into the commit buffer. Group
 //! commit: one `Append` is in flight at a time, and everything accepted meanwhile goes
@@ -192,8 +193,8 @@ impl Router {
 
     /// Asks for a `Drain` turn when committed events wait in the queues. Not for
     /// `queued` alone: that also counts the events of a commit still in flight, which
-    /// cannot be routed yet, and draining for them spun the router for as long as the
-    /// store took to commit.
+    /// cannot be routed yet, and draining for them would spin the router for as long as
+    /// the store takes to commit.
     fn schedule_drain(&mut self, ctx: &mut Context<Self>) {
         let routable = self.queues.iter().any(|q| !q.is_empty());
         if !self.drain_scheduled && routable {

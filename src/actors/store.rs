@@ -1,8 +1,11 @@
-//! The store actor: the only place the event log is read or written.
+//! The store actor: once the server runs, the only place the event log is read or
+//! written (`server::run` reads the last cursor and recent ids before it starts).
 //!
 //! Into the store: [`Append`] (from the router: one group commit), [`Query`] (HTTP API
-//! and replay), [`Stats`], and the dead letters: [`AddDeadLetter`] (router),
-//! [`ListDeadLetters`], [`GetDeadLetter`], [`TakeDeadLetter`] (HTTP API).
+//! and replay), [`Stats`] and [`Ping`] (HTTP API); durable state: [`OpenDurable`]
+//! (router) and [`DurableAcked`] (router and delivery workers); the dead letters:
+//! [`AddDeadLetter`] (router), [`ListDeadLetters`], [`GetDeadLetter`],
+//! [`TakeDeadLetter`] (HTTP API).
 //! Out of the store: nothing; answers only.
 //!
 //! It runs alone on its own arbiter thread, so the blocking backend calls stall nothing

@@ -12,8 +12,8 @@ pub const FRAMES_PER_BATCH: usize = 256;
 /// Batches sent to one session per flush before giving other sessions a turn.
 pub const BATCHES_PER_FLUSH: usize = 8;
 /// Frames a session may have been handed and not written yet. Past this the rest waits
-/// here, where overflow drops the lowest priority first (PROTOCOL.md section 4) and
-/// the session's memory stays bounded.
+/// in the worker, where overflow drops the lowest priority first (docs/protocol.md
+/// section 4.9) and the session's memory stays bounded.
 pub const MAX_UNWRITTEN_FRAMES: usize = 2 * FRAMES_PER_BATCH;
 /// Critical events a session may be handed past [`MAX_UNWRITTEN_FRAMES`]. Without
 /// them a critical event waits here until the session has written half its backlog,

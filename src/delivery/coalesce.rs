@@ -1,4 +1,4 @@
-//! Coalescing windows of one subscription (`coalesce` in PROTOCOL.md section 3).
+//! Coalescing windows of one subscription (`coalesce`, docs/protocol.md section 4.5).
 //!
 //! The first event of a key goes out at once and opens a window of `window_ms`. Events
 //! of that key arriving while the window is open replace one another: only the latest

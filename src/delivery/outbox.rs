@@ -26,8 +26,8 @@ pub enum Flush {
     /// The session's mailbox is full (or this flush's share is used up): retried on
     /// the worker's tick.
     Stalled,
-    /// The session has [`MAX_UNWRITTEN_FRAMES`] to write: it sends `Resume` when it has
-    /// written half of them.
+    /// The session has [`MAX_UNWRITTEN_FRAMES`](super::backlog::MAX_UNWRITTEN_FRAMES)
+    /// to write: it sends `Resume` when it has written half of them.
     Waiting,
     /// The session is gone.
     Closed,

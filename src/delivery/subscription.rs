@@ -4,7 +4,7 @@
 //!
 //! Owns: the handle and the frames handed to a session ([`OutFrame`]), and the
 //! [`FrameSink`] a session receives them through. Must not: know the session actor;
-//! the session implements [`FrameSink`].
+//! the actor layer implements [`FrameSink`] for the session's address.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

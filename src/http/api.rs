@@ -1,4 +1,5 @@
-//! Handlers of the JSON API.
+//! Handlers of the JSON API (docs/protocol.md section 8), with `/health`, `/ready` and
+//! `/metrics`.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -1,8 +1,9 @@
-//! The HTTP surface: routes, shared state, the JSON API of PROTOCOL.md section 6, and
-//! the embedded web dashboard.
+//! The HTTP surface: routes, shared state, the JSON API of docs/protocol.md section 8,
+//! the WebSocket upgrade, and the embedded web dashboard.
 //!
-//! Owns: request parsing and response shapes. Must not: keep state of its own; every
-//! answer comes from the router (or the shared metrics).
+//! Owns: request parsing and response shapes, and each connection's publish budget.
+//! Must not: keep events or subscriptions of its own; every answer comes from the
+//! router, the store or the shared metrics.
 
 mod api;
 pub mod dashboard;
@@ -26,7 +27,8 @@ use crate::rate_limit::PublishBudget;
 /// What every handler can reach.
 pub struct AppState {
     pub router: Addr<Router>,
-    /// Delivery workers, for acks: a session talks to the worker serving it.
+    /// Delivery workers: each session talks to the one serving it, and a retried dead
+    /// letter goes back through its subscription's (`Redeliver`).
     pub workers: Arc<[Addr<DeliveryWorker>]>,
     pub store: Addr<StoreActor>,
     pub config: Arc<Config>,

@@ -1,7 +1,9 @@
-//! Counters shared by every actor: lock-free atomics, written on the hot path and read
-//! by `/api/stats`.
+//! Counters shared by the whole server: lock-free atomics, written on the hot path and
+//! read by `/api/stats` and, through [`registry`], by `/metrics`; and the latency
+//! histograms behind `/metrics`.
 //!
-//! Owns: the numbers. Must not: decide anything; actors only add to them.
+//! Owns: the numbers, and the open-connection count that [`ConnectionPermit`] holds to
+//! `max_connections`. Must not: decide anything else; everyone else only adds to them.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};

@@ -1,8 +1,8 @@
-//! Decoding client commands (PROTOCOL.md section 3), aliases included.
+//! Decoding client commands (docs/protocol.md section 3), aliases included.
 //!
 //! Owns: turning one text frame into a typed [`Command`] or a [`ProtocolError`] with the
 //! right code. Must not: validate events against limits that need configuration (the
-//! session does) or touch any actor.
+//! ingress does) or touch any actor.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -11,10 +11,10 @@ use serde_json::{Map, Value};
 use crate::error::{ErrorCode, ProtocolError};
 
 /// A decoded command. Published events stay JSON text borrowed from the frame; the
-/// session validates them (`Event::from_raw`).
+/// ingress validates them (`Event::from_raw`).
 #[derive(Debug)]
 pub enum Command<'a> {
-    /// `publish_event` (alias `publish`): the raw event, validated by the session.
+    /// `publish_event` (alias `publish`): the raw event, validated by the ingress.
     Publish {
         event: &'a RawValue,
     },
@@ -67,7 +67,7 @@ pub struct Decoded<'a> {
 }
 
 /// The fields every command is told apart by, read without parsing the rest: an
-/// event (or a batch of them) stays text until the session validates it, so a publish
+/// event (or a batch of them) stays text until the ingress validates it, so a publish
 /// is parsed once, not into a `Value` tree first.
 #[derive(Deserialize)]
 struct Head<'a> {
@@ -380,8 +380,8 @@ mod tests {
                 r#"{"action": "subscribe", "topics": [1]}"#,
                 ErrorCode::InvalidSubscription,
             ),
-            // Regression (tests/hostile.rs): a wrongly typed narrowing id was ignored,
-            // silently widening the subscription to every agent.
+            // A wrongly typed narrowing id is refused: ignoring it would silently widen
+            // the subscription to every agent (tests/hostile.rs).
             (
                 r#"{"action": "subscribe", "topics": ["a"], "agent_id": 7}"#,
                 ErrorCode::InvalidSubscription,

@@ -1,5 +1,5 @@
-//! The event envelope (PROTOCOL.md section 2): what a publisher may send, how missing
-//! fields are derived, and the full envelope every subscriber receives.
+//! The event envelope (docs/protocol.md section 2): what a publisher may send, how
+//! missing fields are derived, and the full envelope every subscriber receives.
 //!
 //! Owns: validation and normalisation of published events. Must not: assign cursors
 //! (the router does, in acceptance order) or decide routing.

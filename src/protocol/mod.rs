@@ -1,5 +1,5 @@
-//! The wire protocol of `PROTOCOL.md`: the event envelope, client commands and server
-//! replies. Pure data and codecs; no actors, no sockets.
+//! The wire protocol of docs/protocol.md: the event envelope, client commands and
+//! server replies. Pure data and codecs; no actors, no sockets.
 
 pub mod command;
 pub mod event;
@@ -36,7 +36,7 @@ impl EncodedEvent {
             /// Encoding goes through one growing buffer per thread, then into an
             /// exactly sized string: no reallocation while serialising (the router
             /// encodes every accepted event, and growing a fresh `String` from empty
-            /// was a fifth of its time).
+            /// reallocates several times per event).
             static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         let json = SCRATCH.with_borrow_mut(|buf| {
@@ -166,7 +166,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// The batch as the session sees it: each event still JSON text.
+    /// The batch as the ingress sees it: each event still JSON text.
     fn batch(events: &[serde_json::Value]) -> ValidatedBatch {
         let raw: Vec<_> = events
             .iter()

@@ -1,6 +1,6 @@
 //! Replies in command order. A session keeps reading frames while earlier publishes
 //! wait for their commit, yet a client that sends commands and reads gets the replies
-//! in the order it sent the commands (PROTOCOL.md section 1).
+//! in the order it sent the commands (docs/protocol.md section 3.9).
 
 use std::collections::VecDeque;
 

@@ -1,4 +1,4 @@
-//! Server → client messages (PROTOCOL.md sections 3–5), serialised in one place.
+//! Server → client messages (docs/protocol.md section 3.8), serialised in one place.
 //!
 //! Event deliveries are the hot path: the envelope is serialised once per event
 //! ([`crate::protocol::EncodedEvent`]) and each delivery frame is assembled from a

@@ -1,5 +1,5 @@
-//! Topic names: what a published event's topic may be (protocol section 2). Patterns
-//! that match topics are routing's ([`crate::routing::pattern`]).
+//! Topic names: what a published event's topic may be (docs/protocol.md section 2).
+//! Patterns that match topics are routing's ([`crate::routing::pattern`]).
 
 use crate::error::{ErrorCode, ProtocolError};
 

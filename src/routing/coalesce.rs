@@ -1,5 +1,5 @@
-//! The `coalesce` option of a subscription (PROTOCOL.md section 3): which envelope
-//! field groups events, and how long a window lasts.
+//! The `coalesce` option of a subscription (docs/protocol.md section 4.5): which
+//! envelope field groups events, and how long a window lasts.
 //!
 //! Owns: validating the option and reading an event's key. Must not: hold windows or
 //! pending events (the delivery layer does).
@@ -152,7 +152,7 @@ mod tests {
         assert_eq!(spec("nonsense").key_of(&e), None);
     }
 
-    /// Regression (tests/hostile.rs): `"coalesce": ["x"]` was accepted as the key `x`.
+    /// `"coalesce": ["x"]` is refused, not read as the key `x` (tests/hostile.rs).
     #[test]
     fn only_an_object_is_a_coalesce_spec() {
         let ok = CoalesceSpec::from_json(json!({"key": "payload.k"})).unwrap();

@@ -1,4 +1,4 @@
-//! Subscription filters (PROTOCOL.md section 3, `filter`): parsing and matching.
+//! Subscription filters (docs/protocol.md section 4.3): parsing and matching.
 //!
 //! A list matches when the event's field is in it; all given lists must match; an empty
 //! or missing list places no constraint. `min_priority` keeps events at or above it.

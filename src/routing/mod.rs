@@ -1,5 +1,6 @@
-//! Routing policy as pure functions: priorities, topic patterns, filters and
-//! subscription specs. Nothing here does I/O or knows about actors.
+//! Routing policy: topic patterns, filters, CEL conditions, coalesce keys, subscription
+//! specs, the topic-prefix subscription index and the duplicate-id window. Nothing here
+//! does I/O or knows about actors.
 
 pub mod coalesce;
 pub mod condition;

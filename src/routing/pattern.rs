@@ -1,4 +1,4 @@
-//! Topic patterns: parsing and matching (PROTOCOL.md section 3, "Topic patterns").
+//! Topic patterns: parsing and matching (docs/protocol.md section 4.2).
 //!
 //! Segments are separated by `.`; `*` matches exactly one segment; `>` (alias `#`) as
 //! the last segment matches one or more segments; any other segment matches itself.

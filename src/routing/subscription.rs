@@ -1,5 +1,5 @@
-//! Subscription specs (PROTOCOL.md section 3, `subscribe`): parsing, validation and the
-//! compiled [`Matcher`] the router tests events against.
+//! Subscription specs (docs/protocol.md sections 3.3 and 4.1): parsing, validation and
+//! the compiled [`Matcher`] the router tests events against.
 //!
 //! Owns: what a subscription *selects*. Must not: hold delivery state (workers do) or
 //! know which connection owns it (the session does).
@@ -103,7 +103,7 @@ pub struct SubscriptionSpec {
     pub coalesce: Option<CoalesceSpec>,
 }
 
-/// Where a replay starts (PROTOCOL.md `from_cursor` and its alias `since`).
+/// Where a replay starts (`from_cursor` or `since`, docs/protocol.md section 4.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replay {
     /// Events with a cursor greater than this; `0` replays everything retained.

@@ -1,7 +1,7 @@
 //! Dead letters, from the router's side: store them, announce them on
 //! `switchyard.dead_letter`, and the first step of a retry (find the live subscription;
-//! when it is gone, the event is published again with [`super::publish`] and
-//! [`super::Dedupe::Skip`]).
+//! when it is gone, the HTTP handler publishes the event again with [`super::publish`]
+//! and [`super::Dedupe::Skip`]).
 
 use std::sync::Arc;
 

@@ -1,5 +1,6 @@
 //! Publishing into the router: the [`Publish`] message, and [`publish`], the one way
-//! anything sends it (sessions, `POST /api/events`, dead-letter retries).
+//! anything sends it (the ingress, for sessions and `POST /api/events`; dead-letter
+//! retries).
 //!
 //! Owns: the publisher's side of the router's inbox. A publish never waits for room:
 //! it is `try_send`, and a full inbox answers every event `rate_limited` at once. The
@@ -44,8 +45,8 @@ pub type PublishResults = Vec<Result<PublishOk, ProtocolError>>;
 pub type PublishReply = tokio::sync::oneshot::Sender<PublishResults>;
 
 /// Publishes `events` through `router` and resolves to one result per event, in order,
-/// once they are committed. The one way anything publishes (sessions, `POST
-/// /api/events`, dead-letter retries), so the policy lives here: the message is
+/// once they are committed. The one way anything sends a [`Publish`] (the ingress,
+/// dead-letter retries), so the policy lives here: the message is
 /// `try_send`, and when the router's inbox is full every event is refused with
 /// `rate_limited` at once (counted in `rejected_busy`) instead of waiting for room.
 /// A refused event is never stored.

@@ -1,6 +1,7 @@
 //! Commands: what a session does with each decoded frame. Publishes go through the
-//! shared [`Ingress`](crate::actors::ingress::Ingress); subscribe and unsubscribe use `ctx.wait`, so no frame is read
-//! before they are in effect; acks and nacks go to the session's delivery worker.
+//! shared [`Ingress`](crate::actors::ingress::Ingress); subscribe and unsubscribe use
+//! `ctx.wait`, so no frame is read before they are in effect; acks and nacks go to the
+//! session's delivery worker.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,10 +1,11 @@
 //! The session actor: one per WebSocket connection, and the only folder that touches
 //! `actix_web_actors::ws` (deprecated upstream; keep it swappable).
 //!
-//! Into a session: WebSocket frames (a stream, [`read`]), [`WriteFrames`] from its
-//! delivery worker ([`write`]), [`CloseSession`] from the router. Out of a session:
-//! publishes through the [`Ingress`], subscribe and unsubscribe to the router, `Ack` /
-//! `Nack` / `Resume` to its delivery worker ([`commands`]).
+//! Into a session: WebSocket frames (a stream, `read.rs`), `WriteFrames` from its
+//! delivery worker (`write.rs`), [`CloseSession`] from the router. Out of a session:
+//! `Connect`, `Subscribe`, `Unsubscribe` and `Disconnect` to the router; publishes
+//! through the [`Ingress`]; `Ack` / `Nack` (`commands.rs`) and `Resume` (`write.rs`)
+//! to its delivery worker.
 //!
 //! Lifecycle: [`upgrade`] takes a connection permit and starts the actor; `started`
 //! registers with the router (stopping if that fails) and makes the connect-time

@@ -8,8 +8,8 @@
 //! once, in the same task poll, for as long as the socket takes the bytes: it refills
 //! its write buffer and flushes in a loop. `yield_now` is ready on its second poll
 //! whether or not the runtime ran anything in between, so a session that "yielded"
-//! every 16 KB went on writing until it had nothing left, and a critical frame for the
-//! next connection on that thread waited behind all of it (docs/benchmarks.md,
+//! between turns went on writing until it had nothing left, and a critical frame for
+//! the next connection on that thread waited behind all of it (docs/benchmarks.md,
 //! scenario 4). [`EndTurn`] is ready only once the runtime has woken the task again,
 //! which it does after the tasks that were already waiting to run.
 

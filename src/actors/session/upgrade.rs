@@ -29,7 +29,7 @@ pub fn seed_session_ids() {
     NEXT_SESSION_ID.fetch_max(micros, Relaxed);
 }
 
-/// Connection query parameters (PROTOCOL.md section 1).
+/// Connection query parameters (docs/protocol.md section 1.2).
 #[derive(Debug, Default, Deserialize)]
 pub struct ConnectQuery {
     pub topics: Option<String>,

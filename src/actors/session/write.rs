@@ -1,7 +1,7 @@
 //! Writing: frames handed over by delivery workers wait in `pending`, highest
 //! priority first among live events, and are written in turns of
 //! [`WRITE_CHUNK_BYTES`] so that one busy subscriber does not hold its HTTP worker
-//! thread.
+//! thread. Once the backlog is written down, the delivery worker is told to `Resume`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
@@ -52,7 +52,7 @@ impl Handler<WriteFrames> for Session {
     }
 }
 
-/// Internal: go on writing [`Session::pending`] after a break.
+/// Internal: go on writing [`Writing::pending`] after a break.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct WritePending;
@@ -80,8 +80,8 @@ fn live_priority(frame: &OutFrame) -> Option<Priority> {
 }
 
 /// Adds a handed-over frame to a session's `pending` frames. A live event goes ahead
-/// of the live events of lower priority still waiting there (PROTOCOL.md section 4:
-/// events held back for a slow socket leave highest priority first, oldest first
+/// of the live events of lower priority still waiting there (docs/protocol.md section
+/// 5.2: events held back for a slow socket leave highest priority first, oldest first
 /// within a priority); it never passes a replayed event, a `replay_complete` or a
 /// `dropped` notice. Frames of one priority keep their order, and when all are of one
 /// priority this looks at the last frame only.

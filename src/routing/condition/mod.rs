@@ -1,4 +1,4 @@
-//! CEL conditions of `conditional` subscriptions (PROTOCOL.md section 3, `condition`).
+//! CEL conditions of `conditional` subscriptions (docs/protocol.md section 4.4).
 //!
 //! Owns: compiling a condition once at subscribe time ([`Condition::compile`], a bad
 //! expression answers `invalid_condition` with its line and column), and the
@@ -6,10 +6,10 @@
 //! reaches a condition ([`MatchInput`]).
 //!
 //! Both the CEL parser and its evaluator recurse once per level of the expression
-//! tree, with large frames (over 100 KiB per bracket level in the parser of a debug
-//! build). So a condition is parsed on a thread of its own with a large stack
-//! ([`COMPILE_STACK`]), and one whose tree is deeper than [`MAX_DEPTH`] is refused:
-//! evaluation then fits the router thread's stack whatever the client wrote.
+//! tree, with large frames (largest in the parser of a debug build). So a condition is
+//! parsed on a thread of its own with a large stack ([`COMPILE_STACK`]), and one whose
+//! tree is deeper than [`MAX_DEPTH`] is refused: evaluation then fits the router
+//! thread's stack whatever the client wrote.
 //! Must not: decide which subscriptions are tested against an event (the index and
 //! the router do) or count anything itself beyond the errors it reports.
 //!
@@ -17,10 +17,11 @@
 //! `payload`, ...) and the whole envelope is `event` (`event.type`, as `type` is a CEL
 //! built-in). Optional fields an event does not carry are `null`, as in the envelope
 //! (`target == null`). A missing key inside `payload` or `metadata` is an evaluation
-//! error, which means "no match"; `has(payload.x)` tests for it. JSON numbers become CEL `int` when they are
-//! integers that fit, `uint` above that, `double` otherwise, so `payload.count == 3`
-//! and `payload.cost > 5.0` both read naturally. The standard library and the
-//! `strings` extension (`lowerAscii`, `split`, `replace`, ...) are available.
+//! error, which means "no match"; `has(payload.x)` tests for it. JSON numbers become
+//! CEL `int` when they are integers that fit, `uint` above that, `double` otherwise,
+//! so `payload.count == 3` and `payload.cost > 5.0` both read naturally. The standard
+//! library and the `strings` extension (`lowerAscii`, `split`, `replace`, ...) are
+//! available.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -41,8 +42,8 @@ use crate::protocol::Event;
 pub const MAX_CONDITION_LEN: usize = 4096;
 /// Deepest accepted expression tree. `&&` and `||` chains are balanced by the parser
 /// (64 terms are 7 levels); `1 + 1 + ...` and nested calls, lists and comprehensions
-/// are one level per step. Evaluating a tree this deep takes under 1 MiB of stack even
-/// in a debug build.
+/// are one level per step. A tree this deep evaluates well within a thread's default
+/// stack, even in a debug build.
 pub const MAX_DEPTH: usize = 24;
 /// Stack of the thread a condition is parsed on: the parser's own nesting limit (96
 /// brackets) times its frames in a debug build, with room to spare.
@@ -392,10 +393,10 @@ mod tests {
         );
     }
 
-    /// Regression: each of these overflowed the stack of a 2 MiB thread (this test's,
-    /// an HTTP worker's or the router's) in a debug build, aborting the process. The
-    /// first was found by `fuzz/` (target `subscription`); the others by
-    /// `tests/hostile.rs`.
+    /// Without the depth limits, each of these would overflow the stack of a 2 MiB
+    /// thread (this test's, an HTTP worker's or the router's) in a debug build and
+    /// abort the process. The first came from `fuzz/` (target `subscription`), the
+    /// others from `tests/hostile.rs`.
     #[test]
     fn deep_expressions_are_refused_not_a_stack_overflow() {
         let nested = |open: &str, inner: &str, close: &str, n: usize| {
