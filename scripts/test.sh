@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Python + websockets, for the conformance run of PROTOCOL.md's literal frames.
+# Python + websockets, for the conformance run of docs/protocol.md's literal frames.
 if ! command -v python3 >/dev/null 2>&1; then
     apt-get update -qq && apt-get install -y -qq python3 python3-websockets
 fi

@@ -100,7 +100,7 @@ pub enum StoreKind {
     Memory,
 }
 
-/// `[auth]`: bearer tokens and JWTs (PROTOCOL.md section 7). Auth is on as soon as a
+/// `[auth]`: bearer tokens and JWTs (docs/protocol.md section 1.3). Auth is on as soon as a
 /// token or a JWT secret is configured.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

@@ -127,7 +127,7 @@ impl Client {
             .collect())
     }
 
-    /// Subscribes (any subscription object of PROTOCOL.md section 3). The subscription
+    /// Subscribes (any subscription object of docs/protocol.md section 4.1). The subscription
     /// gets a client-chosen `id` when it has none, so it keeps its id across reconnects.
     pub async fn subscribe(&self, mut spec: Value) -> Result<Subscription, ClientError> {
         if !spec.is_object() {

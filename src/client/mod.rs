@@ -1,4 +1,4 @@
-//! An async Rust client for the Switchyard wire protocol (PROTOCOL.md), with automatic
+//! An async Rust client for the Switchyard wire protocol (docs/protocol.md), with automatic
 //! reconnect, resubscription and resume.
 //!
 //! Owns: one WebSocket connection at a time (a background task on the current actix

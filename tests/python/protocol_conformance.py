@@ -337,7 +337,7 @@ async def conditional_subscriptions():
                   {"topic": "cost.update", "payload": {}},                   # missing field: no
                   {"type": "cond_b", "priority": "critical"}]                # match both
         ids = [(await publish(pub, ev))["event_id"] for ev in events]
-        await collect(ws, [ids[0], ids[3]], "conditional (PROTOCOL example)")
+        await collect(ws, [ids[0], ids[3]], "conditional (docs/protocol.md example)")
         eq((await next_event(typed, typed_sid))["id"], ids[3], "condition on event.type")
         await expect_error(ws, {"type": "subscribe", "subscription": {"type": "conditional",
                                                                       "condition": "priority =="}},

@@ -2,7 +2,7 @@
 //
 // The token is kept in sessionStorage (gone when the tab closes) and sent as
 // `Authorization: Bearer` on HTTP; the WebSocket URL carries it as `?token=` because
-// browsers cannot set headers on an upgrade (PROTOCOL.md section 7).
+// browsers cannot set headers on an upgrade (docs/protocol.md section 1.3).
 
 const TOKEN_KEY = "switchyard.token";
 

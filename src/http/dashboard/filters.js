@@ -1,5 +1,5 @@
 // The filter bar: quick filters, a pattern field, a CEL condition field and priority
-// toggles, turned into one subscription (PROTOCOL.md section 3, `subscribe`).
+// toggles, turned into one subscription (docs/protocol.md section 4, subscriptions).
 
 export const QUICK_FILTERS = [
   { label: "All", patterns: "" },
