@@ -232,6 +232,15 @@ async fn stored(server: &TestServer, event_type: &str) -> Vec<serde_json::Value>
     body.as_array().cloned().unwrap_or_default()
 }
 
+/// `payload.i` of the stored events of type `kind`, oldest first.
+async fn stored_payload_ids(server: &TestServer, kind: &str) -> Vec<Value> {
+    stored(server, kind)
+        .await
+        .iter()
+        .map(|e| e["payload"]["i"].clone())
+        .collect()
+}
+
 /// A server whose connections may publish `burst` events at once, then one a second.
 async fn rate_limited_server(burst: u32) -> TestServer {
     TestServer::with(|c| {
@@ -266,12 +275,11 @@ async fn publishes_over_the_connection_rate_get_rate_limited_and_are_not_stored(
         }
     }
     c.assert_alive().await;
-    let kept: Vec<_> = stored(&server, "rated_event")
-        .await
-        .iter()
-        .map(|e| e["payload"]["i"].clone())
-        .collect();
-    assert_eq!(kept, [0, 1, 2], "only the accepted events are stored");
+    assert_eq!(
+        stored_payload_ids(&server, "rated_event").await,
+        [0, 1, 2],
+        "only the accepted events are stored"
+    );
     let (_, stats) = server.get("/api/stats").await;
     assert_eq!(stats["events"]["rejected_over_rate"], 5);
     assert_eq!(stats["events"]["published"]["total"], 3);
@@ -325,12 +333,11 @@ async fn http_publishes_over_the_connection_rate_get_rate_limited_and_are_not_st
     for result in body["results"].as_array().cloned().unwrap_or_default() {
         assert_eq!(result["error"]["code"], "rate_limited", "{body}");
     }
-    let kept: Vec<_> = stored(&server, "http_rated")
-        .await
-        .iter()
-        .map(|e| e["payload"]["i"].clone())
-        .collect();
-    assert_eq!(kept, [0, 1, 2], "only the accepted events are stored");
+    assert_eq!(
+        stored_payload_ids(&server, "http_rated").await,
+        [0, 1, 2],
+        "only the accepted events are stored"
+    );
     let (_, stats) = server.get("/api/stats").await;
     assert_eq!(stats["events"]["rejected_over_rate"], 4);
 }
