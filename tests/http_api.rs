@@ -47,6 +47,45 @@ async fn health_and_ready() {
     );
 }
 
+/// `/api/info` lists the routes the server registered: each GET route it lists answers
+/// (whatever its status, never the 404 of an unknown path), and an unlisted path is 404.
+#[actix_rt::test]
+async fn api_info_lists_the_registered_routes() {
+    let server = TestServer::start().await;
+    let (status, info) = server.get("/api/info").await;
+    assert_eq!(status, 200, "{info}");
+    let routes: Vec<String> = info["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .filter_map(|r| r.as_str().map(str::to_owned))
+        .collect();
+    for expected in [
+        "GET /ws",
+        "POST /api/events",
+        "DELETE /api/dead-letters/{id}",
+    ] {
+        assert!(
+            routes.iter().any(|r| r == expected),
+            "{expected} in {routes:?}"
+        );
+    }
+    for route in &routes {
+        let Some(path) = route.strip_prefix("GET ") else {
+            continue;
+        };
+        let path = path.replace("{file}", "app.js");
+        let (status, body) = server.get_text(&path).await;
+        assert!(
+            !(status == 404 && body.contains("no route for")),
+            "{route}: {status} {body}"
+        );
+    }
+    let (status, body) = server.get("/api/nothing-here").await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+}
+
 #[actix_rt::test]
 async fn post_events_accepts_one_or_many_and_reports_per_event() {
     let server = TestServer::start().await;
