@@ -55,9 +55,9 @@ impl actix_web::FromRequest for Caller {
     }
 }
 
-/// The publish budget of one HTTP connection (`limits.publish_rate_per_sec`), as each
-/// WebSocket connection has one: attached when the connection is accepted
-/// (`server::run`), so keep-alive requests share it.
+/// The publish budget of one TCP connection (`limits.publish_rate_per_sec`): attached
+/// when the connection is accepted (`server::run`), so the requests it keeps alive for
+/// share it, and a WebSocket session upgraded on it takes it over.
 #[derive(Clone)]
 pub struct ConnectionBudget(pub Arc<PublishBudget>);
 
@@ -126,7 +126,15 @@ async fn ws(
     query: web::Query<session::ConnectQuery>,
 ) -> Result<HttpResponse, HttpError> {
     let principal = authenticate(&req, true)?;
-    session::upgrade(&req, stream, &state.session_shared(), principal, &query)
+    let budget = ConnectionBudget::of(&req, &state.config.limits).0;
+    session::upgrade(
+        &req,
+        stream,
+        &state.session_shared(),
+        principal,
+        budget,
+        &query,
+    )
 }
 
 /// Declares each route once: [`configure`] registers them and [`ROUTES`] lists them

@@ -75,8 +75,9 @@ pub struct Session {
     replies: ReplyOrder,
     /// Publishes sent to the router and not yet answered.
     publishes_in_flight: usize,
-    /// Tokens for publishing: one per event (`limits.publish_rate_per_sec`).
-    budget: PublishBudget,
+    /// Tokens for publishing: one per event (`limits.publish_rate_per_sec`); the
+    /// budget of the TCP connection the session was upgraded on.
+    budget: Arc<PublishBudget>,
     /// Bad frames in the current window.
     errors: ErrorBudget,
     read: read::Reading,

@@ -40,13 +40,14 @@ pub struct ConnectQuery {
 }
 
 /// Starts a [`Session`] on an upgrade request whose caller the HTTP layer has
-/// authenticated: refuses a bad connect-time subscription (400) or one outside the
+/// authenticated, charging its publishes to `budget` (its connection's): refuses a bad connect-time subscription (400) or one outside the
 /// caller's read grant (403), and refuses past `max_connections` (503).
 pub fn upgrade(
     req: &HttpRequest,
     stream: web::Payload,
     shared: &Shared,
     principal: Arc<Principal>,
+    budget: Arc<PublishBudget>,
     query: &ConnectQuery,
 ) -> Result<HttpResponse, HttpError> {
     let mut connect_subscription = connect_subscription(query)?;
@@ -77,7 +78,7 @@ pub fn upgrade(
         connect_subscription,
         replies: ReplyOrder::default(),
         publishes_in_flight: 0,
-        budget: PublishBudget::new(limits),
+        budget,
         errors: ErrorBudget::default(),
         read,
         write: Writing::default(),
