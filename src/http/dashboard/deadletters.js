@@ -47,50 +47,63 @@ export class DeadLetters {
     }
   }
 
+  // Rows are keyed by id and reused: a reload (after every stats tick that saw a new dead
+  // letter) must not swap the buttons out from under a pointer or the keyboard focus.
   render(rows) {
     this.count.textContent = `(${rows.length})`;
     if (rows.length === 0) {
       this.list.replaceChildren(el("li", "empty", "No dead letters."));
       return;
     }
+    const existing = new Map(
+      Array.from(this.list.querySelectorAll("li.dead-letter"), (li) => [li.dataset.id, li]),
+    );
     const now = Date.now();
     const items = rows.map((dl) => {
-      const li = el("li", "dead-letter");
-      li.dataset.id = String(dl.id);
-      const event = dl.event || {};
-      const head = el("div", "dl-head");
-      head.appendChild(el("span", "topic", event.topic || "?"));
-      head.appendChild(el("span", `prio prio-${event.priority || "normal"}`, event.priority || ""));
-      li.appendChild(head);
-      const facts = el("p", "dl-facts");
-      facts.textContent =
+      const li = existing.get(String(dl.id)) || this.row(dl);
+      li.querySelector(".dl-facts").textContent =
         `#${dl.id} · ${dl.reason} · ${dl.attempts} attempt${dl.attempts === 1 ? "" : "s"}` +
         ` · ${relativeTime(Date.parse(dl.dead_at), now)} · sub ${dl.subscription}`;
-      li.appendChild(facts);
-      const actions = el("div", "dl-actions");
-      const retry = el("button", "small", "Retry");
-      retry.type = "button";
-      retry.dataset.action = "retry";
-      retry.setAttribute("aria-label", `Retry dead letter ${dl.id}`);
-      retry.addEventListener("click", () =>
-        this.act(dl.id, "retry", () =>
-          api(`/api/dead-letters/${encodeURIComponent(dl.id)}/retry`, { method: "POST" }),
-        ),
-      );
-      const remove = el("button", "small danger", "Delete");
-      remove.type = "button";
-      remove.dataset.action = "delete";
-      remove.setAttribute("aria-label", `Delete dead letter ${dl.id}`);
-      remove.addEventListener("click", () =>
-        this.act(dl.id, "delete", () =>
-          api(`/api/dead-letters/${encodeURIComponent(dl.id)}`, { method: "DELETE" }),
-        ),
-      );
-      actions.append(retry, remove);
-      li.appendChild(actions);
       return li;
     });
-    this.list.replaceChildren(...items);
+    const same =
+      items.length === this.list.children.length &&
+      items.every((li, i) => this.list.children[i] === li);
+    if (!same) this.list.replaceChildren(...items);
+  }
+
+  /** A new row for dead letter `dl`: topic, priority, facts (filled by render), buttons. */
+  row(dl) {
+    const li = el("li", "dead-letter");
+    li.dataset.id = String(dl.id);
+    const event = dl.event || {};
+    const head = el("div", "dl-head");
+    head.appendChild(el("span", "topic", event.topic || "?"));
+    head.appendChild(el("span", `prio prio-${event.priority || "normal"}`, event.priority || ""));
+    li.appendChild(head);
+    li.appendChild(el("p", "dl-facts"));
+    const actions = el("div", "dl-actions");
+    const retry = el("button", "small", "Retry");
+    retry.type = "button";
+    retry.dataset.action = "retry";
+    retry.setAttribute("aria-label", `Retry dead letter ${dl.id}`);
+    retry.addEventListener("click", () =>
+      this.act(dl.id, "retry", () =>
+        api(`/api/dead-letters/${encodeURIComponent(dl.id)}/retry`, { method: "POST" }),
+      ),
+    );
+    const remove = el("button", "small danger", "Delete");
+    remove.type = "button";
+    remove.dataset.action = "delete";
+    remove.setAttribute("aria-label", `Delete dead letter ${dl.id}`);
+    remove.addEventListener("click", () =>
+      this.act(dl.id, "delete", () =>
+        api(`/api/dead-letters/${encodeURIComponent(dl.id)}`, { method: "DELETE" }),
+      ),
+    );
+    actions.append(retry, remove);
+    li.appendChild(actions);
+    return li;
   }
 
   async act(id, what, call) {
