@@ -26,6 +26,9 @@ pub enum ErrorCode {
     Unauthorized,
     Forbidden,
     Internal,
+    /// The shared event log (cluster mode) cannot be reached: nothing was stored, retry
+    /// (on this node or another).
+    Unavailable,
     /// HTTP only: a query parameter or request body that is not valid.
     InvalidRequest,
     /// HTTP only: the WebSocket upgrade was refused because `max_connections` is reached.
@@ -53,6 +56,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::NotFound => "not_found",
@@ -67,7 +71,9 @@ impl ErrorCode {
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::TooManyConnections | ErrorCode::Unavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorCode::NotFound | ErrorCode::UnknownSubscription | ErrorCode::UnknownEvent => {
                 StatusCode::NOT_FOUND
             }
@@ -105,6 +111,9 @@ impl ProtocolError {
     }
 }
 
+/// `Retry-After` of an `unavailable` answer: the log is retried this soon.
+pub const RETRY_AFTER_SECS: &str = "1";
+
 /// An error answered by the HTTP API as `{"error": {"code", "message"}}`.
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
@@ -133,8 +142,14 @@ impl ResponseError for HttpError {
 
     fn error_response(&self) -> HttpResponse {
         let mut res = HttpResponse::build(self.status_code());
-        if self.0.code == ErrorCode::Unauthorized {
-            res.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
+        match self.0.code {
+            ErrorCode::Unauthorized => {
+                res.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            ErrorCode::Unavailable => {
+                res.insert_header((actix_web::http::header::RETRY_AFTER, RETRY_AFTER_SECS));
+            }
+            _ => {}
         }
         res.json(serde_json::json!({ "error": self.0.to_json() }))
     }

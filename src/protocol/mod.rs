@@ -52,6 +52,23 @@ impl EncodedEvent {
     }
 
     /// An event with its envelope already at hand (read back from the store).
+    /// The envelope up to and including `"cursor":`, for a log that numbers events
+    /// itself (it appends the cursor and the closing brace). `None` once numbered.
+    pub fn json_before_cursor(&self) -> Option<&str> {
+        // `cursor` is the envelope's last field (`Event`), and is 0 until numbered.
+        (self.event.cursor == 0)
+            .then(|| self.json.strip_suffix("0}"))
+            .flatten()
+            .filter(|head| head.ends_with("\"cursor\":"))
+    }
+
+    /// This event numbered `cursor` (its envelope re-encoded).
+    pub fn numbered(&self, cursor: u64) -> Arc<EncodedEvent> {
+        let mut event = self.event.clone();
+        event.cursor = cursor;
+        EncodedEvent::new(event)
+    }
+
     pub fn with_json(event: Event, json: Arc<str>) -> Arc<EncodedEvent> {
         Arc::new(EncodedEvent {
             event,

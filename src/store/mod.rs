@@ -3,6 +3,8 @@
 //! - [`sqlite::SqliteStore`] (default): a WAL-mode SQLite file under `--data-dir`;
 //!   survives restarts, cursors continue where they stopped.
 //! - [`memory::MemoryStore`] (`store.kind = "memory"`): a bounded in-process log.
+//! - [`redis::RedisStore`] (`store.kind = "redis"`): one log in Redis shared by every
+//!   node of a cluster; it numbers events itself and is the cluster's duplicate check.
 //!
 //! Every method of the trait is cursor-based and stateless between calls, so that
 //! state lives in the backend, not in the router, and a backend shared by several
@@ -10,10 +12,13 @@
 //!
 //! Owns: persisted events, dead letters and durable subscription state, the cursor
 //! high-water mark, and applying a [`Retention`] (whose limits come from `config`).
-//! Must not: assign cursors (the router does, in acceptance order), route anything, or
-//! import from the layers above it (actors, http). Backends are blocking; they run
-//! only on the store actor's own arbiter thread, never on a thread shared with the
-//! router, workers or sessions.
+//! Cursors: a single node's router assigns them in acceptance order and
+//! [`EventStore::append`] stores them; a log shared by several nodes numbers events
+//! itself ([`EventStore::numbers_events`], [`EventStore::append_new`]).
+//! Must not: route anything, or import from the layers above it (actors, http).
+//! Backends are blocking; they run only on threads of their own (the store actor's
+//! arbiter, a cluster log's tail), never on a thread shared with the router, workers
+//! or sessions.
 
 mod checkpoint;
 pub mod memory;
@@ -161,15 +166,60 @@ pub enum StoreError {
     Corrupt { cursor: u64, message: String },
     #[error("cannot start the store's thread: {source}")]
     Thread { source: std::io::Error },
+    /// The shared log cannot be reached, or did not answer in time: nothing was
+    /// stored, or (`outcome unknown`) a retry is answered `duplicate` if it was.
+    #[error("event log unreachable: {0}")]
+    Unavailable(String),
+    /// The shared log answered with an error (a script failed, Redis is out of memory).
+    #[error("redis: {0}")]
+    Redis(String),
+    /// The shared log is not the one this node joined (wiped, or another Redis).
+    #[error(
+        "event log replaced: its epoch is {found}, this node joined epoch {joined}; \
+         restart the node with cluster.accept_new_log = true to accept it"
+    )]
+    LogReplaced { joined: String, found: String },
+    /// The shared log cannot be used as configured (AOF off, an old Redis).
+    #[error("{0}")]
+    Unsuitable(String),
+}
+
+impl StoreError {
+    /// The wire code a client is answered with when this fails its request.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            StoreError::Unavailable(_) | StoreError::LogReplaced { .. } => ErrorCode::Unavailable,
+            _ => ErrorCode::Internal,
+        }
+    }
 }
 
 /// A store failure answering an HTTP request: logged here, shown to the client as
-/// `internal`, since nothing the client sends can fix it.
+/// `unavailable` (503, retry) when the shared log is out of reach, else `internal`,
+/// since nothing the client sends can fix it.
 impl From<StoreError> for HttpError {
     fn from(err: StoreError) -> Self {
-        log::error!("store read failed: {err}");
-        HttpError::new(ErrorCode::Internal, format!("store read failed: {err}"))
+        log::error!("store request failed: {err}");
+        HttpError::new(err.code(), format!("store request failed: {err}"))
     }
+}
+
+/// What [`EventStore::append_new`] did with one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored under this cursor.
+    Stored(u64),
+    /// Not stored: the log already holds this event id, under this cursor.
+    Duplicate(u64),
+}
+
+/// An event for [`EventStore::append_new`]: not numbered yet (`cursor` 0).
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event: Arc<EncodedEvent>,
+    /// Answer [`Appended::Duplicate`] if the log holds its id; `false` stores it again
+    /// (a dead letter republished).
+    pub check_duplicate: bool,
 }
 
 /// A backend for the event log.
@@ -188,6 +238,35 @@ pub trait EventStore: Send {
     /// Stores events in one transaction, all or nothing. Cursors are strictly
     /// increasing across calls.
     fn append(&mut self, events: &[Arc<EncodedEvent>]) -> Result<(), StoreError>;
+
+    /// Whether this log numbers events itself ([`EventStore::append_new`]): it is
+    /// shared by several nodes, so no router can. Then every node routes what it reads
+    /// back from the log, and [`EventStore::append`] is only for importing events
+    /// that already have cursors.
+    fn numbers_events(&self) -> bool {
+        false
+    }
+
+    /// Stores events in one transaction, all or nothing, numbering them after the
+    /// highest cursor ever stored; one outcome per event, in order. A log shared by
+    /// several nodes is the cluster's duplicate check and answers
+    /// [`Appended::Duplicate`] for an id it holds; a single node's log leaves that to
+    /// the router and stores every event.
+    fn append_new(&mut self, events: &[NewEvent]) -> Result<Vec<Appended>, StoreError> {
+        let mut next = self.last_cursor()?;
+        let numbered: Vec<_> = events
+            .iter()
+            .map(|e| {
+                next += 1;
+                e.event.numbered(next)
+            })
+            .collect();
+        self.append(&numbered)?;
+        Ok(numbered
+            .iter()
+            .map(|e| Appended::Stored(e.event.cursor))
+            .collect())
+    }
 
     /// Events matching `q`, in its order, at most `q.limit`.
     fn query(&self, q: &EventQuery) -> Result<Vec<Arc<EncodedEvent>>, StoreError>;
@@ -240,6 +319,30 @@ pub trait EventStore: Send {
         name: &str,
         floor: u64,
     ) -> Result<(), StoreError>;
+
+    /// Claims durable subscription `name` of `principal` for `owner` (a connection of
+    /// some node) for `ttl`: `false` when another owner holds an unexpired claim. A
+    /// claim by the same owner renews it. A store used by one node only answers
+    /// `true`: that node's router already keeps one connection per name.
+    fn durable_claim(
+        &mut self,
+        _principal: &str,
+        _name: &str,
+        _owner: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    /// Gives up `owner`'s claim (nothing if another owner holds it now).
+    fn durable_release(
+        &mut self,
+        _principal: &str,
+        _name: &str,
+        _owner: &str,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Where a durable subscription stands: every match at or below `floor` is resolved
@@ -260,5 +363,8 @@ pub fn open(config: &Config) -> Result<Box<dyn EventStore>, StoreError> {
             &config.server.data_dir,
             &sqlite::SqliteOptions::from(&config.store),
         )?)),
+        StoreKind::Redis => Err(StoreError::Unsuitable(
+            "store.kind = \"redis\": this build has no Redis backend yet".into(),
+        )),
     }
 }

@@ -9,6 +9,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod cluster;
+
+pub use cluster::ClusterConfig;
+
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -16,7 +20,7 @@ use serde::{Deserialize, Serialize};
 const REDACTED: &str = "<redacted>";
 
 /// The checked-in defaults, compiled into the binary.
-pub const DEFAULTS: &str = include_str!("../config/switchyard.toml");
+pub const DEFAULTS: &str = include_str!("../../config/switchyard.toml");
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +29,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub router: RouterConfig,
     pub store: StoreConfig,
+    pub cluster: ClusterConfig,
     pub auth: AuthConfig,
 }
 
@@ -98,6 +103,8 @@ pub struct RouterConfig {
 pub enum StoreKind {
     Sqlite,
     Memory,
+    /// A Redis log shared by every node of a cluster (docs/cluster.md).
+    Redis,
 }
 
 /// `[auth]`: bearer tokens and JWTs (docs/protocol.md section 1.3). Auth is on as soon as a
@@ -147,6 +154,16 @@ pub struct StoreConfig {
     pub segment_events: u64,
     /// Dead letters kept, newest first (0 = no limit).
     pub max_dead_letters: u64,
+    /// `store.kind = "redis"`: the server, e.g. `redis://127.0.0.1:6379/0`.
+    #[serde(default)]
+    pub redis_url: String,
+    /// Refuse to start on a Redis without `appendonly yes` (false: only warn).
+    #[serde(default = "yes")]
+    pub redis_require_aof: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl StoreConfig {
@@ -339,7 +356,15 @@ impl Config {
         if self.router.max_queued_events == 0 {
             return invalid("router.max_queued_events", "must be greater than 0");
         }
-        Ok(())
+        if self.store.kind == StoreKind::Redis {
+            cluster::validate_redis_url(&self.store.redis_url).map_err(|message| {
+                ConfigError::Invalid {
+                    key: "store.redis_url",
+                    message,
+                }
+            })?;
+        }
+        self.cluster.validate()
     }
 
     /// The configuration as TOML, for `switchyard print-config`. Secrets are redacted.
@@ -351,6 +376,7 @@ impl Config {
         if !shown.auth.jwt_secret.is_empty() {
             shown.auth.jwt_secret = REDACTED.to_owned();
         }
+        shown.store.redis_url = cluster::redact_url(&shown.store.redis_url);
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 
