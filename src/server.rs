@@ -73,6 +73,7 @@ pub async fn run(
     let stored = StoredState {
         last_cursor: store.last_cursor()?,
         recent_ids: store.recent_ids(config.router.dedupe_window)?,
+        shared_log: store.numbers_events(),
     };
     log::info!(
         "event store: {} (last cursor {}; {} ids of its newest events in the duplicate window)",

@@ -21,18 +21,20 @@
 //! a full inbox answers every event `rate_limited` at once (the publisher's policy
 //! lives in that one function).
 
+mod commit;
 mod dead_letters;
 mod publish;
 mod queries;
 mod replay;
 mod sessions;
 
+pub use commit::{LogInterrupted, Tailed};
 pub use dead_letters::{FindSubscription, DEAD_LETTER_TOPIC};
 pub use publish::{publish, Dedupe, Publish, PublishReply, PublishResults};
 pub use queries::{GetStats, GetTopics, ListSubscriptions, TopicInfo};
 pub use sessions::{Connect, Disconnect, Subscribe, Unsubscribe};
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,15 +44,15 @@ use chrono::{DateTime, Utc};
 
 use super::delivery::worker_index;
 use super::delivery::{DeliveryWorker, Dispatch, DispatchItem};
-use super::store::{Append, StoreActor};
+use super::store::StoreActor;
 use crate::config::Config;
 use crate::delivery::{SessionId, SubscriptionHandle};
-use crate::error::{ErrorCode, ProtocolError};
 use crate::metrics::{Metrics, RateWindow};
-use crate::protocol::{EncodedEvent, Event, PublishOk};
+use crate::protocol::{EncodedEvent, Event};
 use crate::routing::condition::MatchInput;
 use crate::routing::dedupe::DedupeWindow;
 use crate::routing::index::SubscriptionIndex;
+use crate::store::NewEvent;
 
 /// Events routed per `Drain` turn before the router yields to its mailbox, so that a
 /// critical publish is never stuck behind a long backlog for more than one turn.
@@ -106,8 +108,11 @@ pub struct Router {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     store: Addr<StoreActor>,
+    /// The log numbers events and is read back by the tail (cluster mode,
+    /// `commit.rs`); otherwise this router numbers them.
+    shared_log: bool,
     /// Accepted, not yet sent to the store.
-    commit_buffer: Vec<Arc<EncodedEvent>>,
+    commit_buffer: Vec<NewEvent>,
     /// The publishes whose results wait for `commit_buffer` to commit.
     commit_waiters: Vec<(PublishReply, PublishResults)>,
     /// An `Append` is in flight.
@@ -124,11 +129,13 @@ pub struct Router {
     queued: usize,
     drain_scheduled: bool,
     last_cursor: u64,
-    /// Durable subscriptions open on some connection, by (principal, name).
-    active_durables: HashSet<(String, String)>,
-    /// The highest committed cursor. Commits are in cursor order, so every cursor at or
-    /// below it is committed (or was refused by a failed commit).
-    last_committed: u64,
+    /// Durable subscriptions open on a connection of this node, by (principal, name);
+    /// the store holds their claims cluster-wide.
+    active_durables: HashMap<(String, String), SessionId>,
+    /// The highest cursor queued for routing: committed here, or read from the shared
+    /// log. Both come in cursor order, so every cursor at or below it has been queued
+    /// (or was refused by a failed commit); replay's boundary.
+    last_queued: u64,
     dedupe: DedupeWindow,
     topics: HashMap<String, TopicStats>,
     expired: u64,
@@ -145,6 +152,8 @@ pub struct StoredState {
     /// Ids and cursors of the newest events, oldest first, at most
     /// `router.dedupe_window` of them.
     pub recent_ids: Vec<(String, u64)>,
+    /// The log numbers events itself (`EventStore::numbers_events`).
+    pub shared_log: bool,
 }
 
 impl Router {
@@ -160,6 +169,7 @@ impl Router {
         let StoredState {
             last_cursor,
             recent_ids,
+            shared_log,
         } = stored;
         let mut dedupe = DedupeWindow::new(config.router.dedupe_window);
         for (id, cursor) in &recent_ids {
@@ -167,6 +177,7 @@ impl Router {
         }
         Router {
             store,
+            shared_log,
             commit_buffer: Vec::new(),
             commit_waiters: Vec::new(),
             committing: false,
@@ -178,8 +189,8 @@ impl Router {
             queued: 0,
             drain_scheduled: false,
             last_cursor,
-            last_committed: last_cursor,
-            active_durables: HashSet::new(),
+            last_queued: last_cursor,
+            active_durables: HashMap::new(),
             dedupe,
             topics: HashMap::new(),
             expired: 0,
@@ -200,127 +211,6 @@ impl Router {
         if !self.drain_scheduled && routable {
             self.drain_scheduled = true;
             ctx.notify(Drain);
-        }
-    }
-
-    /// Accepts an event; [`Dedupe::Skip`] routes it again even if its id was seen (a
-    /// republished dead letter).
-    fn accept(&mut self, mut event: Event, dedupe: Dedupe) -> Result<PublishOk, ProtocolError> {
-        let check = dedupe == Dedupe::Check;
-        if let Some(cursor) = self.dedupe.get(&event.id).filter(|_| check) {
-            self.metrics.duplicates.fetch_add(1, Relaxed);
-            return Ok(PublishOk {
-                event_id: event.id,
-                cursor,
-                duplicate: true,
-            });
-        }
-        if self.queued >= self.config.router.max_queued_events {
-            self.metrics.rejected_busy.fetch_add(1, Relaxed);
-            return Err(ProtocolError::new(
-                ErrorCode::RateLimited,
-                format!(
-                    "router queue is full ({} events waiting to be routed); retry shortly",
-                    self.queued
-                ),
-            ));
-        }
-        self.last_cursor += 1;
-        event.cursor = self.last_cursor;
-        self.dedupe.insert(&event.id, event.cursor);
-        let ok = PublishOk {
-            event_id: event.id.clone(),
-            cursor: event.cursor,
-            duplicate: false,
-        };
-        self.commit_buffer.push(EncodedEvent::new(event));
-        self.queued += 1;
-        Ok(ok)
-    }
-
-    /// Sends the commit buffer to the store unless a commit is already in flight (then
-    /// it goes when that one is done: group commit).
-    fn commit(&mut self, ctx: &mut Context<Self>) {
-        if self.committing || self.commit_waiters.is_empty() {
-            return;
-        }
-        let events = std::mem::take(&mut self.commit_buffer);
-        let waiters = std::mem::take(&mut self.commit_waiters);
-        if events.is_empty() {
-            // Only duplicates or refusals: nothing to store.
-            for (reply, results) in waiters {
-                let _ = reply.send(results);
-            }
-            return;
-        }
-        self.committing = true;
-        let started = Instant::now();
-        let append = self.store.send(Append {
-            events: events.clone(),
-        });
-        ctx.spawn(append.into_actor(self).map(move |res, act, ctx| {
-            act.committing = false;
-            let commits = &act.metrics.commits;
-            commits.seconds.observe(started.elapsed().as_secs_f64());
-            commits.batch_size.observe(events.len() as f64);
-            match res
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()))
-            {
-                Ok(()) => act.committed(events, waiters, ctx),
-                Err(e) => act.commit_failed(&e, events, waiters),
-            }
-            act.commit(ctx);
-        }));
-    }
-
-    fn committed(
-        &mut self,
-        events: Vec<Arc<EncodedEvent>>,
-        waiters: Vec<(PublishReply, PublishResults)>,
-        ctx: &mut Context<Self>,
-    ) {
-        if let Some(last) = events.last() {
-            self.last_committed = last.event.cursor;
-        }
-        for event in events {
-            self.track_topic(&event.event);
-            self.metrics.count_published(&event);
-            self.queues[event.event.priority.index()].push_back(event);
-        }
-        for (reply, results) in waiters {
-            let _ = reply.send(results);
-        }
-        self.schedule_drain(ctx);
-    }
-
-    /// Nothing of a failed batch is routed or acknowledged; its ids are forgotten so a
-    /// retry is not taken for a duplicate. Its cursors are never reused.
-    fn commit_failed(
-        &mut self,
-        error: &str,
-        events: Vec<Arc<EncodedEvent>>,
-        waiters: Vec<(PublishReply, PublishResults)>,
-    ) {
-        log::error!("store write of {} events failed: {error}", events.len());
-        self.queued -= events.len();
-        for e in &events {
-            self.dedupe.remove(&e.event.id);
-        }
-        let failed: std::collections::HashSet<u64> =
-            events.iter().map(|e| e.event.cursor).collect();
-        for (reply, results) in waiters {
-            let results = results
-                .into_iter()
-                .map(|r| match r {
-                    Ok(ok) if failed.contains(&ok.cursor) => Err(ProtocolError::new(
-                        ErrorCode::Internal,
-                        format!("event not stored: {error}"),
-                    )),
-                    other => other,
-                })
-                .collect();
-            let _ = reply.send(results);
         }
     }
 
@@ -392,6 +282,9 @@ impl Router {
             // condition input; group the matches by the worker serving each subscriber.
             let input = MatchInput::new(&event.event);
             self.index.for_each_candidate(&event.event.topic, |sub| {
+                if event.event.cursor <= sub.spec.live_after() {
+                    return;
+                }
                 match sub.spec.matcher.test(&input) {
                     Ok(true) => {}
                     Ok(false) => return,
@@ -443,6 +336,11 @@ impl Actor for Router {
                 .sample(now, act.metrics.delivered.total());
             act.refresh_gauges();
         });
+        if self.shared_log {
+            ctx.run_interval(self.config.cluster.heartbeat(), |act, ctx| {
+                act.renew_durables(ctx);
+            });
+        }
         log::debug!(
             "router started with {} delivery workers",
             self.workers.len()

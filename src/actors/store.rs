@@ -1,9 +1,11 @@
 //! The store actor: once the server runs, the only place the event log is read or
 //! written (`server::run` reads the last cursor and recent ids before it starts).
 //!
-//! Into the store: [`Append`] (from the router: one group commit), [`Query`] (HTTP API
-//! and replay), [`Stats`] and [`Ping`] (HTTP API); durable state: [`OpenDurable`]
-//! (router) and [`DurableAcked`] (router and delivery workers); the dead letters:
+//! Into the store: [`Append`] or, for a log that numbers events itself, [`AppendNew`]
+//! (from the router: one group commit), [`Query`] (HTTP API
+//! and replay), [`Stats`] and [`Ping`] (HTTP API); durable state: [`OpenDurable`],
+//! [`RenewDurables`], [`ReleaseDurable`] (router) and [`DurableAcked`] (router and
+//! delivery workers); the dead letters:
 //! [`AddDeadLetter`] (router), [`ListDeadLetters`], [`GetDeadLetter`],
 //! [`TakeDeadLetter`] (HTTP API).
 //! Out of the store: nothing; answers only.
@@ -22,8 +24,8 @@ use crate::metrics::Metrics;
 use crate::protocol::EncodedEvent;
 use crate::routing::Matcher;
 use crate::store::{
-    DeadLetter, DurableState, EventQuery, EventStore, NewDeadLetter, Retention, StoreError,
-    StoreStats,
+    Appended, DeadLetter, DurableState, EventQuery, EventStore, NewDeadLetter, NewEvent, Retention,
+    StoreError, StoreStats,
 };
 
 /// How often retention runs. It runs between commits, never inside one.
@@ -36,6 +38,14 @@ const EVICTION_LOG_INTERVAL: Duration = Duration::from_secs(60);
 #[rtype(result = "Result<(), StoreError>")]
 pub struct Append {
     pub events: Vec<Arc<EncodedEvent>>,
+}
+
+/// Store a batch of accepted events that the log numbers itself (cluster mode), in one
+/// transaction: one outcome per event.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Appended>, StoreError>")]
+pub struct AppendNew {
+    pub events: Vec<NewEvent>,
 }
 
 /// Read stored events.
@@ -126,15 +136,32 @@ impl Handler<Append> for StoreActor {
 
     fn handle(&mut self, msg: Append, ctx: &mut Context<Self>) -> Self::Result {
         self.store.append(&msg.events)?;
-        self.since_retention += msg.events.len() as u64;
+        self.appended(msg.events.len(), ctx);
+        Ok(())
+    }
+}
+
+impl Handler<AppendNew> for StoreActor {
+    type Result = Result<Vec<Appended>, StoreError>;
+
+    fn handle(&mut self, msg: AppendNew, ctx: &mut Context<Self>) -> Self::Result {
+        let outcomes = self.store.append_new(&msg.events)?;
+        self.appended(msg.events.len(), ctx);
+        Ok(outcomes)
+    }
+}
+
+impl StoreActor {
+    /// Counts appended events; the count limit is enforced every tenth of it, after
+    /// this commit is answered, not inside it.
+    fn appended(&mut self, count: usize, ctx: &mut Context<Self>) {
+        self.since_retention += count as u64;
         if let Some(max) = self.retention.max_events {
             if self.since_retention >= (max / 10).max(1) {
                 self.since_retention = 0;
-                // After this commit is answered, not inside it.
                 ctx.notify(CountRetention);
             }
         }
-        Ok(())
     }
 }
 
@@ -265,16 +292,38 @@ impl Handler<TakeDeadLetter> for StoreActor {
     }
 }
 
-/// Open (creating at `floor` if new) a durable subscription's state, compacted first:
-/// its floor moves up over every stored event that `matcher` rejects or that is
-/// already resolved.
+/// Claim a durable subscription for `owner` (one connection in the whole cluster holds
+/// it, for `lease` at a time), then open (creating at `floor` if new) its state,
+/// compacted first: its floor moves up over every stored event that `matcher` rejects
+/// or that is already resolved. `None`: another connection holds it.
 #[derive(Message)]
-#[rtype(result = "Result<DurableState, StoreError>")]
+#[rtype(result = "Result<Option<DurableState>, StoreError>")]
 pub struct OpenDurable {
     pub principal: String,
     pub name: String,
     pub floor: u64,
     pub matcher: Matcher,
+    pub owner: String,
+    pub lease: Duration,
+}
+
+/// Renew the claims of the durable subscriptions open on this node; answers the
+/// indexes of those now held by another connection (or that failed to renew).
+#[derive(Message)]
+#[rtype(result = "Vec<usize>")]
+pub struct RenewDurables {
+    /// (principal, name, owner)
+    pub claims: Vec<(String, String, String)>,
+    pub lease: Duration,
+}
+
+/// Give up a durable subscription's claim (it was closed).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReleaseDurable {
+    pub principal: String,
+    pub name: String,
+    pub owner: String,
 }
 
 /// Cursors a durable subscription has resolved (acknowledged or dead-lettered).
@@ -330,12 +379,61 @@ impl StoreActor {
 }
 
 impl Handler<OpenDurable> for StoreActor {
-    type Result = Result<DurableState, StoreError>;
+    type Result = Result<Option<DurableState>, StoreError>;
 
     fn handle(&mut self, msg: OpenDurable, _: &mut Context<Self>) -> Self::Result {
-        self.store
-            .durable_open(&msg.principal, &msg.name, msg.floor)?;
-        self.compact(&msg.principal, &msg.name, &msg.matcher)
+        let (principal, name) = (&msg.principal, &msg.name);
+        if !self
+            .store
+            .durable_claim(principal, name, &msg.owner, msg.lease)?
+        {
+            return Ok(None);
+        }
+        let opened = self
+            .store
+            .durable_open(principal, name, msg.floor)
+            .and_then(|_| self.compact(principal, name, &msg.matcher));
+        if opened.is_err() {
+            // Not opened: nobody holds it.
+            let _ = self.store.durable_release(principal, name, &msg.owner);
+        }
+        opened.map(Some)
+    }
+}
+
+impl Handler<RenewDurables> for StoreActor {
+    type Result = Vec<usize>;
+
+    fn handle(&mut self, msg: RenewDurables, _: &mut Context<Self>) -> Vec<usize> {
+        let mut lost = Vec::new();
+        for (i, (principal, name, owner)) in msg.claims.iter().enumerate() {
+            match self.store.durable_claim(principal, name, owner, msg.lease) {
+                Ok(true) => {}
+                Ok(false) => lost.push(i),
+                // Unreachable for now: the claim stands until its lease runs out, and
+                // the next beat tries again.
+                Err(e) => log::warn!("durable subscription {principal}/{name}: not renewed: {e}"),
+            }
+        }
+        lost
+    }
+}
+
+impl Handler<ReleaseDurable> for StoreActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReleaseDurable, _: &mut Context<Self>) {
+        if let Err(e) = self
+            .store
+            .durable_release(&msg.principal, &msg.name, &msg.owner)
+        {
+            // Its lease runs out by itself.
+            log::warn!(
+                "durable subscription {}/{}: claim not released: {e}",
+                msg.principal,
+                msg.name
+            );
+        }
     }
 }
 

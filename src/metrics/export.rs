@@ -21,6 +21,11 @@ pub fn registry(metrics: Arc<Metrics>) -> prometheus_client::registry::Registry 
         metrics.commits.seconds.clone(),
     );
     registry.register(
+        "cluster_tail_read_seconds",
+        "Cluster mode: round trip of the log tail's reads from Redis that returned events",
+        metrics.cluster.tail_read_seconds.clone(),
+    );
+    registry.register(
         "publish_to_deliver_seconds",
         "Time from a publish being accepted to its first delivery being written to the \
          subscriber's connection (live events, attempt 1)",
@@ -225,6 +230,48 @@ impl prometheus_client::collector::Collector for Exporter {
                 None,
                 MetricType::Gauge,
             )?)?;
+        }
+        let cluster = &m.cluster;
+        if cluster.enabled.load(Relaxed) {
+            for (name, help, value, counter) in [
+                (
+                    "cluster_log_reachable",
+                    "1 while the log tail's last request to Redis succeeded",
+                    cluster.log_reachable.load(Relaxed),
+                    false,
+                ),
+                (
+                    "cluster_tail_lag_events",
+                    "Events in the shared log this node has not read yet",
+                    cluster.tail_lag.load(Relaxed),
+                    false,
+                ),
+                (
+                    "cluster_tail_lagged",
+                    "Times this node fell behind the log's retention and closed its \
+                     subscriptions",
+                    cluster.tail_lagged.load(Relaxed),
+                    true,
+                ),
+                (
+                    "cluster_cursor_regressions",
+                    "Times the log's highest cursor was below one this node had read",
+                    cluster.cursor_regressions.load(Relaxed),
+                    true,
+                ),
+            ] {
+                let kind = if counter {
+                    MetricType::Counter
+                } else {
+                    MetricType::Gauge
+                };
+                let descriptor = encoder.encode_descriptor(name, help, None, kind)?;
+                if counter {
+                    ConstCounter::new(value).encode(descriptor)?;
+                } else {
+                    ConstGauge::new(value as i64).encode(descriptor)?;
+                }
+            }
         }
         if let Some(bytes) = resident_memory_bytes() {
             ConstGauge::new(bytes as i64).encode(encoder.encode_descriptor(

@@ -89,6 +89,8 @@ pub struct Metrics {
     pub dead_letters_evicted: AtomicU64,
     pub router: RouterGauges,
     pub commits: CommitHistograms,
+    /// The shared log (cluster mode); untouched on a single node.
+    pub cluster: ClusterMetrics,
     /// Per topic family (first topic segment) counters.
     pub families: TopicFamilies,
     /// Publish-to-deliver latency of first deliveries, by priority.
@@ -271,6 +273,7 @@ impl Default for Metrics {
             dead_letters_evicted: AtomicU64::default(),
             router: RouterGauges::default(),
             commits: CommitHistograms::default(),
+            cluster: ClusterMetrics::default(),
             families: TopicFamilies::default(),
             latency: PriorityLatency::default(),
             inbox_wait: PriorityLatency::default(),
@@ -350,6 +353,37 @@ pub struct RouterGauges {
     pub subscriptions: AtomicU64,
     /// Deliveries awaiting an ack, over all subscriptions.
     pub in_flight: AtomicU64,
+}
+
+/// The shared log as this node sees it (cluster mode).
+#[derive(Debug)]
+pub struct ClusterMetrics {
+    /// This node is in cluster mode: `/metrics` shows the series below.
+    pub enabled: std::sync::atomic::AtomicBool,
+    /// 1 while the log tail's last request to Redis succeeded.
+    pub log_reachable: AtomicU64,
+    /// Events in the log this node's tail has not read yet (at its last look).
+    pub tail_lag: AtomicU64,
+    /// Times this node fell behind the log's retention and closed its subscriptions.
+    pub tail_lagged: AtomicU64,
+    /// Times the log's highest cursor was found below one this node had read (a Redis
+    /// failover lost its newest events).
+    pub cursor_regressions: AtomicU64,
+    /// Round trip of the tail's reads that returned events, in seconds.
+    pub tail_read_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for ClusterMetrics {
+    fn default() -> Self {
+        ClusterMetrics {
+            enabled: std::sync::atomic::AtomicBool::new(false),
+            log_reachable: AtomicU64::new(0),
+            tail_lag: AtomicU64::new(0),
+            tail_lagged: AtomicU64::new(0),
+            cursor_regressions: AtomicU64::new(0),
+            tail_read_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+        }
+    }
 }
 
 /// Histograms of the store's group commits.

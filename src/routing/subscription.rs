@@ -103,6 +103,19 @@ pub struct SubscriptionSpec {
     pub coalesce: Option<CoalesceSpec>,
 }
 
+impl SubscriptionSpec {
+    /// Live events at or below this cursor are not delivered: the client has seen
+    /// them. It matters when the client resumes on a node whose log tail is behind
+    /// the node it saw cursor N on: the events up to N reach this node after the
+    /// subscription joined, live. A durable subscription resumes from its own state.
+    pub fn live_after(&self) -> u64 {
+        match (&self.durable, self.replay) {
+            (None, Some(Replay::AfterCursor(c))) => c,
+            _ => 0,
+        }
+    }
+}
+
 /// Where a replay starts (`from_cursor` or `since`, docs/protocol.md section 4.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replay {

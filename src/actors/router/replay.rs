@@ -19,7 +19,7 @@ use crate::store::EventQuery;
 impl Router {
     /// Replays stored matches of `sub` that were routed before it joined the index.
     ///
-    /// The boundary is `last_committed`: events above it are not committed yet, so they
+    /// The boundary is `last_queued`: events above it are not queued yet, so they
     /// will be routed (live) after the subscription joins. Of the events at or below it,
     /// those still waiting in the priority queues will be routed live as well; all
     /// others were routed before and are replayed. A task reads the store page by page,
@@ -32,7 +32,7 @@ impl Router {
         mut skip: HashSet<u64>,
         ctx: &mut Context<Self>,
     ) {
-        let upper = self.last_committed;
+        let upper = self.last_queued;
         let pending = self
             .queues
             .iter()

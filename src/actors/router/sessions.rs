@@ -8,7 +8,8 @@ use actix::prelude::*;
 use chrono::Utc;
 
 use super::{CloseSession, Router, SessionEntry};
-use crate::actors::store::OpenDurable;
+use crate::actors::send_or_wait;
+use crate::actors::store::{OpenDurable, ReleaseDurable, RenewDurables};
 use crate::delivery::{SessionId, SubscriptionHandle};
 use crate::error::{ErrorCode, ProtocolError};
 use crate::routing::Replay;
@@ -91,32 +92,46 @@ impl Handler<Subscribe> for Router {
             return Box::pin(actix::fut::ready(Ok(())));
         };
         let key = (handle.principal.clone(), name.clone());
-        if !self.active_durables.insert(key.clone()) {
+        if self.active_durables.contains_key(&key) {
             let err = ProtocolError::new(
                 ErrorCode::InvalidSubscription,
                 format!("durable subscription `{name}` is already active on another connection"),
             );
             return Box::pin(actix::fut::ready(Err(err)));
         }
+        self.active_durables.insert(key.clone(), handle.session_id);
         // A new durable subscription starts at `from_cursor`, or with what comes next.
         let floor = match handle.spec.replay {
             Some(Replay::AfterCursor(c)) => c,
-            _ => self.last_committed,
+            _ => self.last_queued,
         };
         let open = self.store.send(OpenDurable {
             principal: key.0.clone(),
             name,
             floor,
             matcher: handle.spec.matcher.clone(),
+            owner: self.durable_owner(handle.session_id),
+            lease: self.config.cluster.lease_ttl(),
         });
         Box::pin(open.into_actor(self).map(move |res, act, ctx| {
             let state = match res {
-                Ok(Ok(state)) => state,
-                Ok(Err(e)) => Err(e.to_string()).map_err(|e| act.durable_failed(&key, e))?,
-                Err(e) => Err(e.to_string()).map_err(|e| act.durable_failed(&key, e))?,
+                Ok(Ok(Some(state))) => state,
+                Ok(Ok(None)) => {
+                    act.active_durables.remove(&key);
+                    return Err(ProtocolError::new(
+                        ErrorCode::InvalidSubscription,
+                        format!(
+                            "durable subscription `{}` is already active on another \
+                             connection (of another node)",
+                            key.1
+                        ),
+                    ));
+                }
+                Ok(Err(e)) => Err(act.durable_failed(&key, e.code(), e.to_string()))?,
+                Err(e) => Err(act.durable_failed(&key, ErrorCode::Internal, e.to_string()))?,
             };
             if !act.sessions.contains_key(&handle.session_id) || !handle.is_active() {
-                act.active_durables.remove(&key);
+                act.release_durable(key, handle.session_id);
                 return Ok(());
             }
             let resolved: HashSet<u64> = state.acked.into_iter().collect();
@@ -133,17 +148,76 @@ impl Handler<Subscribe> for Router {
 }
 
 impl Router {
-    fn durable_failed(&mut self, key: &(String, String), error: String) -> ProtocolError {
+    fn durable_failed(
+        &mut self,
+        key: &(String, String),
+        code: ErrorCode,
+        error: String,
+    ) -> ProtocolError {
         self.active_durables.remove(key);
         log::error!(
             "durable subscription {}/{} not opened: {error}",
             key.0,
             key.1
         );
-        ProtocolError::new(
-            ErrorCode::Internal,
-            format!("durable state unavailable: {error}"),
-        )
+        ProtocolError::new(code, format!("durable state unavailable: {error}"))
+    }
+
+    /// Who holds a durable subscription opened on `session`, cluster-wide.
+    pub(super) fn durable_owner(&self, session: SessionId) -> String {
+        format!("{}/{session}", self.config.cluster.node_name)
+    }
+
+    /// Renews this node's claims on its durable subscriptions (every cluster beat);
+    /// a connection whose claim another one took is closed.
+    pub(super) fn renew_durables(&mut self, ctx: &mut Context<Self>) {
+        if self.active_durables.is_empty() {
+            return;
+        }
+        let held: Vec<_> = self
+            .active_durables
+            .iter()
+            .map(|(key, session)| (key.clone(), *session))
+            .collect();
+        let claims = held
+            .iter()
+            .map(|((p, n), session)| (p.clone(), n.clone(), self.durable_owner(*session)))
+            .collect();
+        let renew = self.store.send(RenewDurables {
+            claims,
+            lease: self.config.cluster.lease_ttl(),
+        });
+        ctx.spawn(renew.into_actor(self).map(move |lost, act, _| {
+            for i in lost.unwrap_or_default() {
+                let Some(((principal, name), session)) = held.get(i) else {
+                    continue;
+                };
+                log::warn!("durable subscription {principal}/{name}: claimed elsewhere, closing");
+                if let Some(s) = act.sessions.get(session) {
+                    let _ = s.close.try_send(CloseSession {
+                        reason: format!(
+                            "durable subscription `{name}` was taken over by another \
+                             connection; reconnect to resume"
+                        ),
+                    });
+                }
+            }
+        }));
+    }
+
+    /// Forgets a durable subscription and gives up its claim in the store.
+    fn release_durable(&mut self, key: (String, String), session: SessionId) {
+        if self.active_durables.remove(&key).is_none() {
+            return;
+        }
+        let owner = self.durable_owner(session);
+        let (principal, name) = key;
+        let release = ReleaseDurable {
+            principal,
+            name,
+            owner,
+        };
+        send_or_wait(&self.store.clone().recipient(), release);
     }
 
     fn index_subscription(&mut self, handle: Arc<SubscriptionHandle>) {
@@ -153,16 +227,19 @@ impl Router {
 
     /// Takes subscriptions out of the index; a durable one can be opened again.
     fn remove_subscriptions(&mut self, gone: impl Fn(&SubscriptionHandle) -> bool) {
-        let active_durables = &mut self.active_durables;
+        let mut released = Vec::new();
         self.index.retain(|s| {
             if !gone(s) {
                 return true;
             }
             if let Some(name) = &s.spec.durable {
-                active_durables.remove(&(s.principal.clone(), name.clone()));
+                released.push(((s.principal.clone(), name.clone()), s.session_id));
             }
             false
         });
+        for (key, session) in released {
+            self.release_durable(key, session);
+        }
     }
 }
 
