@@ -59,6 +59,27 @@ impl TestRedis {
         RedisStore::open(&self.options()).expect("open a store on the test redis")
     }
 
+    /// A plain connection, to reach behind the store's back.
+    pub(crate) fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("connect to the test redis")
+    }
+
+    /// Kills the server (SIGKILL: no shutdown save).
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and directory (it reloads its AOF).
+    pub(crate) fn restart(&mut self) {
+        self.kill();
+        assert!(self.spawn(), "redis-server did not restart on its port");
+    }
+
     /// Starts redis-server and waits until it answers PING; `false` if it exited
     /// (its port was taken).
     fn spawn(&mut self) -> bool {
@@ -100,10 +121,7 @@ impl TestRedis {
 
 impl Drop for TestRedis {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.kill();
     }
 }
 
