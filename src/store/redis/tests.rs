@@ -279,6 +279,49 @@ fn redis_down_is_unavailable_fast_and_calls_recover_after_restart() {
 }
 
 #[test]
+fn a_timed_out_call_is_unavailable_and_a_retry_settles_it() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let options = RedisOptions {
+        command_timeout: Duration::from_millis(200),
+        ..redis.options()
+    };
+    let mut s = RedisStore::open(&options).unwrap();
+    s.append_new(&[new("a"), new("b")]).unwrap();
+    // Redis holds every command for 600 ms: the call times out, its reply comes later.
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(600)
+        .arg("ALL")
+        .exec(&mut redis.conn())
+        .unwrap();
+    match s.append_new(&[new("c")]) {
+        Err(StoreError::Unavailable(m)) => assert!(m.contains("outcome unknown"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let last = loop {
+        match s.last_cursor() {
+            Ok(n) => break n,
+            Err(StoreError::Unavailable(_)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    // Whether Redis ran the timed-out append is unknown (here it drops a paused
+    // command when its connection closes); a retry settles it either way.
+    assert!((2..=3).contains(&last), "{last}");
+    let retried = s.append_new(&[new("c")]).unwrap();
+    assert!(
+        matches!(retried[..], [Appended::Stored(3) | Appended::Duplicate(3)]),
+        "{retried:?}"
+    );
+    assert_eq!(s.recent_ids(1).unwrap(), [("c".to_owned(), 3)]);
+}
+
+#[test]
 fn the_tail_reads_what_was_appended_and_reports_the_head() {
     let Some(redis) = TestRedis::start() else {
         return;
