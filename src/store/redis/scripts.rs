@@ -28,6 +28,15 @@ local function top(stream, seq)
   end
   return n
 end
+"#
+    };
+}
+
+/// `now_ms()`: Redis's clock in unix ms, as text. Every node stamps entries with the
+/// one clock, so retention by age does not depend on the nodes' clocks agreeing.
+macro_rules! lua_now {
+    () => {
+        r#"
 local function now_ms()
   local t = redis.call('TIME')
   return string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
@@ -52,6 +61,7 @@ if epoch ~= ARGV[1] then return redis.error_reply('EPOCH ' .. (epoch or '')) end
 /// Returns per event its new cursor, or minus the cursor it was already stored under.
 const APPEND_NEW: &str = concat!(
     lua_top!(),
+    lua_now!(),
     lua_epoch!(),
     r#"
 local stream, seq = KEYS[1], KEYS[2]
@@ -87,6 +97,7 @@ return out
 /// Checks every cursor before writing any: all or nothing.
 const APPEND: &str = concat!(
     lua_top!(),
+    lua_now!(),
     lua_epoch!(),
     r#"
 local stream, seq = KEYS[1], KEYS[2]
@@ -130,7 +141,7 @@ return {first, top(KEYS[1], KEYS[2]), redis.call('GET', KEYS[3]) or ''}
 /// KEYS: letters, letters seq. ARGV: envelope, subscription, connection, reason,
 /// attempts. Returns {id, dead_at (unix ms)}.
 const ADD_DEAD_LETTER: &str = concat!(
-    lua_top!(),
+    lua_now!(),
     r#"
 local id = string.format('%d', redis.call('INCR', KEYS[2]))
 local at = now_ms()
