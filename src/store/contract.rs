@@ -1,4 +1,5 @@
-//! The contract every backend must pass. Each test runs against every backend.
+//! The contract every backend must pass. Each test runs against every backend, Redis
+//! included (a real `redis-server`, see `redis::testing`).
 //!
 //! Owns: the behaviour callers may rely on whatever the backend. Must not: look inside
 //! one backend (its own tests, beside it, do).
@@ -9,6 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::memory::MemoryStore;
+use super::redis::testing::TestRedis;
 use super::sqlite::{SqliteOptions, SqliteStore};
 use super::{EventQuery, EventStore, Order, Retention};
 use crate::protocol::Priority;
@@ -55,6 +57,10 @@ fn each_backend(check: impl Fn(&mut dyn EventStore)) {
         ..fast()
     };
     check(&mut SqliteStore::open(&path, &options).unwrap());
+    // One server per call, so that checks run in parallel on servers of their own.
+    if let Some(redis) = TestRedis::start() {
+        check(&mut redis.store());
+    }
 }
 
 fn seed(store: &mut dyn EventStore) {

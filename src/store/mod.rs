@@ -22,6 +22,7 @@
 
 mod checkpoint;
 pub mod memory;
+pub mod redis;
 pub mod sqlite;
 
 #[cfg(test)]
@@ -363,8 +364,8 @@ pub fn open(config: &Config) -> Result<Box<dyn EventStore>, StoreError> {
             &config.server.data_dir,
             &sqlite::SqliteOptions::from(&config.store),
         )?)),
-        StoreKind::Redis => Err(StoreError::Unsuitable(
-            "store.kind = \"redis\": this build has no Redis backend yet".into(),
-        )),
+        StoreKind::Redis => Ok(Box::new(redis::RedisStore::open(
+            &redis::RedisOptions::from(config),
+        )?)),
     }
 }
