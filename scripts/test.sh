@@ -20,6 +20,13 @@ if [ -z "${SWITCHYARD_CHROMEDRIVER:-}" ] && [ ! -x /usr/bin/chromedriver ]; then
     apt-get update -qq && apt-get install -y -qq chromium chromium-driver
 fi
 
+# redis-server, for cluster mode (tests/cluster.rs and the store contract suite start
+# their own servers on free ports, in temporary directories).
+if ! command -v redis-server >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq redis-server
+fi
+
 cargo test --all-targets
 cargo build --quiet --bin switchyard
 python3 tests/python/protocol_conformance.py --binary target/debug/switchyard

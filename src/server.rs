@@ -22,12 +22,16 @@ use actix_web::{web, App, HttpServer};
 
 use crate::actors::delivery::{AttachRouter, DeliveryWorker};
 use crate::actors::ingress::Ingress;
+use crate::actors::log_tail::{ClusterView, LogTail, TailSettings};
 use crate::actors::router::{self, Router, StoredState};
 use crate::actors::store::StoreActor;
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::overload::LowAdmission;
+use crate::store::redis::nodes::NodeInfo;
+use crate::store::redis::{RedisOptions, RedisStore};
+use crate::store::EventStore;
 
 /// How long the head of an HTTP request may take to arrive, from the moment the
 /// connection is accepted; then the connection is closed (with 408 when part of a head
@@ -48,13 +52,38 @@ pub enum ServerError {
     Tls(#[from] crate::tls::TlsError),
 }
 
+/// The store the configuration names; for a Redis log, also the epoch this node joins.
+fn open_store(config: &Config) -> Result<(Box<dyn EventStore>, Option<String>), ServerError> {
+    if config.store.kind == StoreKind::Redis {
+        let store = RedisStore::open(&RedisOptions::from(config))?;
+        let epoch = store.epoch().to_owned();
+        return Ok((Box::new(store), Some(epoch)));
+    }
+    Ok((crate::store::open(config)?, None))
+}
+
+/// `cluster.node_name` when none is set: the host's name and the port it listens on.
+fn default_node_name(listen: std::net::SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "switchyard".to_owned());
+    format!("{host}:{}", listen.port())
+}
+
 /// Runs Switchyard on `listener` until `shutdown` resolves, then shuts down gracefully.
 /// Must be called inside an actix system (`actix_web::rt::System`).
 pub async fn run(
     listener: TcpListener,
-    config: Config,
+    mut config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let listen = listener.local_addr()?;
+    if config.cluster.node_name.is_empty() {
+        config.cluster.node_name = default_node_name(listen);
+    }
     let config = Arc::new(config);
     let auth = Arc::new(crate::auth::Authenticator::from_config(&config.auth)?);
     crate::auth::check_exposure(listener.local_addr()?, config.server.insecure, &auth)?;
@@ -69,7 +98,7 @@ pub async fn run(
     };
     let metrics = Arc::new(Metrics::default());
     crate::actors::session::seed_session_ids();
-    let store = crate::store::open(&config)?;
+    let (store, joined_epoch) = open_store(&config)?;
     let stored = StoredState {
         last_cursor: store.last_cursor()?,
         recent_ids: store.recent_ids(config.router.dedupe_window)?,
@@ -81,6 +110,7 @@ pub async fn run(
         stored.last_cursor,
         stored.recent_ids.len()
     );
+    let tail_after = stored.last_cursor;
 
     let mut arbiters = Vec::new();
     let store_arbiter = Arbiter::new();
@@ -116,6 +146,39 @@ pub async fn run(
         })
     };
     arbiters.push(router_arbiter);
+    let cluster = Arc::new(ClusterView::default());
+    let tail = match joined_epoch {
+        Some(epoch) => {
+            log::info!(
+                "cluster mode: node `{}` on the log of epoch {epoch}",
+                config.cluster.node_name
+            );
+            metrics.cluster.enabled.store(true, Ordering::Relaxed);
+            let settings = TailSettings {
+                options: RedisOptions::from(&*config),
+                batch: config.cluster.tail_batch,
+                beat: config.cluster.heartbeat(),
+                node: NodeInfo {
+                    name: config.cluster.node_name.clone(),
+                    address: listen.to_string(),
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                    started_at: chrono::Utc::now(),
+                    last_beat: chrono::Utc::now(),
+                },
+                epoch,
+                max_queued: config.router.max_queued_events,
+            };
+            let tail = LogTail::start(
+                settings,
+                tail_after,
+                router.clone(),
+                metrics.clone(),
+                cluster.clone(),
+            )?;
+            Some(tail)
+        }
+        None => None,
+    };
     for worker in &workers {
         let attach = AttachRouter {
             dead_letters: router.clone().recipient(),
@@ -141,6 +204,7 @@ pub async fn run(
             &config.limits,
         ),
         metrics,
+        cluster: tail.is_some().then_some(cluster),
         shutting_down: shutting_down.clone(),
     });
     let max_payload = config.limits.max_frame_bytes;
@@ -192,6 +256,9 @@ pub async fn run(
     .await;
     if flushed.is_err() {
         log::error!("shutdown: the store did not finish its last commit within {timeout:?}");
+    }
+    if let Some(tail) = tail {
+        let _ = actix_web::rt::task::spawn_blocking(move || tail.stop()).await;
     }
     for arbiter in arbiters {
         arbiter.stop();

@@ -18,6 +18,7 @@
 
 pub mod delivery;
 pub mod ingress;
+pub mod log_tail;
 pub mod router;
 pub mod session;
 pub mod store;

@@ -60,7 +60,10 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let router = state.router.send(router::GetStats).timeout(READY_TIMEOUT);
     let store = state.store.send(store::Ping).timeout(READY_TIMEOUT);
     let (router, store) = futures_util::future::join(router, store).await;
-    let (ready, status) = readiness(shutting_down, router.is_ok(), store.is_ok());
+    // Cluster mode: the shared log must answer too (its tail's last request did).
+    let log =
+        state.cluster.is_none() || state.metrics.cluster.log_reachable.load(Ordering::Relaxed) == 1;
+    let (ready, status) = readiness(shutting_down, router.is_ok(), store.is_ok(), log);
     let body = serde_json::json!({ "status": status });
     if ready {
         HttpResponse::Ok().json(body)
@@ -74,12 +77,14 @@ fn readiness(
     shutting_down: bool,
     router_answers: bool,
     store_answers: bool,
+    log_reachable: bool,
 ) -> (bool, &'static str) {
-    match (shutting_down, router_answers, store_answers) {
-        (true, _, _) => (false, "shutting_down"),
-        (false, false, _) => (false, "router_unavailable"),
-        (false, true, false) => (false, "store_unavailable"),
-        (false, true, true) => (true, "ready"),
+    match (shutting_down, router_answers, store_answers, log_reachable) {
+        (true, _, _, _) => (false, "shutting_down"),
+        (false, false, _, _) => (false, "router_unavailable"),
+        (false, true, false, _) => (false, "store_unavailable"),
+        (false, true, true, false) => (false, "log_unavailable"),
+        (false, true, true, true) => (true, "ready"),
     }
 }
 
@@ -96,7 +101,27 @@ pub async fn stats(state: web::Data<AppState>, _caller: Caller) -> Result<HttpRe
         .map_err(HttpError::store_unavailable)?
         .map_err(HttpError::from)?;
     stats["store"] = serde_json::to_value(store).unwrap_or_default();
+    stats["node"] = state.config.cluster.node_name.clone().into();
     Ok(HttpResponse::Ok().json(stats))
+}
+
+/// `GET /api/cluster`: this node and the live nodes of its cluster (as of the last
+/// beat); a single node lists itself alone.
+pub async fn cluster(state: web::Data<AppState>, _caller: Caller) -> HttpResponse {
+    let node = &state.config.cluster.node_name;
+    let body = match &state.cluster {
+        Some(view) => serde_json::json!({
+            "node": node,
+            "mode": "redis",
+            "nodes": view.nodes(),
+        }),
+        None => serde_json::json!({
+            "node": node,
+            "mode": "single",
+            "nodes": [],
+        }),
+    };
+    HttpResponse::Ok().json(body)
 }
 
 pub async fn topics(
@@ -416,14 +441,16 @@ mod tests {
     #[test]
     fn readiness_names_what_does_not_answer() {
         let table = [
-            ((false, true, true), (true, "ready")),
-            ((true, true, true), (false, "shutting_down")),
-            ((false, false, true), (false, "router_unavailable")),
-            ((false, false, false), (false, "router_unavailable")),
-            ((false, true, false), (false, "store_unavailable")),
+            ((false, true, true, true), (true, "ready")),
+            ((true, true, true, true), (false, "shutting_down")),
+            ((false, false, true, true), (false, "router_unavailable")),
+            ((false, false, false, false), (false, "router_unavailable")),
+            ((false, true, false, true), (false, "store_unavailable")),
+            ((false, true, true, false), (false, "log_unavailable")),
+            ((true, true, true, false), (false, "shutting_down")),
         ];
-        for ((shutting_down, router, store), want) in table {
-            assert_eq!(readiness(shutting_down, router, store), want);
+        for ((shutting_down, router, store, log), want) in table {
+            assert_eq!(readiness(shutting_down, router, store, log), want);
         }
     }
 }

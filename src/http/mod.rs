@@ -15,6 +15,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::actors::delivery::DeliveryWorker;
 use crate::actors::ingress::Ingress;
+use crate::actors::log_tail::ClusterView;
 use crate::actors::router::Router;
 use crate::actors::session;
 use crate::actors::store::StoreActor;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub ingress: Ingress,
     /// `GET /metrics`.
     pub registry: prometheus_client::registry::Registry,
+    /// Cluster mode: the live nodes, as of the last beat (`/api/cluster`).
+    pub cluster: Option<Arc<ClusterView>>,
     /// Set once shutdown begins; `/ready` answers 503 from then on.
     pub shutting_down: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -165,6 +168,7 @@ routes! {
     get "/api" => api::info,
     get "/api/info" => api::info,
     get "/api/stats" => api::stats,
+    get "/api/cluster" => api::cluster,
     get "/api/topics" => api::topics,
     get "/api/events" => api::events,
     post "/api/events" => api::publish,

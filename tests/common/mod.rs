@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod redis;
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;

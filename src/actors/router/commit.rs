@@ -24,6 +24,7 @@ use super::{CloseSession, Dedupe, PublishReply, PublishResults, Router};
 use crate::actors::store::{Append, AppendNew};
 use crate::error::{ErrorCode, ProtocolError};
 use crate::protocol::{EncodedEvent, Event, PublishOk};
+use crate::routing::dedupe::DedupeWindow;
 use crate::store::{Appended, NewEvent, StoreError};
 
 /// Events read from the shared log, in cursor order (from the log tail). Answers how
@@ -43,6 +44,8 @@ pub struct LogInterrupted {
     pub reason: String,
     /// The cursor the tail goes on after; later events are routed as usual.
     pub resume_after: u64,
+    /// The log was replaced: the ids this node knew are forgotten.
+    pub log_replaced: bool,
 }
 
 type Waiters = Vec<(PublishReply, PublishResults)>;
@@ -270,7 +273,11 @@ impl Handler<LogInterrupted> for Router {
             msg.reason,
             self.sessions.len()
         );
-        self.last_queued = self.last_queued.max(msg.resume_after);
+        // Lagged: forward past the trimmed events. Replaced: to the new log's end.
+        self.last_queued = msg.resume_after;
+        if msg.log_replaced {
+            self.dedupe = DedupeWindow::new(self.config.router.dedupe_window);
+        }
         for session in self.sessions.values() {
             let _ = session.close.try_send(CloseSession {
                 reason: msg.reason.clone(),

@@ -212,7 +212,7 @@ fn handle_reply(
     let reply: Value = serde_json::from_slice(&bytes).unwrap_or_default();
     let mut accept = |seq: u64| {
         out.accepted += 1;
-        if !plan.args.conditional || seq % 2 == 0 {
+        if !plan.args.conditional || seq.is_multiple_of(2) {
             out.matching += 1;
         }
     };

@@ -127,6 +127,22 @@ return 0
 /// KEYS: events, seq. Returns the highest cursor ever assigned.
 const LAST_CURSOR: &str = concat!(lua_top!(), "return top(KEYS[1], KEYS[2])\n");
 
+/// KEYS: events, seq. ARGV: a cursor some node has read. Numbering goes on above it
+/// even if the log lost it (a failover that dropped its newest events): a cursor a
+/// client may hold is never handed out again. Returns the highest cursor now.
+const FENCE: &str = concat!(
+    lua_top!(),
+    r#"
+local n = top(KEYS[1], KEYS[2])
+local seen = tonumber(ARGV[1])
+if seen > n then
+  redis.call('SET', KEYS[2], ARGV[1])
+  n = seen
+end
+return n
+"#
+);
+
 /// KEYS: events, seq, epoch. Returns {first cursor or 0, last cursor, epoch or ''}.
 const HEAD: &str = concat!(
     lua_top!(),
@@ -208,6 +224,7 @@ pub(super) struct Scripts {
     pub append: Script,
     pub last_cursor: Script,
     pub head: Script,
+    pub fence: Script,
     pub add_dead_letter: Script,
     pub take_dead_letter: Script,
     pub durable_open: Script,
@@ -224,6 +241,7 @@ impl Scripts {
             append: Script::new(APPEND),
             last_cursor: Script::new(LAST_CURSOR),
             head: Script::new(HEAD),
+            fence: Script::new(FENCE),
             add_dead_letter: Script::new(ADD_DEAD_LETTER),
             take_dead_letter: Script::new(TAKE_DEAD_LETTER),
             durable_open: Script::new(DURABLE_OPEN),

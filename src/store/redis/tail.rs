@@ -102,4 +102,21 @@ impl Tail {
             epoch: reply::text(epoch)?,
         })
     }
+
+    /// Makes sure the log numbers new events above `seen` (a cursor this node read
+    /// that the log no longer has); returns the log's highest cursor.
+    pub fn fence(&mut self, seen: u64) -> Result<u64, StoreError> {
+        let timeout = self.link.timeout();
+        let k = &self.keys;
+        let v = self.link.run("fence the log's cursor", true, |c| {
+            c.set_read_timeout(Some(timeout))?;
+            self.scripts
+                .fence
+                .key(&k.events)
+                .key(&k.seq)
+                .arg(seen.to_string())
+                .invoke::<Value>(c)
+        })?;
+        reply::count(v)
+    }
 }
