@@ -309,6 +309,10 @@ async fn the_stats_panel_follows_the_router() {
     assert_eq!(b.text("[data-stat=connections]").await, "1");
     assert_eq!(b.text("[data-stat=subscriptions]").await, "1");
     assert_eq!(b.text("[data-stat=queue-total]").await, "0");
+    // The answering node: by default its host name and port.
+    let node = b.text("#node-name").await;
+    let port = format!(":{}", server.addr.port());
+    assert!(node.starts_with("node ") && node.ends_with(&port), "{node}");
     // The chart has samples and drew something.
     b.wait_for(
         "two chart samples",

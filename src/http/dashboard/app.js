@@ -152,6 +152,9 @@ async function pollStats() {
   try {
     const s = await api("/api/stats");
     stats.update(s);
+    const node = $("#node-name");
+    node.textContent = s.node ? `node ${s.node}` : "";
+    node.hidden = !s.node;
     $("#stats-error").hidden = true;
     if (s.events.dead_lettered.total !== lastDeadLettered) {
       lastDeadLettered = s.events.dead_lettered.total;
