@@ -7,99 +7,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::process::SpawnedServer;
+use common::cluster::{cursors_of, http, kill9, node, publish_batch, ws, LEASE_MS};
 use common::redis::RedisServer;
 use common::WsClient;
-use serde_json::{json, Value};
-
-/// Short beats and leases, so that failover tests wait seconds, not minutes.
-const LEASE_MS: u64 = 1500;
-
-fn node(redis: &RedisServer, name: &str) -> SpawnedServer {
-    node_with(redis, name, &[])
-}
-
-fn node_with(redis: &RedisServer, name: &str, extra: &[(&str, &str)]) -> SpawnedServer {
-    let url = redis.url();
-    let lease = LEASE_MS.to_string();
-    let mut env = vec![
-        ("SWITCHYARD_STORE__KIND", "redis"),
-        ("SWITCHYARD_STORE__REDIS_URL", url.as_str()),
-        ("SWITCHYARD_CLUSTER__NODE_NAME", name),
-        ("SWITCHYARD_CLUSTER__HEARTBEAT_MS", "250"),
-        ("SWITCHYARD_CLUSTER__LEASE_TTL_MS", lease.as_str()),
-        ("SWITCHYARD_CLUSTER__COMMAND_TIMEOUT_MS", "1000"),
-    ];
-    env.extend_from_slice(extra);
-    SpawnedServer::start(&env)
-}
-
-async fn http(
-    method: &str,
-    node: &SpawnedServer,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value, Option<String>) {
-    let client = awc::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .finish();
-    let url = format!("http://{}{path}", node.addr);
-    let request = match method {
-        "POST" => client.post(url),
-        "DELETE" => client.delete(url),
-        _ => client.get(url),
-    };
-    let mut res = match body {
-        Some(body) => request.send_json(&body).await,
-        None => request.send().await,
-    }
-    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let retry_after = res
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let bytes = res.body().limit(16 << 20).await.unwrap_or_default();
-    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    (res.status().as_u16(), value, retry_after)
-}
-
-async fn ws(node: &SpawnedServer) -> WsClient {
-    WsClient::connect(&node.ws_url()).await
-}
-
-/// Reads `count` event deliveries; returns their cursors in arrival order.
-async fn cursors_of(client: &mut WsClient, count: usize) -> Vec<u64> {
-    let mut cursors = Vec::with_capacity(count);
-    while cursors.len() < count {
-        let msg = client.recv().await;
-        if msg["type"] == "event" {
-            cursors.push(msg["event"]["cursor"].as_u64().expect("cursor"));
-        }
-    }
-    cursors
-}
-
-/// Publishes `count` events with ids `<prefix>-<i>` as one batch; their cursors.
-async fn publish_batch(client: &mut WsClient, prefix: &str, count: usize) -> Vec<u64> {
-    let events: Vec<Value> = (0..count)
-        .map(|i| json!({"id": format!("{prefix}-{i}"), "topic": format!("job.{prefix}"), "payload": {"i": i}}))
-        .collect();
-    let reply = client
-        .request(json!({"type": "publish_batch", "events": events}))
-        .await;
-    assert_eq!(reply["type"], "published_batch", "{reply}");
-    reply["results"]
-        .as_array()
-        .expect("results")
-        .iter()
-        .map(|r| {
-            r["cursor"]
-                .as_u64()
-                .unwrap_or_else(|| panic!("stored: {r}"))
-        })
-        .collect()
-}
+use serde_json::json;
 
 #[actix_rt::test]
 async fn events_from_any_node_reach_every_node_in_one_dense_cursor_space() {
@@ -270,7 +181,7 @@ async fn a_killed_nodes_durable_names_free_up_after_the_lease() {
     let mut holder = ws(&a).await;
     holder.subscribe(durable.clone()).await;
     let killed = Instant::now();
-    unsafe_kill9(&a);
+    kill9(&a);
     // A fresh connection per attempt: a client's refused subscribes count against its
     // connection's error budget (limits.max_errors_per_window).
     loop {
@@ -292,126 +203,64 @@ async fn a_killed_nodes_durable_names_free_up_after_the_lease() {
     drop(holder);
 }
 
-fn unsafe_kill9(node: &SpawnedServer) {
-    let status = std::process::Command::new("kill")
-        .args(["-s", "KILL", &node.pid().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
 #[actix_rt::test]
-async fn with_redis_down_publishes_are_refused_at_once_and_sessions_stay() {
-    let mut redis = RedisServer::start();
+async fn dead_letters_are_shared_by_every_node() {
+    let redis = RedisServer::start();
     let (a, b) = (node(&redis, "a"), node(&redis, "b"));
-    let mut watcher = ws(&b).await;
-    watcher.subscribe(json!({"patterns": ["job.>"]})).await;
-    let mut publisher = ws(&a).await;
-    publish_batch(&mut publisher, "before", 5).await;
-    assert_eq!(cursors_of(&mut watcher, 5).await, [1, 2, 3, 4, 5]);
-
-    redis.kill9();
-    let reply = publisher
-        .request(json!({"type": "publish_event", "event": {"id": "down-1", "topic": "job.down"}}))
+    let mut worker = ws(&a).await;
+    worker
+        .subscribe(json!({"id": "jobs", "patterns": ["job.>"], "ack": true}))
         .await;
-    assert_eq!(reply["type"], "error", "{reply}");
-    assert_eq!(reply["code"], "unavailable", "{reply}");
-    let (status, body, retry_after) = http(
+    let mut publisher = ws(&b).await;
+    publisher
+        .publish(json!({"id": "bad-1", "topic": "job.fail"}))
+        .await;
+    publisher
+        .publish(json!({"id": "bad-2", "topic": "job.fail"}))
+        .await;
+    for _ in 0..2 {
+        let msg = worker.recv_event().await;
+        let id = msg["event"]["id"].clone();
+        worker
+            .send(&json!({"type": "nack", "subscription_id": "jobs", "event_id": id, "requeue": false}))
+            .await;
+    }
+
+    // Dead-lettered on a, listed, retried and deleted from b.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let letters = loop {
+        let (status, list, _) = http("GET", &b, "/api/dead-letters", None).await;
+        assert_eq!(status, 200, "{list}");
+        if list.as_array().is_some_and(|l| l.len() == 2) {
+            break list;
+        }
+        assert!(Instant::now() < deadline, "dead letters not shared: {list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let ids: Vec<u64> = letters
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|l| l["id"].as_u64().expect("id"))
+        .collect();
+    assert_eq!(letters[0]["event"]["id"], "bad-1", "{letters}");
+    let (status, retried, _) = http(
         "POST",
-        &a,
-        "/api/events",
-        Some(json!({"topic": "job.down"})),
+        &b,
+        &format!("/api/dead-letters/{}/retry", ids[0]),
+        None,
     )
     .await;
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["error"]["code"], "unavailable");
-    assert_eq!(retry_after.as_deref(), Some("1"));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (status, body, _) = http("GET", &b, "/ready", None).await;
-        if status == 503 {
-            assert_eq!(body["status"], "log_unavailable", "{body}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "/ready still {status} {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    publisher.assert_alive().await;
-    watcher.assert_alive().await;
-
-    redis.restart();
-    // A retry of the refused event is stored now, and the tails deliver it, gapless.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let cursor = loop {
-        let reply = publisher
-            .request(
-                json!({"type": "publish_event", "event": {"id": "down-1", "topic": "job.down"}}),
-            )
-            .await;
-        if reply["type"] == "published" {
-            break reply["cursor"].as_u64().expect("cursor");
-        }
-        assert_eq!(reply["code"], "unavailable", "{reply}");
-        assert!(
-            Instant::now() < deadline,
-            "Redis back, publishes still refused"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(cursor, 6, "cursors continue after an AOF restart");
-    assert_eq!(cursors_of(&mut watcher, 1).await, [6]);
-    let (status, _, _) = http("GET", &b, "/ready", None).await;
-    assert_eq!(status, 200);
-}
-
-#[actix_rt::test]
-async fn a_redis_without_aof_is_refused_unless_allowed() {
-    let redis = RedisServer::start_with(&["--appendonly", "no"]);
-    let mut command = common::process::switchyard();
-    let output = command
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("SWITCHYARD_STORE__KIND", "redis")
-        .env("SWITCHYARD_STORE__REDIS_URL", redis.url())
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run switchyard");
-    assert!(!output.status.success());
-    let err = String::from_utf8_lossy(&output.stderr);
-    assert!(err.contains("appendonly"), "{err}");
-    assert!(err.contains("redis_require_aof"), "{err}");
-
-    let allowed = node_with(
-        &redis,
-        "a",
-        &[("SWITCHYARD_STORE__REDIS_REQUIRE_AOF", "false")],
+    assert_eq!(status, 200, "{retried}");
+    assert_eq!(
+        retried["retried"], "republished",
+        "b does not hold the subscription: {retried}"
     );
-    let mut client = ws(&allowed).await;
-    let reply = client.publish(json!({"topic": "job.x"})).await;
-    assert_eq!(reply["cursor"], 1);
-}
-
-#[actix_rt::test]
-async fn a_wiped_log_is_not_reused_silently() {
-    let redis = RedisServer::start();
-    let a = node(&redis, "a");
-    let mut watcher = ws(&a).await;
-    watcher.subscribe(json!({"patterns": ["job.>"]})).await;
-    let mut publisher = ws(&a).await;
-    publish_batch(&mut publisher, "old", 3).await;
-    cursors_of(&mut watcher, 3).await;
-
-    redis::cmd("FLUSHALL")
-        .query::<()>(&mut redis.connection())
-        .expect("FLUSHALL");
-    // Over HTTP: the node closes its WebSocket sessions once its tail sees the change.
-    let (status, body, _) =
-        http("POST", &a, "/api/events", Some(json!({"topic": "job.new"}))).await;
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["error"]["code"], "unavailable", "{body}");
-    let message = body["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("replaced"), "{message}");
-    drop(publisher);
-    let reason = watcher.recv_close().await.expect("a close reason");
-    let text = reason.description.unwrap_or_default();
-    assert!(text.contains("event log replaced"), "{text}");
+    // The republished event reaches the subscriber on a.
+    let again = worker.recv_event().await;
+    assert_eq!(again["event"]["id"], "bad-1", "{again}");
+    let (status, _, _) = http("DELETE", &b, &format!("/api/dead-letters/{}", ids[1]), None).await;
+    assert_eq!(status, 204);
+    let (_, list, _) = http("GET", &a, "/api/dead-letters", None).await;
+    assert_eq!(list, json!([]), "gone for a too");
 }

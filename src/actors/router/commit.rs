@@ -77,9 +77,11 @@ impl Router {
                 ),
             ));
         }
-        // A shared log numbers the event when it stores it; its id enters the window
-        // then, with the cursor the log gave it.
-        if !self.shared_log {
+        // A shared log numbers the event when it stores it (a republished dead letter
+        // gets a new cursor); its id enters the window then, with the log's cursor.
+        if self.shared_log {
+            event.cursor = 0;
+        } else {
             self.last_cursor += 1;
             event.cursor = self.last_cursor;
             self.dedupe.insert(&event.id, event.cursor);

@@ -10,6 +10,13 @@ pub struct BenchArgs {
     /// WebSocket URL of a running router; must be `127.0.0.1`, `localhost` or `[::1]`.
     #[arg(long, default_value = "ws://127.0.0.1:9090/ws")]
     pub url: String,
+    /// Subscribers connect here instead of `--url` (another node of a cluster: the
+    /// latency then includes the trip through the shared log).
+    #[arg(long, conflicts_with = "in_process")]
+    pub subscribe_url: Option<String>,
+    /// The `--critical-rate` lane publishes here instead of `--url`.
+    #[arg(long, conflicts_with = "in_process")]
+    pub critical_url: Option<String>,
     /// Bearer token, when the router has auth on.
     #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -80,6 +87,16 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
+    /// Where subscribers connect.
+    pub fn subscribe_url(&self) -> &str {
+        self.subscribe_url.as_deref().unwrap_or(&self.url)
+    }
+
+    /// Where the critical lane publishes.
+    pub fn critical_url(&self) -> &str {
+        self.critical_url.as_deref().unwrap_or(&self.url)
+    }
+
     /// Checks what clap cannot; answers the priority of each of 100 slots (see
     /// [`priority_slots`]).
     pub fn check(&self) -> Result<Vec<&'static str>, BenchError> {

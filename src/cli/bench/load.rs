@@ -76,7 +76,8 @@ pub async fn run(
     let mut readies = Vec::new();
     for t in 0..threads.min(args.subscribers) {
         let indices: Vec<u64> = (t..args.subscribers).step_by(threads as usize).collect();
-        let (url, token, target) = (args.url.clone(), token.clone(), target.clone());
+        let url = args.subscribe_url().to_owned();
+        let (token, target) = (token.clone(), target.clone());
         let options = (args.conditional, args.ack);
         let (is_ready, done) = on_own_thread(format!("bench-sub-{t}"), move |ready| {
             subscriber_group(url, token, indices, options, ready, target, deadline)
@@ -105,7 +106,8 @@ pub async fn run(
         rate => {
             let done = load_done.clone();
             let (lane_args, slots) = (args.clone(), plan.slots.clone());
-            let lane = connected_lane("bench-critical", &args.url, &token, move |ws| async move {
+            let url = args.critical_url();
+            let lane = connected_lane("bench-critical", url, &token, move |ws| async move {
                 let own = Rc::new(Cell::new(0));
                 let plan = Rc::new(Plan::new(&lane_args, slots, stop_at, deadline, own));
                 let lane = Lane {

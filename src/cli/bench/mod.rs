@@ -68,6 +68,8 @@ pub async fn run(mut args: BenchArgs) -> Result<bool, BenchError> {
         Some(stop)
     } else {
         args::check_local(&args.url)?;
+        args::check_local(args.subscribe_url())?;
+        args::check_local(args.critical_url())?;
         None
     };
     let began = Instant::now();
