@@ -57,6 +57,8 @@ enum Command {
     Tail(cli::tail::TailArgs),
     /// Load generator: publishers → subscribers on this machine, with a report.
     Bench(cli::bench::BenchArgs),
+    /// Cluster administration: `switchyard cluster import --from-sqlite DIR`.
+    Cluster(cli::cluster::ClusterArgs),
 }
 
 fn load(args: &ConfigArgs) -> Result<Config, ExitCode> {
@@ -82,6 +84,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Publish(args) => cli::run_publish(args),
         Command::Tail(args) => cli::run_tail(args),
+        Command::Cluster(args) => cli::run_cluster(args),
         Command::Bench(args) => {
             // The in-process router runs with `serve`'s default.
             huge_pages(!args.in_process);

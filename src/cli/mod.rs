@@ -1,14 +1,17 @@
-//! Client commands of the `switchyard` binary: `publish`, `tail` and `bench`. A module
-//! of the binary, not of the library: a program embedding the router has no use for
-//! them, and the library stays smaller to read.
+//! Commands of the `switchyard` binary besides `serve`: the clients `publish`, `tail`
+//! and `bench`, and the offline `cluster import`. A module of the binary, not of the
+//! library: a program embedding the router has no use for them, and the library stays
+//! smaller to read.
 //!
 //! Owns: turning command-line options into client calls, printing the answers, and the
 //! exit code each command ends with (0 clean, 1 a failure or refusal, 2 bad usage).
-//! Must not: reach into the server; the commands speak the wire protocol through
-//! [`switchyard::client`], like any other client (`bench --in-process` merely starts
-//! a router through the library's public `run`).
+//! Must not: reach into the server; the client commands speak the wire protocol
+//! through [`switchyard::client`], like any other client (`bench --in-process` merely
+//! starts a router through the library's public `run`). `cluster import` runs with
+//! no server at all: it reads and writes the stores through [`switchyard::store`].
 
 pub mod bench;
+pub mod cluster;
 pub mod publish;
 pub mod tail;
 
@@ -71,6 +74,22 @@ pub fn run_bench(args: bench::BenchArgs) -> ExitCode {
         Ok(false) => ExitCode::from(1),
         Err(e @ bench::BenchError::Usage(_)) => failed(e, 2),
         Err(e) => failed(e, 1),
+    }
+}
+
+/// `switchyard cluster ...`: 1 when refused or failed, 2 on bad configuration or usage.
+pub fn run_cluster(args: cluster::ClusterArgs) -> ExitCode {
+    match args.command {
+        cluster::ClusterCommand::Import(args) => match cluster::run(&args) {
+            Ok(done) => {
+                print!("{}", cluster::summary(&done));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                let code = e.exit_code();
+                failed(e, code)
+            }
+        },
     }
 }
 

@@ -31,6 +31,21 @@ pub(super) fn last_cursor(store: &RedisStore) -> Result<u64, StoreError> {
     reply::count(top)
 }
 
+/// Numbering goes on above `at_least` (the fence script); answers the highest cursor now.
+pub(super) fn raise_cursor(store: &RedisStore, at_least: u64) -> Result<u64, StoreError> {
+    let k = &store.keys;
+    let top = store.link.run("raise the last cursor", true, |c| {
+        store
+            .scripts
+            .fence
+            .key(&k.events)
+            .key(&k.seq)
+            .arg(at_least)
+            .invoke::<Value>(c)
+    })?;
+    reply::count(top)
+}
+
 pub(super) fn recent_ids(
     store: &RedisStore,
     limit: usize,

@@ -143,6 +143,14 @@ impl RedisStore {
     pub fn epoch(&self) -> &str {
         &self.epoch
     }
+
+    /// Makes the log number new events above `at_least` even if it holds no event that
+    /// high (never lowers it): an import whose newest events retention had deleted
+    /// keeps its high-water mark, so no cursor a client holds is handed out again.
+    /// Answers the log's last cursor now.
+    pub fn raise_cursor(&mut self, at_least: u64) -> Result<u64, StoreError> {
+        events::raise_cursor(self, at_least)
+    }
 }
 
 /// The log's epoch, written first if the log has none (it is new, or was wiped).

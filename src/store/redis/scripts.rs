@@ -129,7 +129,8 @@ const LAST_CURSOR: &str = concat!(lua_top!(), "return top(KEYS[1], KEYS[2])\n");
 
 /// KEYS: events, seq. ARGV: a cursor some node has read. Numbering goes on above it
 /// even if the log lost it (a failover that dropped its newest events): a cursor a
-/// client may hold is never handed out again. Returns the highest cursor now.
+/// client may hold is never handed out again; an import raises it the same way to the
+/// high-water mark of the log it copies. Returns the highest cursor now.
 const FENCE: &str = concat!(
     lua_top!(),
     r#"

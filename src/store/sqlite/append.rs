@@ -79,7 +79,11 @@ impl SqliteStore {
         for (n, k) in added {
             *self.rows.entry(n).or_default() += k;
         }
-        if self.checkpointer.committed(bytes) {
+        if self
+            .checkpointer
+            .as_mut()
+            .is_some_and(|c| c.committed(bytes))
+        {
             // Between commits, so it delays none; it fails only if another checkpoint
             // is running, and then the next catch-up does it.
             if let Err(e) = checkpoint::passive(&self.conn) {

@@ -6,7 +6,7 @@
 
 use rusqlite::{params, Connection};
 
-use super::to_i64;
+use super::{to_i64, StoredDurable};
 use crate::store::{DurableState, StoreError};
 
 pub(super) fn open(
@@ -78,4 +78,45 @@ pub(super) fn set_floor(
     )?;
     tx.commit()?;
     Ok(())
+}
+
+/// Every durable subscription with its floor and the acknowledged cursors above it,
+/// by principal and name.
+pub(super) fn list(conn: &Connection) -> Result<Vec<StoredDurable>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT s.principal, s.name, s.floor, a.cursor
+         FROM durable_subscriptions s
+         LEFT JOIN durable_acks a
+           ON a.principal = s.principal AND a.name = s.name AND a.cursor > s.floor
+         ORDER BY s.principal, s.name, a.cursor",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, Option<i64>>(3)?,
+        ))
+    })?;
+    let mut found: Vec<StoredDurable> = Vec::new();
+    for row in rows {
+        let (principal, name, floor, acked) = row?;
+        let same = found
+            .last()
+            .is_some_and(|d| d.principal == principal && d.name == name);
+        if !same {
+            found.push(StoredDurable {
+                principal,
+                name,
+                state: DurableState {
+                    floor: floor.max(0) as u64,
+                    acked: Default::default(),
+                },
+            });
+        }
+        if let (Some(d), Some(c)) = (found.last_mut(), acked) {
+            d.state.acked.insert(c.max(0) as u64);
+        }
+    }
+    Ok(found)
 }

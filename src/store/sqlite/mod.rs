@@ -80,7 +80,8 @@ impl Default for SqliteOptions {
 
 pub struct SqliteStore {
     conn: Connection,
-    checkpointer: Checkpointer,
+    /// `None` on a connection that only reads ([`SqliteStore::open_read_only`]).
+    checkpointer: Option<Checkpointer>,
     segments: Segments,
     /// Rows per segment (same keys as `segments.tables`), kept by appends and
     /// retention; their sum is the event count. `count(*)` reads every page it
@@ -113,16 +114,47 @@ impl SqliteStore {
     ) -> Result<SqliteStore, StoreError> {
         let mut conn = schema::connect(path, options)?;
         let segments = Segments::load(&conn, options.segment_events)?;
-        let (rows, recorded) = segments::count_rows(&mut conn, &segments)?;
+        let (rows, recorded) = segments::count_rows(&mut conn, &segments, true)?;
         let checkpointer = Checkpointer::start(path, options.synchronous_full, checkpoint_bytes)?;
         Ok(SqliteStore {
             conn,
-            checkpointer,
+            checkpointer: Some(checkpointer),
             segments,
             rows,
             recorded,
         })
     }
+
+    /// Opens the existing `events.db` in `dir` for reading only (`switchyard cluster
+    /// import`): the file is not changed, and every write method fails. Reads see what
+    /// was committed when each one runs, so the server using the file must be stopped
+    /// for them to add up to one consistent copy.
+    pub fn open_read_only(dir: &Path) -> Result<SqliteStore, StoreError> {
+        let mut conn = schema::connect_read_only(&dir.join("events.db"))?;
+        let segments = Segments::read(&conn, SqliteOptions::default().segment_events)?;
+        let (rows, recorded) = segments::count_rows(&mut conn, &segments, false)?;
+        Ok(SqliteStore {
+            conn,
+            checkpointer: None,
+            segments,
+            rows,
+            recorded,
+        })
+    }
+
+    /// Every durable subscription's state, by principal and name (an export; the
+    /// router opens them one by one with [`EventStore::durable_open`]).
+    pub fn durables(&self) -> Result<Vec<StoredDurable>, StoreError> {
+        durable::list(&self.conn)
+    }
+}
+
+/// A durable subscription as stored: whose, which, and where it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDurable {
+    pub principal: String,
+    pub name: String,
+    pub state: DurableState,
 }
 
 fn decode(cursor: u64, envelope: &str) -> Result<Arc<EncodedEvent>, StoreError> {

@@ -1,13 +1,13 @@
 //! The tables of the database file and the settings of the writer's connection.
 //!
-//! Owns: the `CREATE` statements, the pragmas, and dropping the index an older file
-//! still has. Must not: read or write rows (an older file's `events` table is read as a
+//! Owns: the `CREATE` statements, the pragmas, dropping the index an older file
+//! still has, and the read-only connection of `switchyard cluster import`. Must not: read or write rows (an older file's `events` table is read as a
 //! segment; see `segments`).
 
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OpenFlags};
 
 use super::SqliteOptions;
 use crate::store::checkpoint;
@@ -83,6 +83,25 @@ pub(super) fn connect(path: &Path, options: &SqliteOptions) -> Result<Connection
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
     // Reads and appends name one statement per segment.
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Opens an existing `path` for reading only: no table is created, no pragma is
+/// changed and no statement can write (SQLite refuses them). SQLite may create the
+/// `-wal` and `-shm` files beside it, never change the file itself.
+pub(super) fn connect_read_only(path: &Path) -> Result<Connection, StoreError> {
+    if !path.is_file() {
+        return Err(StoreError::DataDir {
+            path: path.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such database file"),
+        });
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }

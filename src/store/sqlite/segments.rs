@@ -63,11 +63,20 @@ impl Segments {
              ON CONFLICT(key) DO NOTHING",
             params![to_i64(per)],
         )?;
-        let per: i64 = conn.query_row(
-            "SELECT value FROM meta WHERE key = 'segment_events'",
-            [],
-            |r| r.get(0),
-        )?;
+        Segments::read(conn, per)
+    }
+
+    /// Reads the segment size (`per` if the file has none recorded) and finds the
+    /// tables, writing nothing: for a connection that only reads.
+    pub(super) fn read(conn: &Connection, per: u64) -> Result<Segments, StoreError> {
+        let per: i64 = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'segment_events'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(to_i64(per));
         let mut stmt = conn.prepare(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'events*'",
         )?;
@@ -100,9 +109,12 @@ impl Segments {
 /// file from before counts were recorded) or no longer matches, is counted, and every
 /// sealed one counted is recorded for the next open. These are the only counts a
 /// connection makes (see `SqliteStore::rows`).
+/// A connection that only reads (`record` false) counts what is not recorded and
+/// records nothing.
 pub(super) fn count_rows(
     conn: &mut Connection,
     segments: &Segments,
+    record: bool,
 ) -> Result<(BTreeMap<u64, u64>, BTreeSet<u64>), StoreError> {
     let newest = segments.tables.last().copied();
     let mut rows = BTreeMap::new();
@@ -120,7 +132,7 @@ pub(super) fn count_rows(
                     |r| r.get(0),
                 )?;
                 let count = count.max(0) as u64;
-                if sealed {
+                if sealed && record {
                     record_segment(&tx, n, count)?;
                 }
                 count

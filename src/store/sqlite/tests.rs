@@ -286,3 +286,52 @@ fn wal_is_checkpointed_and_bounded_under_steady_appends() {
     assert_eq!(store.last_cursor().unwrap(), batches * per_batch);
     assert_eq!(store.stats().unwrap().event_count, batches * per_batch);
 }
+
+#[test]
+fn a_read_only_store_reads_everything_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = SqliteStore::open_in(dir.path(), &two_per_segment()).unwrap();
+        store.append(&batch(1, 5)).unwrap();
+        store.durable_open("alice", "billing", 1).unwrap();
+        store.durable_ack("alice", "billing", &[3, 4]).unwrap();
+        store.durable_open("bob", "audit", 0).unwrap();
+    }
+    let file = dir.path().join("events.db");
+    let before = std::fs::read(&file).unwrap();
+    let mut store = SqliteStore::open_read_only(dir.path()).unwrap();
+    assert_eq!(store.last_cursor().unwrap(), 5);
+    assert_eq!(store.stats().unwrap().event_count, 5);
+    let all = store
+        .query(&EventQuery {
+            after: Some(2),
+            limit: 10,
+            ..EventQuery::default()
+        })
+        .unwrap();
+    let cursors: Vec<u64> = all.iter().map(|e| e.event.cursor).collect();
+    assert_eq!(cursors, [3, 4, 5]);
+    let durables = store.durables().unwrap();
+    let listed: Vec<(&str, &str, u64, Vec<u64>)> = durables
+        .iter()
+        .map(|d| {
+            let acked = d.state.acked.iter().copied().collect();
+            (d.principal.as_str(), d.name.as_str(), d.state.floor, acked)
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("alice", "billing", 1, vec![3, 4]),
+            ("bob", "audit", 0, vec![])
+        ]
+    );
+    assert!(store.append(&batch(6, 1)).is_err(), "writes are refused");
+    drop(store);
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "the file is unchanged"
+    );
+    assert!(SqliteStore::open_read_only(&dir.path().join("nowhere")).is_err());
+}

@@ -1,0 +1,242 @@
+//! `switchyard cluster import --from-sqlite DIR`, end to end: a real single node on
+//! SQLite builds a log (with a retention gap, a durable subscription and a dead
+//! letter), stops, is imported into a real `redis-server`, and a cluster node on that
+//! Redis serves the same cursors to the same clients.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::process::{switchyard, SpawnedServer};
+use common::redis::RedisServer;
+use common::WsClient;
+use serde_json::{json, Value};
+
+fn durable() -> Value {
+    json!({"id": "d", "patterns": ["job.>"], "durable": "billing", "ack_timeout_ms": 60000})
+}
+
+fn single_node(dir: &Path, env: &[(&str, &str)]) -> SpawnedServer {
+    let mut all = vec![("SWITCHYARD_STORE__SYNCHRONOUS_FULL", "false")];
+    all.extend_from_slice(env);
+    SpawnedServer::start_in(dir, &all)
+}
+
+fn cluster_node(redis: &RedisServer) -> SpawnedServer {
+    let url = redis.url();
+    SpawnedServer::start(&[
+        ("SWITCHYARD_STORE__KIND", "redis"),
+        ("SWITCHYARD_STORE__REDIS_URL", url.as_str()),
+        ("SWITCHYARD_CLUSTER__NODE_NAME", "a"),
+    ])
+}
+
+/// SIGTERM, and a clean exit: the store is flushed.
+fn stop(node: SpawnedServer) {
+    let status = std::process::Command::new("kill")
+        .args(["-s", "TERM", &node.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = node.wait().expect("wait for the node");
+    assert!(exit.success(), "the node stops cleanly: {exit:?}");
+}
+
+fn import(redis: &RedisServer, dir: &Path) -> Output {
+    switchyard()
+        .args(["cluster", "import", "--from-sqlite"])
+        .arg(dir)
+        .env("SWITCHYARD_STORE__KIND", "redis")
+        .env("SWITCHYARD_STORE__REDIS_URL", redis.url())
+        .output()
+        .expect("run switchyard cluster import")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+async fn get(node: &SpawnedServer, path: &str) -> Value {
+    let mut res = awc::Client::new()
+        .get(format!("http://{}{path}", node.addr))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let body = res.body().limit(16 << 20).await.expect("body");
+    serde_json::from_slice(&body).unwrap_or(Value::Null)
+}
+
+/// Polls `GET path` until `done` holds of it (5 s at most).
+async fn wait_for(node: &SpawnedServer, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let v = get(node, path).await;
+        if done(&v) {
+            return v;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{path}: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Subscribes with `spec` and reads events until `replay_complete`.
+async fn replay(node: &SpawnedServer, spec: Value) -> (WsClient, Vec<Value>) {
+    let mut c = WsClient::connect(&node.ws_url()).await;
+    c.subscribe(spec).await;
+    let mut events = Vec::new();
+    loop {
+        let msg = c.recv().await;
+        match msg["type"].as_str() {
+            Some("event") => events.push(msg["event"].clone()),
+            Some("replay_complete") => return (c, events),
+            _ => panic!("unexpected {msg}"),
+        }
+    }
+}
+
+/// Every retained event: (cursor, id, payload).
+async fn whole_log(node: &SpawnedServer) -> Vec<(u64, String, Value)> {
+    let (_, events) = replay(node, json!({"patterns": [">"], "from_cursor": 0})).await;
+    events
+        .iter()
+        .map(|e| {
+            let cursor = e["cursor"].as_u64().expect("cursor");
+            (
+                cursor,
+                e["id"].as_str().unwrap_or("").to_owned(),
+                e["payload"].clone(),
+            )
+        })
+        .collect()
+}
+
+async fn publish_jobs(node: &SpawnedServer, count: usize) -> Vec<u64> {
+    let mut c = WsClient::connect(&node.ws_url()).await;
+    let events: Vec<Value> = (0..count)
+        .map(|i| json!({"id": format!("e-{i}"), "topic": "job.step", "payload": {"i": i}}))
+        .collect();
+    let reply = c
+        .request(json!({"type": "publish_batch", "events": events}))
+        .await;
+    assert_eq!(reply["type"], "published_batch", "{reply}");
+    reply["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["cursor"].as_u64().expect("stored"))
+        .collect()
+}
+
+fn stream_len(redis: &RedisServer, key: &str) -> u64 {
+    redis::cmd("XLEN")
+        .arg(key)
+        .query(&mut redis.connection())
+        .expect("XLEN")
+}
+
+#[actix_rt::test]
+async fn a_single_nodes_log_moves_to_redis_with_cursors_durables_and_dead_letters() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = single_node(dir.path(), &[("SWITCHYARD_STORE__MAX_EVENTS", "10")]);
+    let (mut sub, _) = replay(&node, durable()).await;
+    assert_eq!(publish_jobs(&node, 20).await, (1..=20).collect::<Vec<_>>());
+    // Even cursors acknowledged, 19 dead-lettered, the other odd ones left unacked.
+    for _ in 0..20 {
+        let e = sub.recv_event().await["event"].clone();
+        let cursor = e["cursor"].as_u64().expect("cursor");
+        if cursor == 19 {
+            sub.send(&json!({"type": "nack", "subscription_id": "d", "event_id": e["id"], "requeue": false}))
+                .await;
+        } else if cursor % 2 == 0 {
+            sub.send(&json!({"type": "ack", "subscription_id": "d", "event_id": e["id"]}))
+                .await;
+        }
+    }
+    sub.assert_alive().await;
+    wait_for(&node, "/api/dead-letters", |v| {
+        v.as_array().is_some_and(|a| a.len() == 1)
+    })
+    .await;
+    // Retention (every second) keeps the newest 10 (the dead letter's notice is one).
+    wait_for(&node, "/api/stats", |v| v["store"]["event_count"] == 10).await;
+    let before = whole_log(&node).await;
+    let (first, last) = match (before.first(), before.last()) {
+        (Some(f), Some(l)) => (f.0, l.0),
+        _ => panic!("a log is left"),
+    };
+    assert!(first > 10, "retention left a gap: {first}");
+    drop(sub);
+    stop(node);
+
+    let db = dir.path().join("events.db");
+    let file_before = std::fs::read(&db).expect("events.db");
+    let redis = RedisServer::start();
+    let out = import(&redis, dir.path());
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let summary = format!("10 events, cursors {first}..{last}; the log's last cursor is {last}");
+    assert!(stdout.contains(&summary), "{stdout}");
+    assert!(stdout.contains("1 dead letters"), "{stdout}");
+    assert!(stdout.contains("1 durable subscriptions"), "{stdout}");
+    assert_eq!(std::fs::read(&db).expect("events.db"), file_before);
+
+    // A second import is refused and writes nothing.
+    let again = import(&redis, dir.path());
+    let stderr = text(&again.stderr);
+    assert_eq!(again.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not empty"), "{stderr}");
+    assert!(stderr.contains("import into an empty log"), "{stderr}");
+    assert_eq!(stream_len(&redis, "sy:{log}:events"), 10);
+    assert_eq!(stream_len(&redis, "sy:{dl}:letters"), 1);
+
+    let node = cluster_node(&redis);
+    assert_eq!(whole_log(&node).await, before, "same cursors and payloads");
+    let (_, resumed) = replay(&node, durable()).await;
+    let mut unacked: Vec<u64> = resumed
+        .iter()
+        .map(|e| e["cursor"].as_u64().expect("cursor"))
+        .collect();
+    unacked.sort_unstable();
+    let retained_unacked: Vec<u64> = [11, 13, 15, 17]
+        .into_iter()
+        .filter(|&c| c >= first)
+        .collect();
+    assert_eq!(
+        unacked, retained_unacked,
+        "exactly the unacknowledged events"
+    );
+    let mut publisher = WsClient::connect(&node.ws_url()).await;
+    let reply = publisher
+        .publish(json!({"topic": "other.thing", "payload": {}}))
+        .await;
+    assert_eq!(reply["cursor"], last + 1, "{reply}");
+    let letters = get(&node, "/api/dead-letters").await;
+    let letters = letters.as_array().expect("a list");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["event"]["cursor"], 19);
+    assert_eq!(letters[0]["subscription"], "d");
+}
+
+#[actix_rt::test]
+async fn a_log_that_retention_emptied_keeps_its_last_cursor() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = single_node(dir.path(), &[("SWITCHYARD_STORE__MAX_AGE_SECS", "1")]);
+    assert_eq!(publish_jobs(&node, 3).await, [1, 2, 3]);
+    wait_for(&node, "/api/stats", |v| v["store"]["event_count"] == 0).await;
+    stop(node);
+
+    let redis = RedisServer::start();
+    let out = import(&redis, dir.path());
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("0 events; the log's last cursor is 3"),
+        "{stdout}"
+    );
+    let node = cluster_node(&redis);
+    let mut publisher = WsClient::connect(&node.ws_url()).await;
+    let reply = publisher.publish(json!({"topic": "job.next"})).await;
+    assert_eq!(reply["cursor"], 4, "no cursor is handed out twice: {reply}");
+}
