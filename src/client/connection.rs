@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::pending::{self, Judged, Pending};
 use super::rotation;
 use super::socket::{self, WsConnection};
+use super::subs::{self, Sub};
 use super::{ClientConfig, ClientError, ConnectionState, Delivery};
 
 /// What a handle asks of the connection task.
@@ -41,33 +42,6 @@ pub(super) enum Op {
     /// Fire and forget (ack, nack).
     Send(Value),
     Close,
-}
-
-struct Sub {
-    spec: Value,
-    deliveries: mpsc::Sender<Delivery>,
-    /// Highest cursor delivered: a resume starts after it.
-    last_cursor: Option<u64>,
-    /// When it was made: a resume before any delivery starts there.
-    since: String,
-}
-
-impl Sub {
-    /// The subscribe command that restores it after a reconnect.
-    fn resume_frame(&self) -> Value {
-        let mut spec = self.spec.clone();
-        if spec.get("durable").is_none() {
-            if let Some(obj) = spec.as_object_mut() {
-                obj.remove("from_cursor");
-                obj.remove("since");
-            }
-            match self.last_cursor {
-                Some(c) => spec["from_cursor"] = json!(c),
-                None => spec["since"] = json!(self.since),
-            }
-        }
-        json!({"type": "subscribe", "subscription": spec})
-    }
 }
 
 struct Task {
@@ -359,29 +333,9 @@ impl Task {
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        let delivery = match msg["type"].as_str() {
-            Some("event") => {
-                let cursor = msg["event"]["cursor"].as_u64();
-                Some(Delivery::Event {
-                    attempt: msg["attempt"].as_u64().unwrap_or(1),
-                    event: msg["event"].clone(),
-                })
-                .inspect(|_| {
-                    if let (Some(sub), Some(c)) = (self.subs.get_mut(&sub_id), cursor) {
-                        sub.last_cursor = Some(sub.last_cursor.map_or(c, |l| l.max(c)));
-                    }
-                })
-            }
-            Some("replay_complete") => Some(Delivery::ReplayComplete {
-                last_cursor: msg["last_cursor"].as_u64().unwrap_or(0),
-            }),
-            Some("dropped") => Some(Delivery::Dropped {
-                count: msg["count"].as_u64().unwrap_or(0),
-            }),
-            _ => None,
-        };
-        if let Some(delivery) = delivery {
-            if let Some(sub) = self.subs.get(&sub_id) {
+        if let Some(delivery) = subs::delivery(&msg) {
+            if let Some(sub) = self.subs.get_mut(&sub_id) {
+                sub.note(&delivery);
                 // A full buffer holds the connection: the server sees a slow reader.
                 let _ = sub.deliveries.send(delivery).await;
             }

@@ -10,7 +10,8 @@
 //! deliveries); `handle` the [`Client`] and [`Subscription`] handles the caller holds;
 //! `connection` the background task that owns the socket; `pending` the requests
 //! awaiting replies and which replies are retried; `socket` how a WebSocket is opened;
-//! `rotation` which URL to try next; `backoff` the reconnect schedule.
+//! `subs` the subscriptions to restore; `rotation` which URL to try next; `backoff`
+//! the reconnect schedule.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), switchyard::client::ClientError> {
@@ -53,6 +54,7 @@ mod handle;
 mod pending;
 mod rotation;
 pub mod socket;
+mod subs;
 
 pub use backoff::Backoff;
 pub use handle::{Client, Subscription};
