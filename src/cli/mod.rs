@@ -25,9 +25,15 @@ use switchyard::client::ClientConfig;
 /// Where and as whom to connect; shared by the client commands.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
-    /// WebSocket URL of the router.
-    #[arg(long, default_value = "ws://127.0.0.1:9090/ws", env = "SWITCHYARD_URL")]
-    pub url: String,
+    /// WebSocket URL of the router; for a cluster, several nodes, comma-separated or
+    /// with the flag repeated: the client moves on to the next when one fails.
+    #[arg(
+        long = "url",
+        default_value = "ws://127.0.0.1:9090/ws",
+        env = "SWITCHYARD_URL",
+        value_delimiter = ','
+    )]
+    pub urls: Vec<String>,
     /// Bearer token (when the server has auth on).
     #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -42,7 +48,7 @@ impl ConnectArgs {
             token: self.token.clone(),
             max_attempts: Some(self.max_attempts),
             request_timeout: Duration::from_secs(30),
-            ..ClientConfig::new(self.url.clone())
+            ..ClientConfig::cluster(self.urls.iter().cloned())
         }
     }
 }
@@ -102,4 +108,25 @@ fn block_on<F: Future>(command: F) -> F::Output {
 fn failed(error: impl Display, code: u8) -> ExitCode {
     eprintln!("error: {error}");
     ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        connect: ConnectArgs,
+    }
+
+    #[test]
+    fn url_takes_a_list_or_repeats() {
+        let urls = |args: &[&str]| Cli::parse_from(args).connect.client_config().urls;
+        let (a, b) = ("ws://127.0.0.1:1/ws", "ws://127.0.0.1:2/ws");
+        assert_eq!(urls(&["t", "--url", a]), [a]);
+        assert_eq!(urls(&["t", "--url", &format!("{a},{b}")]), [a, b]);
+        assert_eq!(urls(&["t", "--url", a, "--url", b]), [a, b]);
+    }
 }

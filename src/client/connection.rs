@@ -1,6 +1,7 @@
-//! The connection task: the one place that holds the socket. It opens it (with
-//! [`Backoff`](super::Backoff) between attempts), restores subscriptions and resends
-//! unanswered requests after a reconnect, matches replies to requests by `request_id`,
+//! The connection task: the one place that holds the socket. It opens it (round robin
+//! over the configured URLs, with [`Backoff`](super::Backoff) between rounds), restores
+//! subscriptions and resends unanswered requests after a reconnect, matches replies to
+//! requests by `request_id`, moves on to the next node when one answers `unavailable`,
 //! and hands deliveries to their subscriptions.
 //!
 //! Owns: the socket, the requests awaiting replies, the subscriptions to restore. Must
@@ -14,8 +15,11 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::pending::{self, Judged, Pending};
+use super::rotation;
 use super::socket::{self, WsConnection};
-use super::{server_error, ClientConfig, ClientError, ConnectionState, Delivery};
+use super::subs::{self, Sub};
+use super::{ClientConfig, ClientError, ConnectionState, Delivery};
 
 /// What a handle asks of the connection task.
 pub(super) enum Op {
@@ -40,50 +44,24 @@ pub(super) enum Op {
     Close,
 }
 
-struct Pending {
-    frame: Value,
-    retry: bool,
-    reply: oneshot::Sender<Result<Value, ClientError>>,
-}
-
-struct Sub {
-    spec: Value,
-    deliveries: mpsc::Sender<Delivery>,
-    /// Highest cursor delivered: a resume starts after it.
-    last_cursor: Option<u64>,
-    /// When it was made: a resume before any delivery starts there.
-    since: String,
-}
-
-impl Sub {
-    /// The subscribe command that restores it after a reconnect.
-    fn resume_frame(&self) -> Value {
-        let mut spec = self.spec.clone();
-        if spec.get("durable").is_none() {
-            if let Some(obj) = spec.as_object_mut() {
-                obj.remove("from_cursor");
-                obj.remove("since");
-            }
-            match self.last_cursor {
-                Some(c) => spec["from_cursor"] = json!(c),
-                None => spec["since"] = json!(self.since),
-            }
-        }
-        json!({"type": "subscribe", "subscription": spec})
-    }
-}
-
 struct Task {
     config: ClientConfig,
     state: watch::Sender<ConnectionState>,
     pending: HashMap<u64, Pending>,
     subs: HashMap<String, Sub>,
     next_request: u64,
+    /// The URL (index into `config.urls`) connected to, or to try next.
+    index: usize,
+    /// A request was answered `unavailable`: leave this node for the next.
+    move_on: bool,
 }
 
 enum Ended {
     /// The connection dropped: reconnect.
     Lost,
+    /// The node answered `unavailable`: try the next. Not a healthy connection, so it
+    /// does not reset the count of failures (all nodes refusing still backs off).
+    Unavailable,
     /// `close()` was called or every `Client` handle is gone.
     Closed,
 }
@@ -100,22 +78,31 @@ pub(super) async fn run(
         pending: HashMap::new(),
         subs: HashMap::new(),
         next_request: 1,
+        index: 0,
+        move_on: false,
     };
     let mut failures = 0u32;
     loop {
+        let before = failures;
         match task.open().await {
             Ok(conn) => {
                 failures = 0;
                 let _ = task.state.send(ConnectionState::Connected);
                 match task.serve(conn, &mut ops).await {
                     Ended::Closed => break,
-                    Ended::Lost => log::info!("switchyard client: connection lost"),
+                    Ended::Lost => {
+                        log::info!("switchyard client: connection to {} lost", task.url())
+                    }
+                    Ended::Unavailable => {
+                        log::info!(
+                            "switchyard client: {} answered unavailable; trying the next node",
+                            task.url()
+                        );
+                        failures = before;
+                    }
                 }
             }
-            Err(e) => log::info!(
-                "switchyard client: connect to {} failed: {e}",
-                task.config.url
-            ),
+            Err(e) => log::info!("switchyard client: connect to {} failed: {e}", task.url()),
         }
         failures += 1;
         if task.config.max_attempts.is_some_and(|max| failures > max) {
@@ -130,7 +117,12 @@ pub(super) async fn run(
         let _ = task
             .state
             .send(ConnectionState::Reconnecting { attempt: failures });
-        let delay = task.config.backoff.delay(failures, fastrand::f64());
+        let next = rotation::after_failure(task.index, task.config.urls.len(), failures);
+        task.index = next.index;
+        let Some(round) = next.wait else {
+            continue;
+        };
+        let delay = task.config.backoff.delay(round, fastrand::f64());
         // Keep taking calls while waiting; they are sent once connected.
         let wait = sleep(delay);
         tokio::pin!(wait);
@@ -164,10 +156,25 @@ fn reject(op: Op, error: ClientError) {
 }
 
 impl Task {
+    fn url(&self) -> &str {
+        self.config
+            .urls
+            .get(self.index)
+            .map_or("(no URL configured)", String::as_str)
+    }
+
     async fn open(&mut self) -> Result<WsConnection, String> {
-        let mut conn = socket::open_ws(&self.config.url, self.config.token.as_deref())
+        let url = self
+            .config
+            .urls
+            .get(self.index)
+            .ok_or("no URL configured")?;
+        let mut conn = socket::open_ws(url, self.config.token.as_deref())
             .await
             .map_err(|e| e.to_string())?;
+        self.move_on = false;
+        // A call whose caller stopped waiting (its timeout passed) is not sent again.
+        self.pending.retain(|_, p| !p.reply.is_closed());
         // Restore subscriptions, then resend what was never answered (a subscribe
         // still waiting for its reply is resent as it was, not restored twice).
         let awaiting: Vec<&str> = self
@@ -212,6 +219,7 @@ impl Task {
                         frame: frame.clone(),
                         retry,
                         reply,
+                        earlier: None,
                     },
                 );
                 Some(frame)
@@ -261,7 +269,14 @@ impl Task {
         loop {
             tokio::select! {
                 frame = conn.next() => match frame {
-                    Some(Ok(ws::Frame::Text(text))) => self.receive(&text).await,
+                    Some(Ok(ws::Frame::Text(text))) => {
+                        self.receive(&text).await;
+                        if self.move_on {
+                            let _ = conn.send(ws::Message::Close(Some(ws::CloseCode::Normal.into()))).await;
+                            self.lost();
+                            return Ended::Unavailable;
+                        }
+                    }
                     Some(Ok(ws::Frame::Ping(p))) => {
                         if conn.send(ws::Message::Pong(p)).await.is_err() {
                             return self.lost();
@@ -318,29 +333,9 @@ impl Task {
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        let delivery = match msg["type"].as_str() {
-            Some("event") => {
-                let cursor = msg["event"]["cursor"].as_u64();
-                Some(Delivery::Event {
-                    attempt: msg["attempt"].as_u64().unwrap_or(1),
-                    event: msg["event"].clone(),
-                })
-                .inspect(|_| {
-                    if let (Some(sub), Some(c)) = (self.subs.get_mut(&sub_id), cursor) {
-                        sub.last_cursor = Some(sub.last_cursor.map_or(c, |l| l.max(c)));
-                    }
-                })
-            }
-            Some("replay_complete") => Some(Delivery::ReplayComplete {
-                last_cursor: msg["last_cursor"].as_u64().unwrap_or(0),
-            }),
-            Some("dropped") => Some(Delivery::Dropped {
-                count: msg["count"].as_u64().unwrap_or(0),
-            }),
-            _ => None,
-        };
-        if let Some(delivery) = delivery {
-            if let Some(sub) = self.subs.get(&sub_id) {
+        if let Some(delivery) = subs::delivery(&msg) {
+            if let Some(sub) = self.subs.get_mut(&sub_id) {
+                sub.note(&delivery);
                 // A full buffer holds the connection: the server sees a slow reader.
                 let _ = sub.deliveries.send(delivery).await;
             }
@@ -359,12 +354,15 @@ impl Task {
             }
             return;
         };
-        let result = if msg["type"] == "error" {
-            Err(server_error(&msg))
-        } else {
-            Ok(msg)
-        };
-        let _ = p.reply.send(result);
+        match pending::judge(p.retry, p.earlier.as_deref(), msg) {
+            Judged::Reply(result) => {
+                let _ = p.reply.send(result);
+            }
+            Judged::Retry { earlier } => {
+                self.pending.insert(id, Pending { earlier, ..p });
+                self.move_on = true;
+            }
+        }
     }
 
     fn fail_all(&mut self, error: ClientError) {

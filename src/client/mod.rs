@@ -8,8 +8,10 @@
 //!
 //! The files: this one holds the types a caller sees (errors, states, configuration,
 //! deliveries); `handle` the [`Client`] and [`Subscription`] handles the caller holds;
-//! `connection` the background task that owns the socket; `socket` how a WebSocket is
-//! opened; `backoff` the reconnect schedule.
+//! `connection` the background task that owns the socket; `pending` the requests
+//! awaiting replies and which replies are retried; `socket` how a WebSocket is opened;
+//! `subs` the subscriptions to restore; `rotation` which URL to try next; `backoff`
+//! the reconnect schedule.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), switchyard::client::ClientError> {
@@ -26,20 +28,33 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Given several URLs (the nodes of a cluster, [`ClientConfig::cluster`]), the client
+//! moves on to the next one, round robin, after a failed connect, a lost connection or an
+//! `unavailable` answer; a URL not yet tried since the last good connection is tried at
+//! once, and a full round of failures waits the backoff.
+//!
 //! Reconnects follow [`Backoff`] (1 s doubling to 30 s, with jitter). After a reconnect
 //! every subscription is sent again under the same id, resuming after the highest
 //! cursor it delivered (or, before any delivery, from the time it was made), so nothing
 //! the server still retains is lost; a durable subscription resumes from its own stored
 //! state. Publishes not yet answered when the connection dropped are sent again with the
 //! same event id (the client gives every event an id), so the server's duplicate
-//! suppression makes the retry safe. Live events are delivered highest priority first,
+//! suppression makes the retry safe: an event stored before the connection dropped is
+//! answered `duplicate: true` with its cursor. A request answered `unavailable` (cluster
+//! mode: the node cannot reach the shared log, nothing was stored) is not surfaced but
+//! sent again on the next node, until it is answered otherwise or its caller's
+//! `request_timeout` passes; in a batch, only the events answered `unavailable` take
+//! the resend's answer. Live events are delivered highest priority first,
 //! so a resume after the highest cursor can skip a lower-priority event that was still
 //! waiting: use `ack: true` or a durable subscription where that matters.
 
 mod backoff;
 mod connection;
 mod handle;
+mod pending;
+mod rotation;
 pub mod socket;
+mod subs;
 
 pub use backoff::Backoff;
 pub use handle::{Client, Subscription};
@@ -80,21 +95,35 @@ pub enum ConnectionState {
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// `ws://host:port/ws` or `wss://...`.
-    pub url: String,
+    /// Where to connect, `ws://host:port/ws` or `wss://...`: one server, or several nodes
+    /// of one cluster. The client starts with the first and moves on to the next (round
+    /// robin) after a failed connect, a lost connection or an `unavailable` answer.
+    pub urls: Vec<String>,
     /// Sent as `Authorization: Bearer`.
     pub token: Option<String>,
     pub backoff: Backoff,
-    /// Reconnect attempts in a row before giving up; `None`: never give up.
+    /// Reconnect attempts in a row before giving up, each URL tried counting as one;
+    /// `None`: never give up.
     pub max_attempts: Option<u32>,
     /// How long a call waits for its reply (across reconnects).
     pub request_timeout: Duration,
 }
 
 impl ClientConfig {
+    /// One server, with the defaults.
     pub fn new(url: impl Into<String>) -> Self {
+        ClientConfig::cluster([url])
+    }
+
+    /// The nodes of one cluster (docs/cluster.md), with the defaults; tried in this order
+    /// first, then round robin.
+    pub fn cluster<I>(urls: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
         ClientConfig {
-            url: url.into(),
+            urls: urls.into_iter().map(Into::into).collect(),
             token: None,
             backoff: Backoff::default(),
             max_attempts: None,
