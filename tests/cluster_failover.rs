@@ -11,6 +11,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use actix_rt::time::{sleep, timeout};
+use common::cluster::{kill9, node};
 use common::process::SpawnedServer;
 use common::redis::RedisServer;
 use serde_json::{json, Value};
@@ -24,26 +25,6 @@ const WORKERS: usize = 6;
 const KILL_AT: usize = EVENTS / 2;
 /// The whole publish, failover included, must end within this.
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn node(redis: &RedisServer, name: &str) -> SpawnedServer {
-    let url = redis.url();
-    SpawnedServer::start(&[
-        ("SWITCHYARD_STORE__KIND", "redis"),
-        ("SWITCHYARD_STORE__REDIS_URL", url.as_str()),
-        ("SWITCHYARD_CLUSTER__NODE_NAME", name),
-        ("SWITCHYARD_CLUSTER__HEARTBEAT_MS", "250"),
-        ("SWITCHYARD_CLUSTER__LEASE_TTL_MS", "1500"),
-        ("SWITCHYARD_CLUSTER__COMMAND_TIMEOUT_MS", "1000"),
-    ])
-}
-
-fn kill9(node: &SpawnedServer) {
-    let status = std::process::Command::new("kill")
-        .args(["-s", "KILL", &node.pid().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill -9 {}", node.pid());
-}
 
 /// What the publishers saw, shared by the tasks on this one thread.
 #[derive(Default)]

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use common::cluster::node as cluster_node;
 use common::process::{switchyard, SpawnedServer};
 use common::redis::RedisServer;
 use common::WsClient;
@@ -22,15 +23,6 @@ fn single_node(dir: &Path, env: &[(&str, &str)]) -> SpawnedServer {
     let mut all = vec![("SWITCHYARD_STORE__SYNCHRONOUS_FULL", "false")];
     all.extend_from_slice(env);
     SpawnedServer::start_in(dir, &all)
-}
-
-fn cluster_node(redis: &RedisServer) -> SpawnedServer {
-    let url = redis.url();
-    SpawnedServer::start(&[
-        ("SWITCHYARD_STORE__KIND", "redis"),
-        ("SWITCHYARD_STORE__REDIS_URL", url.as_str()),
-        ("SWITCHYARD_CLUSTER__NODE_NAME", "a"),
-    ])
 }
 
 /// SIGTERM, and a clean exit: the store is flushed.
@@ -191,7 +183,7 @@ async fn a_single_nodes_log_moves_to_redis_with_cursors_durables_and_dead_letter
     assert_eq!(stream_len(&redis, "sy:{log}:events"), 10);
     assert_eq!(stream_len(&redis, "sy:{dl}:letters"), 1);
 
-    let node = cluster_node(&redis);
+    let node = cluster_node(&redis, "a");
     assert_eq!(whole_log(&node).await, before, "same cursors and payloads");
     let (_, resumed) = replay(&node, durable()).await;
     let mut unacked: Vec<u64> = resumed
@@ -235,7 +227,7 @@ async fn a_log_that_retention_emptied_keeps_its_last_cursor() {
         stdout.contains("0 events; the log's last cursor is 3"),
         "{stdout}"
     );
-    let node = cluster_node(&redis);
+    let node = cluster_node(&redis, "a");
     let mut publisher = WsClient::connect(&node.ws_url()).await;
     let reply = publisher.publish(json!({"topic": "job.next"})).await;
     assert_eq!(reply["cursor"], 4, "no cursor is handed out twice: {reply}");
