@@ -177,20 +177,26 @@ async fn a_durable_name_is_held_by_one_connection_in_the_cluster() {
 async fn a_killed_nodes_durable_names_free_up_after_the_lease() {
     let redis = RedisServer::start();
     let (a, b) = (node(&redis, "a"), node(&redis, "b"));
-    let durable = json!({"id": "d", "patterns": ["job.>"], "durable": "audit"});
+    let durable =
+        json!({"id": "d", "patterns": ["job.>"], "durable": "audit", "ack_timeout_ms": 60000});
     let mut holder = ws(&a).await;
     holder.subscribe(durable.clone()).await;
+    let mut publisher = ws(&b).await;
+    publish_batch(&mut publisher, "audit", 10).await;
+    let unacked = ack_half(&mut holder, 10).await;
+    // The acks reach Redis through a's store actor; give them a moment before the kill.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let killed = Instant::now();
     kill9(&a);
     // A fresh connection per attempt: a client's refused subscribes count against its
     // connection's error budget (limits.max_errors_per_window).
-    loop {
+    let mut taker = loop {
         let mut taker = ws(&b).await;
         let reply = taker
             .request(json!({"type": "subscribe", "subscription": durable}))
             .await;
         if reply["type"] == "subscribed" {
-            break;
+            break taker;
         }
         assert_eq!(reply["code"], "invalid_subscription", "{reply}");
         let waited = killed.elapsed();
@@ -199,7 +205,10 @@ async fn a_killed_nodes_durable_names_free_up_after_the_lease() {
             "still held {waited:?} after the kill"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    let mut got = cursors_of(&mut taker, unacked.len()).await;
+    got.sort_unstable();
+    assert_eq!(got, unacked, "exactly the unacknowledged events");
     drop(holder);
 }
 

@@ -17,9 +17,14 @@ async fn with_redis_down_publishes_are_refused_at_once_and_sessions_stay() {
     let mut watcher = ws(&b).await;
     watcher.subscribe(json!({"patterns": ["job.>"]})).await;
     let mut publisher = ws(&a).await;
-    publish_batch(&mut publisher, "before", 5).await;
-    assert_eq!(cursors_of(&mut watcher, 5).await, [1, 2, 3, 4, 5]);
+    let mut acknowledged = Vec::new();
+    for round in 0..20 {
+        acknowledged.extend(publish_batch(&mut publisher, &format!("before{round}"), 100).await);
+    }
+    assert_eq!(acknowledged, (1..=2000).collect::<Vec<_>>());
+    assert_eq!(cursors_of(&mut watcher, 2000).await, acknowledged);
 
+    // kill -9 with AOF on (appendfsync always): nothing acknowledged may be lost.
     redis.kill9();
     let reply = publisher
         .request(json!({"type": "publish_event", "event": {"id": "down-1", "topic": "job.down"}}))
@@ -68,8 +73,13 @@ async fn with_redis_down_publishes_are_refused_at_once_and_sessions_stay() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(cursor, 6, "cursors continue after an AOF restart");
-    assert_eq!(cursors_of(&mut watcher, 1).await, [6]);
+    assert_eq!(cursor, 2001, "cursors continue after an AOF restart");
+    assert_eq!(cursors_of(&mut watcher, 1).await, [2001]);
+    let (_, stats, _) = http("GET", &b, "/api/stats", None).await;
+    assert_eq!(
+        stats["store"]["event_count"], 2001,
+        "every acknowledged event survived: {stats}"
+    );
     let (status, _, _) = http("GET", &b, "/ready", None).await;
     assert_eq!(status, 200);
 }
