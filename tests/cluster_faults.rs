@@ -134,6 +134,12 @@ async fn a_wiped_log_is_not_reused_silently() {
     let reason = watcher.recv_close().await.expect("a close reason");
     let text = reason.description.unwrap_or_default();
     assert!(text.contains("event log replaced"), "{text}");
+    // A new log, not a regression of the old one: nothing was fenced into it.
+    let metrics = metrics_text(&a).await;
+    assert!(
+        metrics.contains("switchyard_cluster_cursor_regressions_total 0"),
+        "{metrics}"
+    );
 }
 
 #[actix_rt::test]

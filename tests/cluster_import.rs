@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::cluster::node as cluster_node;
+use common::cluster::{node as cluster_node, publish_batch, ws};
 use common::process::{switchyard, SpawnedServer};
 use common::redis::RedisServer;
 use common::WsClient;
@@ -104,23 +104,6 @@ async fn whole_log(node: &SpawnedServer) -> Vec<(u64, String, Value)> {
         .collect()
 }
 
-async fn publish_jobs(node: &SpawnedServer, count: usize) -> Vec<u64> {
-    let mut c = WsClient::connect(&node.ws_url()).await;
-    let events: Vec<Value> = (0..count)
-        .map(|i| json!({"id": format!("e-{i}"), "topic": "job.step", "payload": {"i": i}}))
-        .collect();
-    let reply = c
-        .request(json!({"type": "publish_batch", "events": events}))
-        .await;
-    assert_eq!(reply["type"], "published_batch", "{reply}");
-    reply["results"]
-        .as_array()
-        .expect("results")
-        .iter()
-        .map(|r| r["cursor"].as_u64().expect("stored"))
-        .collect()
-}
-
 fn stream_len(redis: &RedisServer, key: &str) -> u64 {
     redis::cmd("XLEN")
         .arg(key)
@@ -133,7 +116,10 @@ async fn a_single_nodes_log_moves_to_redis_with_cursors_durables_and_dead_letter
     let dir = tempfile::tempdir().expect("temp dir");
     let node = single_node(dir.path(), &[("SWITCHYARD_STORE__MAX_EVENTS", "10")]);
     let (mut sub, _) = replay(&node, durable()).await;
-    assert_eq!(publish_jobs(&node, 20).await, (1..=20).collect::<Vec<_>>());
+    assert_eq!(
+        publish_batch(&mut ws(&node).await, "e", 20).await,
+        (1..=20).collect::<Vec<_>>()
+    );
     // Even cursors acknowledged, 19 dead-lettered, the other odd ones left unacked.
     for _ in 0..20 {
         let e = sub.recv_event().await["event"].clone();
@@ -215,7 +201,7 @@ async fn a_single_nodes_log_moves_to_redis_with_cursors_durables_and_dead_letter
 async fn a_log_that_retention_emptied_keeps_its_last_cursor() {
     let dir = tempfile::tempdir().expect("temp dir");
     let node = single_node(dir.path(), &[("SWITCHYARD_STORE__MAX_AGE_SECS", "1")]);
-    assert_eq!(publish_jobs(&node, 3).await, [1, 2, 3]);
+    assert_eq!(publish_batch(&mut ws(&node).await, "e", 3).await, [1, 2, 3]);
     wait_for(&node, "/api/stats", |v| v["store"]["event_count"] == 0).await;
     stop(node);
 

@@ -234,7 +234,8 @@ impl Follower {
         }
     }
 
-    /// Checks the log's epoch and highest cursor against what this node has read.
+    /// Checks the log's epoch, then its highest cursor, against what this node has
+    /// read (a wiped log is a new log, not a regression: nothing is fenced in it).
     fn look_at_head(&mut self, joined: &mut String) -> Result<bool, StoreError> {
         let Some(tail) = &mut self.tail else {
             return Ok(true);
@@ -245,21 +246,6 @@ impl Follower {
             .cluster
             .tail_lag
             .store(last.saturating_sub(self.after), Relaxed);
-        if last < self.after {
-            self.metrics
-                .cluster
-                .cursor_regressions
-                .fetch_add(1, Relaxed);
-            log::error!(
-                "shared log regressed: its highest cursor is {last}, this node read up to \
-                 {}; events {}..{} are lost (a Redis failover?). Fencing cursors above {}",
-                self.after,
-                last + 1,
-                self.after,
-                self.after
-            );
-            tail.fence(self.after)?;
-        }
         if *joined != epoch {
             let reason = format!(
                 "event log replaced (epoch {joined} became {}); reconnect to resume",
@@ -274,6 +260,21 @@ impl Follower {
             }
             self.after = last;
             return Ok(self.interrupt(reason, last, true));
+        }
+        if last < self.after {
+            self.metrics
+                .cluster
+                .cursor_regressions
+                .fetch_add(1, Relaxed);
+            log::error!(
+                "shared log regressed: its highest cursor is {last}, this node read up to \
+                 {}; events {}..{} are lost (a Redis failover?). Fencing cursors above {}",
+                self.after,
+                last + 1,
+                self.after,
+                self.after
+            );
+            tail.fence(self.after)?;
         }
         Ok(true)
     }
