@@ -98,6 +98,13 @@ struct TopicStats {
     last_at: DateTime<Utc>,
 }
 
+/// A durable subscription name open (or opening) on a connection of this node.
+struct DurableHold {
+    session: SessionId,
+    /// The store granted the claim (`OpenDurable` answered): renewed on each beat.
+    claimed: bool,
+}
+
 struct SessionEntry {
     peer: String,
     connected_at: DateTime<Utc>,
@@ -131,7 +138,7 @@ pub struct Router {
     last_cursor: u64,
     /// Durable subscriptions open on a connection of this node, by (principal, name);
     /// the store holds their claims cluster-wide.
-    active_durables: HashMap<(String, String), SessionId>,
+    active_durables: HashMap<(String, String), DurableHold>,
     /// The highest cursor queued for routing: committed here, or read from the shared
     /// log. Both come in cursor order, so every cursor at or below it has been queued
     /// (or was refused by a failed commit); replay's boundary.

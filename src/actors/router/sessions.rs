@@ -7,7 +7,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use chrono::Utc;
 
-use super::{CloseSession, Router, SessionEntry};
+use super::{CloseSession, DurableHold, Router, SessionEntry};
 use crate::actors::send_or_wait;
 use crate::actors::store::{OpenDurable, ReleaseDurable, RenewDurables};
 use crate::delivery::{SessionId, SubscriptionHandle};
@@ -99,7 +99,11 @@ impl Handler<Subscribe> for Router {
             );
             return Box::pin(actix::fut::ready(Err(err)));
         }
-        self.active_durables.insert(key.clone(), handle.session_id);
+        let hold = DurableHold {
+            session: handle.session_id,
+            claimed: false,
+        };
+        self.active_durables.insert(key.clone(), hold);
         // A new durable subscription starts at `from_cursor`, or with what comes next.
         let floor = match handle.spec.replay {
             Some(Replay::AfterCursor(c)) => c,
@@ -133,6 +137,9 @@ impl Handler<Subscribe> for Router {
             if !act.sessions.contains_key(&handle.session_id) || !handle.is_active() {
                 act.release_durable(key, handle.session_id);
                 return Ok(());
+            }
+            if let Some(hold) = act.active_durables.get_mut(&key) {
+                hold.claimed = true;
             }
             let resolved: HashSet<u64> = state.acked.into_iter().collect();
             act.start_replay(
@@ -174,11 +181,17 @@ impl Router {
         if self.active_durables.is_empty() {
             return;
         }
+        // Only names already opened: one still opening is claimed by its `OpenDurable`,
+        // and renewing it here could find the previous holder's lease and close it.
         let held: Vec<_> = self
             .active_durables
             .iter()
-            .map(|(key, session)| (key.clone(), *session))
+            .filter(|(_, hold)| hold.claimed)
+            .map(|(key, hold)| (key.clone(), hold.session))
             .collect();
+        if held.is_empty() {
+            return;
+        }
         let claims = held
             .iter()
             .map(|((p, n), session)| (p.clone(), n.clone(), self.durable_owner(*session)))

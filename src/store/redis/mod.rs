@@ -198,10 +198,36 @@ fn check_server(link: &Link, require_aof: bool) -> Result<(), StoreError> {
         Ok(Err(e)) => log::warn!("cannot check redis persistence (CONFIG GET appendonly): {e}"),
         Err(e) => log::warn!("cannot check redis persistence (CONFIG GET appendonly): {e}"),
     }
+    let policy = link.run("CONFIG GET maxmemory-policy", true, |c| {
+        Ok(redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query::<Value>(c))
+    })?;
+    let policy = policy
+        .ok()
+        .and_then(|v| reply::array(v).ok())
+        .and_then(|pair| pair.into_iter().nth(1))
+        .and_then(|v| reply::text(v).ok());
+    if let Some(warning) = policy.as_deref().and_then(eviction_warning) {
+        log::warn!("{warning}");
+    }
     let info: String = link.run("INFO server", true, |c| {
         redis::cmd("INFO").arg("server").query(c)
     })?;
     version_ok(&info).map_err(StoreError::Unsuitable)
+}
+
+/// What to say about Redis's `maxmemory-policy`: anything but `noeviction` may evict
+/// the log, the duplicate ids or a durable subscription's state when memory runs out.
+fn eviction_warning(policy: &str) -> Option<String> {
+    (policy != "noeviction").then(|| {
+        format!(
+            "redis runs with `maxmemory-policy {policy}`: when it reaches maxmemory it may \
+             evict the event log or durable state. Set `maxmemory-policy noeviction` \
+             (publishes are then refused when memory is full, nothing is lost)"
+        )
+    })
 }
 
 /// Whether `INFO server` text names a Redis new enough, or why not.

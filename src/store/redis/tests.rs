@@ -231,6 +231,21 @@ fn a_redis_without_aof_is_refused_unless_allowed() {
 }
 
 #[test]
+fn every_eviction_policy_but_noeviction_is_warned_about() {
+    for (policy, warned) in [
+        ("noeviction", false),
+        ("allkeys-lru", true),
+        ("volatile-ttl", true),
+    ] {
+        let warning = super::eviction_warning(policy);
+        assert_eq!(warning.is_some(), warned, "{policy}");
+        if let Some(w) = warning {
+            assert!(w.contains(policy) && w.contains("noeviction"), "{w}");
+        }
+    }
+}
+
+#[test]
 fn server_versions_before_6_2_are_refused() {
     let table = [
         ("redis_version:7.0.15\r\n", true),
