@@ -40,6 +40,10 @@ pub struct Event {
     pub metadata: Map<String, Value>,
     pub ttl_ms: Option<u64>,
     pub cursor: u64,
+    /// The server made up `id` (the publisher gave none): no other event can carry it,
+    /// so no duplicate check needs it. Not part of the envelope.
+    #[serde(skip)]
+    pub id_generated: bool,
 }
 
 fn rfc3339<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
@@ -336,8 +340,10 @@ impl Event {
         let agent_id = input.agent_id.or(ids.agent_id);
         let task_id = input.task_id.or(ids.task_id);
 
+        let id_generated = input.id.is_none();
         Ok(Event {
             id: input.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+            id_generated,
             event_type,
             topic,
             priority: input.priority.unwrap_or_default(),

@@ -223,6 +223,14 @@ pub struct NewEvent {
     pub check_duplicate: bool,
 }
 
+impl NewEvent {
+    /// The log need not keep its id for later duplicate checks: the server made the id
+    /// up, so no other publish can repeat it.
+    pub fn id_is_unique(&self) -> bool {
+        self.event.event.id_generated && self.check_duplicate
+    }
+}
+
 /// A backend for the event log.
 pub trait EventStore: Send {
     fn kind(&self) -> &'static str;

@@ -176,8 +176,14 @@ pub(super) fn append_new(
         }
         call.arg(&store.epoch).arg(&maxlen).arg(ttl);
         for (e, head) in events.iter().zip(&heads) {
-            call.arg(if e.check_duplicate { "1" } else { "0" })
-                .arg(*head);
+            // 1: check and remember the id; 0: store again and remember (a republished
+            // dead letter); 2: neither (an id the server made up cannot come again).
+            let dedupe = match (e.id_is_unique(), e.check_duplicate) {
+                (true, _) => "2",
+                (false, true) => "1",
+                (false, false) => "0",
+            };
+            call.arg(dedupe).arg(*head);
         }
         call.invoke(c)
     })?;

@@ -56,8 +56,9 @@ if epoch ~= ARGV[1] then return redis.error_reply('EPOCH ' .. (epoch or '')) end
 }
 
 /// KEYS: events, seq, epoch, then one id key per event.
-/// ARGV: joined epoch, MAXLEN (`0`: none), dedupe TTL (s), then per event a
-/// check-duplicate flag (`1`/`0`) and its envelope up to `"cursor":`.
+/// ARGV: joined epoch, MAXLEN (`0`: none), dedupe TTL (s), then per event its
+/// duplicate handling (`1`: check and remember its id, `0`: only remember it, `2`:
+/// neither) and its envelope up to `"cursor":`.
 /// Returns per event its new cursor, or minus the cursor it was already stored under.
 const APPEND_NEW: &str = concat!(
     lua_top!(),
@@ -70,8 +71,9 @@ local at = now_ms()
 local out = {}
 for i = 1, (#ARGV - 3) / 2 do
   local idkey = KEYS[3 + i]
+  local dedupe = ARGV[2 + 2 * i]
   local prev = false
-  if ARGV[2 + 2 * i] == '1' then prev = redis.call('GET', idkey) end
+  if dedupe == '1' then prev = redis.call('GET', idkey) end
   if prev then
     out[i] = -tonumber(prev)
   else
@@ -83,7 +85,7 @@ for i = 1, (#ARGV - 3) / 2 do
     else
       redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], c .. '-0', 'e', body, 't', at)
     end
-    redis.call('SET', idkey, c, 'EX', ARGV[3])
+    if dedupe ~= '2' then redis.call('SET', idkey, c, 'EX', ARGV[3]) end
     out[i] = n
   end
 end

@@ -515,3 +515,37 @@ fn nodes_register_and_drop_out_when_they_stop_beating() {
         .unwrap();
     assert_eq!(members, ["b"], "the expired name left the set");
 }
+
+#[test]
+fn ids_the_server_made_up_are_stored_but_not_kept_for_duplicate_checks() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let options = redis.options();
+    let mut s = RedisStore::open(&options).unwrap();
+    let generated = Event::from_json(json!({"topic": "task.a"}), "s").unwrap();
+    assert!(generated.id_generated);
+    let generated_id = generated.id.clone();
+    let batch = [
+        NewEvent {
+            event: EncodedEvent::new(generated),
+            check_duplicate: true,
+        },
+        new("given"),
+    ];
+    assert_eq!(
+        s.append_new(&batch).unwrap(),
+        [Appended::Stored(1), Appended::Stored(2)]
+    );
+    let mut c = redis.conn();
+    let mut exists = |id: &str| -> bool {
+        redis::cmd("EXISTS")
+            .arg(format!("{}:{{log}}:id:{id}", options.prefix))
+            .query(&mut c)
+            .unwrap()
+    };
+    assert!(!exists(&generated_id), "a made-up id is not kept");
+    assert!(exists("given"), "a publisher's id is");
+    // Stored and read back like any other.
+    assert_eq!(cursors(&s), [1, 2]);
+}
