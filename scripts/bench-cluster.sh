@@ -7,7 +7,9 @@
 #   ingest-sqlite    one node on SQLite (store.synchronous_full), for the ratio
 #   steady-2node     10,000 events/s published on node A, 10 subscribers on node B
 #   steady-1node     the same with everything on one Redis-backed node
+#   steady-sqlite    the same on one SQLite node
 #   flood-2node      a low flood through A, 100 critical/s through B, subscribers on B
+#   flood-sqlite     the same on one SQLite node
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scenario=${1:?scenario}
@@ -22,7 +24,7 @@ run_once() {
     redis_port=$(port); a_port=$(port); b_port=$(port)
     [ "$scenario" = ingest-redis-always ] && fsync=always
     export SWITCHYARD_LIMITS__PUBLISH_RATE_PER_SEC=10000000 RUST_LOG=warn
-    if [ "$scenario" = ingest-sqlite ]; then
+    if [[ "$scenario" == *-sqlite ]]; then
         "$bin" serve --listen 127.0.0.1:$a_port --data-dir "$dir/a" & pids+=($!)
     else
         redis-server --port $redis_port --bind 127.0.0.1 --dir "$dir" --save '' \
@@ -40,8 +42,10 @@ run_once() {
     case "$scenario" in
         ingest-*) args=(--url $a --subscribers 0 --events 300000 --window 32) ;;
         steady-2node) args=(--url $a --subscribe-url $b --subscribers 10 --events 100000 --rate 10000 --batch 1) ;;
-        steady-1node) args=(--url $a --subscribers 10 --events 100000 --rate 10000 --batch 1) ;;
+        steady-1node|steady-sqlite) args=(--url $a --subscribers 10 --events 100000 --rate 10000 --batch 1) ;;
         flood-2node) args=(--url $a --subscribe-url $b --critical-url $b --subscribers 10 \
+            --duration-secs 10 --events 0 --priorities low=1 --critical-rate 100) ;;
+        flood-sqlite) args=(--url $a --subscribers 10 \
             --duration-secs 10 --events 0 --priorities low=1 --critical-rate 100) ;;
         *) echo "unknown scenario $scenario" >&2; exit 2 ;;
     esac
