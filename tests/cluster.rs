@@ -8,9 +8,10 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::cluster::{cursors_of, http, kill9, node, publish_batch, ws, LEASE_MS};
+use common::process::SpawnedServer;
 use common::redis::RedisServer;
 use common::WsClient;
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[actix_rt::test]
 async fn events_from_any_node_reach_every_node_in_one_dense_cursor_space() {
@@ -129,6 +130,30 @@ async fn ack_half(client: &mut WsClient, count: usize) -> Vec<u64> {
     unacked
 }
 
+/// Subscribes to `durable` on `node` until it is granted, `within` of `since`; every
+/// refusal must say the name is held. A fresh connection per attempt: refused
+/// subscribes count against a connection's error budget.
+async fn take_durable(
+    node: &SpawnedServer,
+    durable: &Value,
+    since: Instant,
+    within: Duration,
+) -> WsClient {
+    loop {
+        let mut c = ws(node).await;
+        let reply = c
+            .request(json!({"type": "subscribe", "subscription": durable}))
+            .await;
+        if reply["type"] == "subscribed" {
+            return c;
+        }
+        assert_eq!(reply["code"], "invalid_subscription", "{reply}");
+        let waited = since.elapsed();
+        assert!(waited < within, "still held {waited:?} later: {reply}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[actix_rt::test]
 async fn a_durable_name_is_held_by_one_connection_in_the_cluster() {
     let redis = RedisServer::start();
@@ -153,21 +178,7 @@ async fn a_durable_name_is_held_by_one_connection_in_the_cluster() {
 
     drop(holder);
     // Released on close: the name opens on the other node at once (well within the lease).
-    let started = Instant::now();
-    let mut taker = loop {
-        let mut c = ws(&b).await;
-        let reply = c
-            .request(json!({"type": "subscribe", "subscription": durable}))
-            .await;
-        if reply["type"] == "subscribed" {
-            break c;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "never released: {reply}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let mut taker = take_durable(&b, &durable, Instant::now(), Duration::from_secs(5)).await;
     let mut got = cursors_of(&mut taker, unacked.len()).await;
     got.sort_unstable();
     assert_eq!(got, unacked, "exactly the unacknowledged events");
@@ -188,24 +199,8 @@ async fn a_killed_nodes_durable_names_free_up_after_the_lease() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let killed = Instant::now();
     kill9(&a);
-    // A fresh connection per attempt: a client's refused subscribes count against its
-    // connection's error budget (limits.max_errors_per_window).
-    let mut taker = loop {
-        let mut taker = ws(&b).await;
-        let reply = taker
-            .request(json!({"type": "subscribe", "subscription": durable}))
-            .await;
-        if reply["type"] == "subscribed" {
-            break taker;
-        }
-        assert_eq!(reply["code"], "invalid_subscription", "{reply}");
-        let waited = killed.elapsed();
-        assert!(
-            waited < Duration::from_millis(LEASE_MS + 1000),
-            "still held {waited:?} after the kill"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let within = Duration::from_millis(LEASE_MS + 1000);
+    let mut taker = take_durable(&b, &durable, killed, within).await;
     let mut got = cursors_of(&mut taker, unacked.len()).await;
     got.sort_unstable();
     assert_eq!(got, unacked, "exactly the unacknowledged events");

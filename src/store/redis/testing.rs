@@ -59,6 +59,13 @@ impl TestRedis {
         RedisStore::open(&self.options()).expect("open a store on the test redis")
     }
 
+    /// Two stores on this server sharing one fresh prefix: two nodes of one cluster.
+    pub(crate) fn two_nodes(&self) -> (RedisStore, RedisStore) {
+        let options = self.options();
+        let open = || RedisStore::open(&options).expect("open a store on the test redis");
+        (open(), open())
+    }
+
     /// A plain connection, to reach behind the store's back.
     pub(crate) fn conn(&self) -> redis::Connection {
         redis::Client::open(self.url())

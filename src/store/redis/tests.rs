@@ -395,11 +395,7 @@ fn a_durable_name_is_held_by_one_owner_until_released_or_expired() {
     let Some(redis) = TestRedis::start() else {
         return;
     };
-    let options = redis.options();
-    let (mut a, mut b) = (
-        RedisStore::open(&options).unwrap(),
-        RedisStore::open(&options).unwrap(),
-    );
+    let (mut a, mut b) = redis.two_nodes();
     let ttl = Duration::from_millis(200);
     assert!(a
         .durable_claim("alice", "billing", "node-a:1", ttl)
@@ -442,11 +438,7 @@ fn dead_letters_are_shared_by_the_nodes() {
     let Some(redis) = TestRedis::start() else {
         return;
     };
-    let options = redis.options();
-    let (mut a, mut b) = (
-        RedisStore::open(&options).unwrap(),
-        RedisStore::open(&options).unwrap(),
-    );
+    let (mut a, mut b) = redis.two_nodes();
     let dl = |reason: &str| crate::store::NewDeadLetter {
         event: numbered("x", 7),
         subscription_id: "sub-1".into(),
