@@ -102,6 +102,19 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP (`true`) or SIGCONT: Redis stops answering but keeps its connections,
+    /// the case only timeouts end.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(process) = &self.process {
+            let signal = if frozen { "STOP" } else { "CONT" };
+            let status = Command::new("kill")
+                .args(["-s", signal, &process.pid().to_string()])
+                .status()
+                .expect("kill");
+            assert!(status.success());
+        }
+    }
+
     fn try_connection(&self) -> Option<redis::Connection> {
         let client = redis::Client::open(self.url()).ok()?;
         let mut conn = client
