@@ -7,7 +7,7 @@
 //! registers this node and refreshes the [`ClusterView`] that `/api/cluster` shows.
 //!
 //! A thread of its own, not an actor on a shared arbiter: a read blocks in Redis for up
-//! to [`BLOCK`] waiting for new events, and the connection it blocks on is its own.
+//! to `BLOCK` waiting for new events, and the connection it blocks on is its own.
 //! Must not: route, number or store events.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -128,7 +128,7 @@ impl LogTail {
         })
     }
 
-    /// Stops the tail and waits for its thread (at most one read, [`BLOCK`]).
+    /// Stops the tail and waits for its thread (at most one read, `BLOCK`).
     pub fn stop(mut self) {
         self.stop.store(true, Relaxed);
         if let Some(thread) = self.thread.take() {

@@ -5,15 +5,18 @@
 //! dead-letter retries); [`Shutdown`] / [`Flush`]; the read-only queries [`GetStats`],
 //! [`GetTopics`], [`ListSubscriptions`] (`queries.rs`);
 //! [`DeadLettered`](super::delivery::DeadLettered) from workers and
-//! [`FindSubscription`] for dead-letter retries (`dead_letters.rs`).
-//! Out of the router: [`Append`], `OpenDurable`, `Query`, `AddDeadLetter` and
-//! `DurableAcked` to the store, [`Dispatch`] and `ReplayEvents` (`replay.rs`) to
-//! delivery workers, [`CloseSession`] to sessions.
+//! [`FindSubscription`] for dead-letter retries (`dead_letters.rs`); in cluster mode
+//! [`Tailed`] and [`LogInterrupted`] from the log tail (`commit.rs`).
+//! Out of the router: `Append` or `AppendNew`, `OpenDurable`, `RenewDurables`,
+//! `ReleaseDurable`, `Query`, `AddDeadLetter` and `DurableAcked` to the store,
+//! [`Dispatch`] and `ReplayEvents` (`replay.rs`) to delivery workers, [`CloseSession`]
+//! to sessions.
 //!
 //! A publish is accepted in one step (dedupe, cursor) into the commit buffer. Group
 //! commit: one `Append` is in flight at a time, and everything accepted meanwhile goes
 //! into the next one. Only when its transaction has committed is an event answered
-//! (`published`) and queued for routing. `Drain` turns pop the queues highest priority
+//! (`published`) and queued for routing (in cluster mode, once the log tail reads it
+//! back: `commit.rs`). `Drain` turns pop the queues highest priority
 //! first, match each event once against the index, and send one `Dispatch` per worker.
 //! Must not: write to sockets or hold per-subscriber waiting events (workers do).
 //!
