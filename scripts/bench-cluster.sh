@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scenario=${1:?scenario}
 runs=${2:-3}
-bin=./target/release/switchyard
+bin=${SWITCHYARD_BIN:-./target/release/switchyard}
 [ -x "$bin" ] || cargo build --release --bin switchyard
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

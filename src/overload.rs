@@ -27,7 +27,8 @@
 //! would pin the low rate to the floor while helping no urgent event.
 //!
 //! The signal starts at the router's accept, so it misses the time a frame waits to be
-//! read; that wait shrinks with the same cure (fewer low frames to read).
+//! read; that wait shrinks with the same cure (fewer low frames to read). In cluster
+//! mode the other nodes' urgent deliveries count too ([`LowAdmission::add_remote`]).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
@@ -77,6 +78,10 @@ pub struct LowAdmission {
     late: AtomicU64,
     /// The last urgent delivery, µs after `epoch`.
     last_urgent_us: AtomicU64,
+    /// Urgent deliveries and late ones made by this node since it started (cluster
+    /// mode shares them: [`LowAdmission::add_remote`]).
+    urgent_total: AtomicU64,
+    late_total: AtomicU64,
     state: Mutex<State>,
 }
 
@@ -129,6 +134,8 @@ impl LowAdmission {
             urgent: AtomicU64::new(0),
             late: AtomicU64::new(0),
             last_urgent_us: AtomicU64::new(0),
+            urgent_total: AtomicU64::new(0),
+            late_total: AtomicU64::new(0),
             state: Mutex::new(State {
                 window_start: now,
                 rate: None,
@@ -159,12 +166,34 @@ impl LowAdmission {
     /// An urgent first delivery, written at `now`.
     fn record(&self, accepted: Instant, now: Instant) {
         let Some(target) = self.target else { return };
-        self.urgent.fetch_add(1, Relaxed);
-        if now.saturating_duration_since(accepted) > target {
-            self.late.fetch_add(1, Relaxed);
-        }
+        let late = u64::from(now.saturating_duration_since(accepted) > target);
+        self.urgent_total.fetch_add(1, Relaxed);
+        self.late_total.fetch_add(late, Relaxed);
+        self.count(1, late, now);
+    }
+
+    fn count(&self, urgent: u64, late: u64, now: Instant) {
+        self.urgent.fetch_add(urgent, Relaxed);
+        self.late.fetch_add(late, Relaxed);
         let at = now.saturating_duration_since(self.epoch).as_micros() as u64;
         self.last_urgent_us.fetch_max(at, Relaxed);
+    }
+
+    /// Urgent deliveries and late ones this node made since it started.
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.urgent_total.load(Relaxed),
+            self.late_total.load(Relaxed),
+        )
+    }
+
+    /// Urgent deliveries other nodes of the cluster made since the last call: they
+    /// count as this node's own, so that a low flood published here slows down when
+    /// urgent events are late on another node (they wait behind it in the shared log).
+    pub fn add_remote(&self, urgent: u64, late: u64) {
+        if self.target.is_some() && urgent > 0 {
+            self.count(urgent, late, Instant::now());
+        }
     }
 
     /// A publish of `events` (a WebSocket session's, or an HTTP `POST /api/events`):

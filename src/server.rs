@@ -147,6 +147,7 @@ pub async fn run(
     };
     arbiters.push(router_arbiter);
     let cluster = Arc::new(ClusterView::default());
+    let admission = Arc::new(LowAdmission::new(&config.limits, metrics.clone()));
     let tail = match joined_epoch {
         Some(epoch) => {
             log::info!(
@@ -167,6 +168,7 @@ pub async fn run(
                 },
                 epoch,
                 max_queued: config.router.max_queued_events,
+                admission: admission.clone(),
             };
             let tail = LogTail::start(
                 settings,
@@ -197,12 +199,7 @@ pub async fn run(
         config: config.clone(),
         auth,
         registry: crate::metrics::registry(metrics.clone()),
-        ingress: Ingress::new(
-            router.clone(),
-            metrics.clone(),
-            Arc::new(LowAdmission::new(&config.limits, metrics.clone())),
-            &config.limits,
-        ),
+        ingress: Ingress::new(router.clone(), metrics.clone(), admission, &config.limits),
         metrics,
         cluster: tail.is_some().then_some(cluster),
         shutting_down: shutting_down.clone(),

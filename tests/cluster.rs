@@ -7,7 +7,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::cluster::{cursors_of, http, kill9, node, publish_batch, ws, LEASE_MS};
+use common::cluster::{
+    cursors_of, http, kill9, metrics_text, node, node_with, publish_batch, ws, LEASE_MS,
+};
 use common::process::SpawnedServer;
 use common::redis::RedisServer;
 use common::WsClient;
@@ -267,4 +269,51 @@ async fn dead_letters_are_shared_by_every_node() {
     assert_eq!(status, 204);
     let (_, list, _) = http("GET", &a, "/api/dead-letters", None).await;
     assert_eq!(list, json!([]), "gone for a too");
+}
+
+#[actix_rt::test]
+async fn late_urgent_deliveries_on_one_node_slow_a_low_flood_published_on_another() {
+    let redis = RedisServer::start();
+    // A 1 µs target makes every urgent delivery late: b's are, and a, which delivers
+    // nothing itself, must hear of them and throttle the low events published on it.
+    let late = [("SWITCHYARD_LIMITS__URGENT_LATENCY_TARGET_US", "1")];
+    let (a, b) = (node_with(&redis, "a", &late), node_with(&redis, "b", &late));
+    let mut watcher = ws(&b).await;
+    watcher.subscribe(json!({"patterns": ["job.>"]})).await;
+    let mut urgent = ws(&b).await;
+    let mut flood = ws(&a).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for round in 0.. {
+        let low: Vec<Value> = (0..20)
+            .map(|i| json!({"topic": "job.bulk", "priority": "low", "payload": {"i": i}}))
+            .collect();
+        flood
+            .send(&json!({"type": "publish_batch", "events": low}))
+            .await;
+        urgent
+            .send(&json!({"type": "publish_event", "event": {"topic": "job.alarm", "priority": "critical"}}))
+            .await;
+        // Keep the sockets drained; the replies and deliveries are not the point.
+        while flood.try_recv(Duration::from_millis(1)).await.is_some() {}
+        while urgent.try_recv(Duration::from_millis(1)).await.is_some() {}
+        while watcher.try_recv(Duration::from_millis(5)).await.is_some() {}
+        if round % 10 == 0 && low_admission_rate(&a).await > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a never throttled its low publishers"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `switchyard_low_admission_rate` of a node: 0 while low events are not throttled.
+async fn low_admission_rate(node: &SpawnedServer) -> u64 {
+    metrics_text(node)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("switchyard_low_admission_rate "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }

@@ -4,12 +4,16 @@
 //!
 //! Out of it: [`Tailed`] and [`LogInterrupted`] to the router. Into it: nothing; it
 //! stops when its stop flag is set or the router is gone. On each cluster beat it also
-//! registers this node and refreshes the [`ClusterView`] that `/api/cluster` shows.
+//! registers this node and refreshes the [`ClusterView`] that `/api/cluster` shows;
+//! every overload window it trades urgent-delivery counts with the other nodes
+//! ([`RemoteUrgency`]), so that a low flood published here slows down when urgent
+//! events are late on another node.
 //!
 //! A thread of its own, not an actor on a shared arbiter: a read blocks in Redis for up
 //! to `BLOCK` waiting for new events, and the connection it blocks on is its own.
 //! Must not: route, number or store events.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
@@ -19,6 +23,7 @@ use actix::prelude::*;
 
 use super::router::{LogInterrupted, Router, Tailed};
 use crate::metrics::Metrics;
+use crate::overload::{LowAdmission, WINDOW};
 use crate::store::redis::nodes::{NodeInfo, Nodes};
 use crate::store::redis::tail::Tail;
 use crate::store::redis::RedisOptions;
@@ -72,6 +77,33 @@ impl ClusterView {
     }
 }
 
+/// Other nodes' urgent deliveries (and late ones), from the running totals each node
+/// shares: what is new since the last look.
+#[derive(Debug, Default)]
+pub struct RemoteUrgency {
+    seen: HashMap<String, (u64, u64)>,
+}
+
+impl RemoteUrgency {
+    /// The urgent deliveries and late ones of every node but `me` since the last call.
+    /// A node seen for the first time, or whose totals went down (it restarted),
+    /// counts from its current totals on.
+    pub fn fold(&mut self, me: &str, totals: Vec<(String, u64, u64)>) -> (u64, u64) {
+        let mut new = (0, 0);
+        for (node, urgent, late) in totals {
+            if node == me {
+                continue;
+            }
+            if let Some((u, l)) = self.seen.insert(node, (urgent, late)) {
+                if urgent >= u && late >= l {
+                    new = (new.0 + urgent - u, new.1 + late - l);
+                }
+            }
+        }
+        new
+    }
+}
+
 /// What the tail needs besides the router.
 pub struct TailSettings {
     pub options: RedisOptions,
@@ -85,6 +117,8 @@ pub struct TailSettings {
     pub epoch: String,
     /// `router.max_queued_events`: the tail stops reading while the router holds this many.
     pub max_queued: usize,
+    /// This node's overload control, fed with the other nodes' urgent deliveries.
+    pub admission: Arc<LowAdmission>,
 }
 
 /// The running tail; [`LogTail::stop`] ends it.
@@ -109,6 +143,8 @@ impl LogTail {
             settings,
             tail: None,
             nodes,
+            remote: RemoteUrgency::default(),
+            shared: Instant::now(),
             view,
             after,
             router,
@@ -141,6 +177,9 @@ struct Follower {
     settings: TailSettings,
     tail: Option<Tail>,
     nodes: Nodes,
+    remote: RemoteUrgency,
+    /// When urgency counts were last traded.
+    shared: Instant,
     view: Arc<ClusterView>,
     /// The last cursor handed to the router.
     after: u64,
@@ -213,12 +252,34 @@ impl Follower {
                 return Ok(false);
             }
         }
+        self.share_urgency();
         if looked.elapsed() >= self.settings.beat {
             *looked = Instant::now();
             self.beat();
             return self.look_at_head(epoch);
         }
         Ok(true)
+    }
+
+    /// Once per overload window: tells the cluster this node's urgent deliveries and
+    /// hands the other nodes' new ones to this node's overload control.
+    fn share_urgency(&mut self) {
+        if self.shared.elapsed() < WINDOW {
+            return;
+        }
+        self.shared = Instant::now();
+        let admission = &self.settings.admission;
+        let (urgent, late) = admission.totals();
+        match self
+            .nodes
+            .share_urgency(&self.settings.node.name, urgent, late)
+        {
+            Ok(totals) => {
+                let (urgent, late) = self.remote.fold(&self.settings.node.name, totals);
+                admission.add_remote(urgent, late);
+            }
+            Err(e) => log::debug!("urgency not shared: {e}"),
+        }
     }
 
     /// Registers this node for three beats, and reads who else is there.
@@ -289,6 +350,8 @@ impl Follower {
                     return true
                 }
                 Ok(_) => {
+                    // Full: urgent events are likely late here; keep telling the others.
+                    self.share_urgency();
                     std::thread::sleep(FULL_POLL);
                     msg = Tailed { events: Vec::new() };
                 }
@@ -310,6 +373,24 @@ impl Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn other_nodes_urgency_counts_only_what_is_new() {
+        let mut remote = RemoteUrgency::default();
+        let t = |n: &str, u: u64, l: u64| (n.to_owned(), u, l);
+        let table = [
+            // (totals read, new urgent and late of the others)
+            (vec![t("a", 5, 1), t("b", 10, 2)], (0, 0)), // first look: a baseline
+            (vec![t("a", 50, 9), t("b", 14, 5)], (4, 3)), // a is me: never counted
+            (vec![t("b", 14, 5), t("c", 3, 3)], (0, 0)), // c is new: a baseline
+            (vec![t("b", 20, 5), t("c", 4, 4)], (7, 1)),
+            (vec![t("b", 2, 0), t("c", 4, 4)], (0, 0)), // b restarted: a new baseline
+            (vec![t("b", 3, 1), t("c", 4, 4)], (1, 1)),
+        ];
+        for (i, (totals, want)) in table.into_iter().enumerate() {
+            assert_eq!(remote.fold("a", totals), want, "step {i}");
+        }
+    }
 
     #[test]
     fn a_skip_is_a_lag_only_when_the_log_trimmed_past_the_tail() {

@@ -117,3 +117,17 @@ pub fn freeze(node: &SpawnedServer, frozen: bool) {
         .expect("kill");
     assert!(status.success());
 }
+
+/// A node's `/metrics` text.
+pub async fn metrics_text(node: &SpawnedServer) -> String {
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .finish();
+    let mut res = client
+        .get(format!("http://{}/metrics", node.addr))
+        .send()
+        .await
+        .expect("GET /metrics");
+    let body = res.body().limit(16 << 20).await.expect("metrics body");
+    String::from_utf8_lossy(&body).into_owned()
+}

@@ -21,6 +21,8 @@ pub(super) struct Keys {
     pub letters_seq: String,
     /// SET: names of nodes that sent a heartbeat.
     pub nodes: String,
+    /// HASH: per node, `<urgent deliveries>,<late ones>` since it started (overload).
+    pub urgency: String,
 }
 
 /// The keys of one durable subscription.
@@ -43,6 +45,7 @@ impl Keys {
             letters: format!("{prefix}:{{dl}}:letters"),
             letters_seq: format!("{prefix}:{{dl}}:seq"),
             nodes: format!("{prefix}:nodes"),
+            urgency: format!("{prefix}:urgency"),
         }
     }
 

@@ -5,8 +5,11 @@
 //! store's thread may be busy for a while (a large batch, a retention pass), and a
 //! heartbeat queued behind it would make a healthy node look dead.
 //!
-//! Owns: the `nodes` set and the `node:<name>` keys. Must not: decide how often a
-//! node beats (`cluster.heartbeat_ms`).
+//! It also carries each node's urgent-delivery counts to the others ([`Nodes::share_urgency`]),
+//! so that overload control sees late urgent events wherever they are delivered.
+//!
+//! Owns: the `nodes` set, the `node:<name>` keys and the `urgency` hash. Must not:
+//! decide how often a node beats (`cluster.heartbeat_ms`) or what the counts mean.
 
 use std::time::Duration;
 
@@ -111,5 +114,42 @@ impl Nodes {
         }
         found.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(found)
+    }
+
+    /// Writes this node's urgent deliveries and late ones since it started, and reads
+    /// every node's, in one round trip: `(name, urgent, late)`.
+    pub fn share_urgency(
+        &mut self,
+        name: &str,
+        urgent: u64,
+        late: u64,
+    ) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let key = &self.keys.urgency;
+        let all: Value = self.link.run("share urgency", true, |c| {
+            let (all,): (Value,) = redis::pipe()
+                .cmd("HSET")
+                .arg(key)
+                .arg(name)
+                .arg(format!("{urgent},{late}"))
+                .ignore()
+                .cmd("HGETALL")
+                .arg(key)
+                .query(c)?;
+            Ok(all)
+        })?;
+        let mut counts = Vec::new();
+        // HGETALL: field, value, field, value ...
+        let mut fields = reply::array(all)?.into_iter();
+        while let (Some(node), Some(value)) = (fields.next(), fields.next()) {
+            let (node, value) = (reply::text(node)?, reply::text(value)?);
+            let parsed = value
+                .split_once(',')
+                .and_then(|(u, l)| Some((u.parse().ok()?, l.parse().ok()?)));
+            match parsed {
+                Some((u, l)) => counts.push((node, u, l)),
+                None => log::debug!("node {node}: unreadable urgency `{value}`"),
+            }
+        }
+        Ok(counts)
     }
 }
