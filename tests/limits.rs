@@ -584,6 +584,28 @@ async fn low_only_publishers_are_slowed_while_urgent_events_are_late_and_lose_no
     );
 }
 
+/// Late critical events and low publishes on `low` (ticks numbered from `sent`) until
+/// the server throttles low events.
+async fn throttle(
+    server: &TestServer,
+    urgent: &mut WsClient,
+    watcher: &mut WsClient,
+    low: &mut WsClient,
+    sent: &mut usize,
+) {
+    for _ in 0..100 {
+        alarm(urgent).await;
+        watcher.recv_event().await;
+        publish_all(low, tick_batch(*sent, 10, "low")).await;
+        *sent += 10;
+        if metric(server, "switchyard_low_admission_rate").await > 0.0 {
+            return;
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("low events were never throttled");
+}
+
 #[actix_rt::test]
 async fn a_paused_publisher_goes_on_receiving_its_deliveries() {
     // Against a 1 µs target every critical delivery is late; a subscriber's waiting
@@ -595,17 +617,7 @@ async fn a_paused_publisher_goes_on_receiving_its_deliveries() {
         .await;
     let mut feeder = server.ws().await;
     let mut sent = 0;
-    for _ in 0..100 {
-        alarm(&mut urgent).await;
-        watcher.recv_event().await;
-        publish_all(&mut low, tick_batch(sent, 10, "low")).await;
-        sent += 10;
-        if metric(&server, "switchyard_low_admission_rate").await > 0.0 {
-            break;
-        }
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(metric(&server, "switchyard_low_admission_rate").await > 0.0);
+    throttle(&server, &mut urgent, &mut watcher, &mut low, &mut sent).await;
     let pauses = metric(&server, "switchyard_low_publish_pauses_total").await;
     // 1,000 low events at ~1,000/s: the publisher stops reading for 100 ms ...
     low.send(&tick_batch(sent, 1000, "low")).await;
@@ -642,16 +654,7 @@ async fn a_paused_publisher_goes_on_receiving_its_deliveries() {
     // The limit lifts a second after the last urgent delivery (overload::QUIET), and
     // on a busy machine the feed takes longer than that: put it in force again.
     sent += 1000;
-    for _ in 0..100 {
-        alarm(&mut urgent).await;
-        watcher.recv_event().await;
-        publish_all(&mut low, tick_batch(sent, 10, "low")).await;
-        sent += 10;
-        if metric(&server, "switchyard_low_admission_rate").await > 0.0 {
-            break;
-        }
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    throttle(&server, &mut urgent, &mut watcher, &mut low, &mut sent).await;
     alarm(&mut urgent).await;
     watcher.recv_event().await;
     let paused = metric(&server, "switchyard_low_publish_pauses_total").await;
