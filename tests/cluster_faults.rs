@@ -265,3 +265,44 @@ async fn a_log_that_lost_its_newest_events_never_hands_their_cursors_out_again()
     let delivered = cursors_of(&mut watcher, 1).await;
     assert_eq!(delivered, [21]);
 }
+
+#[actix_rt::test]
+async fn a_redis_that_stops_answering_gets_publishes_refused_after_the_timeout_not_hung() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a");
+    let mut publisher = ws(&a).await;
+    publish_batch(&mut publisher, "before", 3).await;
+
+    redis.freeze(true);
+    // cluster.command_timeout_ms is 1000 here: the answer comes within the client's
+    // 5 s receive timeout, as an error, and the connection stays usable.
+    let reply = publisher
+        .request(json!({"type": "publish_event", "event": {"id": "frozen-1", "topic": "job.x"}}))
+        .await;
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert_eq!(reply["code"], "unavailable", "{reply}");
+    publisher.assert_alive().await;
+
+    redis.freeze(false);
+    // The outcome of the timed-out call was unknown: a retry settles it, stored once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reply = loop {
+        let reply = publisher
+            .request(
+                json!({"type": "publish_event", "event": {"id": "frozen-1", "topic": "job.x"}}),
+            )
+            .await;
+        if reply["type"] == "published" {
+            break reply;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Redis answers again, publishes still refused: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let cursor = reply["cursor"].as_u64().expect("cursor");
+    assert_eq!(cursor, 4, "{reply}");
+    let (_, stats, _) = http("GET", &a, "/api/stats", None).await;
+    assert_eq!(stats["store"]["event_count"], 4, "stored once: {stats}");
+}
