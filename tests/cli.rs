@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use awc::ws::CloseCode;
-use common::process::{switchyard, SpawnedServer};
+use common::process::{signal, switchyard, SpawnedServer};
 use common::{TestServer, WsClient};
 use serde_json::json;
 
@@ -176,11 +176,7 @@ async fn sigterm_closes_sessions_and_exits_cleanly() {
     let server = SpawnedServer::start(&[]);
     let mut c = WsClient::connect(&server.ws_url()).await;
     c.assert_alive().await;
-    let kill = Command::new("kill")
-        .args(["-TERM", &server.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    signal(server.pid(), "TERM");
     let reason = c.recv_close().await.expect("close frame with a reason");
     assert_eq!(reason.code, CloseCode::Away);
     let status = actix_rt::task::spawn_blocking(move || server.wait())

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::cluster::{node as cluster_node, publish_batch, ws};
-use common::process::{switchyard, SpawnedServer};
+use common::cluster::{http, node as cluster_node, publish_batch, ws};
+use common::process::{signal, switchyard, SpawnedServer};
 use common::redis::RedisServer;
 use common::WsClient;
 use serde_json::{json, Value};
@@ -27,11 +27,7 @@ fn single_node(dir: &Path, env: &[(&str, &str)]) -> SpawnedServer {
 
 /// SIGTERM, and a clean exit: the store is flushed.
 fn stop(node: SpawnedServer) {
-    let status = std::process::Command::new("kill")
-        .args(["-s", "TERM", &node.pid().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    signal(node.pid(), "TERM");
     let exit = node.wait().expect("wait for the node");
     assert!(exit.success(), "the node stops cleanly: {exit:?}");
 }
@@ -51,13 +47,7 @@ fn text(bytes: &[u8]) -> String {
 }
 
 async fn get(node: &SpawnedServer, path: &str) -> Value {
-    let mut res = awc::Client::new()
-        .get(format!("http://{}{path}", node.addr))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-    let body = res.body().limit(16 << 20).await.expect("body");
-    serde_json::from_slice(&body).unwrap_or(Value::Null)
+    http("GET", node, path, None).await.1
 }
 
 /// Polls `GET path` until `done` holds of it (5 s at most).

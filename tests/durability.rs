@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::process::{switchyard, SpawnedServer};
+use common::process::{signal, switchyard, SpawnedServer};
 use common::{TestServer, WsClient};
 use serde_json::{json, Value};
 
@@ -265,11 +264,7 @@ async fn kill_9_loses_nothing_that_was_acknowledged() {
             in_flight += 1;
         }
         if !killed && started.elapsed() > Duration::from_millis(700) {
-            let status = Command::new("kill")
-                .args(["-KILL", &server.pid().to_string()])
-                .status()
-                .unwrap();
-            assert!(status.success());
+            signal(server.pid(), "KILL");
             killed = true;
         }
         match c.try_recv(Duration::from_secs(5)).await {
@@ -293,9 +288,7 @@ async fn kill_9_loses_nothing_that_was_acknowledged() {
     let server = SpawnedServer::start_in(dir.path(), &[]);
     let addr = server.addr;
     let stored = all_events(|p| format!("http://{addr}{p}")).await;
-    let _ = Command::new("kill")
-        .args(["-TERM", &server.pid().to_string()])
-        .status();
+    signal(server.pid(), "TERM");
     let _ = server.wait();
     eprintln!(
         "kill -9: {} acknowledged, {} stored",

@@ -154,12 +154,7 @@ impl prometheus_client::collector::Collector for Exporter {
                 m.connections_refused.load(Relaxed),
             ),
         ] {
-            ConstCounter::new(value).encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                MetricType::Counter,
-            )?)?;
+            counter(&mut encoder, name, help, value)?;
         }
         {
             let mut by_family = encoder.encode_descriptor(
@@ -224,63 +219,77 @@ impl prometheus_client::collector::Collector for Exporter {
                 m.low_admission_rate.load(Relaxed),
             ),
         ] {
-            ConstGauge::new(value as i64).encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                MetricType::Gauge,
-            )?)?;
+            gauge(&mut encoder, name, help, value)?;
         }
         let cluster = &m.cluster;
         if cluster.enabled.load(Relaxed) {
-            for (name, help, value, counter) in [
-                (
-                    "cluster_log_reachable",
-                    "1 while the log tail's last request to Redis succeeded",
-                    cluster.log_reachable.load(Relaxed),
-                    false,
-                ),
-                (
-                    "cluster_tail_lag_events",
-                    "Events in the shared log this node has not read yet",
-                    cluster.tail_lag.load(Relaxed),
-                    false,
-                ),
-                (
-                    "cluster_tail_lagged",
-                    "Times this node fell behind the log's retention and closed its \
-                     subscriptions",
-                    cluster.tail_lagged.load(Relaxed),
-                    true,
-                ),
-                (
-                    "cluster_cursor_regressions",
-                    "Times the log's highest cursor was below one this node had read",
-                    cluster.cursor_regressions.load(Relaxed),
-                    true,
-                ),
-            ] {
-                let kind = if counter {
-                    MetricType::Counter
-                } else {
-                    MetricType::Gauge
-                };
-                let descriptor = encoder.encode_descriptor(name, help, None, kind)?;
-                if counter {
-                    ConstCounter::new(value).encode(descriptor)?;
-                } else {
-                    ConstGauge::new(value as i64).encode(descriptor)?;
-                }
-            }
+            gauge(
+                &mut encoder,
+                "cluster_log_reachable",
+                "1 while the log tail's last request to Redis succeeded",
+                cluster.log_reachable.load(Relaxed),
+            )?;
+            gauge(
+                &mut encoder,
+                "cluster_tail_lag_events",
+                "Events in the shared log this node has not read yet",
+                cluster.tail_lag.load(Relaxed),
+            )?;
+            counter(
+                &mut encoder,
+                "cluster_tail_lagged",
+                "Times this node fell behind the log's retention and closed its subscriptions",
+                cluster.tail_lagged.load(Relaxed),
+            )?;
+            counter(
+                &mut encoder,
+                "cluster_cursor_regressions",
+                "Times the log's highest cursor was below one this node had read",
+                cluster.cursor_regressions.load(Relaxed),
+            )?;
         }
         if let Some(bytes) = resident_memory_bytes() {
-            ConstGauge::new(bytes as i64).encode(encoder.encode_descriptor(
+            gauge(
+                &mut encoder,
                 "process_resident_memory_bytes",
                 "Resident memory of the server process (Linux only)",
-                None,
-                MetricType::Gauge,
-            )?)?;
+                bytes,
+            )?;
         }
         Ok(())
     }
+}
+
+/// One counter without labels.
+fn counter(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::encoding::EncodeMetric;
+    let descriptor = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    prometheus_client::metrics::counter::ConstCounter::new(value).encode(descriptor)
+}
+
+/// One gauge without labels.
+fn gauge(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::encoding::EncodeMetric;
+    let descriptor = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    prometheus_client::metrics::gauge::ConstGauge::new(value as i64).encode(descriptor)
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::process::SpawnedServer;
+use super::process::{signal, SpawnedServer};
 use super::redis::RedisServer;
 use super::WsClient;
 
@@ -100,22 +100,13 @@ pub async fn publish_batch(client: &mut WsClient, prefix: &str, count: usize) ->
 
 /// `kill -9` of a node: no shutdown, no last commit.
 pub fn kill9(node: &SpawnedServer) {
-    let status = std::process::Command::new("kill")
-        .args(["-s", "KILL", &node.pid().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    signal(node.pid(), "KILL");
 }
 
 /// Stops (`SIGSTOP`) or resumes (`SIGCONT`) a node's process: everything in it stands
 /// still, its sockets stay open.
 pub fn freeze(node: &SpawnedServer, frozen: bool) {
-    let signal = if frozen { "STOP" } else { "CONT" };
-    let status = std::process::Command::new("kill")
-        .args(["-s", signal, &node.pid().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    signal(node.pid(), if frozen { "STOP" } else { "CONT" });
 }
 
 /// A node's `/metrics` text.

@@ -26,6 +26,16 @@ pub fn switchyard() -> Command {
     cmd
 }
 
+/// Sends signal `name` (`KILL`, `TERM`, `STOP`, `CONT` ...) to process `pid`; panics
+/// if `kill` fails (the process is gone).
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args(["-s", name, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -s {name} {pid}");
+}
+
 /// A child process, killed and reaped on `Drop`.
 pub struct ChildGuard {
     child: Child,

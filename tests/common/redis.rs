@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::process::ChildGuard;
+use super::process::{signal, ChildGuard};
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -95,9 +95,7 @@ impl RedisServer {
     /// SIGKILL: no shutdown, no final write; what AOF already holds survives.
     pub fn kill9(&mut self) {
         if let Some(mut process) = self.process.take() {
-            let _ = Command::new("kill")
-                .args(["-s", "KILL", &process.pid().to_string()])
-                .status();
+            signal(process.pid(), "KILL");
             let _ = process.wait();
         }
     }
@@ -106,12 +104,7 @@ impl RedisServer {
     /// the case only timeouts end.
     pub fn freeze(&self, frozen: bool) {
         if let Some(process) = &self.process {
-            let signal = if frozen { "STOP" } else { "CONT" };
-            let status = Command::new("kill")
-                .args(["-s", signal, &process.pid().to_string()])
-                .status()
-                .expect("kill");
-            assert!(status.success());
+            signal(process.pid(), if frozen { "STOP" } else { "CONT" });
         }
     }
 

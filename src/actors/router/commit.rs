@@ -256,8 +256,8 @@ impl Handler<Tailed> for Router {
             if event.event.cursor <= self.last_queued {
                 continue;
             }
-            // Known to this node too now: a retry here is answered at once.
-            self.dedupe.insert(&event.event.id, event.event.cursor);
+            // Not added to the duplicate window: the log is the cluster's check, and
+            // this node's own publishes entered it when the log answered them.
             self.enqueue(event);
             self.queued += 1;
         }
