@@ -26,6 +26,7 @@ use crate::actors::log_tail::{ClusterView, LogTail, TailSettings};
 use crate::actors::router::{self, Router, StoredState};
 use crate::actors::store::StoreActor;
 use crate::config::{Config, StoreKind};
+use crate::delivery::QueueBounds;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::overload::LowAdmission;
@@ -125,9 +126,9 @@ pub async fn run(
     let workers: Vec<Addr<DeliveryWorker>> = (0..config.delivery_workers())
         .map(|_| {
             let arbiter = Arbiter::new();
-            let (m, max) = (metrics.clone(), config.limits.max_waiting_per_subscriber);
+            let (m, bounds) = (metrics.clone(), QueueBounds::from(&config.limits));
             let addr = DeliveryWorker::start_in_arbiter(&arbiter.handle(), move |_| {
-                DeliveryWorker::new(m, max)
+                DeliveryWorker::new(m, bounds)
             });
             arbiters.push(arbiter);
             addr

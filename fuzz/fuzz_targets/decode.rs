@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn run(text: &str) {
-    match decode(text).command {
+    match decode(text, usize::MAX).command {
         Ok(Command::Publish { event }) => {
             if let Ok(event) = Event::from_json(event, "fuzz") {
                 check(event);

@@ -11,7 +11,8 @@
 //! store.
 //!
 //! The state machines live in [`crate::delivery`]: per-subscription waiting queues
-//! (priority-ordered, bounded by `limits.max_waiting_per_subscriber`), replay, and ack
+//! (priority-ordered, bounded by `limits.max_waiting_per_subscriber` and
+//! `limits.max_waiting_bytes_per_subscriber`), replay, and ack
 //! tracking. A session whose mailbox is full is not draining its socket (actix stops
 //! polling the session while the socket is blocked): its events wait, the worker
 //! retries on a short tick, and on overflow the lowest-priority, oldest events are
@@ -30,7 +31,8 @@ use super::send_or_wait;
 use super::store::DurableAcked;
 use crate::delivery::ack::DeadReason;
 use crate::delivery::{
-    DeadNote, Flush, FrameSink, Handed, OutFrame, Outbox, SessionId, SubscriptionHandle,
+    DeadNote, Flush, FrameSink, Handed, OutFrame, Outbox, QueueBounds, SessionId,
+    SubscriptionHandle,
 };
 use crate::error::{ErrorCode, ProtocolError};
 use crate::metrics::Metrics;
@@ -157,7 +159,8 @@ impl FrameSink for Recipient<WriteFrames> {
 
 pub struct DeliveryWorker {
     metrics: Arc<Metrics>,
-    max_waiting: usize,
+    /// What may wait for one subscription.
+    bounds: QueueBounds,
     outboxes: HashMap<SessionId, Outbox>,
     stalled: HashSet<SessionId>,
     dead_letters: Option<Recipient<DeadLettered>>,
@@ -165,10 +168,10 @@ pub struct DeliveryWorker {
 }
 
 impl DeliveryWorker {
-    pub fn new(metrics: Arc<Metrics>, max_waiting: usize) -> Self {
+    pub fn new(metrics: Arc<Metrics>, bounds: QueueBounds) -> Self {
         DeliveryWorker {
             metrics,
-            max_waiting,
+            bounds,
             outboxes: HashMap::new(),
             stalled: HashSet::new(),
             dead_letters: None,
@@ -281,7 +284,7 @@ impl DeliveryWorker {
         let mut changed = Vec::new();
         for (session, outbox) in self.outboxes.iter_mut() {
             let deadlines = outbox.run_deadlines(now, &mut dead);
-            let windows = outbox.end_windows(now, self.max_waiting, &self.metrics, &mut dead);
+            let windows = outbox.end_windows(now, self.bounds, &self.metrics, &mut dead);
             if deadlines || windows {
                 changed.push(*session);
             }
@@ -337,12 +340,7 @@ impl Handler<Dispatch> for DeliveryWorker {
                     .entry(sub.session_id)
                     .or_insert_with(|| Outbox::new(sub.sink.clone()))
                     .queue(&sub)
-                    .push(
-                        item.event.clone(),
-                        self.max_waiting,
-                        &self.metrics,
-                        &mut dead,
-                    );
+                    .push(item.event.clone(), self.bounds, &self.metrics, &mut dead);
                 touched.insert(sub.session_id);
             }
         }

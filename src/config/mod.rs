@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod cluster;
+mod limits;
+
+pub use limits::{DEFAULT_ACK_TIMEOUT_MS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_IN_FLIGHT};
 
 pub use cluster::ClusterConfig;
 
@@ -88,6 +91,27 @@ pub struct LimitsConfig {
     /// Low events per second the server keeps admitting however late urgent ones are.
     #[serde(default)]
     pub low_rate_floor_per_sec: u32,
+    // Sizes a client controls (docs/limits.md); checked by `limits::validate_bounds`.
+    /// A frame that is not a publish (`subscribe`, `ack`, ...) longer than this is refused.
+    pub max_command_bytes: usize,
+    /// Topic patterns of one subscription (`patterns`, or its filter's `topics`).
+    pub max_patterns_per_subscription: usize,
+    /// Values in one list of a subscription's `filter`.
+    pub max_filter_values: usize,
+    /// Open coalescing windows of one subscription; over it the oldest ends early.
+    pub max_coalesce_windows: usize,
+    /// Largest `max_in_flight`, `ack_timeout_ms` and `max_attempts` a subscription may ask.
+    pub max_in_flight: u32,
+    pub max_ack_timeout_ms: u64,
+    pub max_attempts: u32,
+    /// Largest `delay_ms` of a `nack`.
+    pub max_nack_delay_ms: u64,
+    /// A message sent in fragments must be complete within this, or the connection closes.
+    pub fragment_timeout_ms: u64,
+    /// Bytes of events waiting for one subscription (with `max_waiting_per_subscriber`).
+    pub max_waiting_bytes_per_subscriber: usize,
+    /// Replies one connection owes before the server stops reading its socket.
+    pub max_pending_replies: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -353,6 +377,7 @@ impl Config {
                 ),
             );
         }
+        limits::validate_bounds(l)?;
         if self.router.max_queued_events == 0 {
             return invalid("router.max_queued_events", "must be greater than 0");
         }

@@ -18,7 +18,7 @@ pub mod subscription;
 
 pub use backlog::Backlog;
 pub use outbox::{Flush, Outbox};
-pub use queue::{DeadNote, SubQueue};
+pub use queue::{DeadNote, QueueBounds, SubQueue};
 pub use subscription::{FrameSink, Handed, OutFrame, SessionId, SessionSink, SubscriptionHandle};
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use super::backlog::{BATCHES_PER_FLUSH, FRAMES_PER_BATCH};
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::ack::AckTracker;
-use super::queue::{DeadNote, SubQueue, Waiting};
+use super::queue::{DeadNote, QueueBounds, SubQueue, Waiting};
 use super::subscription::{Handed, OutFrame, SessionSink, SubscriptionHandle};
 use crate::metrics::Metrics;
 use crate::protocol::Priority;
@@ -214,7 +214,7 @@ impl Outbox {
     pub fn end_windows(
         &mut self,
         now: Instant,
-        max: usize,
+        max: QueueBounds,
         metrics: &Metrics,
         dead: &mut Vec<DeadNote>,
     ) -> bool {

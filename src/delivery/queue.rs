@@ -28,6 +28,26 @@ pub struct DeadNote {
     pub attempts: u32,
 }
 
+/// How much may wait for one subscription (`[limits]`): events and their bytes (one
+/// event can be 1 MiB, so a count alone bounds nothing), and open coalescing windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueBounds {
+    pub events: usize,
+    /// Encoded size of the waiting events, summed.
+    pub bytes: usize,
+    pub windows: usize,
+}
+
+impl From<&crate::config::LimitsConfig> for QueueBounds {
+    fn from(l: &crate::config::LimitsConfig) -> Self {
+        QueueBounds {
+            events: l.max_waiting_per_subscriber,
+            bytes: l.max_waiting_bytes_per_subscriber,
+            windows: l.max_coalesce_windows,
+        }
+    }
+}
+
 /// A waiting event and the attempt number its next delivery carries.
 #[derive(Debug)]
 pub(super) struct Waiting {
@@ -40,6 +60,8 @@ pub struct SubQueue {
     pub handle: Arc<SubscriptionHandle>,
     pub(super) waiting: [VecDeque<Waiting>; 4],
     pub(super) len: usize,
+    /// Encoded bytes of the events in `waiting`.
+    pub(super) bytes: usize,
     /// Dropped since the last `dropped` notice was sent.
     pub(super) unreported_drops: u64,
     /// Stored events still to deliver, in cursor order (never dropped; the replay task
@@ -69,6 +91,7 @@ impl SubQueue {
             handle,
             waiting: Default::default(),
             len: 0,
+            bytes: 0,
             unreported_drops: 0,
             replay: VecDeque::new(),
             replay_complete: None,
@@ -81,19 +104,30 @@ impl SubQueue {
     pub fn push(
         &mut self,
         event: Arc<EncodedEvent>,
-        max: usize,
+        max: QueueBounds,
         metrics: &Metrics,
         dead: &mut Vec<DeadNote>,
     ) {
         let offer = match &mut self.coalesce {
             Some((spec, windows)) => match spec.key_of(&event.event) {
-                Some(key) => windows.offer(key, event, Instant::now()),
-                None => Offer::Deliver(event),
+                Some(key) => windows.offer(key, event, Instant::now(), max.windows),
+                None => Offer::Deliver {
+                    event,
+                    ended_early: None,
+                },
             },
-            None => Offer::Deliver(event),
+            None => Offer::Deliver {
+                event,
+                ended_early: None,
+            },
         };
         match offer {
-            Offer::Deliver(event) => self.enqueue(event, max, metrics, dead),
+            Offer::Deliver { event, ended_early } => {
+                if let Some(early) = ended_early {
+                    self.enqueue(early, max, metrics, dead);
+                }
+                self.enqueue(event, max, metrics, dead)
+            }
             Offer::Held { replaced: None } => {}
             Offer::Held {
                 replaced: Some(old),
@@ -111,7 +145,7 @@ impl SubQueue {
     pub fn end_windows(
         &mut self,
         now: Instant,
-        max: usize,
+        max: QueueBounds,
         metrics: &Metrics,
         dead: &mut Vec<DeadNote>,
     ) -> bool {
@@ -131,25 +165,30 @@ impl SubQueue {
         std::mem::take(&mut self.replaced)
     }
 
-    /// Queues an event for delivery. On overflow the lowest-priority, oldest waiting
-    /// event goes (possibly the new one): dropped and announced without acks,
+    /// Queues an event for delivery. Over either bound the lowest-priority, oldest
+    /// waiting events go (possibly the new one): dropped and announced without acks,
     /// dead-lettered with.
     fn enqueue(
         &mut self,
         event: Arc<EncodedEvent>,
-        max: usize,
+        max: QueueBounds,
         metrics: &Metrics,
         dead: &mut Vec<DeadNote>,
     ) {
+        self.bytes += event.json.len();
         self.waiting[event.event.priority.index()].push_back(Waiting { event, attempt: 1 });
         self.len += 1;
-        if self.len <= max {
-            return;
+        while self.len > max.events || self.bytes > max.bytes {
+            let Some(lost) = self.waiting.iter_mut().rev().find_map(VecDeque::pop_front) else {
+                return;
+            };
+            self.len -= 1;
+            self.bytes -= lost.event.json.len();
+            self.lose(lost, metrics, dead);
         }
-        let Some(lost) = self.waiting.iter_mut().rev().find_map(VecDeque::pop_front) else {
-            return;
-        };
-        self.len -= 1;
+    }
+
+    fn lose(&mut self, lost: Waiting, metrics: &Metrics, dead: &mut Vec<DeadNote>) {
         if self.ack.is_some() {
             dead.push(DeadNote {
                 sub: self.handle.clone(),
@@ -166,6 +205,7 @@ impl SubQueue {
 
     /// Queues a redelivery ahead of the waiting events of its priority.
     pub fn requeue(&mut self, event: Arc<EncodedEvent>, attempt: u32) {
+        self.bytes += event.json.len();
         self.waiting[event.event.priority.index()].push_front(Waiting { event, attempt });
         self.len += 1;
     }
@@ -254,6 +294,7 @@ impl SubQueue {
                 break;
             };
             self.len -= 1;
+            self.bytes -= w.event.json.len();
             if w.event.event.is_expired(wall) {
                 if self.ack.is_some() {
                     dead.push(DeadNote {

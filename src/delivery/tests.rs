@@ -21,6 +21,15 @@ fn ev(priority: &str, n: u64) -> Arc<EncodedEvent> {
 
 use crate::delivery::subscription::testing::subscription as handle;
 
+/// Bounds on the event count alone.
+fn count(events: usize) -> QueueBounds {
+    QueueBounds {
+        events,
+        bytes: usize::MAX,
+        windows: 100,
+    }
+}
+
 fn drain(q: &mut SubQueue) -> Vec<u64> {
     let mut frames = Vec::new();
     let mut dead = Vec::new();
@@ -51,7 +60,7 @@ async fn overflow_drops_lowest_priority_oldest_first() {
         .into_iter()
         .enumerate()
     {
-        q.push(ev(p, i as u64 + 1), 3, &metrics, &mut dead);
+        q.push(ev(p, i as u64 + 1), count(3), &metrics, &mut dead);
     }
     // 5 pushed into 3 slots: both lows went first (oldest first).
     assert_eq!(q.unreported_drops, 2);
@@ -59,9 +68,32 @@ async fn overflow_drops_lowest_priority_oldest_first() {
     assert!(dead.is_empty());
     assert_eq!(drain(&mut q), [4, 5, 2]);
     // A new low event, when everything waiting outranks it, drops itself.
-    q.push(ev("high", 6), 1, &metrics, &mut dead);
-    q.push(ev("low", 7), 1, &metrics, &mut dead);
+    q.push(ev("high", 6), count(1), &metrics, &mut dead);
+    q.push(ev("low", 7), count(1), &metrics, &mut dead);
     assert_eq!(drain(&mut q), [6]);
+}
+
+#[actix_rt::test]
+async fn waiting_bytes_are_bounded_lowest_priority_oldest_first() {
+    let metrics = Metrics::default();
+    let mut dead = Vec::new();
+    let mut q = SubQueue::new(handle(json!({"type": "all"})));
+    let events = ["low", "critical", "low", "high"];
+    let size = |p: &str| ev(p, 1).json.len();
+    // Room for the last three.
+    let room = events[1..].iter().map(|p| size(p)).sum();
+    let bounds = QueueBounds {
+        bytes: room,
+        ..count(1000)
+    };
+    for (i, p) in events.into_iter().enumerate() {
+        q.push(ev(p, i as u64 + 1), bounds, &metrics, &mut dead);
+    }
+    // Four events in room for three: the oldest low one went.
+    assert_eq!(q.unreported_drops, 1);
+    assert_eq!(q.bytes, room);
+    assert_eq!(drain(&mut q), [2, 4, 3]);
+    assert_eq!(q.bytes, 0);
 }
 
 /// An outbox that queued `lows` low events (cursors from 1) and handed its session
@@ -73,7 +105,7 @@ fn outbox_at_the_cap(lows: u64, metrics: &Metrics) -> (Arc<SubscriptionHandle>, 
     for i in 1..=lows {
         outbox
             .queue(&sub)
-            .push(ev("low", i), 10_000, metrics, &mut dead);
+            .push(ev("low", i), count(10_000), metrics, &mut dead);
     }
     assert!(matches!(outbox.flush(&mut dead), Flush::Waiting));
     assert_eq!(sub.sink.backlog.unwritten(), MAX_UNWRITTEN_FRAMES);
@@ -93,7 +125,7 @@ async fn unwritten_frames_are_capped_and_the_backlog_keeps_its_priority() {
     // A critical event overtakes the low ones still waiting here.
     outbox
         .queue(&sub)
-        .push(ev("critical", 9999), 10_000, &metrics, &mut dead);
+        .push(ev("critical", 9999), count(10_000), &metrics, &mut dead);
     let batch = outbox.next_batch((Instant::now(), Utc::now()), &mut dead);
     let cursors: Vec<u64> = batch
         .iter()
@@ -127,8 +159,8 @@ async fn critical_events_pass_a_full_backlog_up_to_the_urgent_allowance() {
     let urgent = URGENT_FRAMES as u64;
     for i in 0..urgent + 10 {
         let q = outbox.queue(&sub);
-        q.push(ev("critical", 5000 + i), 10_000, &metrics, &mut dead);
-        q.push(ev("high", 6000 + i), 10_000, &metrics, &mut dead);
+        q.push(ev("critical", 5000 + i), count(10_000), &metrics, &mut dead);
+        q.push(ev("high", 6000 + i), count(10_000), &metrics, &mut dead);
     }
     assert!(matches!(outbox.flush(&mut dead), Flush::Waiting));
     assert_eq!(backlog.unwritten(), MAX_UNWRITTEN_FRAMES + URGENT_FRAMES);
@@ -140,7 +172,7 @@ async fn critical_events_pass_a_full_backlog_up_to_the_urgent_allowance() {
     // Once the allowance is used, not even a critical event is handed over.
     outbox
         .queue(&sub)
-        .push(ev("critical", 9999), 10_000, &metrics, &mut dead);
+        .push(ev("critical", 9999), count(10_000), &metrics, &mut dead);
     assert!(matches!(outbox.flush(&mut dead), Flush::Waiting));
     assert_eq!(backlog.unwritten(), MAX_UNWRITTEN_FRAMES + URGENT_FRAMES);
 }
@@ -153,7 +185,7 @@ async fn with_acks_overflow_dead_letters_and_in_flight_is_bounded() {
         json!({"type": "all", "ack": true, "max_in_flight": 2}),
     ));
     for i in 1..=4 {
-        q.push(ev("normal", i), 3, &metrics, &mut dead);
+        q.push(ev("normal", i), count(3), &metrics, &mut dead);
     }
     assert_eq!(dead.len(), 1);
     assert_eq!(

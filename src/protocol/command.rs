@@ -1,7 +1,8 @@
 //! Decoding client commands (docs/protocol.md section 3), aliases included.
 //!
 //! Owns: turning one text frame into a typed [`Command`] or a [`ProtocolError`] with the
-//! right code. Must not: validate events against limits that need configuration (the
+//! right code, and refusing a command frame over `limits.max_command_bytes` before it
+//! is parsed. Must not: validate events against limits that need configuration (the
 //! ingress does) or touch any actor.
 
 use serde::Deserialize;
@@ -81,8 +82,12 @@ struct Head<'a> {
     events: Option<&'a RawValue>,
 }
 
-/// Decodes one text frame. Never panics, whatever the input.
-pub fn decode(text: &str) -> Decoded<'_> {
+/// Decodes one text frame. Never panics, whatever the input. A frame that is not a
+/// publish and is longer than `max_command_bytes` is answered `payload_too_large`
+/// unparsed: a `subscribe` has no reason to be a document of many megabytes, and
+/// parsing one into a JSON tree costs many times its size. (A publish is bounded by
+/// `limits.max_event_bytes` in the ingress.)
+pub fn decode(text: &str, max_command_bytes: usize) -> Decoded<'_> {
     // Anything that is not a publish, is not a well-formed object or repeats a key takes
     // the general path below, which names the problem. (`Head` skips the fields it does
     // not name without checking them fully, so it never decides that a frame is bad.)
@@ -98,6 +103,9 @@ pub fn decode(text: &str) -> Decoded<'_> {
                 )),
             },
             "publish_batch" => batch_events(head.events),
+            _ if text.len() > max_command_bytes => {
+                return too_large(text.len(), max_command_bytes, request_id)
+            }
             _ => return decode_general(text),
         };
         return Decoded {
@@ -105,7 +113,30 @@ pub fn decode(text: &str) -> Decoded<'_> {
             command,
         };
     }
+    if text.len() > max_command_bytes {
+        return too_large(text.len(), max_command_bytes, None);
+    }
     decode_general(text)
+}
+
+/// Longest `request_id` echoed in the reply to a frame over the command limit.
+const MAX_ECHOED_ID_BYTES: usize = 128;
+
+/// The answer to a command frame of `bytes` over `max`. Its `request_id` is echoed when
+/// it is a number or a short string, never a document the size of the frame.
+fn too_large(bytes: usize, max: usize, request_id: Option<Value>) -> Decoded<'static> {
+    let request_id = request_id.filter(|id| match id {
+        Value::Number(_) => true,
+        Value::String(s) => s.len() <= MAX_ECHOED_ID_BYTES,
+        _ => false,
+    });
+    Decoded {
+        request_id,
+        command: Err(ProtocolError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("command frame is {bytes} bytes, over the limit of {max} (limits.max_command_bytes)"),
+        )),
+    }
 }
 
 /// The command's name, from `type` (or the alias `action`).
@@ -312,8 +343,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const LIMIT: usize = 64 << 10;
+
     fn code_of(text: &str) -> ErrorCode {
-        decode(text).command.unwrap_err().code
+        decode(text, LIMIT).command.unwrap_err().code
     }
 
     #[test]
@@ -332,16 +365,16 @@ mod tests {
             r#"{"type": "ping"}"#,
         ];
         for text in table {
-            assert!(decode(text).command.is_ok(), "{text}");
+            assert!(decode(text, LIMIT).command.is_ok(), "{text}");
         }
     }
 
     #[test]
     fn request_id_is_kept_even_on_error() {
-        let d = decode(r#"{"type": "nope", "request_id": 7}"#);
+        let d = decode(r#"{"type": "nope", "request_id": 7}"#, LIMIT);
         assert_eq!(d.request_id, Some(json!(7)));
         assert_eq!(d.command.unwrap_err().code, ErrorCode::UnknownCommand);
-        let d = decode(r#"{"type": "ping", "request_id": "abc"}"#);
+        let d = decode(r#"{"type": "ping", "request_id": "abc"}"#, LIMIT);
         assert_eq!(d.request_id, Some(json!("abc")));
     }
 
@@ -406,9 +439,49 @@ mod tests {
     }
 
     #[test]
+    fn commands_over_the_limit_are_refused_unparsed_publishes_are_not() {
+        let pad = "x".repeat(200);
+        let table = [
+            (
+                json!({"type": "subscribe", "request_id": 3, "subscription": {"id": pad}}),
+                Some(json!(3)),
+            ),
+            (
+                json!({"type": "ping", "request_id": "r", "pad": pad}),
+                Some(json!("r")),
+            ),
+            (json!({"type": "ping", "request_id": [pad], "pad": 1}), None),
+            (json!({"no_type": pad}), None),
+        ];
+        for (frame, echoed) in table {
+            let text = frame.to_string();
+            let d = decode(&text, 100);
+            assert_eq!(
+                d.command.unwrap_err().code,
+                ErrorCode::PayloadTooLarge,
+                "{frame}"
+            );
+            assert_eq!(d.request_id, echoed, "{frame}");
+        }
+        let deep = format!("[{}", "[".repeat(300));
+        let d = decode(&deep, 100);
+        assert_eq!(d.command.unwrap_err().code, ErrorCode::PayloadTooLarge);
+        let publish = json!({"type": "publish_event", "event": {"type": "a", "payload": pad}});
+        assert!(
+            decode(&publish.to_string(), 100).command.is_ok(),
+            "bounded by the ingress"
+        );
+        let ping = json!({"type": "ping", "pad": "x".repeat(80)}).to_string();
+        assert!(
+            decode(&ping, ping.len()).command.is_ok(),
+            "at the limit is fine"
+        );
+    }
+
+    #[test]
     fn published_events_stay_the_text_sent() {
         let text = r#"{"type": "publish_batch", "request_id": 1, "events": [ {"type": "a"}, 5 ]}"#;
-        let d = decode(text);
+        let d = decode(text, LIMIT);
         let Ok(Command::PublishBatch { events }) = d.command else {
             panic!("not a batch: {:?}", d.command)
         };
@@ -416,7 +489,10 @@ mod tests {
         assert_eq!(texts, [r#"{"type": "a"}"#, "5"]);
         assert_eq!(d.request_id, Some(json!(1)));
         // A request id of `null` is no request id.
-        let d = decode(r#"{"type": "publish", "request_id": null, "event": {}}"#);
+        let d = decode(
+            r#"{"type": "publish", "request_id": null, "event": {}}"#,
+            LIMIT,
+        );
         assert!(matches!(d.command, Ok(Command::Publish { .. })));
         assert_eq!(d.request_id, None);
     }
@@ -431,7 +507,7 @@ mod tests {
             "{\"action\": {}}",
             &"[".repeat(10_000),
         ] {
-            let _ = decode(text);
+            let _ = decode(text, LIMIT);
         }
     }
 }

@@ -403,6 +403,24 @@ impl WsClient {
         }
     }
 
+    /// Sends a WebSocket Ping frame; true when its Pong arrives within `timeout`. JSON
+    /// messages read meanwhile are kept for `recv`.
+    pub async fn ws_ping(&mut self, timeout: Duration) -> bool {
+        self.send_message(ws::Message::Ping(bytes::Bytes::from_static(
+            b"are you there",
+        )))
+        .await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, self.conn.next()).await {
+            match frame {
+                Frame::Pong(_) => return true,
+                Frame::Text(bytes) => self.backlog.extend(serde_json::from_slice(&bytes).ok()),
+                _ => {}
+            }
+        }
+        false
+    }
+
     /// Pings at the protocol level and checks the pong: the connection still works.
     pub async fn assert_alive(&mut self) {
         let reply = self.request(json!({"type": "ping"})).await;

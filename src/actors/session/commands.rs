@@ -3,12 +3,10 @@
 //! `ctx.wait`, so no frame is read before they are in effect; acks and nacks go to the
 //! session's delivery worker.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use actix::prelude::*;
 use serde_json::value::RawValue;
 use serde_json::Value;
+use std::sync::Arc;
 
 use super::write::end_turn;
 use super::{Ctx, Session};
@@ -18,6 +16,7 @@ use crate::actors::router;
 use crate::delivery::{SessionSink, SubscriptionHandle};
 use crate::error::{ErrorCode, ProtocolError};
 use crate::protocol::{decode, Command, PublishResult, Reply};
+use crate::routing::subscription::SubscriptionLimits;
 use crate::routing::SubscriptionSpec;
 
 /// Publishes of one connection awaiting their commit before it stops reading frames.
@@ -30,7 +29,7 @@ const READ_TURN_EVENTS: usize = 256;
 
 impl Session {
     pub(super) fn on_text(&mut self, text: &str, ctx: &mut Ctx) {
-        let decoded = decode(text);
+        let decoded = decode(text, self.shared.config.limits.max_command_bytes);
         let request_id = decoded.request_id;
         let command = match decoded.command {
             Ok(c) => c,
@@ -91,13 +90,18 @@ impl Session {
                 event_id,
                 requeue,
                 delay_ms,
-            } => match self.acked_subscription(&subscription_id) {
-                Ok(sub) => {
+            } => match self.acked_subscription(&subscription_id).and_then(|sub| {
+                let delay = self
+                    .subscription_limits()
+                    .nack_delay(delay_ms.unwrap_or(0))?;
+                Ok((sub, delay))
+            }) {
+                Ok((sub, delay)) => {
                     let nack = worker_for(self.id, &self.shared.workers).send(delivery::Nack {
                         sub,
                         event_id,
                         requeue,
-                        delay: Duration::from_millis(delay_ms.unwrap_or(0)),
+                        delay,
                     });
                     let ticket = self.replies.reserve();
                     ctx.spawn(nack.into_actor(self).map(move |res, act, ctx| {
@@ -113,6 +117,11 @@ impl Session {
                 Err(e) => self.fail(ctx, &e, request_id),
             },
         }
+    }
+
+    /// What one subscription (and a `nack`) may ask for.
+    fn subscription_limits(&self) -> SubscriptionLimits {
+        SubscriptionLimits::from(&self.shared.config.limits)
     }
 
     /// The subscription an `ack`/`nack` names, if it exists and uses acknowledgements.
@@ -197,6 +206,9 @@ impl Session {
         request_id: Option<Value>,
         ctx: &mut Ctx,
     ) {
+        if let Err(e) = self.subscription_limits().check(&spec) {
+            return self.fail(ctx, &e, request_id);
+        }
         if let Some(grant) = self.principal.read_grant() {
             if let Err(e) = spec.restrict_to(&self.principal.name, grant) {
                 return self.fail(ctx, &e, request_id);

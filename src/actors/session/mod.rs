@@ -100,6 +100,18 @@ impl Session {
         for text in self.replies.settle(ticket, reply.map(|r| r.to_text())) {
             ctx.text(text);
         }
+        if !self.replies_full() && !self.read.deferred.is_empty() {
+            // Frames held back while too many replies were owed.
+            self.handle_deferred_soon(ctx);
+        }
+    }
+
+    /// Owes `limits.max_pending_replies` replies: read no more frames until some are
+    /// written. Replies queue behind a publish awaiting its commit, and a client that
+    /// pipelines pings behind a stalled publish must not grow that queue without end;
+    /// the bytes wait in its socket instead (TCP back-pressure), as publishes do.
+    fn replies_full(&self) -> bool {
+        self.replies.owed() >= self.shared.config.limits.max_pending_replies
     }
 
     fn fail(&mut self, ctx: &mut Ctx, err: &ProtocolError, request_id: Option<Value>) {

@@ -9,7 +9,7 @@
 //! [`read_pause`]: super::read_pause
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_web_actors::ws::{self, CloseCode};
@@ -24,6 +24,8 @@ pub(super) struct Reading {
     pub(super) last_seen: Instant,
     /// A message being received in several frames.
     pub(super) fragments: Option<Fragments>,
+    /// Fragmented messages begun so far: tells the timer of one message from the next.
+    fragmented: u64,
     /// Stops reading this connection's socket while overload control says so.
     pub(super) pause: ReadPause,
     /// Frames the decoder handed over while reading was paused, to handle when it ends.
@@ -44,6 +46,7 @@ impl Default for Reading {
         Reading {
             last_seen: Instant::now(),
             fragments: None,
+            fragmented: 0,
             pause: ReadPause::default(),
             deferred: VecDeque::new(),
             deferred_due: false,
@@ -66,11 +69,14 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
             // A control frame: answered at once, even while reading is paused.
             return ctx.pong(p);
         }
-        if self.read.deferred.is_empty() && self.read.pause.remaining().is_none() {
+        if self.read.deferred.is_empty()
+            && self.read.pause.remaining().is_none()
+            && !self.replies_full()
+        {
             return self.on_message(msg, ctx);
         }
-        // Read before the pause began (the decoder had it buffered): handled, in
-        // order, once it is over.
+        // Read before the pause began, or while replies are owed past the bound (the
+        // decoder had it buffered): handled, in order, once that is over.
         self.read.deferred.push_back(msg);
         self.read.pause.hold();
         self.handle_deferred_soon(ctx);
@@ -96,13 +102,16 @@ impl Handler<HandleDeferred> for Session {
 
     fn handle(&mut self, _: HandleDeferred, ctx: &mut Ctx) {
         self.read.deferred_due = false;
-        if self.read.pause.remaining().is_none() {
+        if self.read.pause.remaining().is_none() && !self.replies_full() {
             if let Some(msg) = self.read.deferred.pop_front() {
                 self.on_message(msg, ctx);
             }
         }
         if !self.read.deferred.is_empty() {
-            self.handle_deferred_soon(ctx);
+            if !self.replies_full() {
+                self.handle_deferred_soon(ctx);
+            }
+            // Otherwise `settle` calls again once enough replies are written.
         } else if self.read.ended {
             ctx.stop();
         } else {
@@ -117,7 +126,7 @@ impl Session {
     /// Schedules a [`HandleDeferred`]: at the end of the pause, or next if there is none.
     /// One at a time, so each deferred frame is handled after the waits the previous
     /// one began (a turn's end, a full pipeline, a new pause).
-    fn handle_deferred_soon(&mut self, ctx: &mut Ctx) {
+    pub(super) fn handle_deferred_soon(&mut self, ctx: &mut Ctx) {
         if std::mem::replace(&mut self.read.deferred_due, true) {
             return;
         }
@@ -168,21 +177,51 @@ impl Session {
         }
     }
 
+    /// Starts a fragmented message, which must end within `limits.fragment_timeout_ms`:
+    /// the heartbeat alone would keep a connection that sends a first fragment, then
+    /// only pongs (or one byte a minute), open for ever, holding what it sent.
+    fn begin_fragments(&mut self, binary: bool, ctx: &mut Ctx) {
+        self.read.fragments = Some(Fragments {
+            binary,
+            data: Vec::new(),
+        });
+        self.read.fragmented += 1;
+        let timeout = Duration::from_millis(self.shared.config.limits.fragment_timeout_ms);
+        self.arm_fragment_timer(self.read.fragmented, timeout, ctx);
+    }
+
+    fn arm_fragment_timer(&mut self, message: u64, after: Duration, ctx: &mut Ctx) {
+        ctx.run_later(after, move |act, ctx| {
+            if act.read.fragmented != message || act.read.fragments.is_none() {
+                return; // That message ended.
+            }
+            if !act.read.deferred.is_empty() {
+                // Its end may be among the frames held by an overload pause: not the
+                // client's delay. Look again once they are handled.
+                return act.arm_fragment_timer(message, Duration::from_millis(100), ctx);
+            }
+            log::info!(
+                "session {} ({}): fragmented message not finished in time, closing",
+                act.id,
+                act.peer
+            );
+            act.close_with(
+                ctx,
+                CloseCode::Policy,
+                "fragmented message not finished in time",
+            );
+        });
+    }
+
     fn on_fragment(&mut self, item: actix_http::ws::Item, ctx: &mut Ctx) {
         let max = self.shared.config.limits.max_frame_bytes;
         let (data, last) = match item {
             actix_http::ws::Item::FirstText(b) => {
-                self.read.fragments = Some(Fragments {
-                    binary: false,
-                    data: Vec::new(),
-                });
+                self.begin_fragments(false, ctx);
                 (b, false)
             }
             actix_http::ws::Item::FirstBinary(b) => {
-                self.read.fragments = Some(Fragments {
-                    binary: true,
-                    data: Vec::new(),
-                });
+                self.begin_fragments(true, ctx);
                 (b, false)
             }
             actix_http::ws::Item::Continue(b) => (b, false),

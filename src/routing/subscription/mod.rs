@@ -6,6 +6,10 @@
 
 use std::time::Duration;
 
+mod limits;
+
+pub use limits::SubscriptionLimits;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -13,6 +17,7 @@ use super::coalesce::CoalesceSpec;
 use super::condition::{Condition, EvalError, MatchInput};
 use super::filter::{Filter, FilterSpec};
 use super::pattern::Pattern;
+use crate::config;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::protocol::{Event, SubscribeRequest};
 
@@ -28,9 +33,9 @@ pub struct AckOptions {
 impl Default for AckOptions {
     fn default() -> Self {
         AckOptions {
-            timeout: Duration::from_millis(30_000),
-            max_attempts: 5,
-            max_in_flight: 100,
+            timeout: Duration::from_millis(config::DEFAULT_ACK_TIMEOUT_MS),
+            max_attempts: config::DEFAULT_MAX_ATTEMPTS,
+            max_in_flight: config::DEFAULT_MAX_IN_FLIGHT as usize,
         }
     }
 }

@@ -18,7 +18,7 @@ fn subscribe_frames_compile_or_name_the_problem() {
     ];
     for (text, code) in table {
         let Ok(crate::protocol::Command::Subscribe { request }) =
-            crate::protocol::decode(text).command
+            crate::protocol::decode(text, usize::MAX).command
         else {
             panic!("not a subscribe: {text}")
         };
