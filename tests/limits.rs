@@ -223,6 +223,48 @@ async fn router_queue_full_answers_rate_limited_and_loses_nothing_accepted() {
     );
 }
 
+#[actix_rt::test]
+async fn router_queue_full_of_bytes_answers_rate_limited_and_loses_nothing_accepted() {
+    // Stored envelopes (id, timestamp, cursor …) are several times the size of these
+    // tiny frames, so one batch within `max_event_bytes` overfills the byte bound.
+    let server = TestServer::with(|c| {
+        c.limits.max_event_bytes = 8192;
+        c.router.max_queued_bytes = 8192;
+    })
+    .await;
+    let mut p = server.ws().await;
+    let events: Vec<_> = (0..100)
+        .map(|i| json!({"type": "bulk_event", "payload": {"i": i}}))
+        .collect();
+    let reply = p
+        .request(json!({"type": "publish_batch", "events": events}))
+        .await;
+    let results = reply["results"].as_array().unwrap();
+    let accepted = results.iter().filter(|r| r["cursor"].is_u64()).count();
+    let limited = results
+        .iter()
+        .filter(|r| r["error"]["code"] == "rate_limited")
+        .count();
+    assert!(accepted > 0 && limited > 0, "{reply}");
+    assert_eq!(accepted + limited, 100, "{reply}");
+    let (_, stats) = server.get("/api/stats").await;
+    assert_eq!(stats["events"]["rejected_busy"], limited as u64);
+    assert_eq!(stats["store"]["event_count"], accepted as u64);
+    // Routed, the bytes are given back: a later publish is accepted.
+    let mut ok = false;
+    for _ in 0..50 {
+        let r = p
+            .request(json!({"type": "publish_event", "event": {"type": "later_event"}}))
+            .await;
+        if r["type"] == "published" {
+            ok = true;
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(ok, "queue drains");
+}
+
 /// Stored events of one type, in cursor order.
 async fn stored(server: &TestServer, event_type: &str) -> Vec<serde_json::Value> {
     let (status, body) = server

@@ -137,6 +137,8 @@ pub struct Router {
     queues: [VecDeque<Arc<EncodedEvent>>; 4],
     /// Accepted events not yet routed: uncommitted plus queued.
     queued: usize,
+    /// The encoded size of the `queued` events (`router.max_queued_bytes`).
+    queued_bytes: usize,
     drain_scheduled: bool,
     last_cursor: u64,
     /// Durable subscriptions open on a connection of this node, by (principal, name);
@@ -197,6 +199,7 @@ impl Router {
             index: SubscriptionIndex::default(),
             queues: Default::default(),
             queued: 0,
+            queued_bytes: 0,
             drain_scheduled: false,
             last_cursor,
             last_queued: last_cursor,
@@ -255,6 +258,7 @@ impl Router {
     fn pop_highest(&mut self) -> Option<Arc<EncodedEvent>> {
         let event = self.queues.iter_mut().find_map(VecDeque::pop_front)?;
         self.queued -= 1;
+        self.queued_bytes -= event.json.len();
         Some(event)
     }
 

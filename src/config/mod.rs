@@ -118,6 +118,9 @@ pub struct LimitsConfig {
 #[serde(deny_unknown_fields)]
 pub struct RouterConfig {
     pub max_queued_events: usize,
+    /// Encoded bytes of those events: one event may be 1 MiB, so a count alone does
+    /// not bound memory.
+    pub max_queued_bytes: usize,
     pub dedupe_window: usize,
     pub max_tracked_topics: usize,
 }
@@ -380,6 +383,12 @@ impl Config {
         limits::validate_bounds(l)?;
         if self.router.max_queued_events == 0 {
             return invalid("router.max_queued_events", "must be greater than 0");
+        }
+        if self.router.max_queued_bytes < self.limits.max_event_bytes {
+            return invalid(
+                "router.max_queued_bytes",
+                "must be at least limits.max_event_bytes",
+            );
         }
         if self.store.kind == StoreKind::Redis {
             cluster::validate_redis_url(&self.store.redis_url).map_err(|message| {

@@ -67,13 +67,14 @@ impl Router {
                 duplicate: true,
             });
         }
-        if self.queued >= self.config.router.max_queued_events {
+        let router = &self.config.router;
+        if self.queued >= router.max_queued_events || self.queued_bytes >= router.max_queued_bytes {
             self.metrics.rejected_busy.fetch_add(1, Relaxed);
             return Err(ProtocolError::new(
                 ErrorCode::RateLimited,
                 format!(
-                    "router queue is full ({} events waiting to be routed); retry shortly",
-                    self.queued
+                    "router queue is full ({} events, {} bytes waiting to be routed); retry shortly",
+                    self.queued, self.queued_bytes
                 ),
             ));
         }
@@ -91,8 +92,10 @@ impl Router {
             cursor: event.cursor,
             duplicate: false,
         };
+        let event = EncodedEvent::new(event);
+        self.queued_bytes += event.json.len();
         self.commit_buffer.push(NewEvent {
-            event: EncodedEvent::new(event),
+            event,
             check_duplicate: check,
         });
         self.queued += 1;
@@ -182,7 +185,7 @@ impl Router {
             );
             return self.commit_failed(error, batch, waiters);
         }
-        self.queued -= batch.len();
+        self.forget_queued(&batch);
         let mut outcomes = outcomes.into_iter();
         for (reply, mut results) in waiters {
             // In acceptance order, every result not yet a duplicate is one of the batch.
@@ -209,7 +212,7 @@ impl Router {
     /// retry is not taken for a duplicate. A single node's cursors are never reused.
     fn commit_failed(&mut self, error: ProtocolError, batch: Vec<NewEvent>, waiters: Waiters) {
         log::error!("store write of {} events failed: {error}", batch.len());
-        self.queued -= batch.len();
+        self.forget_queued(&batch);
         if !self.shared_log {
             for e in &batch {
                 self.dedupe.remove(&e.event.event.id);
@@ -226,6 +229,12 @@ impl Router {
                 .collect();
             let _ = reply.send(results);
         }
+    }
+
+    /// A batch leaves the accepted-but-unrouted count without being routed here.
+    fn forget_queued(&mut self, batch: &[NewEvent]) {
+        self.queued -= batch.len();
+        self.queued_bytes -= batch.iter().map(|e| e.event.json.len()).sum::<usize>();
     }
 
     /// Queues an event for routing; every cursor at or below `last_queued` has been
@@ -258,8 +267,9 @@ impl Handler<Tailed> for Router {
             }
             // Not added to the duplicate window: the log is the cluster's check, and
             // this node's own publishes entered it when the log answered them.
-            self.enqueue(event);
             self.queued += 1;
+            self.queued_bytes += event.json.len();
+            self.enqueue(event);
         }
         self.schedule_drain(ctx);
         self.queued
