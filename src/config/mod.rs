@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod cluster;
+mod web;
 
 pub use cluster::ClusterConfig;
+pub use web::{parse_origin, split_host};
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -55,6 +57,22 @@ pub struct ServerConfig {
     /// `switchyard serve` only.
     #[serde(default)]
     pub transparent_huge_pages: bool,
+    // Web edge (crate::http::guard, docs/security.md "Browsers").
+    /// Origins besides the server's own whose pages may open a WebSocket or send a
+    /// request carrying an `Origin` header, as `scheme://host[:port]`.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// With auth off, `Host` names served besides the loopback ones (any port); `*`
+    /// serves every name. Ignored with auth on, where any `Host` is served.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// How long a request body may take to arrive once its handler reads it (408).
+    #[serde(default = "default_body_timeout_ms")]
+    pub body_timeout_ms: u64,
+}
+
+fn default_body_timeout_ms() -> u64 {
+    10_000
 }
 
 impl ServerConfig {
@@ -327,6 +345,25 @@ impl Config {
         }
         if self.server.heartbeat_interval_ms == 0 {
             return invalid("server.heartbeat_interval_ms", "must be greater than 0");
+        }
+        if self.server.body_timeout_ms == 0 {
+            return invalid("server.body_timeout_ms", "must be greater than 0");
+        }
+        for origin in &self.server.allowed_origins {
+            if parse_origin(origin).is_none() {
+                return invalid(
+                    "server.allowed_origins",
+                    &format!("`{origin}` is not an origin: write scheme://host[:port], no path"),
+                );
+            }
+        }
+        for host in &self.server.allowed_hosts {
+            if host != "*" && !matches!(split_host(host), Some((_, None))) {
+                return invalid(
+                    "server.allowed_hosts",
+                    &format!("`{host}` is not a host name: write it without scheme or port"),
+                );
+            }
         }
         if self.server.tls_cert.as_os_str().is_empty() != self.server.tls_key.as_os_str().is_empty()
         {
