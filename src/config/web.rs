@@ -64,9 +64,12 @@ pub fn split_host(authority: &str) -> Option<(&str, Option<u16>)> {
 mod tests {
     use super::*;
 
+    type Split<'a> = Option<(&'a str, Option<u16>)>;
+    type Parsed = Option<(String, String, u16)>;
+
     #[test]
     fn hosts_split_into_name_and_port() {
-        let table: &[(&str, Option<(&str, Option<u16>)>)] = &[
+        let table: &[(&str, Split)] = &[
             ("localhost", Some(("localhost", None))),
             ("localhost:9090", Some(("localhost", Some(9090)))),
             ("127.0.0.1:1", Some(("127.0.0.1", Some(1)))),
@@ -95,7 +98,7 @@ mod tests {
     #[test]
     fn origins_normalise_scheme_case_and_default_ports() {
         let o = |s: &str, h: &str, p| Some((s.to_owned(), h.to_owned(), p));
-        let table: &[(&str, Option<(String, String, u16)>)] = &[
+        let table: &[(&str, Parsed)] = &[
             ("http://127.0.0.1:9090", o("http", "127.0.0.1", 9090)),
             ("HTTP://LocalHost", o("http", "localhost", 80)),
             ("https://dash.example", o("https", "dash.example", 443)),

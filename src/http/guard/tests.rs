@@ -11,6 +11,16 @@ fn code(result: Result<(), HttpError>) -> Option<ErrorCode> {
     result.err().map(|e| e.0.code)
 }
 
+/// A policy, a `Host`, an `Origin`, and the code it gets (`None`: served).
+type OriginRow<'a> = (
+    &'a WebPolicy,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<ErrorCode>,
+);
+/// Whether a body follows, its type and encoding, and the code it gets.
+type BodyRow<'a> = (bool, Option<&'a str>, Option<&'a str>, Option<ErrorCode>);
+
 const FORBIDDEN: Option<ErrorCode> = Some(ErrorCode::Forbidden);
 const MISDIRECTED: Option<ErrorCode> = Some(ErrorCode::MisdirectedRequest);
 const MEDIA: Option<ErrorCode> = Some(ErrorCode::UnsupportedMediaType);
@@ -49,7 +59,7 @@ fn origins_must_be_our_own_or_listed() {
     let plain = policy(false, false, &["https://dash.example"], &[]);
     let tls = policy(true, true, &[], &[]);
     let h = Some("127.0.0.1:9090");
-    let table: &[(&WebPolicy, Option<&str>, Option<&str>, Option<ErrorCode>)] = &[
+    let table: &[OriginRow] = &[
         (&plain, h, None, None),
         (&plain, h, Some("http://127.0.0.1:9090"), None),
         (&plain, h, Some("HTTP://127.0.0.1:9090"), None),
@@ -97,7 +107,7 @@ fn origins_must_be_our_own_or_listed() {
 #[test]
 fn bodies_must_be_uncompressed_json() {
     let p = policy(false, false, &[], &[]);
-    let table: &[(bool, Option<&str>, Option<&str>, Option<ErrorCode>)] = &[
+    let table: &[BodyRow] = &[
         (true, Some("application/json"), None, None),
         (true, Some("Application/JSON; charset=utf-8"), None, None),
         (true, Some("application/json"), Some("identity"), None),
