@@ -35,6 +35,13 @@ pub enum ErrorCode {
     TooManyConnections,
     /// HTTP only: no such route or resource.
     NotFound,
+    // Web edge (crate::http::guard, crate::http::body).
+    /// HTTP only: a request body that is not `application/json`, or is compressed.
+    UnsupportedMediaType,
+    /// HTTP only: auth is off and the `Host` is not a loopback or allowed name.
+    MisdirectedRequest,
+    /// HTTP only: the request body did not arrive within `server.body_timeout_ms`.
+    RequestTimeout,
 }
 
 impl ErrorCode {
@@ -60,6 +67,9 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::MisdirectedRequest => "misdirected_request",
+            ErrorCode::RequestTimeout => "request_timeout",
         }
     }
 
@@ -77,6 +87,9 @@ impl ErrorCode {
             ErrorCode::NotFound | ErrorCode::UnknownSubscription | ErrorCode::UnknownEvent => {
                 StatusCode::NOT_FOUND
             }
+            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -180,6 +193,9 @@ mod tests {
             ErrorCode::InvalidRequest,
             ErrorCode::TooManyConnections,
             ErrorCode::NotFound,
+            ErrorCode::UnsupportedMediaType,
+            ErrorCode::MisdirectedRequest,
+            ErrorCode::RequestTimeout,
         ] {
             let json = serde_json::to_value(code).unwrap();
             assert_eq!(json, serde_json::Value::String(code.as_str().to_owned()));

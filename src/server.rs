@@ -205,13 +205,23 @@ pub async fn run(
         cluster: tail.is_some().then_some(cluster),
         shutting_down: shutting_down.clone(),
     });
-    let max_payload = config.limits.max_frame_bytes;
+    // No handler buffers a body before authenticating (`http::body`); this bounds any
+    // extractor that would, at the largest publish.
+    let max_payload = config.limits.max_event_bytes;
+    let web_policy = web::Data::new(http::guard::WebPolicy::new(
+        &config.server,
+        state.auth.enabled(),
+        tls.is_some(),
+    ));
     let unread_limit = config.heartbeat_interval() * 2;
     let limits = config.limits.clone();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .app_data(web::PayloadConfig::new(max_payload))
+            .app_data(web_policy.clone())
+            // Inside the logger, so that refused requests are logged too.
+            .wrap(actix_web::middleware::from_fn(http::guard::middleware))
             .wrap(
                 // Path only: a query string may hold `?token=`, which is never logged.
                 actix_web::middleware::Logger::new("%a \"%{method}xi %U\" %s %b %Dms")

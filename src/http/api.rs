@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::{Admin, AppState, Caller, ConnectionBudget};
+use super::{body, Admin, AppState, Caller, ConnectionBudget};
 use crate::actors::delivery::{self, worker_for};
 use crate::actors::ingress::Shape;
 use crate::actors::router::{self, Dedupe};
@@ -249,13 +249,18 @@ pub async fn events(
 
 /// `POST /api/events`: one event or an array; `201` with a `published_batch` body.
 /// Events take the same path as a WebSocket publish ([`crate::actors::ingress`]),
-/// charged to this HTTP connection's publish budget.
+/// charged to this HTTP connection's publish budget. The body is read only once the
+/// caller is known ([`body::read`]), and never past `limits.max_event_bytes`, the
+/// most a publish may be.
 pub async fn publish(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Bytes,
     Caller(caller): Caller,
+    payload: web::Payload,
 ) -> Result<HttpResponse, HttpError> {
+    let limits = &state.config.limits;
+    let timeout = Duration::from_millis(state.config.server.body_timeout_ms);
+    let body = body::read(&req, payload, limits.max_event_bytes, timeout).await?;
     let single = !body.trim_ascii_start().starts_with(b"[");
     let shape = if single { Shape::One } else { Shape::Batch };
     // Refused before anything is parsed.

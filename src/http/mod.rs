@@ -6,7 +6,9 @@
 //! router, the store or the shared metrics.
 
 mod api;
+mod body;
 pub mod dashboard;
+pub mod guard;
 
 use std::sync::Arc;
 
