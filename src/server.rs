@@ -126,8 +126,9 @@ pub async fn run(
         .map(|_| {
             let arbiter = Arbiter::new();
             let (m, max) = (metrics.clone(), config.limits.max_waiting_per_subscriber);
+            let dead_rate = config.limits.dead_letters_per_sec;
             let addr = DeliveryWorker::start_in_arbiter(&arbiter.handle(), move |_| {
-                DeliveryWorker::new(m, max)
+                DeliveryWorker::new(m, max, dead_rate)
             });
             arbiters.push(arbiter);
             addr

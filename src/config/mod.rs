@@ -88,6 +88,10 @@ pub struct LimitsConfig {
     /// Low events per second the server keeps admitting however late urgent ones are.
     #[serde(default)]
     pub low_rate_floor_per_sec: u32,
+    /// Dead letters one connection's subscriptions may cause per second (a bucket of
+    /// one second's worth); past it they are counted, not stored. 0 = no limit.
+    #[serde(default)]
+    pub dead_letters_per_sec: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
