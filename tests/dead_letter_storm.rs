@@ -136,8 +136,8 @@ async fn a_dead_letter_storm_is_contained() {
     let attempted = 100 * (STORM_EVENTS + KEPT);
     let mut after = counts(&server).await;
     for _ in 0..60 {
-        let done = (after.dead_letters_added - before.dead_letters_added)
-            + (after.shed - before.shed);
+        let done =
+            (after.dead_letters_added - before.dead_letters_added) + (after.shed - before.shed);
         if done >= attempted {
             break;
         }
@@ -158,10 +158,16 @@ async fn a_dead_letter_storm_is_contained() {
     let added = after.dead_letters_added - before.dead_letters_added;
     let shed = after.shed - before.shed;
     let most = RATE + (elapsed.ceil() as u64) * RATE;
-    assert!(added <= most, "{added} dead letters stored in {elapsed:.1} s, budget {most}");
+    assert!(
+        added <= most,
+        "{added} dead letters stored in {elapsed:.1} s, budget {most}"
+    );
     assert_eq!(added + shed, attempted, "{added} stored, {shed} shed");
     assert_eq!(after.evicted, 0, "no dead letter was evicted");
-    assert!(listed(&server, &real["event_id"]).await, "real dead letter kept");
+    assert!(
+        listed(&server, &real["event_id"]).await,
+        "real dead letter kept"
+    );
 
     // Every bystander event is still retained, and was delivered.
     let (status, kept) = server.get("/api/events?topic=keep.%3E&limit=1000").await;
@@ -303,8 +309,10 @@ async fn dead_letters_over_the_connection_budget_are_shed_and_counted() {
     let server = TestServer::with(|c| c.limits.dead_letters_per_sec = 2).await;
     let mut sub = server.ws().await;
     for i in 0..3 {
-        sub.subscribe(json!({"type": "pattern", "patterns": ["job.>"], "id": format!("s{i}"), "ack": true}))
-            .await;
+        sub.subscribe(
+            json!({"type": "pattern", "patterns": ["job.>"], "id": format!("s{i}"), "ack": true}),
+        )
+        .await;
     }
     let before = counts(&server).await;
     let mut p = server.ws().await;
@@ -371,7 +379,9 @@ async fn a_durable_subscription_overtaken_by_retention_is_told_the_lost_range() 
     let sid = sub.subscribe(durable.clone()).await;
     assert_eq!(sub.recv().await["type"], "replay_complete");
     let mut p = server.ws().await;
-    let first = p.publish(json!({"topic": "job.run", "payload": {"n": 0}})).await;
+    let first = p
+        .publish(json!({"topic": "job.run", "payload": {"n": 0}}))
+        .await;
     let e = sub.recv_event().await;
     sub.send(&json!({"type": "ack", "subscription_id": sid, "event_ids": [e["event"]["id"]]}))
         .await;
@@ -391,9 +401,16 @@ async fn a_durable_subscription_overtaken_by_retention_is_told_the_lost_range() 
     assert_eq!(gap["type"], "gap", "{gap}");
     assert_eq!(gap["subscription_id"], "d", "{gap}");
     assert_eq!(gap["reason"], "retention", "{gap}");
-    assert_eq!(gap["from_cursor"], acked + 1, "the acked cursor was not lost: {gap}");
+    assert_eq!(
+        gap["from_cursor"],
+        acked + 1,
+        "the acked cursor was not lost: {gap}"
+    );
     let to = gap["to_cursor"].as_u64().unwrap();
-    assert!(to + 1 >= oldest, "the gap reaches the oldest kept ({oldest}): {gap}");
+    assert!(
+        to + 1 >= oldest,
+        "the gap reaches the oldest kept ({oldest}): {gap}"
+    );
     // Then the replay of what is left, from right after the gap.
     let replayed = sub.recv_event().await;
     assert_eq!(replayed["event"]["cursor"], to + 1, "{replayed}");

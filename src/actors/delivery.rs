@@ -220,10 +220,10 @@ impl DeliveryWorker {
             return true;
         }
         let shed = self.metrics.dead_letters_shed.fetch_add(1, Relaxed) + 1;
-        if !self
+        let quiet = self
             .shed_logged
-            .is_some_and(|at| at.elapsed() < SHED_LOG_INTERVAL)
-        {
+            .is_some_and(|at| at.elapsed() < SHED_LOG_INTERVAL);
+        if !quiet {
             self.shed_logged = Some(Instant::now());
             log::warn!(
                 "connection {session} causes more than limits.dead_letters_per_sec ({rate}) \
@@ -445,7 +445,9 @@ impl Handler<AnnounceGap> for DeliveryWorker {
         if !msg.sub.is_active() {
             return;
         }
-        self.outbox(&msg.sub).queue(&msg.sub).add_gap(msg.from, msg.to);
+        self.outbox(&msg.sub)
+            .queue(&msg.sub)
+            .add_gap(msg.from, msg.to);
         self.flush_soon(msg.sub.session_id);
     }
 }

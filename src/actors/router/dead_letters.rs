@@ -123,7 +123,10 @@ impl Router {
         match res {
             Ok(Ok(dl)) => match Notice::of(&dl) {
                 Ok(_) if self.notices.len() >= MAX_PENDING_NOTICES => {
-                    log::warn!("dead letter {} not announced: too many notices waiting", dl.id);
+                    log::warn!(
+                        "dead letter {} not announced: too many notices waiting",
+                        dl.id
+                    );
                 }
                 Ok(notice) => {
                     self.notices.push_back(notice);
