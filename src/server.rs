@@ -127,8 +127,9 @@ pub async fn run(
         .map(|_| {
             let arbiter = Arbiter::new();
             let (m, bounds) = (metrics.clone(), QueueBounds::from(&config.limits));
+            let dead_rate = config.limits.dead_letters_per_sec;
             let addr = DeliveryWorker::start_in_arbiter(&arbiter.handle(), move |_| {
-                DeliveryWorker::new(m, bounds)
+                DeliveryWorker::new(m, bounds, dead_rate)
             });
             arbiters.push(arbiter);
             addr

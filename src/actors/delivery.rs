@@ -3,9 +3,10 @@
 //!
 //! Into a worker: [`Dispatch`] from the router (events with the subscriptions they
 //! matched), [`ReplayEvents`] (stored events for one subscription, from the router's
-//! replay task), [`Ack`] and [`Nack`] (from sessions), [`Redeliver`] (a dead letter
-//! retried from the HTTP API), [`Resume`] (a session has written what it was handed),
-//! [`AttachRouter`] once at start (from the server).
+//! replay task), [`AnnounceGap`] (before a durable subscription's replay), [`Ack`]
+//! and [`Nack`] (from sessions), [`Redeliver`] (a dead letter retried from the HTTP
+//! API), [`Resume`] (a session has written what it was handed), [`AttachRouter`] once
+//! at start (from the server).
 //! Out of a worker: [`WriteFrames`] to sessions, sent with `try_send`; [`DeadLettered`]
 //! to the router; `DurableAcked` (resolved cursors of durable subscriptions) to the
 //! store.
@@ -18,6 +19,11 @@
 //! retries on a short tick, and on overflow the lowest-priority, oldest events are
 //! dropped and announced (`dropped`), or, with acks, dead-lettered. The same tick runs
 //! ack deadlines: timeouts redeliver with the next `attempt` until `max_attempts`.
+//! Dead letters are budgeted per connection (`limits.dead_letters_per_sec`): past it
+//! they are counted as shed, not sent to the router, so one subscriber that fails
+//! everything on many subscriptions cannot flood the store. A server notice
+//! (`switchyard.>`, not in the log) that is not acknowledged is no dead letter: the
+//! dead letter it announces is stored already.
 //! Must not: match events (the router does) or encode envelopes (done once, upstream).
 
 use std::collections::{HashMap, HashSet};
@@ -36,7 +42,12 @@ use crate::delivery::{
 };
 use crate::error::{ErrorCode, ProtocolError};
 use crate::metrics::Metrics;
+use crate::protocol::topic::is_reserved;
 use crate::protocol::EncodedEvent;
+use crate::rate_limit::PublishBudget;
+
+/// Shed dead letters are logged at most this often.
+const SHED_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A durable subscription's stored state is compacted every this many resolved cursors.
 const COMPACT_EVERY: u64 = 1000;
@@ -77,6 +88,16 @@ pub struct ReplayEvents {
     pub sub: Arc<SubscriptionHandle>,
     pub events: Vec<Arc<EncodedEvent>>,
     pub complete_at: Option<u64>,
+}
+
+/// Tell a durable subscription, ahead of its replay, that retention removed cursors
+/// `from..=to` before it resolved them (a `gap` frame).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AnnounceGap {
+    pub sub: Arc<SubscriptionHandle>,
+    pub from: u64,
+    pub to: u64,
 }
 
 /// Acknowledge deliveries. Answers the ids that were not in flight.
@@ -165,10 +186,15 @@ pub struct DeliveryWorker {
     stalled: HashSet<SessionId>,
     dead_letters: Option<Recipient<DeadLettered>>,
     durable_acks: Option<Recipient<DurableAcked>>,
+    /// `limits.dead_letters_per_sec` (0: no limit), and each connection's bucket of it.
+    dead_rate: u32,
+    dead_budgets: HashMap<SessionId, PublishBudget>,
+    /// When shedding was last logged (a storm logs once a minute).
+    shed_logged: Option<Instant>,
 }
 
 impl DeliveryWorker {
-    pub fn new(metrics: Arc<Metrics>, bounds: QueueBounds) -> Self {
+    pub fn new(metrics: Arc<Metrics>, bounds: QueueBounds, dead_rate: u32) -> Self {
         DeliveryWorker {
             metrics,
             bounds,
@@ -176,7 +202,38 @@ impl DeliveryWorker {
             stalled: HashSet::new(),
             dead_letters: None,
             durable_acks: None,
+            dead_rate,
+            dead_budgets: HashMap::new(),
+            shed_logged: None,
         }
+    }
+
+    /// May `session` store one more dead letter now? Its bucket holds one second's
+    /// worth: the same token bucket as the publish budget, spent on dead letters.
+    fn dead_letter_allowed(&mut self, session: SessionId) -> bool {
+        let rate = self.dead_rate;
+        if rate == 0 {
+            return true;
+        }
+        let budget = self
+            .dead_budgets
+            .entry(session)
+            .or_insert_with(|| PublishBudget::with_clock(rate, rate, Default::default()));
+        if budget.take(1).is_ok() {
+            return true;
+        }
+        let shed = self.metrics.dead_letters_shed.fetch_add(1, Relaxed) + 1;
+        let quiet = self
+            .shed_logged
+            .is_some_and(|at| at.elapsed() < SHED_LOG_INTERVAL);
+        if !quiet {
+            self.shed_logged = Some(Instant::now());
+            log::warn!(
+                "connection {session} causes more than limits.dead_letters_per_sec ({rate}) \
+                 dead letters: not storing the rest ({shed} so far)"
+            );
+        }
+        false
     }
 
     fn outbox(&mut self, sub: &Arc<SubscriptionHandle>) -> &mut Outbox {
@@ -225,6 +282,8 @@ impl DeliveryWorker {
         let (Some(name), Some(store)) = (&sub.spec.durable, &self.durable_acks) else {
             return;
         };
+        // Cursor 0: a server notice, never in the log, so nothing to resolve.
+        let cursors: Vec<u64> = cursors.into_iter().filter(|c| *c != 0).collect();
         if cursors.is_empty() {
             return;
         }
@@ -241,6 +300,15 @@ impl DeliveryWorker {
 
     fn send_dead(&mut self, dead: Vec<DeadNote>) {
         for note in dead {
+            if is_reserved(&note.event.event.topic) {
+                log::trace!("unacknowledged notice {} let go", note.event.event.id);
+                continue;
+            }
+            // Over budget: neither stored nor resolved, so a durable subscription gets
+            // the event again on resume; others can read it in the log.
+            if !self.dead_letter_allowed(note.sub.session_id) {
+                continue;
+            }
             self.metrics.count_dead_lettered(&note.event);
             let msg = DeadLettered {
                 event: note.event,
@@ -296,6 +364,8 @@ impl DeliveryWorker {
         }
         self.outboxes
             .retain(|_, o| !(o.subs.is_empty() && o.is_idle()));
+        let outboxes = &self.outboxes;
+        self.dead_budgets.retain(|s, _| outboxes.contains_key(s));
     }
 }
 
@@ -362,6 +432,20 @@ impl Handler<ReplayEvents> for DeliveryWorker {
         self.outbox(&msg.sub)
             .queue(&msg.sub)
             .add_replay(msg.events, msg.complete_at);
+        self.flush_soon(msg.sub.session_id);
+    }
+}
+
+impl Handler<AnnounceGap> for DeliveryWorker {
+    type Result = ();
+
+    fn handle(&mut self, msg: AnnounceGap, _: &mut Context<Self>) {
+        if !msg.sub.is_active() {
+            return;
+        }
+        self.outbox(&msg.sub)
+            .queue(&msg.sub)
+            .add_gap(msg.from, msg.to);
         self.flush_soon(msg.sub.session_id);
     }
 }

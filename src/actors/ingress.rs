@@ -5,10 +5,11 @@
 //! [`router::publish`] directly.)
 //!
 //! Owns, in this order: the size and batch limits, validation of each event, the
-//! caller's publish grants, the connection's rate budget, overload admission, and the
-//! hand-off to the router. Must not: know the transport. How a refusal reaches the
-//! client (an `error` frame, an HTTP status, one result of a batch) and how a publisher
-//! waits out an overload pause are the caller's.
+//! topics reserved to the server (`switchyard.>`), the caller's publish grants, the
+//! connection's rate budget, overload admission, and the hand-off to the router. Must
+//! not: know the transport. How a refusal reaches the client (an `error` frame, an
+//! HTTP status, one result of a batch) and how a publisher waits out an overload pause
+//! are the caller's.
 
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
@@ -24,6 +25,7 @@ use crate::config::LimitsConfig;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::metrics::Metrics;
 use crate::overload::LowAdmission;
+use crate::protocol::topic::check_not_reserved;
 use crate::protocol::{Event, PublishOk, ValidatedBatch};
 use crate::rate_limit::PublishBudget;
 
@@ -128,7 +130,9 @@ impl Ingress {
             ));
         }
         let mut batch = ValidatedBatch::new(raw, &caller.name);
-        batch.refuse_where(|e| caller.check_publish(&e.topic));
+        batch.refuse_where(|e| {
+            check_not_reserved(&e.topic).and_then(|()| caller.check_publish(&e.topic))
+        });
         if shape == Shape::One {
             if let Some(e) = batch.first_error() {
                 return Err(e.clone());

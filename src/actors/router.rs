@@ -139,6 +139,8 @@ pub struct Router {
     queued: usize,
     /// The encoded size of the `queued` events (`router.max_queued_bytes`).
     queued_bytes: usize,
+    /// Dead-letter notices waiting to be routed (not in the log: `dead_letters.rs`).
+    notices: VecDeque<dead_letters::Notice>,
     drain_scheduled: bool,
     last_cursor: u64,
     /// Durable subscriptions open on a connection of this node, by (principal, name);
@@ -200,6 +202,7 @@ impl Router {
             queues: Default::default(),
             queued: 0,
             queued_bytes: 0,
+            notices: VecDeque::new(),
             drain_scheduled: false,
             last_cursor,
             last_queued: last_cursor,
@@ -220,7 +223,7 @@ impl Router {
     /// cannot be routed yet, and draining for them would spin the router for as long as
     /// the store takes to commit.
     fn schedule_drain(&mut self, ctx: &mut Context<Self>) {
-        let routable = self.queues.iter().any(|q| !q.is_empty());
+        let routable = self.queues.iter().any(|q| !q.is_empty()) || !self.notices.is_empty();
         if !self.drain_scheduled && routable {
             self.drain_scheduled = true;
             ctx.notify(Drain);
@@ -283,6 +286,7 @@ impl Router {
         }
         let workers = self.workers.len();
         let mut batches: Vec<Vec<DispatchItem>> = (0..workers).map(|_| Vec::new()).collect();
+        self.route_notices(&mut batches);
         let now = Utc::now();
         for _ in 0..DRAIN_BATCH {
             let Some(event) = self.pop_highest() else {

@@ -83,6 +83,9 @@ pub struct StoreActor {
     /// Appended since retention last ran: a count limit is enforced once this reaches
     /// a tenth of it, so the log never overshoots its limit by more than 10 %.
     since_retention: u64,
+    /// Every cursor up to this one is gone from the log (removed by retention, in this
+    /// run or an earlier one): a durable subscription below it has lost those.
+    removed_through: u64,
 }
 
 impl StoreActor {
@@ -100,6 +103,23 @@ impl StoreActor {
             dead_letters_since_trim: 0,
             eviction_logged: None,
             since_retention: 0,
+            removed_through: 0,
+        }
+    }
+
+    /// The cursor below the oldest one kept, or the last ever stored when the log is
+    /// empty: everything up to it is gone.
+    fn gone_through(&self) -> Result<u64, StoreError> {
+        match self.store.stats()?.first_cursor {
+            Some(first) => Ok(first.saturating_sub(1)),
+            None => self.store.last_cursor(),
+        }
+    }
+
+    fn note_removed(&mut self) {
+        match self.gone_through() {
+            Ok(through) => self.removed_through = self.removed_through.max(through),
+            Err(e) => log::error!("cannot read the oldest cursor kept: {e}"),
         }
     }
 
@@ -108,7 +128,10 @@ impl StoreActor {
     fn enforce_retention(&mut self, retention: Retention) {
         match self.store.apply_retention(&retention) {
             Ok(0) => {}
-            Ok(n) => log::debug!("retention removed {n} events"),
+            Ok(n) => {
+                log::debug!("retention removed {n} events");
+                self.note_removed();
+            }
             Err(e) => log::error!("retention failed: {e}"),
         }
     }
@@ -118,6 +141,7 @@ impl Actor for StoreActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.note_removed();
         if self.retention != Retention::default() {
             ctx.run_interval(RETENTION_INTERVAL, |act, _| {
                 if act.retention.max_age.is_some() {
@@ -297,7 +321,7 @@ impl Handler<TakeDeadLetter> for StoreActor {
 /// compacted first: its floor moves up over every stored event that `matcher` rejects
 /// or that is already resolved. `None`: another connection holds it.
 #[derive(Message)]
-#[rtype(result = "Result<Option<DurableState>, StoreError>")]
+#[rtype(result = "Result<Option<OpenedDurable>, StoreError>")]
 pub struct OpenDurable {
     pub principal: String,
     pub name: String,
@@ -305,6 +329,14 @@ pub struct OpenDurable {
     pub matcher: Matcher,
     pub owner: String,
     pub lease: Duration,
+}
+
+/// A durable subscription's state as opened, and the cursors retention removed before
+/// it resolved them (`lost`, inclusive; its floor has moved past them).
+#[derive(Debug)]
+pub struct OpenedDurable {
+    pub state: DurableState,
+    pub lost: Option<(u64, u64)>,
 }
 
 /// Renew the claims of the durable subscriptions open on this node; answers the
@@ -378,8 +410,44 @@ impl StoreActor {
     }
 }
 
+impl StoreActor {
+    /// Opens the state and moves its floor past what retention removed, answering
+    /// that range: those cursors can never be delivered, and compaction must not skip
+    /// over them in silence.
+    fn open_durable(
+        &mut self,
+        principal: &str,
+        name: &str,
+        floor: u64,
+        matcher: &Matcher,
+    ) -> Result<OpenedDurable, StoreError> {
+        let state = self.store.durable_open(principal, name, floor)?;
+        // Resolved cursors right above the floor were not lost.
+        let mut from = state.floor + 1;
+        while state.acked.contains(&from) {
+            from += 1;
+        }
+        let lost = (from <= self.removed_through).then(|| {
+            let range = (from, self.removed_through);
+            log::warn!(
+                "durable subscription {principal}/{name}: retention removed cursors {} to {} \
+                 before it resolved them",
+                range.0,
+                range.1
+            );
+            range
+        });
+        if lost.is_some() {
+            self.store
+                .durable_set_floor(principal, name, self.removed_through)?;
+        }
+        let state = self.compact(principal, name, matcher)?;
+        Ok(OpenedDurable { state, lost })
+    }
+}
+
 impl Handler<OpenDurable> for StoreActor {
-    type Result = Result<Option<DurableState>, StoreError>;
+    type Result = Result<Option<OpenedDurable>, StoreError>;
 
     fn handle(&mut self, msg: OpenDurable, _: &mut Context<Self>) -> Self::Result {
         let (principal, name) = (&msg.principal, &msg.name);
@@ -389,10 +457,7 @@ impl Handler<OpenDurable> for StoreActor {
         {
             return Ok(None);
         }
-        let opened = self
-            .store
-            .durable_open(principal, name, msg.floor)
-            .and_then(|_| self.compact(principal, name, &msg.matcher));
+        let opened = self.open_durable(principal, name, msg.floor, &msg.matcher);
         if opened.is_err() {
             // Not opened: nobody holds it.
             let _ = self.store.durable_release(principal, name, &msg.owner);

@@ -130,6 +130,10 @@ pub struct LimitsConfig {
     pub max_waiting_bytes_per_subscriber: usize,
     /// Replies one connection owes before the server stops reading its socket.
     pub max_pending_replies: usize,
+    /// Dead letters one connection's subscriptions may cause per second (a bucket of
+    /// one second's worth); past it they are counted, not stored. 0 = no limit.
+    #[serde(default)]
+    pub dead_letters_per_sec: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -70,6 +70,13 @@ impl Outbox {
         let mut frames = Vec::new();
         self.subs.retain(|_, q| q.handle.is_active());
         for q in self.subs.values_mut() {
+            if let Some((from, to)) = q.lost.take() {
+                frames.push(OutFrame::Gap {
+                    sub: q.handle.clone(),
+                    from,
+                    to,
+                });
+            }
             if q.unreported_drops > 0 {
                 frames.push(OutFrame::Dropped {
                     sub: q.handle.clone(),
@@ -125,7 +132,8 @@ impl Outbox {
                 OutFrame::Event { sub, .. }
                 | OutFrame::Dropped { sub, .. }
                 | OutFrame::Replayed { sub, .. }
-                | OutFrame::ReplayComplete { sub, .. } => self.subs.get_mut(&key(sub)),
+                | OutFrame::ReplayComplete { sub, .. }
+                | OutFrame::Gap { sub, .. } => self.subs.get_mut(&key(sub)),
             };
             let Some(q) = q else { continue };
             match frame {
@@ -143,6 +151,7 @@ impl Outbox {
                     q.replay.push_front(Waiting { event, attempt });
                     q.handle.replay_backlog.fetch_add(1, Relaxed);
                 }
+                OutFrame::Gap { from, to, .. } => q.lost = Some((from, to)),
                 OutFrame::ReplayComplete { last_cursor, .. } => {
                     q.replay_complete = Some(last_cursor);
                     q.handle.set_replaying(true);

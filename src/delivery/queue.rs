@@ -69,6 +69,9 @@ pub struct SubQueue {
     pub(super) replay: VecDeque<Waiting>,
     /// Set when the replay task is done: the `last_cursor` of `replay_complete`.
     pub(super) replay_complete: Option<u64>,
+    /// Cursors retention removed before this (durable) subscription resolved them, to
+    /// announce before its replay (`gap`).
+    pub(super) lost: Option<(u64, u64)>,
     /// Present for `ack: true` subscriptions.
     pub ack: Option<AckTracker>,
     /// Present for subscriptions with `coalesce`.
@@ -95,6 +98,7 @@ impl SubQueue {
             unreported_drops: 0,
             replay: VecDeque::new(),
             replay_complete: None,
+            lost: None,
             ack,
         }
     }
@@ -232,6 +236,11 @@ impl SubQueue {
                 }),
             }
         }
+    }
+
+    /// Announces, before anything else, cursors retention removed unresolved.
+    pub fn add_gap(&mut self, from: u64, to: u64) {
+        self.lost = Some((from, to));
     }
 
     /// Appends stored events to replay.

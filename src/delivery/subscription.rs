@@ -41,6 +41,12 @@ pub enum OutFrame {
         sub: Arc<SubscriptionHandle>,
         last_cursor: u64,
     },
+    /// Retention removed cursors `from..=to` before `sub` (durable) resolved them.
+    Gap {
+        sub: Arc<SubscriptionHandle>,
+        from: u64,
+        to: u64,
+    },
 }
 
 /// What became of frames offered to a session.

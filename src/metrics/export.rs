@@ -122,6 +122,11 @@ impl prometheus_client::collector::Collector for Exporter {
                 m.dead_letters_evicted.load(Relaxed),
             ),
             (
+                "dead_letters_shed",
+                "Dead letters not stored: their connection was over limits.dead_letters_per_sec",
+                m.dead_letters_shed.load(Relaxed),
+            ),
+            (
                 "publishes_rejected_over_rate",
                 "Events refused with rate_limited: over the connection's publish rate",
                 m.rejected_over_rate.load(Relaxed),

@@ -87,6 +87,8 @@ pub struct Metrics {
     pub coalesced: AtomicU64,
     /// Dead letters deleted to stay under `store.max_dead_letters` (the store actor's).
     pub dead_letters_evicted: AtomicU64,
+    /// Dead letters not stored: their connection was over `limits.dead_letters_per_sec`.
+    pub dead_letters_shed: AtomicU64,
     pub router: RouterGauges,
     pub commits: CommitHistograms,
     /// The shared log (cluster mode); untouched on a single node.
@@ -271,6 +273,7 @@ impl Default for Metrics {
             condition_errors: AtomicU64::default(),
             coalesced: AtomicU64::default(),
             dead_letters_evicted: AtomicU64::default(),
+            dead_letters_shed: AtomicU64::default(),
             router: RouterGauges::default(),
             commits: CommitHistograms::default(),
             cluster: ClusterMetrics::default(),

@@ -90,6 +90,13 @@ pub enum Reply {
         subscription_id: String,
         last_cursor: u64,
     },
+    /// Cursors a durable subscription had not resolved when retention removed them.
+    Gap {
+        subscription_id: String,
+        from_cursor: u64,
+        to_cursor: u64,
+        reason: &'static str,
+    },
 }
 
 impl Reply {

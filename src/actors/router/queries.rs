@@ -63,6 +63,7 @@ impl Handler<GetStats> for Router {
                 "condition_errors": m.condition_errors.load(Relaxed),
                 "rejected_busy": m.rejected_busy.load(Relaxed),
                 "rejected_over_rate": m.rejected_over_rate.load(Relaxed),
+                "dead_letters_shed": m.dead_letters_shed.load(Relaxed),
             },
             "rates_per_second": {
                 "published": self.published_rate.per_second(),

@@ -10,7 +10,7 @@ use actix::prelude::*;
 use chrono::Utc;
 
 use super::{CloseSession, Router};
-use crate::actors::delivery::{worker_for, DeliveryWorker, ReplayEvents};
+use crate::actors::delivery::{worker_for, AnnounceGap, DeliveryWorker, ReplayEvents};
 use crate::actors::store::{Query, StoreActor};
 use crate::delivery::SubscriptionHandle;
 use crate::routing::Replay;
@@ -24,12 +24,14 @@ impl Router {
     /// those still waiting in the priority queues will be routed live as well; all
     /// others were routed before and are replayed. A task reads the store page by page,
     /// handing each page to the subscription's worker once the previous one drained.
-    /// `skip` holds cursors already resolved (a durable subscription's acks).
+    /// `skip` holds cursors already resolved (a durable subscription's acks); `lost`,
+    /// cursors retention removed before it resolved them, announced first (`gap`).
     pub(super) fn start_replay(
         &mut self,
         sub: Arc<SubscriptionHandle>,
         replay: Replay,
         mut skip: HashSet<u64>,
+        lost: Option<(u64, u64)>,
         ctx: &mut Context<Self>,
     ) {
         let upper = self.last_queued;
@@ -46,6 +48,14 @@ impl Router {
         let session = sub.session_id;
         ctx.spawn(
             async move {
+                if let Some((from, to)) = lost {
+                    let gap = AnnounceGap {
+                        sub: sub.clone(),
+                        from,
+                        to,
+                    };
+                    worker.send(gap).await.map_err(|e| e.to_string())?;
+                }
                 let after = replay.start_after();
                 replay_stored(&store, &worker, &sub, replay, after, upper, &pending).await?;
                 let done = ReplayEvents {

@@ -86,7 +86,7 @@ impl Handler<Subscribe> for Router {
         }
         let Some(name) = handle.spec.durable.clone() else {
             if let Some(replay) = handle.spec.replay {
-                self.start_replay(handle.clone(), replay, HashSet::new(), ctx);
+                self.start_replay(handle.clone(), replay, HashSet::new(), None, ctx);
             }
             self.index_subscription(handle);
             return Box::pin(actix::fut::ready(Ok(())));
@@ -118,8 +118,8 @@ impl Handler<Subscribe> for Router {
             lease: self.config.cluster.lease_ttl(),
         });
         Box::pin(open.into_actor(self).map(move |res, act, ctx| {
-            let state = match res {
-                Ok(Ok(Some(state))) => state,
+            let opened = match res {
+                Ok(Ok(Some(opened))) => opened,
                 Ok(Ok(None)) => {
                     act.active_durables.remove(&key);
                     return Err(ProtocolError::new(
@@ -141,11 +141,13 @@ impl Handler<Subscribe> for Router {
             if let Some(hold) = act.active_durables.get_mut(&key) {
                 hold.claimed = true;
             }
+            let state = opened.state;
             let resolved: HashSet<u64> = state.acked.into_iter().collect();
             act.start_replay(
                 handle.clone(),
                 Replay::AfterCursor(state.floor),
                 resolved,
+                opened.lost,
                 ctx,
             );
             act.index_subscription(handle);

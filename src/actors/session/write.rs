@@ -159,6 +159,19 @@ impl Session {
                     );
                 }
             }
+            OutFrame::Gap { sub, from, to } => {
+                if sub.is_active() {
+                    self.send(
+                        ctx,
+                        &Reply::Gap {
+                            subscription_id: sub.id.clone(),
+                            from_cursor: from,
+                            to_cursor: to,
+                            reason: "retention",
+                        },
+                    );
+                }
+            }
             OutFrame::Dropped { sub, count } => {
                 if sub.is_active() {
                     self.send(

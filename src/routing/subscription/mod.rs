@@ -164,6 +164,13 @@ impl Matcher {
         self.test(&MatchInput::new(event)) == Ok(true)
     }
 
+    /// May the subscriber read events of `topic` (its read grant covers it)?
+    pub fn may_read(&self, topic: &str) -> bool {
+        self.grant
+            .as_ref()
+            .is_none_or(|grant| grant.iter().any(|g| g.matches(topic)))
+    }
+
     /// Tests the cheap parts first (patterns, filter), the condition last, on an input
     /// shared by every subscription an event is tested against. `Err` when the
     /// condition could not be evaluated on this event (it does not match).
