@@ -47,7 +47,7 @@ use chrono::{DateTime, Utc};
 
 use super::delivery::worker_index;
 use super::delivery::{DeliveryWorker, Dispatch, DispatchItem};
-use super::store::StoreActor;
+use super::store::{Query, StoreActor};
 use crate::config::Config;
 use crate::delivery::{SessionId, SubscriptionHandle};
 use crate::metrics::{Metrics, RateWindow};
@@ -118,6 +118,8 @@ pub struct Router {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     store: Addr<StoreActor>,
+    /// The store's read pool (replay pages).
+    reads: Recipient<Query>,
     /// The log numbers events and is read back by the tail (cluster mode,
     /// `commit.rs`); otherwise this router numbers them.
     shared_log: bool,
@@ -173,6 +175,7 @@ impl Router {
         config: Arc<Config>,
         metrics: Arc<Metrics>,
         store: Addr<StoreActor>,
+        reads: Recipient<Query>,
         stored: StoredState,
         workers: Vec<Addr<DeliveryWorker>>,
     ) -> Self {
@@ -187,6 +190,7 @@ impl Router {
         }
         Router {
             store,
+            reads,
             shared_log,
             commit_buffer: Vec::new(),
             commit_waiters: Vec::new(),

@@ -2,8 +2,8 @@
 //! written (`server::run` reads the last cursor and recent ids before it starts).
 //!
 //! Into the store: [`Append`] or, for a log that numbers events itself, [`AppendNew`]
-//! (from the router: one group commit), [`Query`] (HTTP API
-//! and replay), [`Stats`] and [`Ping`] (HTTP API); durable state: [`OpenDurable`],
+//! (from the router: one group commit), [`Query`] (only for a backend without a read
+//! pool, see `store_reader`), [`Stats`] and [`Ping`] (HTTP API); durable state: [`OpenDurable`],
 //! [`RenewDurables`], [`ReleaseDurable`] (router) and [`DurableAcked`] (router and
 //! delivery workers); the dead letters:
 //! [`AddDeadLetter`] (router), [`ListDeadLetters`], [`GetDeadLetter`],
@@ -12,7 +12,8 @@
 //!
 //! It runs alone on its own arbiter thread, so the blocking backend calls stall nothing
 //! else — the guarantee a `SyncArbiter` gives — while a plain `Context` also gives it a
-//! timer for age-based retention. Must not: assign cursors or decide routing.
+//! timer for age-based retention. Compacting a durable subscription scans the log
+//! through the read pool, between commits. Must not: assign cursors or decide routing.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -83,6 +84,9 @@ pub struct StoreActor {
     /// Appended since retention last ran: a count limit is enforced once this reaches
     /// a tenth of it, so the log never overshoots its limit by more than 10 %.
     since_retention: u64,
+    /// Where compaction scans read (the read pool); this actor itself when the
+    /// backend has no reader (set in `started`).
+    reads: Option<Recipient<Query>>,
 }
 
 impl StoreActor {
@@ -91,6 +95,7 @@ impl StoreActor {
         retention: Retention,
         max_dead_letters: Option<u64>,
         metrics: Arc<Metrics>,
+        reads: Option<Recipient<Query>>,
     ) -> Self {
         StoreActor {
             store,
@@ -100,6 +105,7 @@ impl StoreActor {
             dead_letters_since_trim: 0,
             eviction_logged: None,
             since_retention: 0,
+            reads,
         }
     }
 
@@ -118,6 +124,9 @@ impl Actor for StoreActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.reads.is_none() {
+            self.reads = Some(ctx.address().recipient());
+        }
         if self.retention != Retention::default() {
             ctx.run_interval(RETENTION_INTERVAL, |act, _| {
                 if act.retention.max_age.is_some() {
@@ -340,64 +349,104 @@ pub struct DurableAcked {
 /// Events read per page while compacting a durable subscription.
 const COMPACT_PAGE: usize = 1000;
 
+/// Where a durable subscription's floor can move: up over every stored event above
+/// `state.floor` that `matcher` rejects, that `state` has resolved, or that expired,
+/// to the last one before the first still owed. Reads through `reads`, page by page,
+/// so that a scan of the whole log (a new subscription from cursor 0 whose filter
+/// matches little) holds up no commit.
+async fn compacted_floor(
+    reads: Recipient<Query>,
+    state: DurableState,
+    matcher: Matcher,
+) -> Result<u64, StoreError> {
+    let mut floor = state.floor;
+    let now = chrono::Utc::now();
+    loop {
+        let query = EventQuery {
+            after: Some(floor),
+            limit: COMPACT_PAGE,
+            ..EventQuery::default()
+        };
+        let page = reads
+            .send(Query { query })
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store reader: {e}")))??;
+        if page.is_empty() {
+            return Ok(floor);
+        }
+        for e in page {
+            // Expired events can never be delivered: they hold nothing back.
+            let owed = matcher.matches(&e.event)
+                && !state.acked.contains(&e.event.cursor)
+                && !e.event.is_expired(now);
+            if owed {
+                return Ok(floor);
+            }
+            floor = e.event.cursor;
+        }
+    }
+}
+
 impl StoreActor {
+    fn reads(&self, ctx: &Context<Self>) -> Recipient<Query> {
+        self.reads
+            .clone()
+            .unwrap_or_else(|| ctx.address().recipient())
+    }
+
+    /// Compacts durable subscription `name` of `principal` (opened already): scans on
+    /// the read pool while this actor goes on committing, then moves the floor.
     fn compact(
         &mut self,
-        principal: &str,
-        name: &str,
-        matcher: &Matcher,
-    ) -> Result<DurableState, StoreError> {
-        let state = self.store.durable_open(principal, name, 0)?;
-        let mut floor = state.floor;
-        let now = chrono::Utc::now();
-        'scan: loop {
-            let query = EventQuery {
-                after: Some(floor),
-                limit: COMPACT_PAGE,
-                ..EventQuery::default()
-            };
-            let page = self.store.query(&query)?;
-            if page.is_empty() {
-                break;
+        principal: String,
+        name: String,
+        matcher: Matcher,
+        ctx: &Context<Self>,
+    ) -> ResponseActFuture<Self, Result<DurableState, StoreError>> {
+        let state = match self.store.durable_open(&principal, &name, 0) {
+            Ok(state) => state,
+            Err(e) => return Box::pin(fut::ready(Err(e))),
+        };
+        let start = state.floor;
+        let scan = compacted_floor(self.reads(ctx), state, matcher);
+        Box::pin(scan.into_actor(self).map(move |floor, act, _| {
+            let floor = floor?;
+            if floor > start {
+                act.store.durable_set_floor(&principal, &name, floor)?;
             }
-            for e in page {
-                // Expired events can never be delivered: they hold nothing back.
-                let owed = matcher.matches(&e.event)
-                    && !state.acked.contains(&e.event.cursor)
-                    && !e.event.is_expired(now);
-                if owed {
-                    break 'scan;
-                }
-                floor = e.event.cursor;
-            }
-        }
-        if floor > state.floor {
-            self.store.durable_set_floor(principal, name, floor)?;
-        }
-        self.store.durable_open(principal, name, 0)
+            act.store.durable_open(&principal, &name, 0)
+        }))
     }
 }
 
 impl Handler<OpenDurable> for StoreActor {
-    type Result = Result<Option<DurableState>, StoreError>;
+    type Result = ResponseActFuture<Self, Result<Option<DurableState>, StoreError>>;
 
-    fn handle(&mut self, msg: OpenDurable, _: &mut Context<Self>) -> Self::Result {
-        let (principal, name) = (&msg.principal, &msg.name);
-        if !self
-            .store
-            .durable_claim(principal, name, &msg.owner, msg.lease)?
-        {
-            return Ok(None);
+    fn handle(&mut self, msg: OpenDurable, ctx: &mut Context<Self>) -> Self::Result {
+        let OpenDurable {
+            principal,
+            name,
+            floor,
+            matcher,
+            owner,
+            lease,
+        } = msg;
+        match self.store.durable_claim(&principal, &name, &owner, lease) {
+            Ok(true) => {}
+            Ok(false) => return Box::pin(fut::ready(Ok(None))),
+            Err(e) => return Box::pin(fut::ready(Err(e))),
         }
-        let opened = self
-            .store
-            .durable_open(principal, name, msg.floor)
-            .and_then(|_| self.compact(principal, name, &msg.matcher));
-        if opened.is_err() {
-            // Not opened: nobody holds it.
-            let _ = self.store.durable_release(principal, name, &msg.owner);
-        }
-        opened.map(Some)
+        let compacted = match self.store.durable_open(&principal, &name, floor) {
+            Ok(_) => self.compact(principal.clone(), name.clone(), matcher, ctx),
+            Err(e) => Box::pin(fut::ready(Err(e))),
+        };
+        Box::pin(compacted.map(move |opened, act, _| {
+            if opened.is_err() {
+                // Not opened: nobody holds it.
+                let _ = act.store.durable_release(&principal, &name, &owner);
+            }
+            opened.map(Some)
+        }))
     }
 }
 
@@ -440,22 +489,28 @@ impl Handler<ReleaseDurable> for StoreActor {
 impl Handler<DurableAcked> for StoreActor {
     type Result = ();
 
-    fn handle(&mut self, msg: DurableAcked, _: &mut Context<Self>) {
-        let result = self
-            .store
-            .durable_ack(&msg.principal, &msg.name, &msg.cursors)
-            .and_then(|()| match &msg.compact_with {
-                Some(matcher) => self.compact(&msg.principal, &msg.name, matcher).map(drop),
-                None => Ok(()),
-            });
-        if let Err(e) = result {
+    fn handle(&mut self, msg: DurableAcked, ctx: &mut Context<Self>) {
+        let DurableAcked {
+            principal,
+            name,
+            cursors,
+            compact_with,
+        } = msg;
+        let failed = |principal: &str, name: &str, e: StoreError| {
             // The cursors stay unresolved: they are redelivered on the next resubscribe
             // (at least once), never lost.
-            log::error!(
-                "durable subscription {}/{}: acks not stored: {e}",
-                msg.principal,
-                msg.name
-            );
+            log::error!("durable subscription {principal}/{name}: acks not stored: {e}");
+        };
+        if let Err(e) = self.store.durable_ack(&principal, &name, &cursors) {
+            return failed(&principal, &name, e);
+        }
+        if let Some(matcher) = compact_with {
+            let compact = self.compact(principal.clone(), name.clone(), matcher, ctx);
+            ctx.spawn(compact.map(move |res, _, _| {
+                if let Err(e) = res {
+                    failed(&principal, &name, e);
+                }
+            }));
         }
     }
 }
@@ -475,6 +530,7 @@ mod tests {
             Retention::default(),
             Some(200),
             Arc::new(Metrics::default()),
+            None,
         )
         .start();
         let event = EncodedEvent::new(
