@@ -294,7 +294,8 @@ impl Router {
             }
             // Match once against the candidates its topic reaches, sharing one
             // condition input; group the matches by the worker serving each subscriber.
-            let input = MatchInput::new(&event.event);
+            let input = MatchInput::new(&event.event)
+                .with_max_loop_items(self.config.limits.max_condition_loop_items);
             self.index.for_each_candidate(&event.event.topic, |sub| {
                 if event.event.cursor <= sub.spec.live_after() {
                     return;
@@ -303,9 +304,14 @@ impl Router {
                     Ok(true) => {}
                     Ok(false) => return,
                     Err(e) => {
-                        sub.condition_errors.fetch_add(1, Relaxed);
+                        // The first failure of a subscription is worth a warning (a
+                        // condition over lists too long for it, say); the rest are noise.
+                        if sub.condition_errors.fetch_add(1, Relaxed) == 0 {
+                            log::warn!("subscription {}: condition not evaluated: {e}", sub.id);
+                        } else {
+                            log::trace!("subscription {}: condition not evaluated: {e}", sub.id);
+                        }
                         self.metrics.condition_errors.fetch_add(1, Relaxed);
-                        log::trace!("subscription {}: condition not evaluated: {e}", sub.id);
                         return;
                     }
                 }

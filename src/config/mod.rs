@@ -88,6 +88,15 @@ pub struct LimitsConfig {
     /// Low events per second the server keeps admitting however late urgent ones are.
     #[serde(default)]
     pub low_rate_floor_per_sec: u32,
+    /// A condition with a loop is evaluated on an event only if no list or map it reads
+    /// has more elements than this; otherwise it does not match (counted as a
+    /// condition error), so that no loop holds up the router.
+    #[serde(default = "default_max_condition_loop_items")]
+    pub max_condition_loop_items: usize,
+}
+
+fn default_max_condition_loop_items() -> usize {
+    crate::routing::condition::DEFAULT_MAX_LOOP_ITEMS
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
