@@ -115,14 +115,16 @@ pub async fn run(
 
     let mut arbiters = Vec::new();
     let store_arbiter = Arbiter::new();
+    let pool = crate::actors::store_reader::start(crate::actors::store_reader::open(&*store)?);
     let store = {
         let retention = config.store.retention();
         let max_dead_letters = config.store.max_dead_letters();
-        let metrics = metrics.clone();
+        let (metrics, pool) = (metrics.clone(), pool.clone());
         StoreActor::start_in_arbiter(&store_arbiter.handle(), move |_| {
-            StoreActor::new(store, retention, max_dead_letters, metrics)
+            StoreActor::new(store, retention, max_dead_letters, metrics, pool)
         })
     };
+    let reads = pool.unwrap_or_else(|| store.clone().recipient());
     let workers: Vec<Addr<DeliveryWorker>> = (0..config.delivery_workers())
         .map(|_| {
             let arbiter = Arbiter::new();
@@ -137,14 +139,15 @@ pub async fn run(
         .collect();
     let router_arbiter = Arbiter::new();
     let router = {
-        let (c, m, s, w) = (
+        let (c, m, s, r, w) = (
             config.clone(),
             metrics.clone(),
             store.clone(),
+            reads.clone(),
             workers.clone(),
         );
         Router::start_in_arbiter(&router_arbiter.handle(), move |_| {
-            Router::new(c, m, s, stored, w)
+            Router::new(c, m, s, r, stored, w)
         })
     };
     arbiters.push(router_arbiter);
@@ -198,6 +201,7 @@ pub async fn run(
         router: router.clone(),
         workers: workers.into(),
         store,
+        reads,
         config: config.clone(),
         auth,
         registry: crate::metrics::registry(metrics.clone()),

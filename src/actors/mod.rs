@@ -10,6 +10,7 @@
 //! - [`session::Session`]: one per WebSocket connection; decodes commands, owns that
 //!   connection's subscriptions, writes frames.
 //! - [`store::StoreActor`]: the event log's owner, on a thread of its own.
+//! - [`store_reader::StoreReader`]: the log's read pool, so reads never wait on commits.
 //!
 //! [`ingress`] is not an actor: the one publish path every way in shares.
 //!
@@ -22,6 +23,7 @@ pub mod log_tail;
 pub mod router;
 pub mod session;
 pub mod store;
+pub mod store_reader;
 
 use actix::Recipient;
 

@@ -47,7 +47,7 @@ use chrono::{DateTime, Utc};
 
 use super::delivery::worker_index;
 use super::delivery::{DeliveryWorker, Dispatch, DispatchItem};
-use super::store::StoreActor;
+use super::store::{Query, StoreActor};
 use crate::config::Config;
 use crate::delivery::{SessionId, SubscriptionHandle};
 use crate::metrics::{Metrics, RateWindow};
@@ -118,6 +118,8 @@ pub struct Router {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     store: Addr<StoreActor>,
+    /// The store's read pool (replay pages).
+    reads: Recipient<Query>,
     /// The log numbers events and is read back by the tail (cluster mode,
     /// `commit.rs`); otherwise this router numbers them.
     shared_log: bool,
@@ -177,6 +179,7 @@ impl Router {
         config: Arc<Config>,
         metrics: Arc<Metrics>,
         store: Addr<StoreActor>,
+        reads: Recipient<Query>,
         stored: StoredState,
         workers: Vec<Addr<DeliveryWorker>>,
     ) -> Self {
@@ -191,6 +194,7 @@ impl Router {
         }
         Router {
             store,
+            reads,
             shared_log,
             commit_buffer: Vec::new(),
             commit_waiters: Vec::new(),
@@ -298,7 +302,8 @@ impl Router {
             }
             // Match once against the candidates its topic reaches, sharing one
             // condition input; group the matches by the worker serving each subscriber.
-            let input = MatchInput::new(&event.event);
+            let input = MatchInput::new(&event.event)
+                .with_max_loop_items(self.config.limits.max_condition_loop_items);
             self.index.for_each_candidate(&event.event.topic, |sub| {
                 if event.event.cursor <= sub.spec.live_after() {
                     return;
@@ -307,9 +312,14 @@ impl Router {
                     Ok(true) => {}
                     Ok(false) => return,
                     Err(e) => {
-                        sub.condition_errors.fetch_add(1, Relaxed);
+                        // The first failure of a subscription is worth a warning (a
+                        // condition over lists too long for it, say); the rest are noise.
+                        if sub.condition_errors.fetch_add(1, Relaxed) == 0 {
+                            log::warn!("subscription {}: condition not evaluated: {e}", sub.id);
+                        } else {
+                            log::trace!("subscription {}: condition not evaluated: {e}", sub.id);
+                        }
                         self.metrics.condition_errors.fetch_add(1, Relaxed);
-                        log::trace!("subscription {}: condition not evaluated: {e}", sub.id);
                         return;
                     }
                 }

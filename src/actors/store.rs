@@ -2,8 +2,8 @@
 //! written (`server::run` reads the last cursor and recent ids before it starts).
 //!
 //! Into the store: [`Append`] or, for a log that numbers events itself, [`AppendNew`]
-//! (from the router: one group commit), [`Query`] (HTTP API
-//! and replay), [`Stats`] and [`Ping`] (HTTP API); durable state: [`OpenDurable`],
+//! (from the router: one group commit), [`Query`] (only for a backend without a read
+//! pool, see `store_reader`), [`Stats`] and [`Ping`] (HTTP API); durable state: [`OpenDurable`],
 //! [`RenewDurables`], [`ReleaseDurable`] (router) and [`DurableAcked`] (router and
 //! delivery workers); the dead letters:
 //! [`AddDeadLetter`] (router), [`ListDeadLetters`], [`GetDeadLetter`],
@@ -12,7 +12,8 @@
 //!
 //! It runs alone on its own arbiter thread, so the blocking backend calls stall nothing
 //! else — the guarantee a `SyncArbiter` gives — while a plain `Context` also gives it a
-//! timer for age-based retention. Must not: assign cursors or decide routing.
+//! timer for age-based retention. Compacting a durable subscription scans the log
+//! through the read pool, between commits. Must not: assign cursors or decide routing.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -86,6 +87,9 @@ pub struct StoreActor {
     /// Every cursor up to this one is gone from the log (removed by retention, in this
     /// run or an earlier one): a durable subscription below it has lost those.
     removed_through: u64,
+    /// Where compaction scans read (the read pool); this actor itself when the
+    /// backend has no reader (set in `started`).
+    reads: Option<Recipient<Query>>,
 }
 
 impl StoreActor {
@@ -94,6 +98,7 @@ impl StoreActor {
         retention: Retention,
         max_dead_letters: Option<u64>,
         metrics: Arc<Metrics>,
+        reads: Option<Recipient<Query>>,
     ) -> Self {
         StoreActor {
             store,
@@ -104,6 +109,7 @@ impl StoreActor {
             eviction_logged: None,
             since_retention: 0,
             removed_through: 0,
+            reads,
         }
     }
 
@@ -142,6 +148,9 @@ impl Actor for StoreActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.note_removed();
+        if self.reads.is_none() {
+            self.reads = Some(ctx.address().recipient());
+        }
         if self.retention != Retention::default() {
             ctx.run_interval(RETENTION_INTERVAL, |act, _| {
                 if act.retention.max_age.is_some() {
@@ -372,97 +381,141 @@ pub struct DurableAcked {
 /// Events read per page while compacting a durable subscription.
 const COMPACT_PAGE: usize = 1000;
 
-impl StoreActor {
-    fn compact(
-        &mut self,
-        principal: &str,
-        name: &str,
-        matcher: &Matcher,
-    ) -> Result<DurableState, StoreError> {
-        let state = self.store.durable_open(principal, name, 0)?;
-        let mut floor = state.floor;
-        let now = chrono::Utc::now();
-        'scan: loop {
-            let query = EventQuery {
-                after: Some(floor),
-                limit: COMPACT_PAGE,
-                ..EventQuery::default()
-            };
-            let page = self.store.query(&query)?;
-            if page.is_empty() {
-                break;
-            }
-            for e in page {
-                // Expired events can never be delivered: they hold nothing back.
-                let owed = matcher.matches(&e.event)
-                    && !state.acked.contains(&e.event.cursor)
-                    && !e.event.is_expired(now);
-                if owed {
-                    break 'scan;
-                }
-                floor = e.event.cursor;
-            }
+/// Where a durable subscription's floor can move: up over every stored event above
+/// `state.floor` that `matcher` rejects, that `state` has resolved, or that expired,
+/// to the last one before the first still owed. Reads through `reads`, page by page,
+/// so that a scan of the whole log (a new subscription from cursor 0 whose filter
+/// matches little) holds up no commit.
+async fn compacted_floor(
+    reads: Recipient<Query>,
+    state: DurableState,
+    matcher: Matcher,
+) -> Result<u64, StoreError> {
+    let mut floor = state.floor;
+    let now = chrono::Utc::now();
+    loop {
+        let query = EventQuery {
+            after: Some(floor),
+            limit: COMPACT_PAGE,
+            ..EventQuery::default()
+        };
+        let page = reads
+            .send(Query { query })
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store reader: {e}")))??;
+        if page.is_empty() {
+            return Ok(floor);
         }
-        if floor > state.floor {
-            self.store.durable_set_floor(principal, name, floor)?;
+        for e in page {
+            // Expired events can never be delivered: they hold nothing back.
+            let owed = matcher.matches(&e.event)
+                && !state.acked.contains(&e.event.cursor)
+                && !e.event.is_expired(now);
+            if owed {
+                return Ok(floor);
+            }
+            floor = e.event.cursor;
         }
-        self.store.durable_open(principal, name, 0)
     }
 }
 
 impl StoreActor {
-    /// Opens the state and moves its floor past what retention removed, answering
-    /// that range: those cursors can never be delivered, and compaction must not skip
-    /// over them in silence.
-    fn open_durable(
+    fn reads(&self, ctx: &Context<Self>) -> Recipient<Query> {
+        self.reads
+            .clone()
+            .unwrap_or_else(|| ctx.address().recipient())
+    }
+
+    /// Compacts durable subscription `name` of `principal` (opened already): scans on
+    /// the read pool while this actor goes on committing, then moves the floor.
+    fn compact(
+        &mut self,
+        principal: String,
+        name: String,
+        matcher: Matcher,
+        ctx: &Context<Self>,
+    ) -> ResponseActFuture<Self, Result<DurableState, StoreError>> {
+        let state = match self.store.durable_open(&principal, &name, 0) {
+            Ok(state) => state,
+            Err(e) => return Box::pin(fut::ready(Err(e))),
+        };
+        let start = state.floor;
+        let scan = compacted_floor(self.reads(ctx), state, matcher);
+        Box::pin(scan.into_actor(self).map(move |floor, act, _| {
+            let floor = floor?;
+            if floor > start {
+                act.store.durable_set_floor(&principal, &name, floor)?;
+            }
+            act.store.durable_open(&principal, &name, 0)
+        }))
+    }
+}
+
+impl StoreActor {
+    /// Moves an opened state's floor past what retention removed, answering that
+    /// range: those cursors can never be delivered, and compaction must not skip over
+    /// them in silence.
+    fn skip_removed(
         &mut self,
         principal: &str,
         name: &str,
-        floor: u64,
-        matcher: &Matcher,
-    ) -> Result<OpenedDurable, StoreError> {
-        let state = self.store.durable_open(principal, name, floor)?;
+        state: &DurableState,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
         // Resolved cursors right above the floor were not lost.
         let mut from = state.floor + 1;
         while state.acked.contains(&from) {
             from += 1;
         }
-        let lost = (from <= self.removed_through).then(|| {
-            let range = (from, self.removed_through);
-            log::warn!(
-                "durable subscription {principal}/{name}: retention removed cursors {} to {} \
-                 before it resolved them",
-                range.0,
-                range.1
-            );
-            range
-        });
-        if lost.is_some() {
-            self.store
-                .durable_set_floor(principal, name, self.removed_through)?;
+        if from > self.removed_through {
+            return Ok(None);
         }
-        let state = self.compact(principal, name, matcher)?;
-        Ok(OpenedDurable { state, lost })
+        log::warn!(
+            "durable subscription {principal}/{name}: retention removed cursors {from} to {} \
+             before it resolved them",
+            self.removed_through
+        );
+        self.store
+            .durable_set_floor(principal, name, self.removed_through)?;
+        Ok(Some((from, self.removed_through)))
     }
 }
 
 impl Handler<OpenDurable> for StoreActor {
-    type Result = Result<Option<OpenedDurable>, StoreError>;
+    type Result = ResponseActFuture<Self, Result<Option<OpenedDurable>, StoreError>>;
 
-    fn handle(&mut self, msg: OpenDurable, _: &mut Context<Self>) -> Self::Result {
-        let (principal, name) = (&msg.principal, &msg.name);
-        if !self
+    fn handle(&mut self, msg: OpenDurable, ctx: &mut Context<Self>) -> Self::Result {
+        let OpenDurable {
+            principal,
+            name,
+            floor,
+            matcher,
+            owner,
+            lease,
+        } = msg;
+        match self.store.durable_claim(&principal, &name, &owner, lease) {
+            Ok(true) => {}
+            Ok(false) => return Box::pin(fut::ready(Ok(None))),
+            Err(e) => return Box::pin(fut::ready(Err(e))),
+        }
+        let lost = match self
             .store
-            .durable_claim(principal, name, &msg.owner, msg.lease)?
+            .durable_open(&principal, &name, floor)
+            .and_then(|state| self.skip_removed(&principal, &name, &state))
         {
-            return Ok(None);
-        }
-        let opened = self.open_durable(principal, name, msg.floor, &msg.matcher);
-        if opened.is_err() {
-            // Not opened: nobody holds it.
-            let _ = self.store.durable_release(principal, name, &msg.owner);
-        }
-        opened.map(Some)
+            Ok(lost) => lost,
+            Err(e) => {
+                // Not opened: nobody holds it.
+                let _ = self.store.durable_release(&principal, &name, &owner);
+                return Box::pin(fut::ready(Err(e)));
+            }
+        };
+        let compacted = self.compact(principal.clone(), name.clone(), matcher, ctx);
+        Box::pin(compacted.map(move |opened, act, _| {
+            if opened.is_err() {
+                let _ = act.store.durable_release(&principal, &name, &owner);
+            }
+            opened.map(|state| Some(OpenedDurable { state, lost }))
+        }))
     }
 }
 
@@ -505,22 +558,28 @@ impl Handler<ReleaseDurable> for StoreActor {
 impl Handler<DurableAcked> for StoreActor {
     type Result = ();
 
-    fn handle(&mut self, msg: DurableAcked, _: &mut Context<Self>) {
-        let result = self
-            .store
-            .durable_ack(&msg.principal, &msg.name, &msg.cursors)
-            .and_then(|()| match &msg.compact_with {
-                Some(matcher) => self.compact(&msg.principal, &msg.name, matcher).map(drop),
-                None => Ok(()),
-            });
-        if let Err(e) = result {
+    fn handle(&mut self, msg: DurableAcked, ctx: &mut Context<Self>) {
+        let DurableAcked {
+            principal,
+            name,
+            cursors,
+            compact_with,
+        } = msg;
+        let failed = |principal: &str, name: &str, e: StoreError| {
             // The cursors stay unresolved: they are redelivered on the next resubscribe
             // (at least once), never lost.
-            log::error!(
-                "durable subscription {}/{}: acks not stored: {e}",
-                msg.principal,
-                msg.name
-            );
+            log::error!("durable subscription {principal}/{name}: acks not stored: {e}");
+        };
+        if let Err(e) = self.store.durable_ack(&principal, &name, &cursors) {
+            return failed(&principal, &name, e);
+        }
+        if let Some(matcher) = compact_with {
+            let compact = self.compact(principal.clone(), name.clone(), matcher, ctx);
+            ctx.spawn(compact.map(move |res, _, _| {
+                if let Err(e) = res {
+                    failed(&principal, &name, e);
+                }
+            }));
         }
     }
 }
@@ -540,6 +599,7 @@ mod tests {
             Retention::default(),
             Some(200),
             Arc::new(Metrics::default()),
+            None,
         )
         .start();
         let event = EncodedEvent::new(

@@ -134,6 +134,10 @@ pub struct LimitsConfig {
     /// one second's worth); past it they are counted, not stored. 0 = no limit.
     #[serde(default)]
     pub dead_letters_per_sec: u32,
+    /// A condition with a loop is evaluated on an event only if no list or map it reads
+    /// has more elements than this; otherwise it does not match (counted as a
+    /// condition error), so that no loop holds up the router.
+    pub max_condition_loop_items: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

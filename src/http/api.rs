@@ -223,7 +223,7 @@ pub async fn events(
         }
     }
     let mut events = state
-        .store
+        .reads
         .send(store::Query { query })
         .await
         .map_err(HttpError::store_unavailable)?

@@ -12,7 +12,7 @@ pub mod guard;
 
 use std::sync::Arc;
 
-use actix::Addr;
+use actix::{Addr, Recipient};
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::actors::delivery::DeliveryWorker;
@@ -20,7 +20,7 @@ use crate::actors::ingress::Ingress;
 use crate::actors::log_tail::ClusterView;
 use crate::actors::router::Router;
 use crate::actors::session;
-use crate::actors::store::StoreActor;
+use crate::actors::store::{Query, StoreActor};
 use crate::auth::{Authenticator, Principal};
 use crate::config::{Config, LimitsConfig};
 use crate::error::{ErrorCode, HttpError};
@@ -34,6 +34,8 @@ pub struct AppState {
     /// letter goes back through its subscription's (`Redeliver`).
     pub workers: Arc<[Addr<DeliveryWorker>]>,
     pub store: Addr<StoreActor>,
+    /// The store's read pool (`GET /api/events`).
+    pub reads: Recipient<Query>,
     pub config: Arc<Config>,
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,

@@ -442,3 +442,37 @@ fn sqlite_refuses_a_file_that_is_not_a_database() {
     .unwrap();
     assert!(SqliteStore::open_in(dir.path(), &fast()).is_err());
 }
+
+/// A backend's reader (the read pool's connection) sees what the store committed, as
+/// the store's own queries do: before and after more appends, across segments, and
+/// after retention dropped what it had read before.
+#[test]
+fn a_reader_sees_what_the_store_commits() {
+    each_backend(|s| {
+        let Some(mut reader) = s.reader().unwrap() else {
+            return;
+        };
+        let task = EventQuery {
+            topic: Some(Pattern::parse("task.>").unwrap()),
+            limit: 100,
+            ..Default::default()
+        };
+        assert!(reader.query(&all(100)).unwrap().is_empty());
+        seed(s);
+        for q in [all(100), task.clone()] {
+            assert_eq!(
+                cursors(reader.query(&q).unwrap()),
+                cursors(s.query(&q).unwrap())
+            );
+        }
+        assert_eq!(cursors(reader.query(&task).unwrap()), [1, 3, 4]);
+        s.append(&[ev(6, "task.f", "normal")]).unwrap();
+        s.apply_retention(&Retention {
+            max_events: Some(2),
+            max_age: None,
+        })
+        .unwrap();
+        assert_eq!(cursors(reader.query(&all(100)).unwrap()), [5, 6]);
+        assert_eq!(cursors(reader.query(&task).unwrap()), [6]);
+    });
+}

@@ -231,9 +231,25 @@ impl NewEvent {
     }
 }
 
+/// Reads of the event log on a connection of their own, beside the one that commits:
+/// a long query (a topic pattern with no literal prefix, a type nothing has, a replay
+/// from cursor 0) then holds up no publish. Each query sees what was committed when
+/// it starts, as [`EventStore::query`] does.
+pub trait EventReads: Send {
+    /// [`EventStore::query`], on this connection.
+    fn query(&mut self, q: &EventQuery) -> Result<Vec<Arc<EncodedEvent>>, StoreError>;
+}
+
 /// A backend for the event log.
 pub trait EventStore: Send {
     fn kind(&self) -> &'static str;
+
+    /// A connection that only reads, for the store's read pool; `None` when reads must
+    /// go through this one (the memory store: its log lives in this value, and is
+    /// bounded by `store.max_events`).
+    fn reader(&self) -> Result<Option<Box<dyn EventReads>>, StoreError> {
+        Ok(None)
+    }
 
     /// The highest cursor ever stored, `0` for a new store. Survives retention, so
     /// cursors are never reused.

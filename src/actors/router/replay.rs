@@ -11,7 +11,7 @@ use chrono::Utc;
 
 use super::{CloseSession, Router};
 use crate::actors::delivery::{worker_for, AnnounceGap, DeliveryWorker, ReplayEvents};
-use crate::actors::store::{Query, StoreActor};
+use crate::actors::store::Query;
 use crate::delivery::SubscriptionHandle;
 use crate::routing::Replay;
 use crate::store::EventQuery;
@@ -22,8 +22,8 @@ impl Router {
     /// The boundary is `last_queued`: events above it are not queued yet, so they
     /// will be routed (live) after the subscription joins. Of the events at or below it,
     /// those still waiting in the priority queues will be routed live as well; all
-    /// others were routed before and are replayed. A task reads the store page by page,
-    /// handing each page to the subscription's worker once the previous one drained.
+    /// others were routed before and are replayed. A task reads the store's read pool page by
+    /// page, handing each page to the subscription's worker once the previous one drained.
     /// `skip` holds cursors already resolved (a durable subscription's acks); `lost`,
     /// cursors retention removed before it resolved them, announced first (`gap`).
     pub(super) fn start_replay(
@@ -44,7 +44,7 @@ impl Router {
         skip.extend(pending);
         let pending = skip;
         let worker = worker_for(sub.session_id, &self.workers);
-        let store = self.store.clone();
+        let reads = self.reads.clone();
         let session = sub.session_id;
         ctx.spawn(
             async move {
@@ -57,7 +57,7 @@ impl Router {
                     worker.send(gap).await.map_err(|e| e.to_string())?;
                 }
                 let after = replay.start_after();
-                replay_stored(&store, &worker, &sub, replay, after, upper, &pending).await?;
+                replay_stored(&reads, &worker, &sub, replay, after, upper, &pending).await?;
                 let done = ReplayEvents {
                     sub,
                     events: Vec::new(),
@@ -88,7 +88,7 @@ const REPLAY_PAGE: usize = 1000;
 /// Hands the stored events of `sub` in `(after, upper]` that `replay` admits, match the
 /// subscription, and are not in `pending` (those arrive live), to `worker`, in pages.
 async fn replay_stored(
-    store: &Addr<StoreActor>,
+    reads: &Recipient<Query>,
     worker: &Addr<DeliveryWorker>,
     sub: &Arc<SubscriptionHandle>,
     replay: Replay,
@@ -103,7 +103,7 @@ async fn replay_stored(
             limit: REPLAY_PAGE,
             ..EventQuery::default()
         };
-        let page = store
+        let page = reads
             .send(Query { query })
             .await
             .map_err(|e| e.to_string())?

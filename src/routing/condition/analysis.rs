@@ -1,5 +1,5 @@
 //! What a compiled condition's syntax tree says before it runs: how deep it nests,
-//! whether it loops inside a loop, and which topic prefixes it can match.
+//! whether it loops (inside a loop), and which topic prefixes it can match.
 
 use cel::common::ast::{operators, EntryExpr, Expr, LiteralValue};
 use cel::IdedExpr;
@@ -21,6 +21,19 @@ pub(super) fn has_nested_loop(root: &IdedExpr) -> bool {
                 .into_iter()
                 .map(|(child, body)| (child, in_loop || body)),
         );
+    }
+    false
+}
+
+/// Does the tree under `root` hold a comprehension (`all`, `exists`, `exists_one`,
+/// `map`, `filter`)? Its cost grows with the list it walks.
+pub(super) fn has_loop(root: &IdedExpr) -> bool {
+    let mut stack = vec![root];
+    while let Some(expr) = stack.pop() {
+        if matches!(expr.expr, Expr::Comprehension(_)) {
+            return true;
+        }
+        stack.extend(children(expr).into_iter().map(|(child, _)| child));
     }
     false
 }

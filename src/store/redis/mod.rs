@@ -39,8 +39,8 @@ use std::time::Duration;
 use redis::Value;
 
 use super::{
-    Appended, DeadLetter, DurableState, EventQuery, EventStore, NewDeadLetter, NewEvent, Retention,
-    StoreError, StoreStats,
+    Appended, DeadLetter, DurableState, EventQuery, EventReads, EventStore, NewDeadLetter,
+    NewEvent, Retention, StoreError, StoreStats,
 };
 use crate::config::Config;
 use crate::protocol::EncodedEvent;
@@ -248,9 +248,27 @@ fn version_ok(info: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The read pool's connections: reads only, on a link of their own.
+impl EventReads for RedisStore {
+    fn query(&mut self, q: &EventQuery) -> Result<Vec<Arc<EncodedEvent>>, StoreError> {
+        events::query(self, q)
+    }
+}
+
 impl EventStore for RedisStore {
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    fn reader(&self) -> Result<Option<Box<dyn EventReads>>, StoreError> {
+        // A connection of its own, to the log this store joined.
+        Ok(Some(Box::new(RedisStore {
+            link: Link::new(&self.options.url, self.options.command_timeout)?,
+            keys: self.keys.clone(),
+            scripts: Scripts::new(),
+            options: self.options.clone(),
+            epoch: self.epoch.clone(),
+        })))
     }
 
     fn numbers_events(&self) -> bool {

@@ -30,7 +30,7 @@ mod segments;
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rusqlite::Connection;
@@ -38,8 +38,8 @@ use rusqlite::Connection;
 use self::segments::Segments;
 use super::checkpoint::{self, Checkpointer};
 use super::{
-    DeadLetter, DurableState, EventQuery, EventStore, NewDeadLetter, Order, Retention, StoreError,
-    StoreStats,
+    DeadLetter, DurableState, EventQuery, EventReads, EventStore, NewDeadLetter, Order, Retention,
+    StoreError, StoreStats,
 };
 use crate::config::{Config, StoreConfig};
 use crate::protocol::EncodedEvent;
@@ -80,6 +80,9 @@ impl Default for SqliteOptions {
 
 pub struct SqliteStore {
     conn: Connection,
+    /// The database file; `None` on a connection that only reads, which opens no
+    /// readers of its own.
+    path: Option<PathBuf>,
     /// `None` on a connection that only reads ([`SqliteStore::open_read_only`]).
     checkpointer: Option<Checkpointer>,
     segments: Segments,
@@ -118,6 +121,7 @@ impl SqliteStore {
         let checkpointer = Checkpointer::start(path, options.synchronous_full, checkpoint_bytes)?;
         Ok(SqliteStore {
             conn,
+            path: Some(path.to_owned()),
             checkpointer: Some(checkpointer),
             segments,
             rows,
@@ -135,6 +139,7 @@ impl SqliteStore {
         let (rows, recorded) = segments::count_rows(&mut conn, &segments, false)?;
         Ok(SqliteStore {
             conn,
+            path: None,
             checkpointer: None,
             segments,
             rows,
@@ -146,6 +151,27 @@ impl SqliteStore {
     /// router opens them one by one with [`EventStore::durable_open`]).
     pub fn durables(&self) -> Result<Vec<StoredDurable>, StoreError> {
         durable::list(&self.conn)
+    }
+}
+
+/// A read-only connection to the writer's file (the store's read pool). WAL lets it
+/// read while the writer commits; each query runs in one read transaction, so it sees
+/// one snapshot even when retention drops a segment meanwhile, and it finds the
+/// segment tables anew, since the writer adds and drops them.
+pub struct SqliteReader {
+    conn: Connection,
+    /// Cursors per segment, as the writer recorded them.
+    per: u64,
+}
+
+impl EventReads for SqliteReader {
+    fn query(&mut self, q: &EventQuery) -> Result<Vec<Arc<EncodedEvent>>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let segments = Segments::read(&tx, self.per)?;
+        let found = reads::query(&tx, &segments, q)?;
+        // Read only: ending the transaction releases its snapshot.
+        tx.rollback()?;
+        Ok(found)
     }
 }
 
@@ -168,6 +194,16 @@ fn to_i64(n: u64) -> i64 {
 impl EventStore for SqliteStore {
     fn kind(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn reader(&self) -> Result<Option<Box<dyn EventReads>>, StoreError> {
+        let Some(path) = &self.path else {
+            return Ok(None);
+        };
+        Ok(Some(Box::new(SqliteReader {
+            conn: schema::connect_read_only(path)?,
+            per: self.segments.per,
+        })))
     }
 
     fn last_cursor(&self) -> Result<u64, StoreError> {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::segments::Segments;
 use super::{decode, to_i64, SqliteStore};
@@ -71,77 +71,93 @@ impl SqliteStore {
 
     /// [`EventStore::query`](crate::store::EventStore::query).
     pub(super) fn run_query(&self, q: &EventQuery) -> Result<Vec<Arc<EncodedEvent>>, StoreError> {
-        // Type and priority filter in SQL; the topic pattern is checked here, page by
-        // page, narrowed by its literal prefix.
-        let prefix: Vec<&str> = q
-            .topic
-            .as_ref()
-            .map(|p| p.literal_prefix().collect())
-            .unwrap_or_default();
-        let like = if prefix.is_empty() {
-            "%".to_owned()
-        } else {
-            let escaped = prefix
-                .join(".")
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
-            format!("{escaped}%")
-        };
-        let after = q.after.unwrap_or(0);
-        let mut found = Vec::new();
-        for n in self.segments.in_order(q.order) {
-            if self.segments.last_cursor_of(n) <= after {
-                // Nothing after `after` in this one.
-                continue;
-            }
-            let sql = format!(
-                "SELECT cursor, envelope FROM {}
-                 WHERE cursor > ?1 AND cursor < ?2
-                   AND (?3 IS NULL OR type = ?3) AND (?4 IS NULL OR priority = ?4)
-                   AND topic LIKE ?5 ESCAPE '\\'
-                 ORDER BY cursor {} LIMIT ?6",
-                Segments::name(n),
-                if q.order == Order::Asc { "ASC" } else { "DESC" }
-            );
-            let mut stmt = self.conn.prepare_cached(&sql)?;
-            // Concrete bounds, so that SQLite searches the primary key instead of
-            // scanning.
-            let (mut lower, mut upper) = (to_i64(after), i64::MAX);
-            loop {
-                let page: Vec<(i64, String)> = stmt
-                    .query_map(
-                        params![
-                            lower,
-                            upper,
-                            q.event_type,
-                            q.priority.map(|p| p.as_str()),
-                            like,
-                            PAGE as i64
-                        ],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )?
-                    .collect::<Result<_, _>>()?;
-                let Some(&(last, _)) = page.last() else { break };
-                let full = page.len() == PAGE;
-                for (cursor, envelope) in page {
-                    let e = decode(cursor as u64, &envelope)?;
-                    if q.matches(&e) {
-                        found.push(e);
-                        if found.len() >= q.limit {
-                            return Ok(found);
-                        }
+        query(&self.conn, &self.segments, q)
+    }
+}
+
+/// A query on `conn`, over the tables `segments` names. Type and priority filter in
+/// SQL; the topic pattern is checked here, page by page, narrowed by its literal
+/// prefix.
+pub(super) fn query(
+    conn: &Connection,
+    segments: &Segments,
+    q: &EventQuery,
+) -> Result<Vec<Arc<EncodedEvent>>, StoreError> {
+    let prefix: Vec<&str> = q
+        .topic
+        .as_ref()
+        .map(|p| p.literal_prefix().collect())
+        .unwrap_or_default();
+    let like = if prefix.is_empty() {
+        "%".to_owned()
+    } else {
+        let escaped = prefix
+            .join(".")
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        format!("{escaped}%")
+    };
+    let after = q.after.unwrap_or(0);
+    let mut found = Vec::new();
+    for n in segments.in_order(q.order) {
+        if segments.last_cursor_of(n) <= after {
+            // Nothing after `after` in this one.
+            continue;
+        }
+        let sql = format!(
+            "SELECT cursor, topic, envelope FROM {}
+             WHERE cursor > ?1 AND cursor < ?2
+               AND (?3 IS NULL OR type = ?3) AND (?4 IS NULL OR priority = ?4)
+               AND topic LIKE ?5 ESCAPE '\\'
+             ORDER BY cursor {} LIMIT ?6",
+            Segments::name(n),
+            if q.order == Order::Asc { "ASC" } else { "DESC" }
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        // Concrete bounds, so that SQLite searches the primary key instead of
+        // scanning.
+        let (mut lower, mut upper) = (to_i64(after), i64::MAX);
+        loop {
+            let page: Vec<(i64, String, String)> = stmt
+                .query_map(
+                    params![
+                        lower,
+                        upper,
+                        q.event_type,
+                        q.priority.map(|p| p.as_str()),
+                        like,
+                        PAGE as i64
+                    ],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?
+                .collect::<Result<_, _>>()?;
+            let Some(&(last, _, _)) = page.last() else {
+                break;
+            };
+            let full = page.len() == PAGE;
+            for (cursor, topic, envelope) in page {
+                // The pattern on the topic column first: a scan over rows it rejects
+                // decodes none of them.
+                if !q.topic.as_ref().is_none_or(|p| p.matches(&topic)) {
+                    continue;
+                }
+                let e = decode(cursor as u64, &envelope)?;
+                if q.matches(&e) {
+                    found.push(e);
+                    if found.len() >= q.limit {
+                        return Ok(found);
                     }
                 }
-                if !full {
-                    break;
-                }
-                match q.order {
-                    Order::Asc => lower = last,
-                    Order::Desc => upper = last,
-                }
+            }
+            if !full {
+                break;
+            }
+            match q.order {
+                Order::Asc => lower = last,
+                Order::Desc => upper = last,
             }
         }
-        Ok(found)
     }
+    Ok(found)
 }

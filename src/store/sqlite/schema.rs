@@ -1,7 +1,8 @@
 //! The tables of the database file and the settings of the writer's connection.
 //!
 //! Owns: the `CREATE` statements, the pragmas, dropping the index an older file
-//! still has, and the read-only connection of `switchyard cluster import`. Must not: read or write rows (an older file's `events` table is read as a
+//! still has, and the read-only connections (the store's read pool, `switchyard cluster
+//! import`). Must not: read or write rows (an older file's `events` table is read as a
 //! segment; see `segments`).
 
 use std::path::Path;
