@@ -130,13 +130,16 @@ impl StoreActor {
     }
 
     /// Count limits are enforced after appends (every tenth of the limit), age limits on
-    /// the timer.
-    fn enforce_retention(&mut self, retention: Retention) {
+    /// the timer. A backend deletes a bounded number of rows per pass, so a pass that
+    /// removed something is followed by another, behind the commits already waiting:
+    /// a large deletion never holds the commit path for long.
+    fn enforce_retention(&mut self, retention: Retention, ctx: &mut Context<Self>) {
         match self.store.apply_retention(&retention) {
             Ok(0) => {}
             Ok(n) => {
                 log::debug!("retention removed {n} events");
                 self.note_removed();
+                ctx.notify(RetentionPass(retention));
             }
             Err(e) => log::error!("retention failed: {e}"),
         }
@@ -152,12 +155,13 @@ impl Actor for StoreActor {
             self.reads = Some(ctx.address().recipient());
         }
         if self.retention != Retention::default() {
-            ctx.run_interval(RETENTION_INTERVAL, |act, _| {
+            ctx.run_interval(RETENTION_INTERVAL, |act, ctx| {
                 if act.retention.max_age.is_some() {
-                    act.enforce_retention(Retention {
+                    let age_only = Retention {
                         max_events: None,
                         ..act.retention
-                    });
+                    };
+                    act.enforce_retention(age_only, ctx);
                 }
             });
         }
@@ -192,25 +196,26 @@ impl StoreActor {
         if let Some(max) = self.retention.max_events {
             if self.since_retention >= (max / 10).max(1) {
                 self.since_retention = 0;
-                ctx.notify(CountRetention);
+                let count_only = Retention {
+                    max_age: None,
+                    ..self.retention
+                };
+                ctx.notify(RetentionPass(count_only));
             }
         }
     }
 }
 
-/// Internal: enforce the count limit.
+/// Internal: one bounded retention pass.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct CountRetention;
+struct RetentionPass(Retention);
 
-impl Handler<CountRetention> for StoreActor {
+impl Handler<RetentionPass> for StoreActor {
     type Result = ();
 
-    fn handle(&mut self, _: CountRetention, _: &mut Context<Self>) {
-        self.enforce_retention(Retention {
-            max_age: None,
-            ..self.retention
-        });
+    fn handle(&mut self, msg: RetentionPass, ctx: &mut Context<Self>) {
+        self.enforce_retention(msg.0, ctx);
     }
 }
 

@@ -19,6 +19,11 @@ pub(super) const RECORD_LAST_CURSOR: &str = "
     INSERT INTO meta (key, value) VALUES ('last_cursor', ?1)
     ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)";
 
+/// Rows one pass deletes from the segment a limit falls in; the store actor runs
+/// passes until one removes nothing, committing events in between. Whole segments are
+/// dropped at once (cheap, whatever their size).
+const MAX_ROWS_PER_PASS: i64 = 8192;
+
 impl SqliteStore {
     /// [`EventStore::apply_retention`](crate::store::EventStore::apply_retention).
     pub(super) fn retain(&mut self, retention: &Retention) -> Result<u64, StoreError> {
@@ -48,8 +53,11 @@ impl SqliteStore {
                 match last {
                     Some(last) if last.max(0) as u64 > threshold => {
                         let rows = tx.execute(
-                            &format!("DELETE FROM {name} WHERE cursor <= ?1"),
-                            params![to_i64(threshold)],
+                            &format!(
+                                "DELETE FROM {name} WHERE cursor <= ?1 \
+                                 AND cursor < (SELECT min(cursor) FROM {name}) + ?2"
+                            ),
+                            params![to_i64(threshold), MAX_ROWS_PER_PASS],
                         )? as u64;
                         *trimmed.entry(n).or_default() += rows;
                         break;
@@ -89,8 +97,11 @@ impl SqliteStore {
                 match first_kept {
                     Some(first) => {
                         let rows = tx.execute(
-                            &format!("DELETE FROM {name} WHERE cursor < ?1"),
-                            params![first],
+                            &format!(
+                                "DELETE FROM {name} WHERE cursor < ?1 \
+                                 AND cursor < (SELECT min(cursor) FROM {name}) + ?2"
+                            ),
+                            params![first, MAX_ROWS_PER_PASS],
                         )? as u64;
                         *trimmed.entry(n).or_default() += rows;
                         break;
