@@ -16,6 +16,10 @@ use super::topic::validate_topic;
 use super::Priority;
 use crate::error::{ErrorCode, ProtocolError};
 
+/// The publisher of every event while auth is off (`auth::ANONYMOUS`), and of every
+/// event stored before publishers were recorded.
+pub const ANONYMOUS: &str = "anonymous";
+
 /// Longest accepted `id`, `type`, `source`, `target`, `correlation_id`, `agent_id` or `task_id`.
 pub const MAX_FIELD_LEN: usize = 256;
 

@@ -11,7 +11,7 @@ pub mod topic;
 use std::sync::Arc;
 
 pub use command::{decode, Command, Decoded, SubscribeRequest};
-pub use event::Event;
+pub use event::{Event, ANONYMOUS};
 pub use priority::Priority;
 pub use reply::{PublishOk, PublishResult, Reply};
 
