@@ -89,11 +89,12 @@ pub struct ValidatedBatch {
 }
 
 impl ValidatedBatch {
-    pub fn new(raw: &[&serde_json::value::RawValue], default_source: &str) -> ValidatedBatch {
+    /// Validates `raw` events published by `publisher` ([`Event::from_raw`]).
+    pub fn new(raw: &[&serde_json::value::RawValue], publisher: &str) -> ValidatedBatch {
         let mut slots = Vec::with_capacity(raw.len());
         let mut valid = Vec::with_capacity(raw.len());
         for text in raw {
-            match Event::from_raw(text, default_source) {
+            match Event::from_raw(text, publisher) {
                 Ok(event) => {
                     valid.push(event);
                     slots.push(None);
