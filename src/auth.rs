@@ -442,16 +442,25 @@ pub fn bearer(req: &actix_web::HttpRequest, allow_query: bool) -> Option<String>
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.trim().split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| token.trim().to_owned())
-        });
+        .and_then(bearer_of_header);
     if header.is_some() || !allow_query {
         return header;
     }
-    actix_web::web::Query::<TokenQuery>::from_query(req.query_string())
+    token_of_query(req.query_string())
+}
+
+/// The token of an `Authorization` header's value, if its scheme is `Bearer` (any
+/// case).
+pub fn bearer_of_header(value: &str) -> Option<String> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+/// `token` of a URL's query string (`a=1&token=...`), percent-decoded.
+pub fn token_of_query(query: &str) -> Option<String> {
+    actix_web::web::Query::<TokenQuery>::from_query(query)
         .ok()
         .and_then(|q| q.into_inner().token)
 }
