@@ -13,7 +13,7 @@ seconds="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(decode pattern filter subscription)
+    targets=(decode pattern filter subscription event_roundtrip condition auth http_batch)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

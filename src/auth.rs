@@ -9,7 +9,13 @@
 //!
 //! With no token and no JWT secret configured, auth is off: every caller is the
 //! principal `anonymous` with every grant, and the server refuses to listen on a
-//! non-loopback address unless told `--insecure` ([`check_exposure`]).
+//! non-loopback address unless told `--insecure` ([`check_exposure`]). With auth on,
+//! no credential may name that principal: `anonymous` is the scope of every event id
+//! published while auth was off (see `routing::dedupe`), so reusing the name would
+//! let a token see those.
+//!
+//! Principals cannot pass for each other: an event's `source` is its publisher's name
+//! unless the credential grants other source names ([`Principal::check_source`]).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,10 +27,11 @@ use subtle::ConstantTimeEq;
 
 use crate::config::{AuthConfig, TokenConfig};
 use crate::error::{ErrorCode, ProtocolError};
+use crate::protocol::event::MAX_FIELD_LEN;
 use crate::routing::pattern::Pattern;
 
 /// The principal of every caller when auth is off.
-pub const ANONYMOUS: &str = "anonymous";
+pub const ANONYMOUS: &str = crate::protocol::ANONYMOUS;
 /// Shortest accepted static token.
 pub const MIN_TOKEN_LEN: usize = 16;
 /// Shortest accepted JWT secret, in bytes.
@@ -50,9 +57,19 @@ pub struct Principal {
     pub name: String,
     publish: Grant,
     subscribe: Grant,
+    /// `source` names it may publish under besides its own; `None`: any (auth off).
+    sources: Option<Vec<String>>,
     pub admin: bool,
     /// When its credential stops being valid (JWTs); a live connection is closed then.
     pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Grants as configured for a token or carried by a JWT's claims.
+struct Grants<'a> {
+    publish: &'a [String],
+    subscribe: &'a [String],
+    sources: &'a [String],
+    admin: bool,
 }
 
 /// Topic patterns a principal may use; `All` when auth is off.
@@ -93,6 +110,7 @@ impl Principal {
             name: ANONYMOUS.to_owned(),
             publish: Grant::All,
             subscribe: Grant::All,
+            sources: None,
             admin: true,
             expires_at: None,
         })
@@ -100,19 +118,32 @@ impl Principal {
 
     fn from_grants(
         name: String,
-        publish: &[String],
-        subscribe: &[String],
-        admin: bool,
+        grants: Grants<'_>,
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<Principal, String> {
         if name.is_empty() || name.len() > 128 {
             return Err("the name must be 1 to 128 bytes long".into());
         }
+        if name == ANONYMOUS {
+            return Err(format!(
+                "the name `{ANONYMOUS}` is reserved for callers when auth is off"
+            ));
+        }
+        if let Some(bad) = grants
+            .sources
+            .iter()
+            .find(|s| s.is_empty() || s.len() > MAX_FIELD_LEN)
+        {
+            return Err(format!(
+                "source grant `{bad}` must be 1 to {MAX_FIELD_LEN} bytes long"
+            ));
+        }
         Ok(Principal {
-            publish: Grant::parse(publish, "publish grant")?,
-            subscribe: Grant::parse(subscribe, "subscribe grant")?,
+            publish: Grant::parse(grants.publish, "publish grant")?,
+            subscribe: Grant::parse(grants.subscribe, "subscribe grant")?,
+            sources: Some(grants.sources.to_vec()),
             name,
-            admin,
+            admin: grants.admin,
             expires_at,
         })
     }
@@ -142,6 +173,23 @@ impl Principal {
         ))
     }
 
+    /// `forbidden` unless it may publish an event whose `source` is `source`: its own
+    /// name, or one its `sources` grant matches. An event that names no source was
+    /// given the principal's name, so only an explicit other name is refused.
+    pub fn check_source(&self, source: &str) -> Result<(), ProtocolError> {
+        let allowed = match &self.sources {
+            None => true,
+            Some(globs) => source == self.name || globs.iter().any(|g| glob_matches(g, source)),
+        };
+        if allowed {
+            return Ok(());
+        }
+        Err(ProtocolError::new(
+            ErrorCode::Forbidden,
+            format!("`{}` may not publish as source `{source}`", self.name),
+        ))
+    }
+
     /// `forbidden` unless it is an admin.
     pub fn check_admin(&self) -> Result<(), ProtocolError> {
         if self.admin {
@@ -159,6 +207,32 @@ impl Principal {
     }
 }
 
+/// Does `name` match `glob`, where `*` stands for any run of characters (none too)
+/// and everything else for itself? Linear in practice: on a mismatch only the last
+/// `*` is retried one character further, never an earlier one.
+pub fn glob_matches(glob: &str, name: &str) -> bool {
+    let (g, n) = (glob.as_bytes(), name.as_bytes());
+    let (mut gi, mut ni) = (0, 0);
+    // The last `*` seen, and the position in `name` it is retried from.
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if gi < g.len() && g[gi] == b'*' {
+            star = Some((gi, ni));
+            gi += 1;
+        } else if gi < g.len() && g[gi] == n[ni] {
+            gi += 1;
+            ni += 1;
+        } else if let Some((sg, sn)) = star {
+            gi = sg + 1;
+            ni = sn + 1;
+            star = Some((sg, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    g[gi..].iter().all(|&c| c == b'*')
+}
+
 /// Claims of an accepted JWT: the same grants as a static token, and an expiry.
 #[derive(Debug, Deserialize)]
 struct Claims {
@@ -168,6 +242,8 @@ struct Claims {
     publish: Vec<String>,
     #[serde(default)]
     subscribe: Vec<String>,
+    #[serde(default)]
+    sources: Vec<String>,
     #[serde(default)]
     admin: bool,
 }
@@ -219,9 +295,14 @@ impl Authenticator {
             if t.token.matches('.').count() == 2 {
                 return Err(invalid("a static token must not look like a JWT".into()));
             }
+            let grants = Grants {
+                publish: &t.publish,
+                subscribe: &t.subscribe,
+                sources: &t.sources,
+                admin: t.admin,
+            };
             let principal =
-                Principal::from_grants(t.name.clone(), &t.publish, &t.subscribe, t.admin, None)
-                    .map_err(invalid)?;
+                Principal::from_grants(t.name.clone(), grants, None).map_err(invalid)?;
             tokens.push((t.token.into_bytes(), Arc::new(principal)));
         }
         let jwt = if config.jwt_secret.is_empty() {
@@ -233,12 +314,9 @@ impl Authenticator {
                     message: format!("must be at least {MIN_JWT_SECRET_LEN} bytes long"),
                 });
             }
-            let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
-            validation.leeway = 0;
-            validation.set_required_spec_claims(&["exp", "sub"]);
             Some((
                 jsonwebtoken::DecodingKey::from_secret(config.jwt_secret.as_bytes()),
-                validation,
+                jwt_validation(config),
             ))
         };
         Ok(Authenticator {
@@ -279,6 +357,28 @@ impl Authenticator {
     }
 }
 
+/// What a JWT must satisfy. Only HS256 (`alg: none` and every other algorithm are
+/// refused), `exp` and `sub` present, `exp` past and `nbf` not yet reached refused
+/// with no leeway (jsonwebtoken checks `nbf` only when told), and `aud` and `iss`
+/// required to be the configured ones when configured. With no audience configured,
+/// a token naming one is refused: it was meant for another service.
+fn jwt_validation(config: &AuthConfig) -> jsonwebtoken::Validation {
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.leeway = 0;
+    validation.validate_nbf = true;
+    let mut required = vec!["exp", "sub"];
+    if !config.jwt_audience.is_empty() {
+        validation.set_audience(&[&config.jwt_audience]);
+        required.push("aud");
+    }
+    if !config.jwt_issuer.is_empty() {
+        validation.set_issuer(&[&config.jwt_issuer]);
+        required.push("iss");
+    }
+    validation.set_required_spec_claims(&required);
+    validation
+}
+
 fn decode_jwt(
     credential: &str,
     key: &jsonwebtoken::DecodingKey,
@@ -289,6 +389,10 @@ fn decode_jwt(
     let data = jsonwebtoken::decode::<Claims>(credential, key, validation).map_err(|e| {
         unauthorized(match e.kind() {
             ErrorKind::ExpiredSignature => "the token has expired".into(),
+            ErrorKind::ImmatureSignature => "the token is not valid yet (`nbf`)".into(),
+            ErrorKind::InvalidAudience => "the token is not meant for this server (`aud`)".into(),
+            ErrorKind::InvalidIssuer => "the token's issuer is not accepted (`iss`)".into(),
+            ErrorKind::InvalidAlgorithm => "the token's algorithm is not accepted".into(),
             ErrorKind::InvalidSignature => "invalid token signature".into(),
             ErrorKind::MissingRequiredClaim(c) => format!("the token lacks the `{c}` claim"),
             _ => "invalid token".into(),
@@ -297,9 +401,14 @@ fn decode_jwt(
     let c = data.claims;
     let expires_at = DateTime::from_timestamp(c.exp, 0)
         .ok_or_else(|| unauthorized("the token's `exp` is out of range".into()))?;
-    let principal =
-        Principal::from_grants(c.sub, &c.publish, &c.subscribe, c.admin, Some(expires_at))
-            .map_err(|e| unauthorized(format!("the token's claims are not valid: {e}")))?;
+    let grants = Grants {
+        publish: &c.publish,
+        subscribe: &c.subscribe,
+        sources: &c.sources,
+        admin: c.admin,
+    };
+    let principal = Principal::from_grants(c.sub, grants, Some(expires_at))
+        .map_err(|e| unauthorized(format!("the token's claims are not valid: {e}")))?;
     Ok(Arc::new(principal))
 }
 
@@ -333,16 +442,25 @@ pub fn bearer(req: &actix_web::HttpRequest, allow_query: bool) -> Option<String>
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.trim().split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| token.trim().to_owned())
-        });
+        .and_then(bearer_of_header);
     if header.is_some() || !allow_query {
         return header;
     }
-    actix_web::web::Query::<TokenQuery>::from_query(req.query_string())
+    token_of_query(req.query_string())
+}
+
+/// The token of an `Authorization` header's value, if its scheme is `Bearer` (any
+/// case).
+pub fn bearer_of_header(value: &str) -> Option<String> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+/// `token` of a URL's query string (`a=1&token=...`), percent-decoded.
+pub fn token_of_query(query: &str) -> Option<String> {
+    actix_web::web::Query::<TokenQuery>::from_query(query)
         .ok()
         .and_then(|q| q.into_inner().token)
 }
@@ -366,9 +484,12 @@ mod tests {
                 publish: vec!["task.>".into()],
                 subscribe: vec!["task.>".into(), "agent.*".into()],
                 admin: false,
+                sources: vec!["planner-*".into()],
             }],
             tokens_file: Default::default(),
             jwt_secret: SECRET.into(),
+            jwt_audience: String::new(),
+            jwt_issuer: String::new(),
         }
     }
 
@@ -433,6 +554,163 @@ mod tests {
         );
     }
 
+    /// The header `{"alg":"none","typ":"JWT"}`, base64url.
+    const ALG_NONE: &str = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0";
+
+    fn jwt_with(alg: jsonwebtoken::Algorithm, claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(alg),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn jwts_are_refused_unless_every_claim_checks_out() {
+        use jsonwebtoken::Algorithm::{HS256, HS384, HS512};
+        let mut c = config();
+        c.jwt_audience = "switchyard".into();
+        c.jwt_issuer = "https://issuer.example".into();
+        let strict = Authenticator::from_config(&c).unwrap();
+        let lax = Authenticator::from_config(&config()).unwrap();
+        let now = Utc::now().timestamp();
+        let base = serde_json::json!({"sub": "bot", "exp": now + 60,
+            "aud": "switchyard", "iss": "https://issuer.example"});
+        let with = |extra: serde_json::Value| {
+            let mut claims = base.clone();
+            for (k, v) in extra.as_object().unwrap() {
+                if v.is_null() {
+                    claims.as_object_mut().unwrap().remove(k);
+                } else {
+                    claims[k] = v.clone();
+                }
+            }
+            claims
+        };
+        let good = jwt_with(HS256, base.clone());
+        assert_eq!(strict.authenticate(Some(&good)).unwrap().name, "bot");
+        let claims_part = good.split('.').nth(1).unwrap();
+        // (authenticator, token, what the refusal says)
+        let table: Vec<(&Authenticator, String, &str)> = vec![
+            (
+                &strict,
+                format!("{ALG_NONE}.{claims_part}."),
+                "invalid token",
+            ),
+            (&lax, format!("{ALG_NONE}.{claims_part}."), "invalid token"),
+            (&strict, jwt_with(HS384, base.clone()), "algorithm"),
+            (&strict, jwt_with(HS512, base.clone()), "algorithm"),
+            (
+                &strict,
+                jwt_with(HS256, with(serde_json::json!({"nbf": now + 60}))),
+                "nbf",
+            ),
+            (
+                &lax,
+                jwt_with(
+                    HS256,
+                    serde_json::json!({"sub": "b", "exp": now + 60, "nbf": now + 60}),
+                ),
+                "nbf",
+            ),
+            (
+                &strict,
+                jwt_with(HS256, with(serde_json::json!({"aud": "other"}))),
+                "aud",
+            ),
+            (
+                &strict,
+                jwt_with(HS256, with(serde_json::json!({"aud": null}))),
+                "aud",
+            ),
+            (
+                &strict,
+                jwt_with(
+                    HS256,
+                    with(serde_json::json!({"iss": "https://evil.example"})),
+                ),
+                "iss",
+            ),
+            (
+                &strict,
+                jwt_with(HS256, with(serde_json::json!({"iss": null}))),
+                "iss",
+            ),
+            // No audience configured: a token meant for some other service is refused.
+            (&lax, jwt_with(HS256, base.clone()), "aud"),
+            (
+                &strict,
+                jwt_with(HS256, with(serde_json::json!({"sub": ANONYMOUS}))),
+                "reserved",
+            ),
+        ];
+        for (i, (auth, token, why)) in table.iter().enumerate() {
+            let e = auth.authenticate(Some(token)).unwrap_err();
+            assert_eq!(e.code, ErrorCode::Unauthorized, "row {i}");
+            assert!(e.message.contains(why), "row {i}: {}", e.message);
+        }
+        // `nbf` reached, and no `aud` or `iss` where none is configured: accepted.
+        let fine = serde_json::json!({"sub": "b", "exp": now + 60, "nbf": now - 1});
+        assert!(lax.authenticate(Some(&jwt_with(HS256, fine))).is_ok());
+    }
+
+    #[test]
+    fn source_globs_table() {
+        let table = [
+            ("billing-*", "billing-eu", true),
+            ("billing-*", "billing-", true),
+            ("billing-*", "billing", false),
+            ("*", "", true),
+            ("*", "anything", true),
+            ("a*b*c", "aXXbYYc", true),
+            ("a*b*c", "aXXbYY", false),
+            ("a*b", "abab", true),
+            ("exact", "exact", true),
+            ("exact", "exactly", false),
+            ("", "", true),
+            ("", "x", false),
+            ("**x", "yyx", true),
+            ("é*", "éa", true),
+        ];
+        for (glob, name, want) in table {
+            assert_eq!(glob_matches(glob, name), want, "{glob:?} vs {name:?}");
+        }
+        // No blow-up on many stars against a long non-match.
+        let long = "a".repeat(256);
+        assert!(!glob_matches(&format!("{}b", "*a".repeat(100)), &long));
+    }
+
+    #[test]
+    fn the_source_is_the_principal_unless_granted_others() {
+        let auth = Authenticator::from_config(&config()).unwrap();
+        let p = auth.authenticate(Some("planner-token-0123456789")).unwrap();
+        for (source, ok) in [
+            ("planner", true),
+            ("planner-eu", true),
+            ("billing", false),
+            ("anonymous", false),
+            ("plannerx", false),
+        ] {
+            let r = p.check_source(source);
+            assert_eq!(r.is_ok(), ok, "{source}");
+            if let Err(e) = r {
+                assert_eq!(e.code, ErrorCode::Forbidden);
+            }
+        }
+        let exp = Utc::now().timestamp() + 60;
+        let t = jwt(serde_json::json!({"sub": "ops", "exp": exp, "sources": ["ci-*"]}));
+        let p = auth.authenticate(Some(&t)).unwrap();
+        assert!(p.check_source("ops").is_ok() && p.check_source("ci-7").is_ok());
+        assert!(p.check_source("planner").is_err());
+        let none = jwt(serde_json::json!({"sub": "ops", "exp": exp}));
+        let p = auth.authenticate(Some(&none)).unwrap();
+        assert!(p.check_source("ops").is_ok() && p.check_source("ci-7").is_err());
+        // Auth off: any source.
+        let off = Authenticator::from_config(&AuthConfig::default()).unwrap();
+        assert!(off.authenticate(None).unwrap().check_source("x").is_ok());
+    }
+
     #[test]
     fn setup_errors_name_the_key() {
         let mut c = config();
@@ -448,6 +726,13 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("jwt_secret"));
+        let mut c = config();
+        c.tokens[0].name = ANONYMOUS.into();
+        let e = Authenticator::from_config(&c).unwrap_err().to_string();
+        assert!(e.contains("reserved"), "{e}");
+        let mut c = config();
+        c.tokens[0].sources = vec![String::new()];
+        assert!(Authenticator::from_config(&c).is_err());
         let debug = format!("{:?}", Authenticator::from_config(&config()).unwrap());
         assert!(!debug.contains("planner-token"), "{debug}");
     }

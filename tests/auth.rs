@@ -30,6 +30,7 @@ fn token(
         publish: publish.iter().map(|s| s.to_string()).collect(),
         subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
         admin,
+        sources: Vec::new(),
     }
 }
 

@@ -184,6 +184,7 @@ async fn sends_its_token() {
             publish: vec!["agent.>".into()],
             subscribe: vec!["agent.>".into()],
             admin: false,
+            sources: Vec::new(),
         }];
     })
     .await;

@@ -65,6 +65,7 @@ fn with_tokens(c: &mut Config) {
         publish: vec![">".into()],
         subscribe: vec![">".into()],
         admin,
+        sources: Vec::new(),
     };
     c.auth.tokens = vec![token("ops", ADMIN, true), token("viewer", VIEWER, false)];
 }

@@ -231,6 +231,7 @@ fn token(name: &str, token: &str, publish: &[&str], subscribe: &[&str]) -> Token
         publish: publish.iter().map(|s| s.to_string()).collect(),
         subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
         admin: false,
+        sources: vec![],
     }
 }
 

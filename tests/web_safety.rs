@@ -191,6 +191,7 @@ fn with_token(c: &mut Config) {
         publish: vec![">".into()],
         subscribe: vec![">".into()],
         admin: true,
+        sources: vec![],
     }];
 }
 

@@ -5,11 +5,11 @@
 //! [`router::publish`] directly.)
 //!
 //! Owns, in this order: the size and batch limits, validation of each event, the
-//! topics reserved to the server (`switchyard.>`), the caller's publish grants, the
-//! connection's rate budget, overload admission, and the hand-off to the router. Must
-//! not: know the transport. How a refusal reaches the client (an `error` frame, an
-//! HTTP status, one result of a batch) and how a publisher waits out an overload pause
-//! are the caller's.
+//! topics reserved to the server (`switchyard.>`), the caller's publish grants (topic
+//! and `source`), the connection's rate budget, overload admission, and the hand-off to
+//! the router. Must not: know the transport. How a refusal reaches the client (an
+//! `error` frame, an HTTP status, one result of a batch) and how a publisher waits out
+//! an overload pause are the caller's.
 
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
@@ -131,7 +131,9 @@ impl Ingress {
         }
         let mut batch = ValidatedBatch::new(raw, &caller.name);
         batch.refuse_where(|e| {
-            check_not_reserved(&e.topic).and_then(|()| caller.check_publish(&e.topic))
+            check_not_reserved(&e.topic)?;
+            caller.check_publish(&e.topic)?;
+            caller.check_source(&e.source)
         });
         if shape == Shape::One {
             if let Some(e) = batch.first_error() {

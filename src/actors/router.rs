@@ -55,7 +55,7 @@ use crate::protocol::{EncodedEvent, Event};
 use crate::routing::condition::MatchInput;
 use crate::routing::dedupe::DedupeWindow;
 use crate::routing::index::SubscriptionIndex;
-use crate::store::NewEvent;
+use crate::store::{NewEvent, StoredId};
 
 /// Events routed per `Drain` turn before the router yields to its mailbox, so that a
 /// critical publish is never stuck behind a long backlog for more than one turn.
@@ -165,9 +165,9 @@ pub struct Router {
 pub struct StoredState {
     /// The highest cursor ever stored.
     pub last_cursor: u64,
-    /// Ids and cursors of the newest events, oldest first, at most
-    /// `router.dedupe_window` of them.
-    pub recent_ids: Vec<(String, u64)>,
+    /// Ids (with their publishers) and cursors of the newest events, oldest first, at
+    /// most `router.dedupe_window` of them.
+    pub recent_ids: Vec<StoredId>,
     /// The log numbers events itself (`EventStore::numbers_events`).
     pub shared_log: bool,
 }
@@ -189,8 +189,8 @@ impl Router {
             shared_log,
         } = stored;
         let mut dedupe = DedupeWindow::new(config.router.dedupe_window);
-        for (id, cursor) in &recent_ids {
-            dedupe.insert(id, *cursor);
+        for stored in &recent_ids {
+            dedupe.insert(&stored.publisher, &stored.id, stored.cursor);
         }
         Router {
             store,

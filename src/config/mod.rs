@@ -173,6 +173,12 @@ pub struct AuthConfig {
     /// HS256 secret for JWTs; empty: JWTs are not accepted.
     #[serde(default)]
     pub jwt_secret: String,
+    /// The `aud` a JWT must name; empty: a JWT naming any audience is refused.
+    #[serde(default)]
+    pub jwt_audience: String,
+    /// The `iss` a JWT must carry; empty: not checked.
+    #[serde(default)]
+    pub jwt_issuer: String,
 }
 
 /// One static token and what it grants.
@@ -191,6 +197,10 @@ pub struct TokenConfig {
     /// Dead-letter and subscription management.
     #[serde(default)]
     pub admin: bool,
+    /// `source` names it may publish under besides its own name (`*` matches any run
+    /// of characters); an event naming another source is refused.
+    #[serde(default)]
+    pub sources: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

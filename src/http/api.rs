@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{body, Admin, AppState, Caller, ConnectionBudget};
@@ -15,7 +14,7 @@ use crate::actors::ingress::Shape;
 use crate::actors::router::{self, Dedupe};
 use crate::actors::store;
 use crate::error::{ErrorCode, HttpError, ProtocolError};
-use crate::protocol::event::check_json;
+use crate::protocol::split_events_body;
 use crate::protocol::Priority;
 use crate::protocol::{PublishResult, Reply};
 use crate::routing::pattern::Pattern;
@@ -268,25 +267,7 @@ pub async fn publish(
         .ingress
         .check_size(body.len(), shape)
         .map_err(HttpError)?;
-    // Events stay JSON text until validated (`Event::from_raw`), as over WebSocket;
-    // the body as a whole must be JSON a client could have parsed.
-    let text = std::str::from_utf8(&body)
-        .map_err(|e| HttpError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}")))?;
-    check_json(text).map_err(HttpError)?;
-    // Checked above: this parse cannot fail.
-    let invalid_json =
-        |e: serde_json::Error| HttpError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}"));
-    let raw: Vec<&RawValue> = if single {
-        vec![serde_json::from_str(text).map_err(invalid_json)?]
-    } else {
-        serde_json::from_str(text).map_err(invalid_json)?
-    };
-    if raw.is_empty() {
-        return Err(HttpError::new(
-            ErrorCode::InvalidEvent,
-            "the array holds no event",
-        ));
-    }
+    let raw = split_events_body(&body).map_err(HttpError)?.events;
     let budget = ConnectionBudget::of(&req, &state.config.limits);
     let admitted = state
         .ingress

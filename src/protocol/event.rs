@@ -16,6 +16,10 @@ use super::topic::validate_topic;
 use super::Priority;
 use crate::error::{ErrorCode, ProtocolError};
 
+/// The publisher of every event while auth is off (`auth::ANONYMOUS`), and of every
+/// event stored before publishers were recorded.
+pub const ANONYMOUS: &str = "anonymous";
+
 /// Longest accepted `id`, `type`, `source`, `target`, `correlation_id`, `agent_id` or `task_id`.
 pub const MAX_FIELD_LEN: usize = 256;
 
@@ -44,6 +48,16 @@ pub struct Event {
     /// so no duplicate check needs it. Not part of the envelope.
     #[serde(skip)]
     pub id_generated: bool,
+    /// The principal that published it: the scope of its `id` in duplicate checks, so
+    /// that one principal's ids never suppress or reveal another's events. Not part of
+    /// the envelope; read back from a store, it is [`ANONYMOUS`] (the stores keep it
+    /// beside the envelope for the duplicate window only).
+    #[serde(skip, default = "anonymous")]
+    pub publisher: String,
+}
+
+fn anonymous() -> String {
+    ANONYMOUS.to_owned()
 }
 
 fn rfc3339<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
@@ -286,9 +300,10 @@ pub fn type_from_topic(topic: &str) -> String {
 
 impl Event {
     /// Validates and normalises one published event, read straight from the JSON text
-    /// of the command that carried it. `default_source` is used when the event names no
-    /// `source` (the authenticated principal, or `anonymous`).
-    pub fn from_raw(raw: &RawValue, default_source: &str) -> Result<Event, ProtocolError> {
+    /// of the command that carried it. `publisher` is the principal publishing it (or
+    /// `anonymous`): the event's [`Event::publisher`], and its `source` when it names
+    /// none. Whether it may name another source is the caller's check.
+    pub fn from_raw(raw: &RawValue, publisher: &str) -> Result<Event, ProtocolError> {
         let invalid = |msg: String| ProtocolError::new(ErrorCode::InvalidEvent, msg);
         if !raw.get().starts_with('{') {
             return Err(match check_json(raw.get()) {
@@ -348,7 +363,7 @@ impl Event {
             topic,
             priority: input.priority.unwrap_or_default(),
             timestamp: input.timestamp.unwrap_or_else(Utc::now),
-            source: input.source.unwrap_or_else(|| default_source.to_owned()),
+            source: input.source.unwrap_or_else(|| publisher.to_owned()),
             target: input.target,
             correlation_id: input.correlation_id,
             agent_id,
@@ -357,16 +372,17 @@ impl Event {
             metadata: input.metadata.unwrap_or_default(),
             ttl_ms: input.ttl_ms,
             cursor: 0,
+            publisher: publisher.to_owned(),
         })
     }
 
     /// [`Event::from_raw`] for an event built as a `serde_json::Value` (the server's
     /// own notices, and tests).
-    pub fn from_json(value: Value, default_source: &str) -> Result<Event, ProtocolError> {
+    pub fn from_json(value: Value, publisher: &str) -> Result<Event, ProtocolError> {
         let raw = serde_json::value::to_raw_value(&value).map_err(|e| {
             ProtocolError::new(ErrorCode::InvalidEvent, format!("unencodable event: {e}"))
         })?;
-        Event::from_raw(&raw, default_source)
+        Event::from_raw(&raw, publisher)
     }
 
     /// Is the event past `timestamp + ttl_ms` at `now`?

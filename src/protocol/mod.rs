@@ -11,7 +11,7 @@ pub mod topic;
 use std::sync::Arc;
 
 pub use command::{decode, Command, Decoded, SubscribeRequest};
-pub use event::Event;
+pub use event::{Event, ANONYMOUS};
 pub use priority::Priority;
 pub use reply::{PublishOk, PublishResult, Reply};
 
@@ -79,6 +79,39 @@ impl EncodedEvent {
     }
 }
 
+/// The body of `POST /api/events`, split into its events' JSON text: one event
+/// (`single`) or an array of them.
+#[derive(Debug)]
+pub struct EventsBody<'a> {
+    pub events: Vec<&'a serde_json::value::RawValue>,
+    pub single: bool,
+}
+
+/// Splits a `POST /api/events` body into events, as a WebSocket frame is: each stays
+/// JSON text until validated ([`Event::from_raw`]), and the body as a whole must be
+/// JSON a client could have parsed. An empty array is `invalid_event`.
+pub fn split_events_body(body: &[u8]) -> Result<EventsBody<'_>, crate::error::ProtocolError> {
+    use crate::error::{ErrorCode, ProtocolError};
+    let invalid_json =
+        |e: String| ProtocolError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}"));
+    let single = !body.trim_ascii_start().starts_with(b"[");
+    let text = std::str::from_utf8(body).map_err(|e| invalid_json(e.to_string()))?;
+    event::check_json(text)?;
+    // Checked above: these parses cannot fail.
+    let events = if single {
+        vec![serde_json::from_str(text).map_err(|e| invalid_json(e.to_string()))?]
+    } else {
+        serde_json::from_str(text).map_err(|e| invalid_json(e.to_string()))?
+    };
+    if events.is_empty() {
+        return Err(ProtocolError::new(
+            ErrorCode::InvalidEvent,
+            "the array holds no event",
+        ));
+    }
+    Ok(EventsBody { events, single })
+}
+
 /// A batch of published events after validation: the valid ones go to the router,
 /// the invalid ones keep their slot so results come back in the order sent.
 #[derive(Debug)]
@@ -89,11 +122,12 @@ pub struct ValidatedBatch {
 }
 
 impl ValidatedBatch {
-    pub fn new(raw: &[&serde_json::value::RawValue], default_source: &str) -> ValidatedBatch {
+    /// Validates `raw` events published by `publisher` ([`Event::from_raw`]).
+    pub fn new(raw: &[&serde_json::value::RawValue], publisher: &str) -> ValidatedBatch {
         let mut slots = Vec::with_capacity(raw.len());
         let mut valid = Vec::with_capacity(raw.len());
         for text in raw {
-            match Event::from_raw(text, default_source) {
+            match Event::from_raw(text, publisher) {
                 Ok(event) => {
                     valid.push(event);
                     slots.push(None);

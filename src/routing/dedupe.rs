@@ -1,4 +1,7 @@
-//! Duplicate suppression: remembers the cursors of the last N event ids.
+//! Duplicate suppression: remembers the cursors of the last N event ids, each in the
+//! scope of its publisher (the principal that published it). The same id from two
+//! principals is two events: one never suppresses the other, nor is answered with the
+//! other's cursor. The capacity is shared by all publishers.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,6 +19,18 @@ pub struct DedupeWindow {
     /// is forgotten only if it was not inserted again since (O(1) per insert).
     order: VecDeque<(Arc<str>, u64)>,
     capacity: usize,
+    /// Where a lookup's key is built, so that a lookup allocates nothing.
+    scratch: String,
+}
+
+/// Writes the key of `id` published by `publisher` into `out`: the publisher's length
+/// first, so that no (publisher, id) pair spells another's key.
+fn scoped_key(out: &mut String, publisher: &str, id: &str) {
+    use std::fmt::Write;
+    out.clear();
+    // Writing to a `String` cannot fail.
+    let _ = write!(out, "{}:{publisher}", publisher.len());
+    out.push_str(id);
 }
 
 /// The most ids the window reserves room for up front (a few tens of MB); a larger
@@ -36,22 +51,26 @@ impl DedupeWindow {
             cursors: HashMap::with_capacity(reserve.saturating_mul(2)),
             order: VecDeque::with_capacity(reserve),
             capacity,
+            scratch: String::new(),
         }
     }
 
-    /// The cursor an event with this id was accepted at, if it is still remembered.
-    pub fn get(&self, id: &str) -> Option<u64> {
-        self.cursors.get(id).copied()
+    /// The cursor `publisher`'s event with this id was accepted at, if it is still
+    /// remembered.
+    pub fn get(&mut self, publisher: &str, id: &str) -> Option<u64> {
+        scoped_key(&mut self.scratch, publisher, id);
+        self.cursors.get(self.scratch.as_str()).copied()
     }
 
-    /// Forgets `id` (its event was not stored after all). Its slot in the eviction
-    /// order stays until it ages out.
-    pub fn remove(&mut self, id: &str) {
-        self.cursors.remove(id);
+    /// Forgets `publisher`'s `id` (its event was not stored after all). Its slot in
+    /// the eviction order stays until it ages out.
+    pub fn remove(&mut self, publisher: &str, id: &str) {
+        scoped_key(&mut self.scratch, publisher, id);
+        self.cursors.remove(self.scratch.as_str());
     }
 
-    /// Remembers `id`, forgetting the oldest id when full.
-    pub fn insert(&mut self, id: &str, cursor: u64) {
+    /// Remembers `publisher`'s `id`, forgetting the oldest id when full.
+    pub fn insert(&mut self, publisher: &str, id: &str, cursor: u64) {
         if self.capacity == 0 {
             return;
         }
@@ -62,9 +81,10 @@ impl DedupeWindow {
                 }
             }
         }
-        let id: Arc<str> = Arc::from(id);
-        self.cursors.insert(id.clone(), cursor);
-        self.order.push_back((id, cursor));
+        scoped_key(&mut self.scratch, publisher, id);
+        let key: Arc<str> = Arc::from(self.scratch.as_str());
+        self.cursors.insert(key.clone(), cursor);
+        self.order.push_back((key, cursor));
     }
 }
 
@@ -78,7 +98,7 @@ mod tests {
         let (map, order) = (w.cursors.capacity(), w.order.capacity());
         assert!(map >= 2000 && order >= 1000, "{map} {order}");
         for cursor in 0..10_000u64 {
-            w.insert(&format!("id-{cursor}"), cursor);
+            w.insert("p", &format!("id-{cursor}"), cursor);
         }
         assert_eq!(w.cursors.len(), 1000);
         // The map's `capacity()` is its entries plus the room left before it grows,
@@ -100,34 +120,52 @@ mod tests {
     #[test]
     fn remembers_the_last_n() {
         let mut w = DedupeWindow::new(2);
-        w.insert("a", 1);
-        w.insert("b", 2);
-        assert_eq!(w.get("a"), Some(1));
-        w.insert("c", 3);
-        assert_eq!(w.get("a"), None);
-        assert_eq!(w.get("b"), Some(2));
-        assert_eq!(w.get("c"), Some(3));
+        w.insert("p", "a", 1);
+        w.insert("p", "b", 2);
+        assert_eq!(w.get("p", "a"), Some(1));
+        w.insert("p", "c", 3);
+        assert_eq!(w.get("p", "a"), None);
+        assert_eq!(w.get("p", "b"), Some(2));
+        assert_eq!(w.get("p", "c"), Some(3));
         // An id inserted again outlives its first slot.
         let mut w = DedupeWindow::new(2);
-        w.insert("a", 1);
-        w.remove("a");
-        w.insert("a", 5);
-        w.insert("b", 6);
-        w.insert("c", 7);
-        assert_eq!(w.get("a"), None, "its second slot aged out too");
+        w.insert("p", "a", 1);
+        w.remove("p", "a");
+        w.insert("p", "a", 5);
+        w.insert("p", "b", 6);
+        w.insert("p", "c", 7);
+        assert_eq!(w.get("p", "a"), None, "its second slot aged out too");
         let mut w = DedupeWindow::new(3);
-        w.insert("a", 1);
-        w.remove("a");
-        w.insert("b", 2);
-        w.insert("a", 3);
-        w.insert("c", 4);
+        w.insert("p", "a", 1);
+        w.remove("p", "a");
+        w.insert("p", "b", 2);
+        w.insert("p", "a", 3);
+        w.insert("p", "c", 4);
         assert_eq!(
-            w.get("a"),
+            w.get("p", "a"),
             Some(3),
             "evicting the old slot keeps the new entry"
         );
         let mut off = DedupeWindow::new(0);
-        off.insert("a", 1);
-        assert_eq!(off.get("a"), None);
+        off.insert("p", "a", 1);
+        assert_eq!(off.get("p", "a"), None);
+    }
+
+    #[test]
+    fn ids_are_scoped_by_publisher() {
+        let mut w = DedupeWindow::new(8);
+        w.insert("alice", "x", 1);
+        assert_eq!(w.get("alice", "x"), Some(1));
+        assert_eq!(w.get("bob", "x"), None, "another principal's id is unknown");
+        w.insert("bob", "x", 2);
+        assert_eq!((w.get("alice", "x"), w.get("bob", "x")), (Some(1), Some(2)));
+        // No (publisher, id) pair spells another pair's key.
+        w.insert("a", "b:c", 3);
+        assert_eq!(w.get("a:b", "c"), None);
+        assert_eq!(w.get("", "1:ab:c"), None);
+        w.insert("", "id", 4);
+        assert_eq!(w.get("", "id"), Some(4));
+        w.remove("alice", "x");
+        assert_eq!((w.get("alice", "x"), w.get("bob", "x")), (None, Some(2)));
     }
 }

@@ -12,9 +12,9 @@ use serde_json::json;
 use super::memory::MemoryStore;
 use super::redis::testing::TestRedis;
 use super::sqlite::{SqliteOptions, SqliteStore};
-use super::{EventQuery, EventStore, Order, Retention};
+use super::{Appended, EventQuery, EventStore, NewEvent, Order, Retention, StoredId};
 use crate::protocol::Priority;
-use crate::protocol::{EncodedEvent, Event};
+use crate::protocol::{EncodedEvent, Event, ANONYMOUS};
 use crate::routing::pattern::Pattern;
 
 fn ev(cursor: u64, topic: &str, priority: &str) -> Arc<EncodedEvent> {
@@ -319,13 +319,59 @@ fn recent_ids_are_the_newest_oldest_first() {
         assert!(s.recent_ids(10).unwrap().is_empty());
         seed(s);
         let all = s.query(&all(100)).unwrap();
-        let want: Vec<(String, u64)> = all
+        let want: Vec<StoredId> = all
             .iter()
-            .map(|e| (e.event.id.clone(), e.event.cursor))
+            .map(|e| StoredId::new("s", e.event.id.clone(), e.event.cursor))
             .collect();
         assert_eq!(s.recent_ids(100).unwrap(), want);
         assert_eq!(s.recent_ids(2).unwrap(), want[want.len() - 2..]);
         assert!(s.recent_ids(0).unwrap().is_empty());
+    });
+}
+
+/// Ids are kept in their publisher's scope: the same id from two principals is two
+/// events, each read back with its publisher (the duplicate window's seed), and a log
+/// that checks ids itself answers `duplicate` only within one publisher's ids.
+#[test]
+fn ids_are_scoped_by_publisher() {
+    let by = |cursor: u64, publisher: &str, id: &str| {
+        let mut e = Event::from_json(json!({"id": id, "topic": "t"}), publisher).unwrap();
+        e.cursor = cursor;
+        EncodedEvent::new(e)
+    };
+    each_backend(|s| {
+        s.append(&[
+            by(1, "alice", "x"),
+            by(2, "bob", "x"),
+            by(3, ANONYMOUS, "x"),
+        ])
+        .unwrap();
+        let want = [
+            StoredId::new("alice", "x", 1),
+            StoredId::new("bob", "x", 2),
+            StoredId::new(ANONYMOUS, "x", 3),
+        ];
+        assert_eq!(s.recent_ids(10).unwrap(), want, "{}", s.kind());
+        if !s.numbers_events() {
+            return;
+        }
+        let new = |publisher: &str, id: &str| NewEvent {
+            event: by(0, publisher, id),
+            check_duplicate: true,
+        };
+        let out = s
+            .append_new(&[new("carol", "x"), new("alice", "y"), new("bob", "x")])
+            .unwrap();
+        assert_eq!(
+            out,
+            [
+                Appended::Stored(4),
+                Appended::Stored(5),
+                Appended::Duplicate(2)
+            ]
+        );
+        let out = s.append_new(&[new("alice", "x"), new("bob", "y")]).unwrap();
+        assert_eq!(out, [Appended::Duplicate(1), Appended::Stored(6)]);
     });
 }
 

@@ -15,10 +15,10 @@ use chrono::{DateTime, Utc};
 
 use super::{
     decode_envelope, DeadLetter, DurableState, EventQuery, EventStore, NewDeadLetter, Order,
-    Retention, StoreError, StoreStats,
+    Retention, StoreError, StoreStats, StoredId,
 };
-use crate::protocol::EncodedEvent;
 use crate::protocol::Priority;
+use crate::protocol::{EncodedEvent, ANONYMOUS};
 
 /// One event of the log.
 #[derive(Debug)]
@@ -30,6 +30,46 @@ struct Stored {
     topic: Box<str>,
     event_type: Box<str>,
     json: Arc<str>,
+    /// Its publisher, as an index into [`Publishers`]: it fits in the slot's padding.
+    publisher: u16,
+}
+
+/// The publishers of the log's events, each name kept once: there are as many as
+/// principals, and a name per event would grow every slot by a quarter.
+#[derive(Debug, Default)]
+struct Publishers {
+    names: Vec<Box<str>>,
+    index: std::collections::HashMap<Box<str>, u16>,
+}
+
+impl Publishers {
+    /// Index 0 is `anonymous`; the last one stands for "too many to tell apart" (a
+    /// scope no principal has), reached only past 65,534 distinct principals.
+    const UNKNOWN: u16 = u16::MAX;
+
+    fn intern(&mut self, name: &str) -> u16 {
+        if name == ANONYMOUS {
+            return 0;
+        }
+        if let Some(&i) = self.index.get(name) {
+            return i;
+        }
+        let next = u16::try_from(self.names.len() + 1).ok();
+        let Some(i) = next.filter(|&i| i < Self::UNKNOWN) else {
+            return Self::UNKNOWN;
+        };
+        self.names.push(name.into());
+        self.index.insert(name.into(), i);
+        i
+    }
+
+    fn name(&self, i: u16) -> &str {
+        match i {
+            0 => ANONYMOUS,
+            Self::UNKNOWN => "",
+            i => self.names.get(usize::from(i) - 1).map_or("", |n| n),
+        }
+    }
 }
 
 impl Stored {
@@ -49,6 +89,7 @@ pub struct MemoryStore {
     dead_letters: std::collections::BTreeMap<u64, DeadLetter>,
     durables: std::collections::HashMap<(String, String), DurableState>,
     last_dead_letter: u64,
+    publishers: Publishers,
 }
 
 /// The most log slots reserved up front, so that a huge `store.max_events` does not
@@ -86,7 +127,7 @@ impl EventStore for MemoryStore {
         Ok(self.last_cursor)
     }
 
-    fn recent_ids(&self, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
+    fn recent_ids(&self, limit: usize) -> Result<Vec<StoredId>, StoreError> {
         /// The one field read back from an envelope.
         #[derive(serde::Deserialize)]
         struct Id {
@@ -99,7 +140,7 @@ impl EventStore for MemoryStore {
             .take(limit)
             .map(|e| {
                 serde_json::from_str::<Id>(&e.json)
-                    .map(|Id { id }| (id, e.cursor))
+                    .map(|Id { id }| StoredId::new(self.publishers.name(e.publisher), id, e.cursor))
                     .map_err(|err| StoreError::Corrupt {
                         cursor: e.cursor,
                         message: err.to_string(),
@@ -123,6 +164,7 @@ impl EventStore for MemoryStore {
                 topic: ev.topic.as_str().into(),
                 event_type: ev.event_type.as_str().into(),
                 json: e.json.clone(),
+                publisher: self.publishers.intern(&ev.publisher),
             });
         }
         Ok(())

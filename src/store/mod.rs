@@ -205,6 +205,26 @@ impl From<StoreError> for HttpError {
     }
 }
 
+/// A stored event's id in the scope the duplicate window keeps it in
+/// ([`EventStore::recent_ids`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredId {
+    /// The principal that published it ([`Event::publisher`](crate::protocol::Event)).
+    pub publisher: String,
+    pub id: String,
+    pub cursor: u64,
+}
+
+impl StoredId {
+    pub fn new(publisher: impl Into<String>, id: impl Into<String>, cursor: u64) -> StoredId {
+        StoredId {
+            publisher: publisher.into(),
+            id: id.into(),
+            cursor,
+        }
+    }
+}
+
 /// What [`EventStore::append_new`] did with one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Appended {
@@ -255,10 +275,12 @@ pub trait EventStore: Send {
     /// cursors are never reused.
     fn last_cursor(&self) -> Result<u64, StoreError>;
 
-    /// The ids and cursors of the newest `limit` stored events, oldest first: the
-    /// router's duplicate window starts with them, so a publisher retrying across a
-    /// restart is still answered `duplicate`.
-    fn recent_ids(&self, limit: usize) -> Result<Vec<(String, u64)>, StoreError>;
+    /// The ids, publishers and cursors of the newest `limit` stored events, oldest
+    /// first: the router's duplicate window starts with them, so a publisher retrying
+    /// across a restart is still answered `duplicate`. An event stored before
+    /// publishers were recorded reads as
+    /// [`ANONYMOUS`](crate::protocol::ANONYMOUS)'s.
+    fn recent_ids(&self, limit: usize) -> Result<Vec<StoredId>, StoreError>;
 
     /// Stores events in one transaction, all or nothing. Cursors are strictly
     /// increasing across calls.

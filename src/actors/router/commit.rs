@@ -59,7 +59,10 @@ impl Router {
         dedupe: Dedupe,
     ) -> Result<PublishOk, ProtocolError> {
         let check = dedupe == Dedupe::Check;
-        if let Some(cursor) = self.dedupe.get(&event.id).filter(|_| check) {
+        let known = check
+            .then(|| self.dedupe.get(&event.publisher, &event.id))
+            .flatten();
+        if let Some(cursor) = known {
             self.metrics.duplicates.fetch_add(1, Relaxed);
             return Ok(PublishOk {
                 event_id: event.id,
@@ -85,7 +88,8 @@ impl Router {
         } else {
             self.last_cursor += 1;
             event.cursor = self.last_cursor;
-            self.dedupe.insert(&event.id, event.cursor);
+            self.dedupe
+                .insert(&event.publisher, &event.id, event.cursor);
         }
         let ok = PublishOk {
             event_id: event.id.clone(),
@@ -186,11 +190,11 @@ impl Router {
             return self.commit_failed(error, batch, waiters);
         }
         self.forget_queued(&batch);
-        let mut outcomes = outcomes.into_iter();
+        let mut outcomes = outcomes.into_iter().zip(&batch);
         for (reply, mut results) in waiters {
             // In acceptance order, every result not yet a duplicate is one of the batch.
             for ok in results.iter_mut().flatten().filter(|ok| !ok.duplicate) {
-                let Some(outcome) = outcomes.next() else {
+                let Some((outcome, new)) = outcomes.next() else {
                     break;
                 };
                 let (cursor, duplicate) = match outcome {
@@ -200,7 +204,8 @@ impl Router {
                 if duplicate {
                     self.metrics.duplicates.fetch_add(1, Relaxed);
                 }
-                self.dedupe.insert(&ok.event_id, cursor);
+                self.dedupe
+                    .insert(&new.event.event.publisher, &ok.event_id, cursor);
                 ok.cursor = cursor;
                 ok.duplicate = duplicate;
             }
@@ -215,7 +220,8 @@ impl Router {
         self.forget_queued(&batch);
         if !self.shared_log {
             for e in &batch {
-                self.dedupe.remove(&e.event.event.id);
+                self.dedupe
+                    .remove(&e.event.event.publisher, &e.event.event.id);
             }
         }
         let error = ProtocolError::new(error.code, format!("event not stored: {}", error.message));

@@ -12,8 +12,10 @@ use redis::{RedisResult, Value};
 use super::keys::id;
 use super::reply::{self, Entry};
 use super::{join_epoch, RedisStore};
-use crate::protocol::EncodedEvent;
-use crate::store::{Appended, EventQuery, NewEvent, Order, Retention, StoreError, StoreStats};
+use crate::protocol::{EncodedEvent, Event, ANONYMOUS};
+use crate::store::{
+    Appended, EventQuery, NewEvent, Order, Retention, StoreError, StoreStats, StoredId,
+};
 
 /// Entries read per round trip when a query filters, and at most when it does not.
 const PAGE: usize = 1000;
@@ -46,10 +48,17 @@ pub(super) fn raise_cursor(store: &RedisStore, at_least: u64) -> Result<u64, Sto
     reply::count(top)
 }
 
-pub(super) fn recent_ids(
-    store: &RedisStore,
-    limit: usize,
-) -> Result<Vec<(String, u64)>, StoreError> {
+/// The `p` field of an event's entry: empty (no field) for [`ANONYMOUS`], so that a
+/// server without auth writes entries as before publishers were recorded.
+fn publisher_field(event: &Event) -> &str {
+    if event.publisher == ANONYMOUS {
+        ""
+    } else {
+        &event.publisher
+    }
+}
+
+pub(super) fn recent_ids(store: &RedisStore, limit: usize) -> Result<Vec<StoredId>, StoreError> {
     /// The one field read back from an envelope.
     #[derive(serde::Deserialize)]
     struct Id {
@@ -77,7 +86,11 @@ pub(super) fn recent_ids(
                     message: err.to_string(),
                 })?;
             before = Some(e.id);
-            ids.push((id, e.id));
+            let publisher = match e.field("p") {
+                Some(_) => e.text("p")?,
+                None => ANONYMOUS,
+            };
+            ids.push(StoredId::new(publisher, id, e.id));
         }
         if !full {
             break;
@@ -172,7 +185,7 @@ pub(super) fn append_new(
         let mut call = store.scripts.append_new.prepare_invoke();
         call.key(&k.events).key(&k.seq).key(&k.epoch);
         for e in events {
-            call.key(k.event_id(&e.event.event.id));
+            call.key(k.event_id(&e.event.event.publisher, &e.event.event.id));
         }
         call.arg(&store.epoch).arg(&maxlen).arg(ttl);
         for (e, head) in events.iter().zip(&heads) {
@@ -183,7 +196,9 @@ pub(super) fn append_new(
                 (false, true) => "1",
                 (false, false) => "0",
             };
-            call.arg(dedupe).arg(*head);
+            call.arg(dedupe)
+                .arg(*head)
+                .arg(publisher_field(&e.event.event));
         }
         call.invoke(c)
     })?;
@@ -217,11 +232,13 @@ pub(super) fn append(
         let mut call = store.scripts.append.prepare_invoke();
         call.key(&k.events).key(&k.seq).key(&k.epoch);
         for e in events {
-            call.key(k.event_id(&e.event.id));
+            call.key(k.event_id(&e.event.publisher, &e.event.id));
         }
         call.arg(&store.epoch).arg(&maxlen).arg(ttl);
         for e in events {
-            call.arg(e.event.cursor).arg(&*e.json);
+            call.arg(e.event.cursor)
+                .arg(&*e.json)
+                .arg(publisher_field(&e.event));
         }
         call.invoke(c)
     })?;

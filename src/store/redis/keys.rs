@@ -49,9 +49,17 @@ impl Keys {
         }
     }
 
-    /// STRING: the cursor event `id` was stored under, expiring after the dedupe TTL.
-    pub(super) fn event_id(&self, id: &str) -> String {
-        format!("{}:{{log}}:id:{id}", self.prefix)
+    /// STRING: the cursor `publisher`'s event `id` was stored under, expiring after
+    /// the dedupe TTL. `anonymous` (auth off) keeps the key of before publishers were
+    /// recorded, `id:<id>`, so that a cluster without auth upgrades node by node with
+    /// one duplicate check; any other publisher's ids live under `pid:` with the
+    /// publisher escaped (no `:` in it), so no two (publisher, id) pairs share a key.
+    pub(super) fn event_id(&self, publisher: &str, id: &str) -> String {
+        if publisher == crate::protocol::ANONYMOUS {
+            format!("{}:{{log}}:id:{id}", self.prefix)
+        } else {
+            format!("{}:{{log}}:pid:{}:{id}", self.prefix, escape(publisher))
+        }
     }
 
     pub(super) fn durable(&self, principal: &str, name: &str) -> DurableKeys {
@@ -111,7 +119,10 @@ mod tests {
     fn keys_share_their_hash_tag_and_durable_names_cannot_collide() {
         let k = Keys::new("sy");
         assert_eq!(k.events, "sy:{log}:events");
-        assert_eq!(k.event_id("abc"), "sy:{log}:id:abc");
+        assert_eq!(k.event_id("anonymous", "abc"), "sy:{log}:id:abc");
+        assert_eq!(k.event_id("bob", "abc"), "sy:{log}:pid:bob:abc");
+        assert_ne!(k.event_id("a:b", "c"), k.event_id("a", "b:c"));
+        assert_ne!(k.event_id("a", "x"), k.event_id("anonymous", "pid:a:x"));
         assert_eq!(k.letters, "sy:{dl}:letters");
         let d = k.durable("alice", "billing");
         assert_eq!(d.state, "sy:durable:{alice:billing}");

@@ -40,7 +40,7 @@ use redis::Value;
 
 use super::{
     Appended, DeadLetter, DurableState, EventQuery, EventReads, EventStore, NewDeadLetter,
-    NewEvent, Retention, StoreError, StoreStats,
+    NewEvent, Retention, StoreError, StoreStats, StoredId,
 };
 use crate::config::Config;
 use crate::protocol::EncodedEvent;
@@ -279,7 +279,7 @@ impl EventStore for RedisStore {
         events::last_cursor(self)
     }
 
-    fn recent_ids(&self, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
+    fn recent_ids(&self, limit: usize) -> Result<Vec<StoredId>, StoreError> {
         events::recent_ids(self, limit)
     }
 

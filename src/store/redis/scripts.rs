@@ -55,10 +55,11 @@ if epoch ~= ARGV[1] then return redis.error_reply('EPOCH ' .. (epoch or '')) end
     };
 }
 
-/// KEYS: events, seq, epoch, then one id key per event.
+/// KEYS: events, seq, epoch, then one id key per event (in its publisher's scope).
 /// ARGV: joined epoch, MAXLEN (`0`: none), dedupe TTL (s), then per event its
 /// duplicate handling (`1`: check and remember its id, `0`: only remember it, `2`:
-/// neither) and its envelope up to `"cursor":`.
+/// neither), its envelope up to `"cursor":`, and its publisher (field `p`; empty for
+/// `anonymous`, whose entries have no `p`, as before publishers were recorded).
 /// Returns per event its new cursor, or minus the cursor it was already stored under.
 const APPEND_NEW: &str = concat!(
     lua_top!(),
@@ -69,9 +70,9 @@ local stream, seq = KEYS[1], KEYS[2]
 local n = top(stream, seq)
 local at = now_ms()
 local out = {}
-for i = 1, (#ARGV - 3) / 2 do
+for i = 1, (#ARGV - 3) / 3 do
   local idkey = KEYS[3 + i]
-  local dedupe = ARGV[2 + 2 * i]
+  local dedupe = ARGV[1 + 3 * i]
   local prev = false
   if dedupe == '1' then prev = redis.call('GET', idkey) end
   if prev then
@@ -79,11 +80,15 @@ for i = 1, (#ARGV - 3) / 2 do
   else
     n = n + 1
     local c = string.format('%d', n)
-    local body = ARGV[3 + 2 * i] .. c .. '}'
+    local fields = {'e', ARGV[2 + 3 * i] .. c .. '}', 't', at}
+    if ARGV[3 + 3 * i] ~= '' then
+      fields[5] = 'p'
+      fields[6] = ARGV[3 + 3 * i]
+    end
     if ARGV[2] == '0' then
-      redis.call('XADD', stream, c .. '-0', 'e', body, 't', at)
+      redis.call('XADD', stream, c .. '-0', unpack(fields))
     else
-      redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], c .. '-0', 'e', body, 't', at)
+      redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], c .. '-0', unpack(fields))
     end
     if dedupe ~= '2' then redis.call('SET', idkey, c, 'EX', ARGV[3]) end
     out[i] = n
@@ -95,8 +100,9 @@ return out
 );
 
 /// Events that already have cursors (import, tests). KEYS as [`APPEND_NEW`]; ARGV:
-/// joined epoch, MAXLEN, dedupe TTL, then per event its cursor and full envelope.
-/// Checks every cursor before writing any: all or nothing.
+/// joined epoch, MAXLEN, dedupe TTL, then per event its cursor, full envelope and
+/// publisher (as in [`APPEND_NEW`]). Checks every cursor before writing any: all or
+/// nothing.
 const APPEND: &str = concat!(
     lua_top!(),
     lua_now!(),
@@ -104,20 +110,25 @@ const APPEND: &str = concat!(
     r#"
 local stream, seq = KEYS[1], KEYS[2]
 local last = top(stream, seq)
-for i = 1, (#ARGV - 3) / 2 do
-  local c = tonumber(ARGV[2 + 2 * i])
+for i = 1, (#ARGV - 3) / 3 do
+  local c = tonumber(ARGV[1 + 3 * i])
   if c <= last then
-    return redis.error_reply('CURSOR ' .. ARGV[2 + 2 * i] .. ' is not above ' .. string.format('%d', last))
+    return redis.error_reply('CURSOR ' .. ARGV[1 + 3 * i] .. ' is not above ' .. string.format('%d', last))
   end
   last = c
 end
 local at = now_ms()
-for i = 1, (#ARGV - 3) / 2 do
-  local c = ARGV[2 + 2 * i]
+for i = 1, (#ARGV - 3) / 3 do
+  local c = ARGV[1 + 3 * i]
+  local fields = {'e', ARGV[2 + 3 * i], 't', at}
+  if ARGV[3 + 3 * i] ~= '' then
+    fields[5] = 'p'
+    fields[6] = ARGV[3 + 3 * i]
+  end
   if ARGV[2] == '0' then
-    redis.call('XADD', stream, c .. '-0', 'e', ARGV[3 + 2 * i], 't', at)
+    redis.call('XADD', stream, c .. '-0', unpack(fields))
   else
-    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], c .. '-0', 'e', ARGV[3 + 2 * i], 't', at)
+    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], c .. '-0', unpack(fields))
   end
   redis.call('SET', KEYS[3 + i], c, 'EX', ARGV[3])
 end

@@ -12,7 +12,7 @@ use super::tail::Tail;
 use super::testing::TestRedis;
 use super::{RedisOptions, RedisStore};
 use crate::protocol::{EncodedEvent, Event};
-use crate::store::{Appended, EventQuery, EventStore, NewEvent, Retention, StoreError};
+use crate::store::{Appended, EventQuery, EventStore, NewEvent, Retention, StoreError, StoredId};
 
 /// A new event (cursor 0) with id `id`.
 fn new(id: &str) -> NewEvent {
@@ -80,7 +80,10 @@ fn two_nodes_share_one_cursor_space_and_one_duplicate_check() {
         (Some("c"), Some(3))
     );
     assert_eq!(b.last_cursor().unwrap(), 5);
-    assert_eq!(b.recent_ids(2).unwrap(), [("d".into(), 4), ("a".into(), 5)]);
+    assert_eq!(
+        b.recent_ids(2).unwrap(),
+        [StoredId::new("s", "d", 4), StoredId::new("s", "a", 5)]
+    );
 }
 
 #[test]
@@ -333,7 +336,7 @@ fn a_timed_out_call_is_unavailable_and_a_retry_settles_it() {
         matches!(retried[..], [Appended::Stored(3) | Appended::Duplicate(3)]),
         "{retried:?}"
     );
-    assert_eq!(s.recent_ids(1).unwrap(), [("c".to_owned(), 3)]);
+    assert_eq!(s.recent_ids(1).unwrap(), [StoredId::new("s", "c", 3)]);
 }
 
 #[test]
@@ -532,7 +535,7 @@ fn ids_the_server_made_up_are_stored_but_not_kept_for_duplicate_checks() {
     let mut c = redis.conn();
     let mut exists = |id: &str| -> bool {
         redis::cmd("EXISTS")
-            .arg(format!("{}:{{log}}:id:{id}", options.prefix))
+            .arg(format!("{}:{{log}}:pid:s:{id}", options.prefix))
             .query(&mut c)
             .unwrap()
     };

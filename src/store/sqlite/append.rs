@@ -12,7 +12,7 @@ use rusqlite::params;
 use super::schema::create_segment;
 use super::segments::{record_segment, Segments};
 use super::{to_i64, SqliteStore};
-use crate::protocol::EncodedEvent;
+use crate::protocol::{EncodedEvent, ANONYMOUS};
 use crate::store::checkpoint;
 use crate::store::StoreError;
 
@@ -38,8 +38,9 @@ impl SqliteStore {
                 created.push(n);
             }
             let mut insert = tx.prepare_cached(&format!(
-                "INSERT INTO {name} (cursor, id, topic, type, priority, stored_ms, envelope)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                "INSERT INTO {name}
+                 (cursor, id, topic, type, priority, stored_ms, envelope, publisher)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
             ))?;
             for e in run {
                 let ev = &e.event;
@@ -50,7 +51,8 @@ impl SqliteStore {
                     ev.event_type,
                     ev.priority.as_str(),
                     now,
-                    &*e.json
+                    &*e.json,
+                    (ev.publisher != ANONYMOUS).then_some(ev.publisher.as_str()),
                 ])?;
                 bytes += e.json.len();
             }

@@ -39,7 +39,7 @@ use self::segments::Segments;
 use super::checkpoint::{self, Checkpointer};
 use super::{
     DeadLetter, DurableState, EventQuery, EventReads, EventStore, NewDeadLetter, Order, Retention,
-    StoreError, StoreStats,
+    StoreError, StoreStats, StoredId,
 };
 use crate::config::{Config, StoreConfig};
 use crate::protocol::EncodedEvent;
@@ -117,6 +117,9 @@ impl SqliteStore {
     ) -> Result<SqliteStore, StoreError> {
         let mut conn = schema::connect(path, options)?;
         let segments = Segments::load(&conn, options.segment_events)?;
+        for &n in &segments.tables {
+            schema::add_publisher_column(&conn, &Segments::name(n))?;
+        }
         let (rows, recorded) = segments::count_rows(&mut conn, &segments, true)?;
         let checkpointer = Checkpointer::start(path, options.synchronous_full, checkpoint_bytes)?;
         Ok(SqliteStore {
@@ -210,7 +213,7 @@ impl EventStore for SqliteStore {
         self.last_cursor_ever()
     }
 
-    fn recent_ids(&self, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
+    fn recent_ids(&self, limit: usize) -> Result<Vec<StoredId>, StoreError> {
         self.newest_ids(limit)
     }
 

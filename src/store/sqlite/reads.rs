@@ -8,8 +8,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::segments::Segments;
 use super::{decode, to_i64, SqliteStore};
-use crate::protocol::EncodedEvent;
-use crate::store::{EventQuery, Order, StoreError};
+use crate::protocol::{EncodedEvent, ANONYMOUS};
+use crate::store::{EventQuery, Order, StoreError, StoredId};
 
 /// Rows read per page when a topic pattern must be checked in Rust.
 const PAGE: usize = 1000;
@@ -48,18 +48,24 @@ impl SqliteStore {
     }
 
     /// [`EventStore::recent_ids`](crate::store::EventStore::recent_ids).
-    pub(super) fn newest_ids(&self, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
+    pub(super) fn newest_ids(&self, limit: usize) -> Result<Vec<StoredId>, StoreError> {
         let mut ids = Vec::new();
         for &n in self.segments.tables.iter().rev() {
             if ids.len() >= limit {
                 break;
             }
             let mut stmt = self.conn.prepare_cached(&format!(
-                "SELECT id, cursor FROM {} ORDER BY cursor DESC LIMIT ?1",
+                "SELECT id, cursor, publisher FROM {} ORDER BY cursor DESC LIMIT ?1",
                 Segments::name(n)
             ))?;
             let rows = stmt.query_map(params![to_i64((limit - ids.len()) as u64)], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+                Ok(StoredId {
+                    id: r.get(0)?,
+                    cursor: r.get::<_, i64>(1)?.max(0) as u64,
+                    publisher: r
+                        .get::<_, Option<String>>(2)?
+                        .unwrap_or_else(|| ANONYMOUS.to_owned()),
+                })
             })?;
             for row in rows {
                 ids.push(row?);

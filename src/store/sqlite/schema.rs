@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS meta (
 ";
 
 /// One segment of the log: the table `name`, with the columns of the single `events`
-/// table of files from before segments.
+/// table of files from before segments, and `publisher`: the principal whose id scope
+/// `id` is in (NULL for `anonymous`, so a server without auth stores nothing more).
 pub(super) fn create_segment(name: &str) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {name} (
@@ -58,9 +59,24 @@ pub(super) fn create_segment(name: &str) -> String {
             type      TEXT    NOT NULL,
             priority  TEXT    NOT NULL,
             stored_ms INTEGER NOT NULL,
-            envelope  TEXT    NOT NULL
+            envelope  TEXT    NOT NULL,
+            publisher TEXT
         )"
     )
+}
+
+/// Gives segment `name` of an older file its `publisher` column, NULL in every row:
+/// its events read as `anonymous`'s. Adding a column with no default rewrites no row.
+pub(super) fn add_publisher_column(conn: &Connection, name: &str) -> Result<(), StoreError> {
+    let has: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = 'publisher'",
+        [name],
+        |r| r.get(0),
+    )?;
+    if !has {
+        conn.execute_batch(&format!("ALTER TABLE {name} ADD COLUMN publisher TEXT"))?;
+    }
+    Ok(())
 }
 
 /// Opens the writer's connection to `path` and creates the tables it lacks.

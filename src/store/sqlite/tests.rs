@@ -5,10 +5,9 @@
 use rusqlite::params;
 
 use super::retention::RECORD_LAST_CURSOR;
-use super::schema::create_segment;
 use super::segments::{segment_edges_sql, segment_record};
 use super::*;
-use crate::protocol::Event;
+use crate::protocol::{Event, ANONYMOUS};
 
 fn batch(first: u64, n: u64) -> Vec<Arc<EncodedEvent>> {
     (first..first + n)
@@ -187,7 +186,13 @@ fn a_file_from_before_segments_is_read_and_retired() {
     let path = dir.path().join("events.db");
     {
         let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(&create_segment("events")).unwrap();
+        // The table as such files have it: no `publisher` column.
+        conn.execute_batch(
+            "CREATE TABLE events (cursor INTEGER PRIMARY KEY, id TEXT NOT NULL,
+             topic TEXT NOT NULL, type TEXT NOT NULL, priority TEXT NOT NULL,
+             stored_ms INTEGER NOT NULL, envelope TEXT NOT NULL)",
+        )
+        .unwrap();
         conn.execute_batch("CREATE INDEX events_stored ON events(stored_ms)")
             .unwrap();
         for e in batch(1, 3) {
@@ -232,8 +237,16 @@ fn a_file_from_before_segments_is_read_and_retired() {
     };
     assert_eq!(cursors(&store, Order::Asc), [1, 2, 3, 4, 5, 6]);
     assert_eq!(cursors(&store, Order::Desc), [6, 5, 4, 3, 2, 1]);
-    let ids: Vec<u64> = store.recent_ids(4).unwrap().iter().map(|i| i.1).collect();
+    let ids: Vec<u64> = store
+        .recent_ids(4)
+        .unwrap()
+        .iter()
+        .map(|i| i.cursor)
+        .collect();
     assert_eq!(ids, [3, 4, 5, 6]);
+    // Its events had no recorded publisher: they read as `anonymous`'s.
+    let old = &store.recent_ids(4).unwrap()[0];
+    assert_eq!((old.cursor, old.publisher.as_str()), (3, ANONYMOUS));
     // Stored at time 0: age retention takes the old table whole, then stops at
     // the first event stored since.
     let an_hour = Retention {
