@@ -403,3 +403,51 @@ async fn events_without_the_key_are_not_coalesced_and_bad_specs_are_refused() {
     }
     server.stop().await;
 }
+
+/// A string function of a condition builds at most 1 MiB (docs/limits.md): a
+/// `replace` that would turn a 512 KiB payload string into 2 GB is an evaluation error
+/// (no match, counted), refused before anything is built, and the server stays
+/// healthy for a bystander.
+#[actix_rt::test]
+async fn string_functions_cannot_grow_a_payload_without_bound() {
+    let server = TestServer::start().await;
+    let long = "x".repeat(4000);
+    let condition = format!(r#"payload.s.replace("", "{long}").size() > 0"#);
+    let mut greedy = server.ws().await;
+    let id = greedy.subscribe(json!({"condition": condition})).await;
+    let mut bystander = server.ws().await;
+    bystander.subscribe(json!({"pattern": "big.>"})).await;
+    let mut publisher = server.ws().await;
+    let s = "a".repeat(512 << 10);
+    for n in 0..2 {
+        publisher
+            .publish(json!({"type": "big_text", "topic": "big.text", "payload": {"n": n, "s": s}}))
+            .await;
+    }
+    for n in 0..2 {
+        let got = bystander.recv_event().await;
+        assert_eq!(got["event"]["payload"]["n"], n);
+    }
+    greedy.expect_silence(QUIET).await;
+    let (_, stats) = server.get("/api/stats").await;
+    assert_eq!(stats["events"]["condition_errors"], 2, "{stats}");
+    let (_, subs) = server.get("/api/subscriptions").await;
+    let row = subs["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["subscriptions"].as_array().unwrap().iter())
+        .find(|s| s["subscription_id"] == id.as_str())
+        .expect("subscription listed")
+        .clone();
+    assert_eq!(row["condition_errors"], 2, "{row}");
+    // The same condition on a string short enough to fit still matches.
+    publisher
+        .publish(json!({"type": "big_text", "topic": "big.text", "payload": {"n": 2, "s": "ab"}}))
+        .await;
+    assert_eq!(greedy.recv_event().await["event"]["payload"]["n"], 2);
+    assert_eq!(bystander.recv_event().await["event"]["payload"]["n"], 2);
+    greedy.assert_alive().await;
+    bystander.assert_alive().await;
+    server.stop().await;
+}

@@ -38,6 +38,27 @@ pub(super) fn has_loop(root: &IdedExpr) -> bool {
     false
 }
 
+/// How many `+` the condition writes. The loops of `map`, `filter` and `exists_one`
+/// add to their accumulator (`@result`, a name no condition can write) with a `+` of
+/// their own, which is not counted: it is not the client's.
+pub(super) fn additions(root: &IdedExpr) -> usize {
+    let mut count = 0;
+    let mut stack = vec![root];
+    while let Some(expr) = stack.pop() {
+        if let Expr::Call(call) = &expr.expr {
+            let accumulates = matches!(
+                call.args.first().map(|a| &a.expr),
+                Some(Expr::Ident(name)) if name == "@result"
+            );
+            if call.func_name == operators::ADD && call.target.is_none() && !accumulates {
+                count += 1;
+            }
+        }
+        stack.extend(children(expr).into_iter().map(|(child, _)| child));
+    }
+    count
+}
+
 /// Is the tree under `root` more than `max` levels deep? Walks it without recursion.
 pub(super) fn depth_exceeds(root: &IdedExpr, max: usize) -> bool {
     let mut stack = vec![(root, 1)];

@@ -21,7 +21,9 @@
 //! CEL `int` when they are integers that fit, `uint` above that, `double` otherwise,
 //! so `payload.count == 3` and `payload.cost > 5.0` both read naturally. The standard
 //! library and the `strings` extension (`lowerAscii`, `split`, `replace`, ...) are
-//! available.
+//! available; a string function whose result would be longer than
+//! [`MAX_CONDITION_STRING_BYTES`] is an evaluation error, and a condition may write at
+//! most [`MAX_ADDITIONS`] `+` (see the `strings` module).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -33,9 +35,11 @@ use cel::{Context, Env, Program, Value};
 
 mod analysis;
 mod regexes;
+mod strings;
 
-use analysis::{depth_exceeds, has_loop, has_nested_loop, topic_prefixes};
+use analysis::{additions, depth_exceeds, has_loop, has_nested_loop, topic_prefixes};
 pub use regexes::REGEX_SIZE_LIMIT;
+pub use strings::MAX_CONDITION_STRING_BYTES;
 
 use crate::error::{ErrorCode, ProtocolError};
 use crate::protocol::Event;
@@ -54,12 +58,19 @@ pub const COMPILE_STACK: usize = 32 << 20;
 /// may have for a condition with a loop (`all`, `exists`, `exists_one`, `map`,
 /// `filter`) to be evaluated on its event.
 pub const DEFAULT_MAX_LOOP_ITEMS: usize = 10_000;
+/// Most `+` a condition may write. String `+` is the interpreter's own and cannot be
+/// bounded as the string functions are ([`MAX_CONDITION_STRING_BYTES`]); its result is
+/// the sum of its operands, so with this many a condition builds at most 33 times the
+/// largest string it reads or makes (the operands of a balanced tree of 32 `+`; a chain is
+/// also held to [`MAX_DEPTH`]).
+pub const MAX_ADDITIONS: usize = 32;
 
-/// The one CEL environment: standard library plus the strings extension. Programs are
+/// The one CEL environment: standard library plus the strings extension (ours, whose
+/// results are bounded). Programs are
 /// compiled against it and every evaluation context shares it.
 static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| {
     let mut env = Env::stdlib();
-    if let Err(e) = env.add_extension(cel::extensions::strings) {
+    if let Err(e) = env.add_extension(strings::register) {
         log::error!("CEL strings extension not loaded: {e}");
     }
     if let Err(e) = regexes::register(&mut env) {
@@ -279,6 +290,12 @@ fn compile_bounded(source: &str) -> Result<Program, String> {
         return Err(format!(
             "the condition is nested more than {MAX_DEPTH} levels deep; \
              use `in [...]` rather than long chains of `==`, or fewer nested calls"
+        ));
+    }
+    if additions(program.expression()) > MAX_ADDITIONS {
+        return Err(format!(
+            "the condition has more than {MAX_ADDITIONS} `+`: conditions run on every \
+             event, and each `+` of strings copies both"
         ));
     }
     if has_nested_loop(program.expression()) {
