@@ -63,16 +63,31 @@ async fn wait_for(node: &SpawnedServer, path: &str, done: impl Fn(&Value) -> boo
     }
 }
 
+/// What a subscribe replayed: its events, and the `gap` frames (ranges retention
+/// removed before a durable subscription resolved them).
+struct Replayed {
+    client: WsClient,
+    events: Vec<Value>,
+    gaps: Vec<Value>,
+}
+
 /// Subscribes with `spec` and reads events until `replay_complete`.
-async fn replay(node: &SpawnedServer, spec: Value) -> (WsClient, Vec<Value>) {
-    let mut c = WsClient::connect(&node.ws_url()).await;
-    c.subscribe(spec).await;
-    let mut events = Vec::new();
+async fn replay(node: &SpawnedServer, spec: Value) -> Replayed {
+    let mut client = WsClient::connect(&node.ws_url()).await;
+    client.subscribe(spec).await;
+    let (mut events, mut gaps) = (Vec::new(), Vec::new());
     loop {
-        let msg = c.recv().await;
+        let msg = client.recv().await;
         match msg["type"].as_str() {
             Some("event") => events.push(msg["event"].clone()),
-            Some("replay_complete") => return (c, events),
+            Some("gap") => gaps.push(msg),
+            Some("replay_complete") => {
+                return Replayed {
+                    client,
+                    events,
+                    gaps,
+                }
+            }
             _ => panic!("unexpected {msg}"),
         }
     }
@@ -80,7 +95,9 @@ async fn replay(node: &SpawnedServer, spec: Value) -> (WsClient, Vec<Value>) {
 
 /// Every retained event: (cursor, id, payload).
 async fn whole_log(node: &SpawnedServer) -> Vec<(u64, String, Value)> {
-    let (_, events) = replay(node, json!({"patterns": [">"], "from_cursor": 0})).await;
+    let events = replay(node, json!({"patterns": [">"], "from_cursor": 0}))
+        .await
+        .events;
     events
         .iter()
         .map(|e| {
@@ -105,7 +122,7 @@ fn stream_len(redis: &RedisServer, key: &str) -> u64 {
 async fn a_single_nodes_log_moves_to_redis_with_cursors_durables_and_dead_letters() {
     let dir = tempfile::tempdir().expect("temp dir");
     let node = single_node(dir.path(), &[("SWITCHYARD_STORE__MAX_EVENTS", "10")]);
-    let (mut sub, _) = replay(&node, durable()).await;
+    let mut sub = replay(&node, durable()).await.client;
     assert_eq!(
         publish_batch(&mut ws(&node).await, "e", 20).await,
         (1..=20).collect::<Vec<_>>()
@@ -161,8 +178,19 @@ async fn a_single_nodes_log_moves_to_redis_with_cursors_durables_and_dead_letter
 
     let node = cluster_node(&redis, "a");
     assert_eq!(whole_log(&node).await, before, "same cursors and payloads");
-    let (_, resumed) = replay(&node, durable()).await;
+    let resumed = replay(&node, durable()).await;
+    // Retention removed unacknowledged events below `first` on the single node: the
+    // resumed subscription is told, once, up to the cursor before the oldest kept.
+    assert_eq!(resumed.gaps.len(), 1, "{:?}", resumed.gaps);
+    assert_eq!(
+        resumed.gaps[0]["to_cursor"],
+        first - 1,
+        "{:?}",
+        resumed.gaps
+    );
+    assert_eq!(resumed.gaps[0]["reason"], "retention");
     let mut unacked: Vec<u64> = resumed
+        .events
         .iter()
         .map(|e| e["cursor"].as_u64().expect("cursor"))
         .collect();

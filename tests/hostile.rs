@@ -37,30 +37,9 @@ struct Bystander {
 
 impl Bystander {
     async fn connect(ws_url: &str) -> Bystander {
-        let mut c = WsClient::connect(ws_url).await;
-        c.subscribe(json!({"type": "pattern", "patterns": ["bystander.>"]}))
-            .await;
-        let task = actix_rt::spawn(async move {
-            let mut ids = Vec::new();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                let msg = match c.try_recv_open(Duration::from_millis(500)).await {
-                    Ok(Some(msg)) => msg,
-                    Ok(None) => continue,
-                    Err(reason) => panic!("the bystander was disconnected: {reason:?}"),
-                };
-                assert_eq!(msg["type"], "event", "bystander got {msg}");
-                if msg["event"]["type"] == "bystander_done" {
-                    return ids;
-                }
-                ids.push(msg["event"]["id"].as_str().unwrap_or_default().to_owned());
-            }
-            panic!(
-                "bystander: no `bystander_done` within 30 s ({} events)",
-                ids.len()
-            );
-        });
-        Bystander { task }
+        Bystander {
+            task: common::bystander::start(ws_url, None).await,
+        }
     }
 
     /// Ends the bystander and asserts it got exactly `expected`, in order.

@@ -32,30 +32,8 @@ struct Bystander {
 
 impl Bystander {
     async fn connect(server: &TestServer, token: Option<&'static str>) -> Bystander {
-        let mut c = WsClient::try_connect_as(&server.ws_url("/ws"), token)
-            .await
-            .expect("bystander connects");
-        c.subscribe(json!({"type": "pattern", "patterns": ["bystander.>"]}))
-            .await;
-        let task = actix_rt::spawn(async move {
-            let mut ids = Vec::new();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                let msg = match c.try_recv_open(Duration::from_millis(500)).await {
-                    Ok(Some(msg)) => msg,
-                    Ok(None) => continue,
-                    Err(reason) => panic!("the bystander was disconnected: {reason:?}"),
-                };
-                assert_eq!(msg["type"], "event", "bystander got {msg}");
-                if msg["event"]["type"] == "bystander_done" {
-                    return ids;
-                }
-                ids.push(msg["event"]["id"].as_str().unwrap_or_default().to_owned());
-            }
-            panic!("bystander: no `bystander_done` within 30 s");
-        });
         Bystander {
-            task,
+            task: common::bystander::start(&server.ws_url("/ws"), token).await,
             published: Vec::new(),
             token,
         }

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod bystander;
 pub mod cluster;
 pub mod process;
 pub mod redis;

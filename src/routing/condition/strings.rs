@@ -321,19 +321,31 @@ fn index_of_offset(
     needle: &CelString<'_>,
     offset: &CelInt,
 ) -> Result<CelInt, ExecutionError> {
+    find_from("indexOf", this, needle, offset, find_runes)
+}
+
+/// `indexOf` / `lastIndexOf` with an offset: a negative offset, or one past the end
+/// with a non-empty needle, is out of range; an empty needle is found at the offset.
+fn find_from(
+    function: &str,
+    this: &CelString<'_>,
+    needle: &CelString<'_>,
+    offset: &CelInt,
+    find: fn(&[char], &[char], usize) -> Option<usize>,
+) -> Result<CelInt, ExecutionError> {
     let offset = *offset.inner();
     let runes: Vec<char> = this.chars().collect();
     if offset < 0 {
-        return Err(out_of_range("indexOf", offset));
+        return Err(out_of_range(function, offset));
     }
     if needle.is_empty() {
         return Ok(offset.min(runes.len() as i64).into());
     }
     if offset >= runes.len() as i64 {
-        return Err(out_of_range("indexOf", offset));
+        return Err(out_of_range(function, offset));
     }
     let needle: Vec<char> = needle.chars().collect();
-    Ok(find_runes(&runes, &needle, offset as usize)
+    Ok(find(&runes, &needle, offset as usize)
         .map_or(-1, |i| i as i64)
         .into())
 }
@@ -351,21 +363,7 @@ fn last_index_of_offset(
     needle: &CelString<'_>,
     offset: &CelInt,
 ) -> Result<CelInt, ExecutionError> {
-    let offset = *offset.inner();
-    let runes: Vec<char> = this.chars().collect();
-    if offset < 0 {
-        return Err(out_of_range("lastIndexOf", offset));
-    }
-    if needle.is_empty() {
-        return Ok(offset.min(runes.len() as i64).into());
-    }
-    if offset >= runes.len() as i64 {
-        return Err(out_of_range("lastIndexOf", offset));
-    }
-    let needle: Vec<char> = needle.chars().collect();
-    Ok(rfind_runes(&runes, &needle, offset as usize)
-        .map_or(-1, |i| i as i64)
-        .into())
+    find_from("lastIndexOf", this, needle, offset, rfind_runes)
 }
 
 fn lower_ascii(this: &CelString<'_>) -> CelString<'static> {
