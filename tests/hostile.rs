@@ -781,7 +781,9 @@ async fn invalid_json_unknown_commands_binary_and_fragmented_frames() {
 /// JSON (100,000 levels) over WebSocket and HTTP must not overflow the server's stack.
 #[actix_rt::test]
 async fn huge_and_deeply_nested_payloads() {
-    let server = server_with(|_| {}).await;
+    // Commands up to 4 MiB, so that the deep frames below reach the JSON parser (by
+    // default `max_command_bytes` refuses them unparsed: tests/bounds.rs).
+    let server = server_with(|c| c.limits.max_command_bytes = 4 << 20).await;
     let http = http_of(&server);
     let limits = switchyard::Config::defaults().limits;
     let bystander = Bystander::connect(&server.ws_url("/ws")).await;
@@ -809,7 +811,7 @@ async fn huge_and_deeply_nested_payloads() {
         "payload_too_large",
     )
     .await;
-    // A large frame that is not a publish is judged by `max_frame_bytes` only.
+    // A large frame that is not a publish is judged by `max_command_bytes` only.
     let big_junk = format!("{{\"type\": \"ping\", \"x\": \"{}\"}}", "y".repeat(2 << 20));
     let reply = c.request(serde_json::from_str(&big_junk).unwrap()).await;
     assert_eq!(reply["type"], "pong", "{reply}");
@@ -1180,8 +1182,9 @@ async fn spawned_server_memory_returns_near_baseline_after_hostile_clients() {
     for _ in 0..8 {
         big.publish(json!({"topic": "big.one", "payload": filler}))
             .await;
+        // Over `max_command_bytes`: refused before it is parsed.
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-        expect_error(&mut big, &deep, "invalid_json").await;
+        expect_error(&mut big, &deep, "payload_too_large").await;
     }
     peak = peak.max(server.rss_mib());
     // Churn.
