@@ -252,15 +252,7 @@ async fn evaluation_errors_are_counted_and_never_close_anything() {
     sub.expect_silence(QUIET).await;
     let (_, stats) = server.get("/api/stats").await;
     assert_eq!(stats["events"]["condition_errors"], 3, "{stats}");
-    let (_, subs) = server.get("/api/subscriptions").await;
-    let row = subs["connections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|c| c["subscriptions"].as_array().unwrap().iter())
-        .find(|s| s["subscription_id"] == id.as_str())
-        .expect("subscription listed")
-        .clone();
+    let row = subscription_row(&server, &id).await;
     assert_eq!(row["kind"], "conditional");
     assert_eq!(row["condition"], "payload.level > 3");
     assert_eq!(row["condition_errors"], 3);
@@ -431,15 +423,7 @@ async fn string_functions_cannot_grow_a_payload_without_bound() {
     greedy.expect_silence(QUIET).await;
     let (_, stats) = server.get("/api/stats").await;
     assert_eq!(stats["events"]["condition_errors"], 2, "{stats}");
-    let (_, subs) = server.get("/api/subscriptions").await;
-    let row = subs["connections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|c| c["subscriptions"].as_array().unwrap().iter())
-        .find(|s| s["subscription_id"] == id.as_str())
-        .expect("subscription listed")
-        .clone();
+    let row = subscription_row(&server, &id).await;
     assert_eq!(row["condition_errors"], 2, "{row}");
     // The same condition on a string short enough to fit still matches.
     publisher
@@ -450,4 +434,17 @@ async fn string_functions_cannot_grow_a_payload_without_bound() {
     greedy.assert_alive().await;
     bystander.assert_alive().await;
     server.stop().await;
+}
+
+/// The `/api/subscriptions` row of subscription `id`.
+async fn subscription_row(server: &TestServer, id: &str) -> Value {
+    let (_, subs) = server.get("/api/subscriptions").await;
+    subs["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["subscriptions"].as_array().unwrap().iter())
+        .find(|s| s["subscription_id"] == id)
+        .expect("subscription listed")
+        .clone()
 }

@@ -203,18 +203,7 @@ async fn router_queue_full_answers_rate_limited_and_loses_nothing_accepted() {
         .count();
     assert_eq!((accepted, limited), (5, 3), "{reply}");
     // Once routed, the queue has room again.
-    let mut ok = false;
-    for _ in 0..50 {
-        let r = p
-            .request(json!({"type": "publish_event", "event": {"type": "later_event"}}))
-            .await;
-        if r["type"] == "published" {
-            ok = true;
-            break;
-        }
-        actix_rt::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(ok, "queue drains");
+    assert!(publishes_once_drained(&mut p).await, "queue drains");
     let (_, stats) = server.get("/api/stats").await;
     assert_eq!(stats["events"]["rejected_busy"], 3);
     assert_eq!(
@@ -251,18 +240,22 @@ async fn router_queue_full_of_bytes_answers_rate_limited_and_loses_nothing_accep
     assert_eq!(stats["events"]["rejected_busy"], limited as u64);
     assert_eq!(stats["store"]["event_count"], accepted as u64);
     // Routed, the bytes are given back: a later publish is accepted.
-    let mut ok = false;
+    assert!(publishes_once_drained(&mut p).await, "queue drains");
+}
+
+/// Whether a publish is accepted within half a second, once the router has routed
+/// what filled its queue.
+async fn publishes_once_drained(p: &mut WsClient) -> bool {
     for _ in 0..50 {
         let r = p
             .request(json!({"type": "publish_event", "event": {"type": "later_event"}}))
             .await;
         if r["type"] == "published" {
-            ok = true;
-            break;
+            return true;
         }
         actix_rt::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(ok, "queue drains");
+    false
 }
 
 /// Stored events of one type, in cursor order.
