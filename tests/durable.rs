@@ -192,3 +192,98 @@ async fn dead_lettered_events_are_not_redelivered_on_resubscribe() {
     again.subscribe(durable("rejects")).await;
     assert!(until_replay_complete(&mut again).await.is_empty());
 }
+
+/// Publishes `count` `job.step` events in batches of 500.
+async fn publish_many(p: &mut WsClient, count: u64) {
+    for start in (0..count).step_by(500) {
+        let events: Vec<Value> = (start..(start + 500).min(count))
+            .map(|n| json!({"type": "job_step", "payload": {"n": n}}))
+            .collect();
+        let reply = p
+            .request(json!({"type": "publish_batch", "events": events}))
+            .await;
+        assert_eq!(reply["type"], "published_batch", "{reply}");
+    }
+}
+
+/// A durable subscription whose replay is under way (held back by `max_in_flight`)
+/// while retention removes cursors its replay has not read yet is told which ones
+/// (`gap`), in place, and every other cursor arrives exactly once.
+#[actix_rt::test]
+async fn retention_overtaking_a_replay_in_progress_is_announced_as_a_gap() {
+    const KEPT: u64 = 3000;
+    const MORE: u64 = 2500;
+    let server = TestServer::with(|c| c.store.max_events = KEPT).await;
+    let sub = json!({"type": "pattern", "patterns": ["job.>"], "id": "d", "durable": "slow",
+                     "max_in_flight": 10, "ack_timeout_ms": 60000});
+    let mut c = server.ws().await;
+    c.subscribe(sub.clone()).await;
+    assert_eq!(c.recv().await["type"], "replay_complete");
+    drop(c);
+
+    let mut p = server.ws().await;
+    publish_many(&mut p, KEPT).await;
+    let mut c = server.ws().await;
+    c.subscribe(sub).await;
+    // The first deliveries, unacknowledged: the replay stops after a page or two.
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(c.recv_event().await);
+    }
+    publish_many(&mut p, MORE).await;
+    // Wait (bounded) until retention has passed cursor MORE.
+    let mut oldest = 0;
+    for _ in 0..500 {
+        let (_, stats) = server.get("/api/stats").await;
+        oldest = stats["store"]["first_cursor"].as_u64().unwrap_or(0);
+        if oldest > MORE {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(oldest > MORE, "retention did not run: oldest kept {oldest}");
+
+    let mut seen = Vec::new();
+    let mut gaps = Vec::new();
+    let mut pending: std::collections::VecDeque<Value> = held.into();
+    let total = KEPT + MORE;
+    while seen.last().copied().unwrap_or(0) < total {
+        let msg = match pending.pop_front() {
+            Some(m) => m,
+            None => c.recv().await,
+        };
+        match msg["type"].as_str() {
+            Some("event") => {
+                seen.push(msg["event"]["cursor"].as_u64().unwrap());
+                c.send(&json!({"type": "ack", "subscription_id": "d",
+                               "event_ids": [msg["event"]["id"]]}))
+                    .await;
+            }
+            Some("gap") => {
+                assert_eq!(msg["reason"], "retention", "{msg}");
+                let from = msg["from_cursor"].as_u64().unwrap();
+                let to = msg["to_cursor"].as_u64().unwrap();
+                assert_eq!(
+                    from,
+                    seen.last().copied().unwrap_or(0) + 1,
+                    "{msg} after {:?}",
+                    &seen[seen.len().saturating_sub(30)..]
+                );
+                gaps.push((from, to));
+                seen.extend(from..=to);
+            }
+            Some("replay_complete") => {}
+            _ => panic!("unexpected {msg}"),
+        }
+    }
+    assert_eq!(gaps.len(), 1, "one gap announced: {gaps:?}");
+    let (from, to) = gaps[0];
+    assert!(
+        from > 10 && to < oldest,
+        "gap {from}..={to}, oldest kept {oldest}"
+    );
+    let want: Vec<u64> = (1..=total).collect();
+    assert_eq!(seen.len(), want.len(), "every cursor once (gaps included)");
+    assert_eq!(seen, want, "in order, with nothing skipped in silence");
+    c.assert_alive().await;
+}

@@ -60,8 +60,8 @@ impl Outbox {
             .or_insert_with(|| SubQueue::new(sub.clone()))
     }
 
-    /// Takes the next batch: drop notices, then replays, then live events highest
-    /// priority first.
+    /// Takes the next batch: drop notices, then replays (with their gaps), then live
+    /// events highest priority first.
     pub(super) fn next_batch(
         &mut self,
         (now, wall): (Instant, DateTime<Utc>),
@@ -70,13 +70,6 @@ impl Outbox {
         let mut frames = Vec::new();
         self.subs.retain(|_, q| q.handle.is_active());
         for q in self.subs.values_mut() {
-            if let Some((from, to)) = q.lost.take() {
-                frames.push(OutFrame::Gap {
-                    sub: q.handle.clone(),
-                    from,
-                    to,
-                });
-            }
             if q.unreported_drops > 0 {
                 frames.push(OutFrame::Dropped {
                     sub: q.handle.clone(),
@@ -151,7 +144,7 @@ impl Outbox {
                     q.replay.push_front(Waiting { event, attempt });
                     q.handle.replay_backlog.fetch_add(1, Relaxed);
                 }
-                OutFrame::Gap { from, to, .. } => q.lost = Some((from, to)),
+                OutFrame::Gap { from, to, .. } => q.lost.push_front((from, to)),
                 OutFrame::ReplayComplete { last_cursor, .. } => {
                     q.replay_complete = Some(last_cursor);
                     q.handle.set_replaying(true);

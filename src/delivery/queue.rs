@@ -69,9 +69,9 @@ pub struct SubQueue {
     pub(super) replay: VecDeque<Waiting>,
     /// Set when the replay task is done: the `last_cursor` of `replay_complete`.
     pub(super) replay_complete: Option<u64>,
-    /// Cursors retention removed before this (durable) subscription resolved them, to
-    /// announce before its replay (`gap`).
-    pub(super) lost: Option<(u64, u64)>,
+    /// Ranges of cursors retention removed before this (durable) subscription resolved
+    /// them, to announce (`gap`) in cursor order among the replayed events.
+    pub(super) lost: VecDeque<(u64, u64)>,
     /// Present for `ack: true` subscriptions.
     pub ack: Option<AckTracker>,
     /// Present for subscriptions with `coalesce`.
@@ -98,7 +98,7 @@ impl SubQueue {
             unreported_drops: 0,
             replay: VecDeque::new(),
             replay_complete: None,
-            lost: None,
+            lost: VecDeque::new(),
             ack,
         }
     }
@@ -238,9 +238,9 @@ impl SubQueue {
         }
     }
 
-    /// Announces, before anything else, cursors retention removed unresolved.
+    /// Announces cursors retention removed unresolved, after the replayed events below them.
     pub fn add_gap(&mut self, from: u64, to: u64) {
-        self.lost = Some((from, to));
+        self.lost.push_back((from, to));
     }
 
     /// Appends stored events to replay.
@@ -262,8 +262,26 @@ impl SubQueue {
     /// With acks, replayed events are deliveries like any other: bounded by
     /// `max_in_flight` and tracked until acknowledged.
     pub(super) fn take_replay(&mut self, frames: &mut Vec<OutFrame>, now: Instant) {
-        while frames.len() < FRAMES_PER_BATCH && self.ack.as_ref().is_none_or(AckTracker::has_room)
-        {
+        while frames.len() < FRAMES_PER_BATCH {
+            // A gap goes out where it lies: after the replayed events below it.
+            if let Some(&(from, to)) = self.lost.front() {
+                if self
+                    .replay
+                    .front()
+                    .is_none_or(|w| w.event.event.cursor >= from)
+                {
+                    self.lost.pop_front();
+                    frames.push(OutFrame::Gap {
+                        sub: self.handle.clone(),
+                        from,
+                        to,
+                    });
+                    continue;
+                }
+            }
+            if !self.ack.as_ref().is_none_or(AckTracker::has_room) {
+                break;
+            }
             let Some(w) = self.replay.pop_front() else {
                 break;
             };
@@ -277,7 +295,7 @@ impl SubQueue {
                 attempt: w.attempt,
             });
         }
-        if self.replay.is_empty() && frames.len() < FRAMES_PER_BATCH {
+        if self.replay.is_empty() && self.lost.is_empty() && frames.len() < FRAMES_PER_BATCH {
             if let Some(last_cursor) = self.replay_complete.take() {
                 self.handle.set_replaying(false);
                 frames.push(OutFrame::ReplayComplete {

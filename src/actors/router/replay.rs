@@ -108,6 +108,20 @@ async fn replay_stored(
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
+        if sub.spec.durable.is_some() {
+            let next = page
+                .first()
+                .map_or(upper + 1, |e| e.event.cursor)
+                .min(upper + 1);
+            if let Some((from, to)) = removed_before(reads, after, next, pending).await? {
+                let gap = AnnounceGap {
+                    sub: sub.clone(),
+                    from,
+                    to,
+                };
+                worker.send(gap).await.map_err(|e| e.to_string())?;
+            }
+        }
         let Some(last) = page.last() else { break };
         after = last.event.cursor;
         let events: Vec<_> = page
@@ -135,4 +149,75 @@ async fn replay_stored(
         }
     }
     Ok(())
+}
+
+/// The cursors in `(after, next)` that retention removed while a durable subscription's
+/// replay was on its way to them, less those it had resolved (`resolved`), or `None`.
+///
+/// Cursors are not dense (a failed commit leaves a hole), so a hole counts as lost only
+/// below the oldest event the log still keeps. The durable position is not moved here:
+/// deliveries before the hole may still be unacknowledged; the next resume moves it.
+async fn removed_before(
+    reads: &Recipient<Query>,
+    after: u64,
+    next: u64,
+    resolved: &HashSet<u64>,
+) -> Result<Option<(u64, u64)>, String> {
+    if next <= after + 1 {
+        return Ok(None);
+    }
+    let query = EventQuery {
+        after: Some(0),
+        limit: 1,
+        ..EventQuery::default()
+    };
+    let oldest = reads
+        .send(Query { query })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?
+        .first()
+        .map_or(u64::MAX, |e| e.event.cursor);
+    Ok(lost_range(after, next.min(oldest), resolved))
+}
+
+/// `(after, below)` without the resolved cursors at either end, or `None` if empty.
+fn lost_range(after: u64, below: u64, resolved: &HashSet<u64>) -> Option<(u64, u64)> {
+    let mut from = after + 1;
+    let mut to = below.checked_sub(1)?;
+    while from <= to && resolved.contains(&from) {
+        from += 1;
+    }
+    while to >= from && resolved.contains(&to) {
+        to -= 1;
+    }
+    (from <= to).then_some((from, to))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lost_range;
+    use std::collections::HashSet;
+
+    #[test]
+    fn lost_ranges() {
+        let none = HashSet::new();
+        let ends: HashSet<u64> = [11, 12, 20].into_iter().collect();
+        let all: HashSet<u64> = (11..=20).collect();
+        let cases: &[(u64, u64, &HashSet<u64>, Option<(u64, u64)>)] = &[
+            (10, 11, &none, None),
+            (10, 12, &none, Some((11, 11))),
+            (10, 21, &none, Some((11, 20))),
+            (10, 21, &ends, Some((13, 19))),
+            (10, 21, &all, None),
+            (0, 0, &none, None),
+        ];
+        for (after, below, resolved, want) in cases {
+            assert_eq!(
+                lost_range(*after, *below, resolved),
+                *want,
+                "{after}..{below}"
+            );
+        }
+    }
 }

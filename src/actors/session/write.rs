@@ -150,7 +150,7 @@ impl Session {
             }
             OutFrame::ReplayComplete { sub, last_cursor } => {
                 if sub.is_active() {
-                    self.send(
+                    self.notice(
                         ctx,
                         &Reply::ReplayComplete {
                             subscription_id: sub.id.clone(),
@@ -161,7 +161,7 @@ impl Session {
             }
             OutFrame::Gap { sub, from, to } => {
                 if sub.is_active() {
-                    self.send(
+                    self.notice(
                         ctx,
                         &Reply::Gap {
                             subscription_id: sub.id.clone(),
@@ -174,7 +174,7 @@ impl Session {
             }
             OutFrame::Dropped { sub, count } => {
                 if sub.is_active() {
-                    self.send(
+                    self.notice(
                         ctx,
                         &Reply::Dropped {
                             subscription_id: sub.id.clone(),
@@ -185,6 +185,15 @@ impl Session {
                 }
             }
         }
+    }
+}
+
+impl Session {
+    /// Writes a notice about a subscription's stream (`replay_complete`, `gap`,
+    /// `dropped`) in line with its events. Not through the reply queue: a reply owed
+    /// to a pending publish or ack must not hold it back while later events pass it.
+    fn notice(&mut self, ctx: &mut Ctx, reply: &Reply) {
+        ctx.text(reply.to_text());
     }
 }
 
