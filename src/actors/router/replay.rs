@@ -204,7 +204,8 @@ mod tests {
         let none = HashSet::new();
         let ends: HashSet<u64> = [11, 12, 20].into_iter().collect();
         let all: HashSet<u64> = (11..=20).collect();
-        let cases: &[(u64, u64, &HashSet<u64>, Option<(u64, u64)>)] = &[
+        type Case<'a> = (u64, u64, &'a HashSet<u64>, Option<(u64, u64)>);
+        let cases: &[Case] = &[
             (10, 11, &none, None),
             (10, 12, &none, Some((11, 11))),
             (10, 21, &none, Some((11, 20))),
