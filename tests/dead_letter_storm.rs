@@ -23,7 +23,11 @@ struct Counts {
 }
 
 async fn counts(server: &TestServer) -> Counts {
-    let (status, stats) = server.get("/api/stats").await;
+    counts_as(server, None).await
+}
+
+async fn counts_as(server: &TestServer, token: Option<&str>) -> Counts {
+    let (status, stats) = server.call("GET", "/api/stats", token, None).await;
     assert_eq!(status, 200, "{stats}");
     let store = &stats["store"];
     let n = |v: &Value| v.as_u64().unwrap_or(0);
@@ -431,4 +435,98 @@ async fn a_durable_subscription_overtaken_by_retention_is_told_the_lost_range() 
     }
     bystander.assert_alive().await;
     sub.assert_alive().await;
+}
+
+const STORM: &str = "storm-token-0123456789ab";
+
+/// A storm long enough to fill `store.max_dead_letters` (here: no per-second budget, so
+/// it fills at once) evicts the storming principal's own dead letters, oldest first,
+/// and none of another principal's, even older ones.
+#[actix_rt::test]
+async fn a_storm_over_the_dead_letter_limit_evicts_only_its_own() {
+    const MAX: u64 = 100;
+    let server = TestServer::with(|c| {
+        with_tokens(c);
+        c.auth
+            .tokens
+            .push(token("storm", STORM, &["storm.>"], &["storm.>"]));
+        c.auth.tokens[2].admin = true;
+        c.limits.dead_letters_per_sec = 0;
+        c.store.max_dead_letters = MAX;
+    })
+    .await;
+    let connect = |token: &'static str| {
+        let url = server.ws_url("/ws");
+        async move {
+            WsClient::try_connect_as(&url, Some(token))
+                .await
+                .expect("upgrade")
+        }
+    };
+    let mut worker = connect(WORKER).await;
+    let wid = worker
+        .subscribe(json!({"type": "pattern", "patterns": ["job.>"], "id": "jobs", "ack": true}))
+        .await;
+    let mut real = Vec::new();
+    for n in 0..3 {
+        let published = worker
+            .publish(json!({"topic": "job.run", "payload": {"n": n}}))
+            .await;
+        assert_eq!(
+            worker.recv_event().await["event"]["id"],
+            published["event_id"]
+        );
+        worker
+            .send(&json!({"type": "nack", "subscription_id": wid, "event_id": published["event_id"], "requeue": false}))
+            .await;
+        real.push(published["event_id"].clone());
+    }
+    worker.assert_alive().await;
+
+    let mut storm = connect(STORM).await;
+    for i in 0..20 {
+        storm
+            .subscribe(
+                json!({"type": "pattern", "patterns": ["storm.>"], "id": format!("s{i}"),
+                              "ack": true, "max_attempts": 1, "ack_timeout_ms": 1}),
+            )
+            .await;
+    }
+    for i in 0..20 {
+        storm
+            .publish(json!({"topic": "storm.tick", "payload": {"i": i}}))
+            .await;
+    }
+    // 400 storm dead letters and 3 real ones: wait (bounded) until all were stored.
+    let mut after = counts_as(&server, Some(OPS)).await;
+    for _ in 0..100 {
+        if after.dead_letters_added >= 403 {
+            break;
+        }
+        drain(&mut storm, Duration::from_millis(100)).await;
+        after = counts_as(&server, Some(OPS)).await;
+    }
+    assert_eq!(after.dead_letters_added, 403, "every dead letter stored");
+    assert!(after.evicted >= 403 - MAX - 3, "evicted {}", after.evicted);
+
+    let (status, list) = server
+        .call("GET", "/api/dead-letters?limit=1000", Some(OPS), None)
+        .await;
+    assert_eq!(status, 200, "{list}");
+    let list = list.as_array().expect("a list");
+    for id in &real {
+        assert!(
+            list.iter().any(|d| d["event"]["id"] == *id),
+            "real dead letter {id} kept"
+        );
+    }
+    let owners: Vec<&str> = list
+        .iter()
+        .filter_map(|d| d["principal"].as_str())
+        .collect();
+    assert_eq!(owners.len(), list.len(), "every row names its principal");
+    assert_eq!(owners.iter().filter(|p| **p == "worker").count(), 3);
+    assert!(list.len() as u64 <= MAX + 1, "{} kept", list.len());
+    worker.assert_alive().await;
+    storm.assert_alive().await;
 }

@@ -152,6 +152,8 @@ pub struct AttachRouter {
 #[rtype(result = "()")]
 pub struct DeadLettered {
     pub event: Arc<EncodedEvent>,
+    /// The subscriber's principal.
+    pub principal: String,
     pub subscription_id: String,
     pub connection_id: SessionId,
     pub reason: DeadReason,
@@ -312,6 +314,7 @@ impl DeliveryWorker {
             self.metrics.count_dead_lettered(&note.event);
             let msg = DeadLettered {
                 event: note.event,
+                principal: note.sub.principal.clone(),
                 subscription_id: note.sub.id.clone(),
                 connection_id: note.sub.session_id,
                 durable: note

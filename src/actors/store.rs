@@ -301,8 +301,8 @@ impl Handler<AddDeadLetter> for StoreActor {
                     if !quiet {
                         self.eviction_logged = Some(std::time::Instant::now());
                         log::warn!(
-                            "more than store.max_dead_letters ({max}) dead letters: deleting \
-                             the oldest ({evicted} so far)"
+                            "more than store.max_dead_letters ({max}) dead letters: deleting the \
+                             oldest of the principals holding the most ({evicted} so far)"
                         );
                     }
                 }
@@ -614,6 +614,7 @@ mod tests {
         for _ in 0..203 {
             let dead_letter = NewDeadLetter {
                 event: event.clone(),
+                principal: "anonymous".into(),
                 subscription_id: "s".into(),
                 connection_id: 1,
                 reason: "rejected".into(),

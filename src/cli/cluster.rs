@@ -229,6 +229,7 @@ fn copy(dir: &Path, from: &SqliteStore, to: &mut RedisStore) -> Result<Imported,
         for dl in page {
             to.add_dead_letter(NewDeadLetter {
                 event: dl.event,
+                principal: dl.principal,
                 subscription_id: dl.subscription_id,
                 connection_id: dl.connection_id,
                 reason: dl.reason,

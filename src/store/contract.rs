@@ -287,6 +287,7 @@ fn dead_letters_are_stored_listed_and_taken() {
             let dl = s
                 .add_dead_letter(super::NewDeadLetter {
                     event: ev(i as u64 + 1, "task.a", "high"),
+                    principal: "alice".into(),
                     subscription_id: "sub-1".into(),
                     connection_id: 7,
                     reason: reason.into(),
@@ -382,6 +383,7 @@ fn dead_letters_are_trimmed_oldest_first() {
             .map(|i| {
                 s.add_dead_letter(super::NewDeadLetter {
                     event: ev(i, "task.a", "low"),
+                    principal: "alice".into(),
                     subscription_id: "sub-1".into(),
                     connection_id: 1,
                     reason: "rejected".into(),
@@ -403,6 +405,60 @@ fn dead_letters_are_trimmed_oldest_first() {
         assert_eq!(s.trim_dead_letters(3).unwrap(), 0);
         assert_eq!(s.trim_dead_letters(0).unwrap(), 3);
         assert_eq!(s.dead_letter_count().unwrap(), 0);
+    });
+}
+
+/// Over the limit, the principal holding the most gives up its oldest first: a
+/// dead-letter storm of one subscriber does not evict another's.
+#[test]
+fn dead_letters_are_evicted_from_the_largest_holder_first() {
+    each_backend(|s| {
+        let mut add = |principal: &str, n: u64| {
+            s.add_dead_letter(super::NewDeadLetter {
+                event: ev(n, "task.a", "low"),
+                principal: principal.into(),
+                subscription_id: "sub-1".into(),
+                connection_id: 1,
+                reason: "max_attempts".into(),
+                attempts: 1,
+            })
+            .unwrap()
+            .id
+        };
+        let real: Vec<u64> = (1..=2).map(|n| add("worker", n)).collect();
+        let storm: Vec<u64> = (3..=12).map(|n| add("storm", n)).collect();
+        let late = add("worker", 13);
+        assert_eq!(s.trim_dead_letters(8).unwrap(), 5);
+        let kept: Vec<(u64, String)> = s
+            .dead_letters(0, 100)
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.id, d.principal))
+            .collect();
+        let mut want: Vec<(u64, String)> = real.iter().map(|id| (*id, "worker".into())).collect();
+        want.extend(storm[5..].iter().map(|id| (*id, "storm".into())));
+        want.push((late, "worker".into()));
+        assert_eq!(kept, want, "the storm's five oldest went");
+        // Down to a common level: 3 each, the storm's oldest first.
+        assert_eq!(s.trim_dead_letters(6).unwrap(), 2);
+        let kept: Vec<u64> = s
+            .dead_letters(0, 100)
+            .unwrap()
+            .iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(kept, [real[0], real[1], storm[7], storm[8], storm[9], late]);
+        assert_eq!(s.dead_letter_count().unwrap(), 6);
+        // Taking one out keeps the per-principal counts right.
+        assert!(s.take_dead_letter(real[0]).unwrap().is_some());
+        assert_eq!(s.trim_dead_letters(4).unwrap(), 1);
+        let kept: Vec<u64> = s
+            .dead_letters(0, 100)
+            .unwrap()
+            .iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(kept, [real[1], storm[8], storm[9], late]);
     });
 }
 

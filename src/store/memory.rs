@@ -243,12 +243,33 @@ impl EventStore for MemoryStore {
     }
 
     fn trim_dead_letters(&mut self, max: u64) -> Result<u64, StoreError> {
-        let mut removed = 0;
-        while self.dead_letters.len() as u64 > max {
-            self.dead_letters.pop_first();
-            removed += 1;
+        let excess = (self.dead_letters.len() as u64).saturating_sub(max);
+        if excess == 0 {
+            return Ok(0);
         }
-        Ok(removed)
+        let mut by_principal: std::collections::BTreeMap<&str, u64> = Default::default();
+        for dl in self.dead_letters.values() {
+            *by_principal.entry(&dl.principal).or_default() += 1;
+        }
+        let counts: Vec<(String, u64)> = by_principal
+            .into_iter()
+            .map(|(p, n)| (p.to_owned(), n))
+            .collect();
+        let mut quota: std::collections::HashMap<String, u64> =
+            super::eviction::fair_eviction(&counts, excess)
+                .into_iter()
+                .collect();
+        let before = self.dead_letters.len();
+        // Oldest first: ids only increase.
+        self.dead_letters
+            .retain(|_, dl| match quota.get_mut(&dl.principal) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    false
+                }
+                _ => true,
+            });
+        Ok((before - self.dead_letters.len()) as u64)
     }
 
     fn dead_letter_count(&self) -> Result<u64, StoreError> {

@@ -21,6 +21,7 @@
 //! or sessions.
 
 mod checkpoint;
+pub mod eviction;
 pub mod memory;
 pub mod redis;
 pub mod sqlite;
@@ -106,6 +107,9 @@ pub struct StoreStats {
 pub struct DeadLetter {
     pub id: u64,
     pub event: Arc<EncodedEvent>,
+    /// The subscriber that did not acknowledge it: over `store.max_dead_letters`, the
+    /// principals holding the most give theirs up first ([`eviction`]).
+    pub principal: String,
     pub subscription_id: String,
     pub connection_id: u64,
     pub reason: String,
@@ -120,6 +124,7 @@ impl DeadLetter {
         serde_json::json!({
             "id": self.id,
             "event": event,
+            "principal": self.principal,
             "subscription": self.subscription_id,
             "connection_id": self.connection_id,
             "reason": self.reason,
@@ -133,6 +138,7 @@ impl DeadLetter {
 #[derive(Debug, Clone)]
 pub struct NewDeadLetter {
     pub event: Arc<EncodedEvent>,
+    pub principal: String,
     pub subscription_id: String,
     pub connection_id: u64,
     pub reason: String,
@@ -145,6 +151,7 @@ impl NewDeadLetter {
         DeadLetter {
             id,
             event: self.event,
+            principal: self.principal,
             subscription_id: self.subscription_id,
             connection_id: self.connection_id,
             reason: self.reason,
@@ -335,9 +342,9 @@ pub trait EventStore: Send {
     /// Removes and returns a dead letter.
     fn take_dead_letter(&mut self, id: u64) -> Result<Option<DeadLetter>, StoreError>;
 
-    /// Deletes the oldest dead letters so that at most `max` remain; returns how many
-    /// went. Like retention by count, a backend may keep fewer (SQLite counts by id
-    /// range, and dead letters taken out leave gaps), never more.
+    /// Deletes dead letters so that at most `max` remain, taking them as
+    /// [`eviction::fair_eviction`] says (from the principals holding the most, each one's
+    /// oldest first); returns how many went.
     fn trim_dead_letters(&mut self, max: u64) -> Result<u64, StoreError>;
 
     fn dead_letter_count(&self) -> Result<u64, StoreError>;

@@ -91,6 +91,7 @@ impl Handler<DeadLettered> for Router {
     fn handle(&mut self, msg: DeadLettered, ctx: &mut Context<Self>) {
         let dead_letter = NewDeadLetter {
             event: msg.event,
+            principal: msg.principal,
             subscription_id: msg.subscription_id,
             connection_id: msg.connection_id,
             reason: msg.reason.as_str().to_owned(),

@@ -19,6 +19,8 @@ pub(super) struct Keys {
     pub letters: String,
     /// STRING: the highest dead letter id ever assigned.
     pub letters_seq: String,
+    /// HASH: dead letters held per principal (eviction takes from the largest).
+    pub letters_owners: String,
     /// SET: names of nodes that sent a heartbeat.
     pub nodes: String,
     /// HASH: per node, `<urgent deliveries>,<late ones>` since it started (overload).
@@ -44,6 +46,7 @@ impl Keys {
             epoch: format!("{prefix}:{{log}}:epoch"),
             letters: format!("{prefix}:{{dl}}:letters"),
             letters_seq: format!("{prefix}:{{dl}}:seq"),
+            letters_owners: format!("{prefix}:{{dl}}:owners"),
             nodes: format!("{prefix}:nodes"),
             urgency: format!("{prefix}:urgency"),
         }

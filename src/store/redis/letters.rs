@@ -9,6 +9,7 @@ use redis::Value;
 use super::keys::id;
 use super::reply::{self, Entry};
 use super::RedisStore;
+use crate::store::eviction::fair_eviction;
 use crate::store::{DeadLetter, NewDeadLetter, StoreError};
 
 pub(super) fn add(store: &RedisStore, dl: NewDeadLetter) -> Result<DeadLetter, StoreError> {
@@ -19,11 +20,13 @@ pub(super) fn add(store: &RedisStore, dl: NewDeadLetter) -> Result<DeadLetter, S
             .add_dead_letter
             .key(&k.letters)
             .key(&k.letters_seq)
+            .key(&k.letters_owners)
             .arg(&*dl.event.json)
             .arg(&dl.subscription_id)
             .arg(dl.connection_id)
             .arg(&dl.reason)
             .arg(dl.attempts)
+            .arg(&dl.principal)
             .invoke::<Value>(c)
     })?;
     let [dl_id, at] = <[Value; 2]>::try_from(reply::array(v)?)
@@ -69,20 +72,49 @@ pub(super) fn take(store: &RedisStore, dl_id: u64) -> Result<Option<DeadLetter>,
             .scripts
             .take_dead_letter
             .key(&store.keys.letters)
+            .key(&store.keys.letters_owners)
             .arg(id(dl_id))
             .invoke::<Value>(c)
     })?;
     reply::entries(v)?.first().map(letter).transpose()
 }
 
+/// Most entries one eviction call looks at: it runs inside Redis, which serves no one
+/// else meanwhile.
+const EVICT_SCAN_LIMIT: u64 = 20_000;
+
 pub(super) fn trim(store: &RedisStore, max: u64) -> Result<u64, StoreError> {
-    let v = store.link.run("trim dead letters", false, |c| {
-        redis::cmd("XTRIM")
-            .arg(&store.keys.letters)
-            .arg("MAXLEN")
-            .arg("=")
-            .arg(max)
-            .query::<Value>(c)
+    let excess = count(store)?.saturating_sub(max);
+    if excess == 0 {
+        return Ok(0);
+    }
+    let k = &store.keys;
+    let v = store
+        .link
+        .run("count dead letters per principal", true, |c| {
+            redis::cmd("HGETALL")
+                .arg(&k.letters_owners)
+                .query::<Value>(c)
+        })?;
+    let mut counts = Vec::new();
+    let mut fields = reply::array(v)?.into_iter();
+    while let (Some(p), Some(n)) = (fields.next(), fields.next()) {
+        counts.push((reply::text(p)?, reply::count(n)?));
+    }
+    // Entries from before the owners hash: counted as one principal, `''`.
+    let owned: u64 = counts.iter().map(|(_, n)| n).sum();
+    let total = count(store)?;
+    if total > owned && !counts.iter().any(|(p, _)| p.is_empty()) {
+        counts.push((String::new(), total - owned));
+    }
+    let plan = fair_eviction(&counts, excess);
+    let v = store.link.run("evict dead letters", false, |c| {
+        let mut call = store.scripts.evict_dead_letters.key(&k.letters);
+        call.key(&k.letters_owners);
+        for (principal, n) in &plan {
+            call.arg(principal).arg(*n);
+        }
+        call.arg(EVICT_SCAN_LIMIT).invoke::<Value>(c)
     })?;
     reply::count(v)
 }
@@ -105,6 +137,9 @@ fn letter(e: &Entry) -> Result<DeadLetter, StoreError> {
     Ok(DeadLetter {
         id: e.id,
         event: crate::protocol::EncodedEvent::with_json(event, json),
+        principal: e
+            .field("principal")
+            .map_or_else(String::new, |p| String::from_utf8_lossy(p).into_owned()),
         subscription_id: e.text("sub")?.to_owned(),
         connection_id: e.number("conn")?,
         reason: e.text("reason")?.to_owned(),

@@ -168,25 +168,82 @@ return {first, top(KEYS[1], KEYS[2]), redis.call('GET', KEYS[3]) or ''}
 "#
 );
 
-/// KEYS: letters, letters seq. ARGV: envelope, subscription, connection, reason,
-/// attempts. Returns {id, dead_at (unix ms)}.
+/// KEYS: letters, letters seq, owners. ARGV: envelope, subscription, connection,
+/// reason, attempts, principal. Returns {id, dead_at (unix ms)}.
 const ADD_DEAD_LETTER: &str = concat!(
     lua_now!(),
     r#"
 local id = string.format('%d', redis.call('INCR', KEYS[2]))
 local at = now_ms()
 redis.call('XADD', KEYS[1], id .. '-0', 'event', ARGV[1], 'sub', ARGV[2], 'conn', ARGV[3],
-  'reason', ARGV[4], 'attempts', ARGV[5], 'dead_at', at)
+  'reason', ARGV[4], 'attempts', ARGV[5], 'dead_at', at, 'principal', ARGV[6])
+redis.call('HINCRBY', KEYS[3], ARGV[6], 1)
 return {tonumber(id), tonumber(at)}
 "#
 );
 
-/// KEYS: letters. ARGV: stream id. Returns the entry (XRANGE shape) and deletes it.
-const TAKE_DEAD_LETTER: &str = r#"
+/// A dead letter entry's principal (`''` for entries from before the field).
+macro_rules! lua_owner {
+    () => {
+        r#"
+local function owner(fields)
+  for i = 1, #fields, 2 do
+    if fields[i] == 'principal' then return fields[i + 1] end
+  end
+  return ''
+end
+local function disown(key, p)
+  if redis.call('HINCRBY', key, p, -1) <= 0 then redis.call('HDEL', key, p) end
+end
+"#
+    };
+}
+
+/// KEYS: letters, owners. ARGV: stream id. Returns the entry (XRANGE shape) and
+/// deletes it.
+const TAKE_DEAD_LETTER: &str = concat!(
+    lua_owner!(),
+    r#"
 local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
-if #found > 0 then redis.call('XDEL', KEYS[1], ARGV[1]) end
+if #found > 0 then
+  redis.call('XDEL', KEYS[1], ARGV[1])
+  disown(KEYS[2], owner(found[1][2]))
+end
 return found
-"#;
+"#
+);
+
+/// KEYS: letters, owners. ARGV: pairs of principal, how many of its oldest to delete,
+/// then (last) the most entries to look at. Returns how many went.
+const EVICT_DEAD_LETTERS: &str = concat!(
+    lua_owner!(),
+    r#"
+local want, left = {}, 0
+for i = 1, #ARGV - 1, 2 do
+  want[ARGV[i]] = tonumber(ARGV[i + 1])
+  left = left + tonumber(ARGV[i + 1])
+end
+local budget = tonumber(ARGV[#ARGV])
+local start, removed = '-', 0
+while left > 0 and budget > 0 do
+  local page = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 512)
+  if #page == 0 then break end
+  for _, e in ipairs(page) do
+    local p = owner(e[2])
+    if (want[p] or 0) > 0 then
+      redis.call('XDEL', KEYS[1], e[1])
+      disown(KEYS[2], p)
+      want[p] = want[p] - 1
+      left = left - 1
+      removed = removed + 1
+    end
+    start = '(' .. e[1]
+  end
+  budget = budget - #page
+end
+return removed
+"#
+);
 
 /// KEYS: state, acked. ARGV: floor if new. Returns {floor, {acked cursors}}.
 const DURABLE_OPEN: &str = r#"
@@ -241,6 +298,7 @@ pub(super) struct Scripts {
     pub fence: Script,
     pub add_dead_letter: Script,
     pub take_dead_letter: Script,
+    pub evict_dead_letters: Script,
     pub durable_open: Script,
     pub durable_ack: Script,
     pub durable_set_floor: Script,
@@ -258,6 +316,7 @@ impl Scripts {
             fence: Script::new(FENCE),
             add_dead_letter: Script::new(ADD_DEAD_LETTER),
             take_dead_letter: Script::new(TAKE_DEAD_LETTER),
+            evict_dead_letters: Script::new(EVICT_DEAD_LETTERS),
             durable_open: Script::new(DURABLE_OPEN),
             durable_ack: Script::new(DURABLE_ACK),
             durable_set_floor: Script::new(DURABLE_SET_FLOOR),

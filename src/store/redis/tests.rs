@@ -444,6 +444,7 @@ fn dead_letters_are_shared_by_the_nodes() {
     let (mut a, mut b) = redis.two_nodes();
     let dl = |reason: &str| crate::store::NewDeadLetter {
         event: numbered("x", 7),
+        principal: "alice".into(),
         subscription_id: "sub-1".into(),
         connection_id: 42,
         reason: reason.into(),

@@ -7,24 +7,45 @@ use chrono::Utc;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{decode, to_i64};
+use crate::store::eviction::fair_eviction;
 use crate::store::{DeadLetter, NewDeadLetter, StoreError};
 
-const SELECT_DEAD_LETTER: &str =
-    "SELECT id, subscription_id, connection_id, reason, attempts, dead_at, envelope
-     FROM dead_letters WHERE id = ?1";
+/// The columns of a row; a file from before `principal` opened read-only (by `cluster
+/// import`) reads `''` for it, as the writer's migration would have filled in.
+fn columns(conn: &Connection) -> Result<&'static str, StoreError> {
+    let has: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('dead_letters') WHERE name = 'principal'",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(if has {
+        "id, subscription_id, connection_id, reason, attempts, dead_at, envelope, principal"
+    } else {
+        "id, subscription_id, connection_id, reason, attempts, dead_at, envelope, ''"
+    })
+}
+
+fn select_one(conn: &Connection) -> Result<String, StoreError> {
+    Ok(format!(
+        "SELECT {} FROM dead_letters WHERE id = ?1",
+        columns(conn)?
+    ))
+}
 
 pub(super) fn add(conn: &Connection, dl: NewDeadLetter) -> Result<DeadLetter, StoreError> {
     let dead_at = Utc::now();
     conn.execute(
-        "INSERT INTO dead_letters (subscription_id, connection_id, reason, attempts, dead_at, envelope)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO dead_letters
+            (subscription_id, connection_id, reason, attempts, dead_at, envelope, principal)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             dl.subscription_id,
             to_i64(dl.connection_id),
             dl.reason,
             dl.attempts,
             dead_at.to_rfc3339(),
-            &*dl.event.json
+            &*dl.event.json,
+            dl.principal
         ],
     )?;
     Ok(dl.stored(conn.last_insert_rowid().max(0) as u64, dead_at))
@@ -35,10 +56,10 @@ pub(super) fn list(
     after: u64,
     limit: usize,
 ) -> Result<Vec<DeadLetter>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, subscription_id, connection_id, reason, attempts, dead_at, envelope
-         FROM dead_letters WHERE id > ?1 ORDER BY id LIMIT ?2",
-    )?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {} FROM dead_letters WHERE id > ?1 ORDER BY id LIMIT ?2",
+        columns(conn)?
+    ))?;
     let rows = stmt.query_map(
         params![to_i64(after), i64::try_from(limit).unwrap_or(i64::MAX)],
         row_to_dead,
@@ -49,7 +70,7 @@ pub(super) fn list(
 
 pub(super) fn get(conn: &Connection, id: u64) -> Result<Option<DeadLetter>, StoreError> {
     let raw = conn
-        .query_row(SELECT_DEAD_LETTER, params![to_i64(id)], row_to_dead)
+        .query_row(&select_one(conn)?, params![to_i64(id)], row_to_dead)
         .optional()?;
     raw.map(RawDeadLetter::decode).transpose()
 }
@@ -57,7 +78,7 @@ pub(super) fn get(conn: &Connection, id: u64) -> Result<Option<DeadLetter>, Stor
 pub(super) fn take(conn: &mut Connection, id: u64) -> Result<Option<DeadLetter>, StoreError> {
     let tx = conn.transaction()?;
     let raw = tx
-        .query_row(SELECT_DEAD_LETTER, params![to_i64(id)], row_to_dead)
+        .query_row(&select_one(&tx)?, params![to_i64(id)], row_to_dead)
         .optional()?;
     tx.execute(
         "DELETE FROM dead_letters WHERE id = ?1",
@@ -68,13 +89,26 @@ pub(super) fn take(conn: &mut Connection, id: u64) -> Result<Option<DeadLetter>,
 }
 
 pub(super) fn trim(conn: &Connection, max: u64) -> Result<u64, StoreError> {
-    // Ids only increase: the newest `max` are those above `max(id) - max`, a
-    // primary-key range, not a count of the table.
-    let removed = conn.execute(
-        "DELETE FROM dead_letters WHERE id <= (SELECT max(id) FROM dead_letters) - ?1",
-        params![to_i64(max)],
-    )?;
-    Ok(removed as u64)
+    let excess = count(conn)?.saturating_sub(max);
+    if excess == 0 {
+        return Ok(0);
+    }
+    let mut stmt =
+        conn.prepare_cached("SELECT principal, count(*) FROM dead_letters GROUP BY principal")?;
+    let counts = stmt
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut removed = 0;
+    for (principal, n) in fair_eviction(&counts, excess) {
+        removed += conn.execute(
+            "DELETE FROM dead_letters WHERE id IN
+               (SELECT id FROM dead_letters WHERE principal = ?1 ORDER BY id LIMIT ?2)",
+            params![principal, to_i64(n)],
+        )? as u64;
+    }
+    Ok(removed)
 }
 
 pub(super) fn count(conn: &Connection) -> Result<u64, StoreError> {
@@ -91,6 +125,7 @@ struct RawDeadLetter {
     attempts: u32,
     dead_at: String,
     envelope: String,
+    principal: String,
 }
 
 fn row_to_dead(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawDeadLetter> {
@@ -102,6 +137,7 @@ fn row_to_dead(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawDeadLetter> {
         attempts: r.get(4)?,
         dead_at: r.get(5)?,
         envelope: r.get(6)?,
+        principal: r.get(7)?,
     })
 }
 
@@ -117,6 +153,7 @@ impl RawDeadLetter {
         Ok(DeadLetter {
             id: self.id.max(0) as u64,
             event,
+            principal: self.principal,
             subscription_id: self.subscription_id,
             connection_id: self.connection_id.max(0) as u64,
             reason: self.reason,

@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     reason          TEXT    NOT NULL,
     attempts        INTEGER NOT NULL,
     dead_at         TEXT    NOT NULL,
-    envelope        TEXT    NOT NULL
+    envelope        TEXT    NOT NULL,
+    principal       TEXT    NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS durable_subscriptions (
     principal TEXT    NOT NULL,
@@ -79,6 +80,25 @@ pub(super) fn add_publisher_column(conn: &Connection, name: &str) -> Result<(), 
     Ok(())
 }
 
+/// Gives the `dead_letters` table of an older file its `principal` column (`''` in
+/// every row: they share one principal) and the index that eviction walks.
+fn add_dead_letter_principal(conn: &Connection) -> Result<(), StoreError> {
+    let has: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('dead_letters') WHERE name = 'principal'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has {
+        conn.execute_batch(
+            "ALTER TABLE dead_letters ADD COLUMN principal TEXT NOT NULL DEFAULT ''",
+        )?;
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS dead_letters_principal ON dead_letters (principal, id)",
+    )?;
+    Ok(())
+}
+
 /// Opens the writer's connection to `path` and creates the tables it lacks.
 pub(super) fn connect(path: &Path, options: &SqliteOptions) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
@@ -99,6 +119,7 @@ pub(super) fn connect(path: &Path, options: &SqliteOptions) -> Result<Connection
     )?;
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
+    add_dead_letter_principal(&conn)?;
     // Reads and appends name one statement per segment.
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
