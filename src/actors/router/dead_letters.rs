@@ -56,6 +56,7 @@ impl Notice {
             "event_type": ev.event_type,
             "event_priority": ev.priority,
             "event_cursor": ev.cursor,
+            "principal": dl.principal,
             "subscription": dl.subscription_id,
             "connection_id": dl.connection_id,
             "reason": dl.reason,
