@@ -150,6 +150,20 @@ class Client:
         subscriptions stop iterating."""
         if self.state == CLOSED:
             return
+        # A durable name is freed when the server sees the connection end, which can be
+        # after a new connection asks for it; unsubscribing frees it before we go.
+        durable = [s.id for s in self._subs.values() if s.durable]
+        if durable and self._ws is not None:
+            try:
+                await self._settle_acks()
+                waits = [await self._request({"type": "unsubscribe", "subscription_id": i},
+                                             retry=False) for i in durable]
+                await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True),
+                                       min(self.request_timeout, 2.0))
+            except (asyncio.TimeoutError, SwitchyardError):
+                pass
+        # Taken first: cancelling the task clears `_ws`.
+        ws, self._ws = self._ws, None
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -157,7 +171,6 @@ class Client:
                 await task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001 - closing anyway
                 pass
-        ws, self._ws = self._ws, None
         if ws is not None:
             try:
                 await ws.close()
@@ -290,6 +303,8 @@ class Client:
         sub = self._subs.pop(subscription_id, None)
         if sub is not None:
             sub.end()
+            if sub.uses_acks:
+                await self._settle_acks()
         try:
             await self._within(await self._request(
                 {"type": "unsubscribe", "subscription_id": subscription_id}, retry=False))
@@ -327,6 +342,16 @@ class Client:
         """A round trip; returns the server's time."""
         reply = await self._within(await self._request({"type": "ping"}, retry=True))
         return str(reply.get("server_time", ""))
+
+    async def _settle_acks(self) -> None:
+        """Waits for a ping's round trip. The server records acks asynchronously: an
+        `unsubscribe` right behind them can overtake them, and they are then refused
+        `unknown_event` and not recorded (a durable subscription would get those events
+        again). A round trip first lets them land."""
+        try:
+            await asyncio.wait_for(self.ping(), min(self.request_timeout, 2.0))
+        except (asyncio.TimeoutError, SwitchyardError):
+            pass
 
     async def _fire(self, frame: Dict[str, Any], confirm: bool) -> None:
         if not confirm:
