@@ -101,6 +101,8 @@ class Client:
         self._state_changed: Optional[asyncio.Event] = None
         self._room: Optional[asyncio.Semaphore] = None
         self._unanswered = 0
+        #: Connections opened so far (1 once connected, more after reconnects).
+        self.connections = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -468,6 +470,7 @@ class Client:
         try:
             await self._restore(ws, generation)
             self._ws = ws
+            self.connections += 1
             self._set_state(CONNECTED)
             async for raw in ws:
                 await self._receive(raw)

@@ -51,7 +51,8 @@ class Server:
             for line in stderr:
                 lines.put(line)
             lines.put(None)
-        threading.Thread(target=drain, daemon=True).start()
+        self.drain = threading.Thread(target=drain, daemon=True)
+        self.drain.start()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -72,6 +73,12 @@ class Server:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        self._reap()
+
+    def _reap(self) -> None:
+        if self.proc is not None and self.proc.stderr is not None and self.proc.poll() is not None:
+            self.drain.join(5)
+            self.proc.stderr.close()
 
     def restart(self) -> None:
         self.kill()
@@ -101,4 +108,12 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        self._reap()
         self.dir.cleanup()
+
+
+def quiet_loop() -> None:
+    """IsolatedAsyncioTestCase runs the loop in debug mode, which logs every callback
+    over 0.1 s; on a shared, busy test machine that is noise, not a finding."""
+    import asyncio
+    asyncio.get_running_loop().slow_callback_duration = 2.0

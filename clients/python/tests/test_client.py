@@ -7,6 +7,7 @@ import unittest
 import uuid
 
 import server
+from proxy import Proxy
 
 from switchyard import (Backoff, Client, InvalidCondition, InvalidEvent, InvalidPattern,
                         InvalidSubscription, Published, ReplayComplete, UnknownEvent,
@@ -42,6 +43,7 @@ async def collect(sub, until_id, limit=WAIT):
 
 class ClientTest(unittest.IsolatedAsyncioTestCase):
     async def asyncSetUp(self):
+        server.quiet_loop()
         self.client = await Client(SERVER.url, request_timeout=WAIT, backoff=FAST).connect()
         self.p = prefix()
 
@@ -158,6 +160,36 @@ class ClientTest(unittest.IsolatedAsyncioTestCase):
             self.assertEqual([e.id for e in got], ids[1:] + [fourth])
             for e in got:
                 await e.ack()
+
+    async def test_a_drop_after_a_critical_event_does_not_skip_lower_ones(self):
+        # docs/protocol.md 5.2-5.3: this batch reaches a subscriber critical first. The
+        # connection drops right after that frame, the lower-priority ones still in the
+        # network: resuming after the highest cursor seen would skip them.
+        proxy = Proxy(SERVER.port)
+        url = await proxy.start()
+        try:
+            async with Client(url, backoff=FAST, request_timeout=WAIT) as live:
+                sub = await live.subscribe(patterns=[f"{self.p}.>"])
+                await live.ping()  # replay_complete is in: what follows is live
+                proxy.holding = True
+                batch = await self.client.publish_batch(
+                    [{"topic": f"{self.p}.e", "priority": p}
+                     for p in ["low", "low", "normal", "critical", "high"]])
+                await proxy.release_frame()
+                first = await sub.next_event(WAIT)
+                self.assertEqual(first.cursor, batch[3].cursor)
+                proxy.cut()
+                got = [first]
+                while len({e.id for e in got}) < len(batch):
+                    got.append(await sub.next_event(WAIT))
+                # Anything the resume repeated would come before this later event.
+                last = await self.client.publish({"topic": f"{self.p}.e", "priority": "low"})
+                got += await collect(sub, last.event_id)
+                self.assertEqual(sorted(e.cursor for e in got),
+                                 [r.cursor for r in batch] + [last.cursor])
+                self.assertEqual(live.connections, 2)
+        finally:
+            await proxy.close()
 
     async def test_several_urls_skip_a_dead_node(self):
         with socket.socket() as s:
