@@ -12,16 +12,14 @@ import asyncio
 import json
 import logging
 import random
-import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
-from . import _ws
+from . import _ws, frames
 from .backoff import Backoff, after_failure
-from .errors import (ClientClosed, ClientFailed, ConnectionLost, ProtocolViolation,
+from .errors import (ClientClosed, ClientFailed, ConnectionLost,
                      RequestTimeout, ServerError, SwitchyardError, Unauthorized, error_from)
 from .pending import judge
 from .resume import Resume
@@ -203,16 +201,16 @@ class Client:
         """Waits for room in the window of unanswered publishes, sends the event, and
         returns a future of its `Published` (or its `ServerError`). A loop of `submit`s
         pipelines up to `window` publishes, then waits: back-pressure, not memory."""
-        frame = {"type": "publish_event", "event": _with_id(event)}
+        frame = {"type": "publish_event", "event": frames.with_id(event)}
         raw = await self._windowed(frame)
-        return _then(raw, _published)
+        return frames.then(raw, frames.published)
 
     async def submit_batch(self, events: Iterable[Dict[str, Any]]
                            ) -> "asyncio.Future[List[Union[Published, ServerError]]]":
         """As `submit`, for a `publish_batch` (one window slot for the whole batch)."""
-        frame = {"type": "publish_batch", "events": [_with_id(e) for e in events]}
+        frame = {"type": "publish_batch", "events": [frames.with_id(e) for e in events]}
         raw = await self._windowed(frame)
-        return _then(raw, _batch_results)
+        return frames.then(raw, frames.batch_results)
 
     async def publish(self, event: Dict[str, Any]) -> Published:
         """Publishes one event and returns its `Published` once the router stored it.
@@ -288,8 +286,8 @@ class Client:
             spec["from_cursor"] = from_cursor
         if spec["id"] in self._subs:
             raise ValueError(f"subscription id {spec['id']!r} is in use on this client")
-        sub = Subscription(self, spec, resume=record, since=since or _now(), notices=notices,
-                           buffer=self.delivery_buffer)
+        sub = Subscription(self, spec, resume=record, since=since or frames.now(),
+                           notices=notices, buffer=self.delivery_buffer)
         # Registered first: its events may arrive before `subscribed` (section 3.9).
         self._subs[sub.id] = sub
         try:
@@ -412,7 +410,7 @@ class Client:
         """`store.last_cursor` from `GET /api/stats` on the node in use: where a
         subscription that starts now resumes from (docs/protocol.md section 5.3). None
         when it cannot be read; the subscription then resumes by time."""
-        url = _http_url(self.urls[self._index % len(self.urls)], "/api/stats")
+        url = frames.http_url(self.urls[self._index % len(self.urls)], "/api/stats")
         headers = {} if self.token is None else {"Authorization": f"Bearer {self.token}"}
 
         def get() -> Any:
@@ -591,58 +589,3 @@ class Client:
             await self._resubscribe(ws, sub, self._generation, attempts)
         except _ws.ConnectionClosed:
             pass
-
-
-def _with_id(event: Dict[str, Any]) -> Dict[str, Any]:
-    if not isinstance(event, dict):
-        raise TypeError("an event is a dict")
-    if event.get("id") is None:
-        return dict(event, id=str(uuid.uuid4()))
-    return event
-
-
-def _published(reply: Dict[str, Any]) -> Published:
-    event_id, cursor = reply.get("event_id"), reply.get("cursor")
-    if not isinstance(event_id, str) or not isinstance(cursor, int):
-        raise ProtocolViolation(f"unexpected reply: {reply}")
-    return Published(event_id, cursor, bool(reply.get("duplicate", False)))
-
-
-def _batch_results(reply: Dict[str, Any]) -> List[Union[Published, ServerError]]:
-    results = reply.get("results")
-    if not isinstance(results, list):
-        raise ProtocolViolation(f"unexpected reply: {reply}")
-    return [error_from(r["error"]) if isinstance(r, dict) and "error" in r else _published(r)
-            for r in results]
-
-
-def _then(raw: "asyncio.Future[Any]", convert: Any) -> "asyncio.Future[Any]":
-    """A future of `convert(result of raw)`."""
-    out: "asyncio.Future[Any]" = asyncio.get_running_loop().create_future()
-
-    def done(f: "asyncio.Future[Any]") -> None:
-        if out.done():
-            return
-        if f.cancelled():
-            out.cancel()
-        elif f.exception() is not None:
-            out.set_exception(f.exception())  # type: ignore[arg-type]
-        else:
-            try:
-                out.set_result(convert(f.result()))
-            except SwitchyardError as e:
-                out.set_exception(e)
-    raw.add_done_callback(done)
-    # A caller that gives up (timeout) frees the window slot too.
-    out.add_done_callback(lambda f: raw.cancel() if f.cancelled() else None)
-    return out
-
-
-def _http_url(ws_url: str, path: str) -> str:
-    parts = urllib.parse.urlsplit(ws_url)
-    scheme = "https" if parts.scheme == "wss" else "http"
-    return urllib.parse.urlunsplit((scheme, parts.netloc, path, "", ""))
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

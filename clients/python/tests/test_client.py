@@ -13,7 +13,7 @@ from switchyard import (Backoff, Client, InvalidCondition, InvalidEvent, Invalid
                         InvalidSubscription, Published, ReplayComplete, UnknownEvent,
                         UnknownSubscription)
 
-SERVER: "server.Server"
+SERVER: "server.Server" = None  # type: ignore[assignment]  # set by setUpModule
 WAIT = 10.0
 FAST = Backoff(initial=0.05, max=0.5)
 
