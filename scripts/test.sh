@@ -30,3 +30,5 @@ fi
 cargo test --all-targets
 cargo build --quiet --bin switchyard
 python3 tests/python/protocol_conformance.py --binary target/debug/switchyard
+# The Python client (clients/python) against the same binary: its own servers, free ports.
+python3 -m unittest discover -s clients/python/tests
