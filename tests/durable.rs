@@ -287,3 +287,43 @@ async fn retention_overtaking_a_replay_in_progress_is_announced_as_a_gap() {
     assert_eq!(seen, want, "in order, with nothing skipped in silence");
     c.assert_alive().await;
 }
+
+/// An `ack` sent right before `unsubscribe` is recorded: the durable subscription,
+/// resumed, gets none of those events again. (The ack used to reach the delivery
+/// worker after the subscription had ended, answered `unknown_event`.)
+#[actix_rt::test]
+async fn acks_sent_right_before_unsubscribe_are_recorded() {
+    let server = TestServer::start().await;
+    let mut p = server.ws().await;
+    let mut c = server.ws().await;
+    let sub = durable("quick");
+    for round in 0..10u64 {
+        let sid = c.subscribe(sub.clone()).await;
+        let replayed = until_replay_complete(&mut c).await;
+        assert_eq!(
+            replayed,
+            Vec::<Value>::new(),
+            "round {round}: nothing comes again"
+        );
+        publish_jobs(&mut p, round * 20..round * 20 + 20).await;
+        for e in take_events(&mut c, 20).await {
+            c.send(
+                &json!({"type": "ack", "subscription_id": sid, "event_ids": [e["event"]["id"]]}),
+            )
+            .await;
+        }
+        let reply = c
+            .request(json!({"type": "unsubscribe", "subscription_id": sid}))
+            .await;
+        assert_eq!(reply["type"], "unsubscribed", "round {round}: {reply}");
+    }
+    c.assert_alive().await;
+}
+
+async fn take_events(c: &mut WsClient, n: usize) -> Vec<Value> {
+    let mut events = Vec::new();
+    while events.len() < n {
+        events.push(c.recv_event().await);
+    }
+    events
+}

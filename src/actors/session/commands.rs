@@ -270,12 +270,31 @@ impl Session {
         let Some(handle) = self.subscriptions.remove(&subscription_id) else {
             return self.fail(ctx, &unknown_subscription(&subscription_id), request_id);
         };
-        // Deactivating first guarantees no frame of it is written after the reply.
-        handle.deactivate();
-        let fut = self.shared.router.send(router::Unsubscribe {
-            session_id: self.id,
-            subscription_id: subscription_id.clone(),
+        // Acks this connection sent before are still on their way to the delivery
+        // worker; an empty one behind them is a barrier, so they are taken (and a
+        // durable subscription's recorded) before the subscription ends.
+        let barrier = (handle.spec.ack.is_some()).then(|| {
+            worker_for(self.id, &self.shared.workers).send(delivery::Ack {
+                sub: handle.clone(),
+                event_ids: Vec::new(),
+            })
         });
+        let router = self.shared.router.clone();
+        let session_id = self.id;
+        let id = subscription_id.clone();
+        let fut = async move {
+            if let Some(barrier) = barrier {
+                let _ = barrier.await;
+            }
+            // Deactivating before the reply guarantees no frame of it is written after.
+            handle.deactivate();
+            let _ = router
+                .send(router::Unsubscribe {
+                    session_id,
+                    subscription_id: id,
+                })
+                .await;
+        };
         ctx.wait(fut.into_actor(self).map(move |_, act, ctx| {
             act.send(
                 ctx,
