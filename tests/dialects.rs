@@ -320,3 +320,23 @@ async fn dialects_authenticate_and_are_held_to_grants_and_origins() {
     assert_eq!(payloads(&mut by_header, 1, todoki_data).await, ["task"]);
     d.expect_silence(QUIET).await; // its refused Subscribe replaced the first
 }
+
+/// Bad frames count against the native error budget: past it, close code 1008.
+#[actix_rt::test]
+async fn dialect_clients_share_the_native_error_budget() {
+    let server = TestServer::with(|c| c.limits.max_errors_per_window = 2).await;
+    let mut t = todoki(&server, "kinds=task.*").await;
+    assert_eq!(t.recv().await["type"], "subscribed");
+    let mut d = WsClient::connect(&server.ws_url("/events")).await;
+    for (c, bad, error) in [
+        (&mut t, "{\"type\":\"nope\"}", "error"),
+        (&mut d, "[]", "Error"),
+    ] {
+        for _ in 0..3 {
+            c.send_text(bad).await;
+            assert_eq!(c.recv().await["type"], error);
+        }
+        let reason = c.recv_close().await.expect("a close frame");
+        assert_eq!(reason.code, awc::ws::CloseCode::Policy);
+    }
+}
