@@ -19,7 +19,7 @@ use crate::actors::delivery::DeliveryWorker;
 use crate::actors::ingress::Ingress;
 use crate::actors::log_tail::ClusterView;
 use crate::actors::router::Router;
-use crate::actors::session;
+use crate::actors::session::{self, Speaks};
 use crate::actors::store::{Query, StoreActor};
 use crate::auth::{Authenticator, Principal};
 use crate::config::{Config, LimitsConfig};
@@ -132,16 +132,62 @@ async fn ws(
     state: web::Data<AppState>,
     query: web::Query<session::ConnectQuery>,
 ) -> Result<HttpResponse, HttpError> {
-    let principal = authenticate(&req, true)?;
-    let budget = ConnectionBudget::of(&req, &state.config.limits).0;
+    upgrade(&req, stream, &state, &query, Speaks::Native)
+}
+
+/// `GET /ws/event-bus`: todoki's endpoint (docs/protocol.md section 11.1).
+async fn ws_todoki(
+    req: HttpRequest,
+    stream: web::Payload,
+    state: web::Data<AppState>,
+    query: web::Query<session::ConnectQuery>,
+) -> Result<HttpResponse, HttpError> {
+    upgrade(&req, stream, &state, &query, Speaks::Todoki)
+}
+
+/// `GET /events`: a WebSocket upgrade speaks Descartes's dialect (docs/protocol.md
+/// section 11.2); any other request is the REST alias of `GET /api/events`.
+async fn events(
+    req: HttpRequest,
+    stream: web::Payload,
+    state: web::Data<AppState>,
+    params: web::Query<api::EventsParams>,
+) -> Result<HttpResponse, HttpError> {
+    if wants_upgrade(&req) {
+        return upgrade(&req, stream, &state, &Default::default(), Speaks::Descartes);
+    }
+    let caller = Caller(authenticate(&req, false)?);
+    api::events(state, params, caller).await
+}
+
+/// Authenticates an upgrade (401, no upgrade, without a valid token; `?token=` is
+/// accepted) and hands the connection to a new session speaking `speaks`.
+fn upgrade(
+    req: &HttpRequest,
+    stream: web::Payload,
+    state: &AppState,
+    query: &session::ConnectQuery,
+    speaks: Speaks,
+) -> Result<HttpResponse, HttpError> {
+    let principal = authenticate(req, true)?;
+    let budget = ConnectionBudget::of(req, &state.config.limits).0;
     session::upgrade(
-        &req,
+        req,
         stream,
         &state.session_shared(),
         principal,
         budget,
-        &query,
+        query,
+        speaks,
     )
+}
+
+/// Does `req` ask for a WebSocket upgrade?
+fn wants_upgrade(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(actix_web::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 /// Declares each route once: [`configure`] registers them and [`ROUTES`] lists them
@@ -164,6 +210,7 @@ macro_rules! routes {
 
 routes! {
     get "/ws" => ws,
+    get "/ws/event-bus" => ws_todoki,
     get "/" => root,
     get "/dashboard/{file}" => dashboard::asset,
     get "/health" => api::health,
@@ -182,7 +229,7 @@ routes! {
     delete "/api/dead-letters/{id}" => api::delete_dead_letter,
     get "/stats" => api::stats,
     get "/topics" => api::topics,
-    get "/events" => api::events,
+    get "/events" => events,
 }
 
 /// `GET /`: a WebSocket upgrade when asked for one (existing clients connect to a bare
@@ -194,12 +241,7 @@ async fn root(
     state: web::Data<AppState>,
     query: web::Query<session::ConnectQuery>,
 ) -> Result<HttpResponse, HttpError> {
-    let wants_upgrade = req
-        .headers()
-        .get(actix_web::http::header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    if wants_upgrade {
+    if wants_upgrade(&req) {
         return ws(req, stream, state, query).await;
     }
     Ok(dashboard::page(&req))

@@ -2,6 +2,7 @@
 //! server replies. Pure data and codecs; no actors, no sockets.
 
 pub mod command;
+pub mod dialect;
 pub mod event;
 pub mod order;
 pub mod priority;

@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from contextlib import AsyncExitStack
 
@@ -663,6 +664,73 @@ async def durable_resume():
         eq(resumed, [2, 3], "resumed after the last acknowledged event")
 
 
+# ---------------------------------------------------------------- checks: client dialects (section 11)
+async def todoki_seed_client():
+    """todoki's useEventStream: the URL it builds, the fields it reads (flat, and its Event)."""
+    topic = uniq("task.t")
+    async with AsyncExitStack() as s:
+        pub = await connect(s)
+        before = await publish(pub, {"topic": topic})
+        stored = await publish(pub, {"topic": topic, "agent_id": "a-7", "task_id": "t-3",
+                                     "payload": {"title": "x"}, "metadata": {"session_id": "s-1"}})
+        params = urllib.parse.urlencode({"kinds": "task.*,agent.*", "cursor": before["cursor"]})
+        ws = await connect(s, f"/ws/event-bus?{params}")
+        eq(await recv(ws), {"type": "subscribed", "kinds": ["task.*", "agent.*"], "cursor": before["cursor"]},
+           "subscribed")
+        msg = await recv(ws)
+        eq(msg.get("type"), "event", f"replayed frame {msg!r}")
+        fields = {"cursor": stored["cursor"], "kind": topic, "agent_id": "a-7", "session_id": "s-1",
+                  "task_id": "t-3", "data": {"title": "x"}}
+        for key, want in fields.items():
+            eq(msg.get(key), want, f"event field {key}")
+            eq(msg.get("event", {}).get(key), want, f"Event field {key}")
+        check(is_rfc3339(msg.get("time")), f"event time: {msg!r}")
+        done = await recv(ws)
+        eq((done.get("type"), done.get("count")), ("replay_complete", 1), f"replay_complete {done!r}")
+        check(is_int(done.get("cursor")) and done["cursor"] >= stored["cursor"], f"replay_complete cursor: {done!r}")
+        live = await publish(pub, {"topic": "agent.started", "payload": {"n": 1}})
+        msg = await recv(ws)
+        eq((msg.get("type"), msg.get("cursor"), msg.get("kind")), ("event", live["cursor"], "agent.started"),
+           "live event")
+        eq(await command(ws, {"type": "ping"}), {"type": "pong"}, "ping")
+        err = await command(ws, "not json")
+        eq((err.get("type"), err.get("code")), ("error", "invalid_json"), f"error frame {err!r}")
+        check(isinstance(err.get("message"), str), f"error message: {err!r}")
+
+
+async def descartes_seed_client():
+    """The Descartes EventClient: its Subscribe frame, its Event frame, Ping."""
+    agent = uniq("agent-")
+    async with AsyncExitStack() as s:
+        ws = await connect(s, "/events")
+        frame = {"type": "Subscribe", "payload": {"filter": {"agent_ids": [agent],
+                                                              "event_categories": ["Agent", "Task"]}}}
+        reply = await command(ws, json.dumps(frame))
+        eq(reply.get("type"), "Subscribed", f"reply {reply!r}")
+        check(isinstance(reply.get("payload", {}).get("subscription_id"), str), f"subscription_id: {reply!r}")
+        pub = await connect(s)
+        await publish(pub, {"topic": "agent.spawned", "agent_id": "someone-else"})
+        sent = await publish(pub, {"topic": "agent.spawned", "agent_id": agent, "payload": {"config": "basic"}})
+        msg = await recv(ws)
+        eq((msg.get("type"), msg.get("payload", {}).get("type")), ("Event", "AgentEvent"), f"frame {msg!r}")
+        data = msg["payload"].get("data", {})
+        eq((data.get("id"), data.get("agent_id"), data.get("event_type"), data.get("data")),
+           (sent["event_id"], agent, "spawned", {"config": "basic"}), "AgentEvent data")
+        check(is_rfc3339(data.get("timestamp")), f"timestamp: {data!r}")
+        everything = '{"type":"Subscribe","payload":{"filter":{"agent_ids":[],"task_ids":[],"workflow_ids":[],"event_categories":[]}}}'
+        eq((await command(ws, everything)).get("type"), "Subscribed", "empty filter")
+        await publish(pub, {"topic": "task.created", "task_id": "t-1"})
+        msg = await recv(ws)
+        eq((msg.get("payload", {}).get("type"), msg["payload"].get("data", {}).get("task_id")),
+           ("TaskEvent", "t-1"), f"TaskEvent {msg!r}")
+        eq((await command(ws, '{"type":"Ping"}')).get("type"), "Pong", "Ping")
+        err = await command(ws, {"type": "Subscribe", "payload": {"filter": {"event_categories": ["Nope"]}}})
+        eq((err.get("type"), err.get("payload", {}).get("code")), ("Error", "invalid_subscription"), f"{err!r}")
+        status, body = await ahttp("GET", "/events")
+        eq(status, 200, "GET /events without an upgrade")
+        event_list(body, "GET /events")
+
+
 CHECKS = [
     ("ping_pong", ping_pong), ("request_id_echo", request_id_echo), ("publish_variants", publish_variants),
     ("publish_duplicate", publish_duplicate), ("publish_batch_partial", publish_batch_partial),
@@ -686,6 +754,7 @@ CHECKS = [
     ("http_aliases", http_aliases), ("http_subscriptions", http_subscriptions), ("http_bad_param", http_bad_param),
     ("replay_from_cursor", replay_from_cursor), ("ack_redelivery_and_dead_letter", ack_redelivery_and_dead_letter),
     ("durable_resume", durable_resume),
+    ("todoki_seed_client", todoki_seed_client), ("descartes_seed_client", descartes_seed_client),
 ]
 
 
@@ -824,8 +893,27 @@ async def auth_grants():
         eq(ev.get("source"), "ops", "default source is the principal")
 
 
+async def auth_dialects_need_token():
+    for path in ("/ws/event-bus?kinds=task.*", "/events"):
+        try:
+            async with websockets.connect(WS + path, open_timeout=RECV_TIMEOUT):
+                pass
+        except Exception as e:  # noqa: BLE001 - the refusal is the point
+            eq(upgrade_status(e), 401, f"upgrade {path} without a token")
+        else:
+            raise CheckFailed(f"upgrade {path} without a token was accepted")
+    # todoki's browser hook passes `token` in the query.
+    async with websockets.connect(WS + f"/ws/event-bus?kinds=task.*&token={PLANNER_TOKEN}",
+                                  open_timeout=RECV_TIMEOUT, close_timeout=0.2) as ws:
+        eq((await recv(ws)).get("type"), "subscribed", "todoki with ?token=")
+    async with ws_connect_with_token(WS + "/events", PLANNER_TOKEN) as ws:
+        eq((await command(ws, '{"type":"Subscribe","payload":{"filter":{"event_categories":["Task"]}}}')).get("type"),
+           "Subscribed", "Descartes with a bearer token")
+
+
 AUTH_CHECKS = [("auth_upgrade_needs_token", auth_upgrade_needs_token),
-               ("auth_http_needs_token", auth_http_needs_token), ("auth_grants", auth_grants)]
+               ("auth_http_needs_token", auth_http_needs_token), ("auth_grants", auth_grants),
+               ("auth_dialects_need_token", auth_dialects_need_token)]
 
 
 def auth_phase(binary, results):

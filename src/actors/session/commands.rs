@@ -29,6 +29,9 @@ const READ_TURN_EVENTS: usize = 256;
 
 impl Session {
     pub(super) fn on_text(&mut self, text: &str, ctx: &mut Ctx) {
+        if self.dialect.is_some() {
+            return self.on_dialect_text(text, ctx);
+        }
         let decoded = decode(text, self.shared.config.limits.max_command_bytes);
         let request_id = decoded.request_id;
         let command = match decoded.command {
@@ -266,7 +269,12 @@ impl Session {
         }));
     }
 
-    fn unsubscribe(&mut self, subscription_id: String, request_id: Option<Value>, ctx: &mut Ctx) {
+    pub(super) fn unsubscribe(
+        &mut self,
+        subscription_id: String,
+        request_id: Option<Value>,
+        ctx: &mut Ctx,
+    ) {
         let Some(handle) = self.subscriptions.remove(&subscription_id) else {
             return self.fail(ctx, &unknown_subscription(&subscription_id), request_id);
         };

@@ -18,13 +18,14 @@
 //! to it, as the frame was valid.
 
 mod commands;
+mod dialect;
 mod read;
 mod read_pause;
 mod turn;
 mod upgrade;
 mod write;
 
-pub use upgrade::{seed_session_ids, upgrade, ConnectQuery};
+pub use upgrade::{seed_session_ids, upgrade, ConnectQuery, Speaks};
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -43,6 +44,7 @@ use crate::config::Config;
 use crate::delivery::{SessionId, SubscriptionHandle};
 use crate::error::{ErrorCode, ProtocolError};
 use crate::metrics::{ConnectionPermit, Metrics};
+use crate::protocol::dialect::Dialect;
 use crate::protocol::order::ReplyOrder;
 use crate::protocol::Reply;
 use crate::rate_limit::PublishBudget;
@@ -68,6 +70,8 @@ pub struct Session {
     shared: Shared,
     /// Who authenticated the upgrade, with their grants.
     principal: Arc<Principal>,
+    /// The client dialect it reads and writes frames in; `None` for the native protocol.
+    dialect: Option<Dialect>,
     subscriptions: HashMap<String, Arc<SubscriptionHandle>>,
     /// Made once the router has registered the session.
     connect_subscription: Option<SubscriptionSpec>,
@@ -90,14 +94,26 @@ type Ctx = ws::WebsocketContext<Session>;
 impl Session {
     /// Sends the reply to a command, after any reply still owed to an earlier one.
     fn send(&mut self, ctx: &mut Ctx, reply: &Reply) {
-        if let Some(text) = self.replies.ready(reply.to_text()) {
+        let Some(text) = self.reply_text(reply) else {
+            return; // The dialect has no such frame.
+        };
+        if let Some(text) = self.replies.ready(text) {
             ctx.text(text);
+        }
+    }
+
+    /// A reply's frame in the session's dialect; `None` when the dialect has none.
+    fn reply_text(&mut self, reply: &Reply) -> Option<String> {
+        match &mut self.dialect {
+            None => Some(reply.to_text()),
+            Some(dialect) => dialect.reply(reply),
         }
     }
 
     /// Settles a reply reserved earlier; writes whatever is now in order.
     fn settle(&mut self, ctx: &mut Ctx, ticket: u64, reply: Option<Reply>) {
-        for text in self.replies.settle(ticket, reply.map(|r| r.to_text())) {
+        let text = reply.and_then(|r| self.reply_text(&r));
+        for text in self.replies.settle(ticket, text) {
             ctx.text(text);
         }
         if !self.replies_full() && !self.read.deferred.is_empty() {
@@ -166,10 +182,11 @@ impl Actor for Session {
     fn started(&mut self, ctx: &mut Ctx) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         log::debug!(
-            "session {} connected from {} as {}",
+            "session {} connected from {} as {} ({})",
             self.id,
             self.peer,
-            self.principal.name
+            self.principal.name,
+            self.dialect.as_ref().map_or("native", Dialect::name)
         );
         if let Some(expires) = self.principal.expires_at {
             // A JWT ends the connection it opened when it expires.
@@ -190,6 +207,12 @@ impl Actor for Session {
                 act.close_with(ctx, CloseCode::Away, "heartbeat timeout");
             } else {
                 ctx.ping(b"");
+                if let Some(dialect) = &act.dialect {
+                    // The JSON heartbeat the dialect's clients expect as well.
+                    let now =
+                        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+                    ctx.text(dialect.heartbeat(&now));
+                }
             }
         });
         let connect = Connect {

@@ -1,5 +1,5 @@
-//! Starting a session: connection ids, the connect query (`?topics=…`) and the
-//! WebSocket handshake.
+//! Starting a session: connection ids, the connect query (`?topics=…`), the dialect
+//! it speaks, and the WebSocket handshake.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -15,6 +15,7 @@ use super::{ErrorBudget, Session, Shared};
 use crate::auth::Principal;
 use crate::error::{ErrorCode, HttpError};
 use crate::metrics::ConnectionPermit;
+use crate::protocol::dialect::{todoki, Dialect};
 use crate::protocol::order::ReplyOrder;
 use crate::rate_limit::PublishBudget;
 use crate::routing::pattern::Pattern;
@@ -39,6 +40,17 @@ pub struct ConnectQuery {
     pub cursor: Option<String>,
 }
 
+/// The protocol a session speaks, chosen by the endpoint it was upgraded on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaks {
+    /// The native protocol (`/ws`, `/`).
+    Native,
+    /// todoki's (`/ws/event-bus`): its subscription comes from the connect query.
+    Todoki,
+    /// Descartes's (`/events`): it subscribes with a `Subscribe` frame.
+    Descartes,
+}
+
 /// Starts a [`Session`] on an upgrade request whose caller the HTTP layer has
 /// authenticated, charging its publishes to `budget` (its connection's): refuses a bad connect-time subscription (400) or one outside the
 /// caller's read grant (403), and refuses past `max_connections` (503).
@@ -49,8 +61,22 @@ pub fn upgrade(
     principal: Arc<Principal>,
     budget: Arc<PublishBudget>,
     query: &ConnectQuery,
+    speaks: Speaks,
 ) -> Result<HttpResponse, HttpError> {
-    let mut connect_subscription = connect_subscription(query)?;
+    let (dialect, mut connect_subscription) = match speaks {
+        Speaks::Native => (None, connect_subscription(query)?),
+        Speaks::Todoki => {
+            let (state, object) = todoki::connect(
+                query.kinds.as_deref(),
+                query.cursor.as_deref(),
+                query.agent_id.as_deref(),
+                query.task_id.as_deref(),
+            )?;
+            let spec = SubscriptionSpec::from_json(object)?;
+            (Some(Dialect::Todoki(state)), Some(spec))
+        }
+        Speaks::Descartes => (Some(Dialect::Descartes), None),
+    };
     if let (Some(spec), Some(grant)) = (connect_subscription.as_mut(), principal.read_grant()) {
         spec.restrict_to(&principal.name, grant)?;
     }
@@ -74,6 +100,7 @@ pub fn upgrade(
         peer,
         shared: shared.clone(),
         principal,
+        dialect,
         subscriptions: HashMap::new(),
         connect_subscription,
         replies: ReplyOrder::default(),

@@ -125,6 +125,7 @@ impl Session {
     fn write_frame(&mut self, frame: OutFrame, ctx: &mut Ctx) {
         // Only a live event's first delivery measures publish-to-deliver latency.
         let first_live = matches!(frame, OutFrame::Event { attempt: 1, .. });
+        let replayed = matches!(frame, OutFrame::Replayed { .. });
         match frame {
             OutFrame::Event {
                 sub,
@@ -139,7 +140,10 @@ impl Session {
                 if !sub.is_active() {
                     return;
                 }
-                let text = event_frame(&sub.frame_prefix, &event.json, attempt);
+                let text = match &mut self.dialect {
+                    None => event_frame(&sub.frame_prefix, &event.json, attempt),
+                    Some(dialect) => dialect.event(&event.event, replayed),
+                };
                 self.write.unwritten_bytes += text.len();
                 ctx.text(text);
                 sub.delivered.fetch_add(1, Relaxed);
