@@ -2,10 +2,17 @@
 // to restart in place) with a temporary data directory, stopped by the test.
 
 import { spawn } from "node:child_process";
+import { createRequire } from "node:module";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+
+// Node 18 has no WebSocket: the tests then use the `ws` package (Debian's node-ws),
+// as an application on Node 18 would pass it in.
+if (typeof globalThis.WebSocket !== "function") {
+  globalThis.WebSocket = createRequire(import.meta.url)("ws");
+}
 
 const here = fileURLToPath(new URL(".", import.meta.url));
 export const BINARY = process.env.SWITCHYARD_BIN || resolve(here, "../../../target/debug/switchyard");
