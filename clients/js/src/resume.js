@@ -37,6 +37,9 @@ export class ResumeState {
     this.durable = typeof spec.durable === "string";
     this.acked = this.durable || spec.ack === true;
     this.priorities = allowedPriorities(spec);
+    // A coalescing subscription delivers a held event when its window ends, out of
+    // cursor order: it sets no marks, so it resumes from where it started (more, never less).
+    this.coalescing = spec.coalesce !== undefined && spec.coalesce !== null;
     this.base = Number.isInteger(spec.from_cursor) ? spec.from_cursor : null;
     this.since = typeof spec.since === "string" ? spec.since : createdAt;
     // Before `replay_complete` a delivery may be a replayed one: it sets no mark.
@@ -63,7 +66,7 @@ export class ResumeState {
       if (this.seen.has(cursor)) return "skip";
       this.remember(cursor);
     }
-    if (this.live && attempt <= 1) {
+    if (this.live && attempt <= 1 && !this.coalescing) {
       const p = String(event.priority);
       this.marks.set(p, Math.max(this.marks.get(p) ?? 0, cursor));
     }

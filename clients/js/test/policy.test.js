@@ -46,6 +46,11 @@ test("resume: from the smallest per-priority mark; what was handed over is skipp
   f.accept(ev(5, "high"));
   f.accept(ev(7, "critical"));
   assert.deepEqual(f.resumePoint(), { from_cursor: 5 });
+  // Coalescing delivers out of cursor order: no marks, it resumes from its start.
+  const c = new ResumeState({ from_cursor: 4, coalesce: { key: "payload.k" } }, "t");
+  c.replayComplete();
+  for (const p of ["critical", "high", "normal", "low"]) c.accept(ev(9, p, `c${p}`));
+  assert.deepEqual(c.resumePoint(), { from_cursor: 4 });
   // Before any mark and without a starting cursor: from the time it was made.
   assert.deepEqual(new ResumeState({}, "2026-01-01T00:00:00Z").resumePoint(), { since: "2026-01-01T00:00:00Z" });
 });
