@@ -45,6 +45,19 @@ test("a restart loses and repeats nothing", async () => {
   }
 });
 
+test("several URLs: a dead node is passed over at once", async () => {
+  const server = await Server.start();
+  const c = new Client({ urls: ["ws://127.0.0.1:1/ws", server.url], backoff: { initialMs: 5000 } });
+  try {
+    // Within the first backoff wait: the second URL is tried without waiting.
+    await c.connected(4000);
+    assert.ok((await c.publish({ topic: "js8.x" })).cursor > 0);
+  } finally {
+    c.close();
+    await server.close();
+  }
+});
+
 test("a token is sent; a refused one fails with `unauthorized`; grants give `forbidden`", async () => {
   const server = await Server.start({
     config: `[auth]
