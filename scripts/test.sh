@@ -27,8 +27,26 @@ if ! command -v redis-server >/dev/null 2>&1; then
     apt-get update -qq && apt-get install -y -qq redis-server
 fi
 
+# Node.js, for the TypeScript client's suite (clients/js): 20 or newer, from Debian.
+if ! command -v node >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq nodejs
+fi
+
 cargo test --all-targets
 cargo build --quiet --bin switchyard
 python3 tests/python/protocol_conformance.py --binary target/debug/switchyard
 # The Python client (clients/python) against the same binary: its own servers, free ports.
 python3 -m unittest discover -s clients/python/tests
+# Node 22 has a global WebSocket, Node 20 behind --experimental-websocket; Debian's
+# Node 18 has none, so the suite uses Debian's node-ws package there.
+has_ws='process.exit(typeof WebSocket === "function" ? 0 : 1)'
+node_flags=()
+if node --experimental-websocket -e "$has_ws" >/dev/null 2>&1; then
+    node_flags=(--experimental-websocket)
+elif ! node -e "$has_ws" && ! node -e 'require("ws")' >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq node-ws
+fi
+SWITCHYARD_BIN="$PWD/target/debug/switchyard" \
+    node "${node_flags[@]}" --test clients/js/test/*.test.js

@@ -201,15 +201,16 @@ async fn quick_filters_patterns_and_priorities_narrow_the_timeline() {
     b.type_into("#pattern", &format!("agent.*{}", Key::Enter))
         .await;
     b.wait_subscribed("agent.*", "").await;
-    assert_eq!(
-        b.timeline_topics().await,
-        Vec::<String>::new(),
-        "cleared on change"
-    );
+    // The matching history replaces the rows: the agent event published earlier.
+    b.wait_for_row("agent.started").await;
+    assert_eq!(b.timeline_topics().await, ["agent.started"]);
     publisher.publish(json!({"topic": "task.updated"})).await;
     publisher.publish(json!({"topic": "agent.stopped"})).await;
     b.wait_for_row("agent.stopped").await;
-    assert_eq!(b.timeline_topics().await, ["agent.stopped"]);
+    assert_eq!(
+        b.timeline_topics().await,
+        ["agent.stopped", "agent.started"]
+    );
 
     // Back to all topics, without low priority.
     b.click("#quick-filters button:nth-child(1)").await;
@@ -228,7 +229,92 @@ async fn quick_filters_patterns_and_priorities_narrow_the_timeline() {
         .publish(json!({"topic": "logs.error", "priority": "normal"}))
         .await;
     b.wait_for_row("logs.error").await;
-    assert_eq!(b.timeline_topics().await, ["logs.error"]);
+    assert_eq!(
+        b.timeline_topics().await,
+        [
+            "logs.error",
+            "agent.stopped",
+            "task.updated",
+            "task.created",
+            "agent.started"
+        ]
+    );
+    b.close().await;
+}
+
+/// The rows of the timeline as (topic, cursor), newest first.
+async fn rows(b: &Browser) -> Vec<(String, u64)> {
+    let v = b
+        .js(
+            "return Array.from(document.querySelectorAll('#timeline > li'),
+                 li => [li.dataset.topic, Number(li.dataset.cursor)]);",
+            vec![],
+        )
+        .await;
+    serde_json::from_value(v).unwrap_or_default()
+}
+
+#[actix_rt::test]
+async fn opens_on_recent_history_then_live_and_reloads_it_on_filter_change() {
+    let server = TestServer::start().await;
+    // Stored before the page opens, of mixed priorities (live order is by priority).
+    let before: Vec<Value> = ["task.a", "agent.b", "task.c", "logs.d"]
+        .iter()
+        .zip(["low", "critical", "normal", "high"])
+        .map(|(t, p)| json!({"topic": t, "priority": p}))
+        .collect();
+    publish_http(&server, None, Value::Array(before)).await;
+    let b = open_dashboard(&server).await;
+    b.wait_subscribed("", "").await;
+    b.wait_for(
+        "the four stored events",
+        "return document.querySelectorAll('#timeline > li').length === 4;",
+        vec![],
+    )
+    .await;
+    let topics = |rows: &[(String, u64)]| rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        topics(&rows(&b).await),
+        ["logs.d", "task.c", "agent.b", "task.a"]
+    );
+
+    // Published after: shown once, on top, with nothing repeated from the history.
+    let mut publisher = server.ws().await;
+    publisher
+        .publish(json!({"topic": "task.e", "priority": "low"}))
+        .await;
+    publisher.publish(json!({"topic": "agent.f"})).await;
+    b.wait_for_row("agent.f").await;
+    b.wait_for_row("task.e").await;
+    let now = rows(&b).await;
+    assert_eq!(
+        topics(&now),
+        ["agent.f", "task.e", "logs.d", "task.c", "agent.b", "task.a"]
+    );
+    let cursors: Vec<u64> = now.iter().map(|r| r.1).collect();
+    assert_eq!(
+        cursors,
+        [6, 5, 4, 3, 2, 1],
+        "each cursor once, newest first"
+    );
+
+    // A filter change reloads the matching history, then goes on live.
+    b.click("#quick-filters button:nth-child(2)").await;
+    b.wait_subscribed("task.>", "").await;
+    b.wait_for(
+        "the task history",
+        "return document.querySelectorAll('#timeline > li').length === 3;",
+        vec![],
+    )
+    .await;
+    assert_eq!(topics(&rows(&b).await), ["task.e", "task.c", "task.a"]);
+    publisher.publish(json!({"topic": "agent.g"})).await;
+    publisher.publish(json!({"topic": "task.h"})).await;
+    b.wait_for_row("task.h").await;
+    assert_eq!(
+        topics(&rows(&b).await),
+        ["task.h", "task.e", "task.c", "task.a"]
+    );
     b.close().await;
 }
 
@@ -537,8 +623,8 @@ async fn pure_page_logic_backoff_filters_and_topic_families() {
              Promise.all(['backoff', 'filters', 'timeline', 'stats']
                  .map(m => import(`/dashboard/${m}.js`)))
              .then(([backoff, filters, timeline, stats]) => done({
-                 low: [0, 1, 2, 3, 4, 5, 6, 20].map(a => backoff.backoffDelay(a, () => 0)),
-                 high: [0, 1, 2, 3, 4, 5, 6, 20].map(a => backoff.backoffDelay(a, () => 0.999999)),
+                 low: [1, 2, 3, 4, 5, 6, 7, 20].map(a => backoff.backoffDelay(a, 0)),
+                 high: [1, 2, 3, 4, 5, 6, 7, 20].map(a => backoff.backoffDelay(a, 0.999999)),
                  all: filters.buildSubscription({}),
                  task: filters.buildSubscription({patterns: 'task.>, agent.*'}),
                  mixed: filters.buildSubscription({condition: ' x > 1 ', priorities: ['low', 'critical']}),
@@ -557,11 +643,11 @@ async fn pure_page_logic_backoff_filters_and_topic_families() {
     assert_eq!(results["error"], Value::Null, "{results}");
     assert_eq!(
         results["low"],
-        json!([1000, 1600, 3200, 6400, 12800, 24000, 24000, 24000])
+        json!([800, 1600, 3200, 6400, 12800, 24000, 24000, 24000])
     );
     assert_eq!(
         results["high"],
-        json!([1200, 2400, 4800, 9600, 19200, 30000, 30000, 30000])
+        json!([1200, 2400, 4800, 9600, 19200, 36000, 36000, 36000])
     );
     assert_eq!(results["all"], json!({"type": "all"}));
     assert_eq!(

@@ -4,7 +4,8 @@
 //! its files at `GET /dashboard/{file}`, with their content types and the security
 //! headers, a restrictive Content-Security-Policy among them. The files themselves live
 //! beside this module in `src/http/dashboard/` (plain HTML, CSS and JavaScript modules;
-//! no build step) and are compiled in with `include_str!`.
+//! no build step) and are compiled in with `include_str!`, with the JavaScript client
+//! of `clients/js/src/` that the page's feed runs on.
 //!
 //! Must not: hold or show data of its own. The page reads everything through the public
 //! API (the WebSocket protocol on `/ws`, `/api/stats`, `/api/dead-letters`) with the
@@ -59,14 +60,46 @@ const ASSETS: &[Asset] = &[
         body: include_str!("dashboard/api.js"),
     },
     Asset {
-        name: "backoff.js",
+        name: "feed.js",
         content_type: JS,
-        body: include_str!("dashboard/backoff.js"),
+        body: include_str!("dashboard/feed.js"),
+    },
+    // The TypeScript/JavaScript client (clients/js), served as it is: the page's feed
+    // runs on it, and any page on this origin may import it from here.
+    Asset {
+        name: "client.js",
+        content_type: JS,
+        body: include_str!("../../clients/js/src/client.js"),
     },
     Asset {
-        name: "socket.js",
+        name: "backoff.js",
         content_type: JS,
-        body: include_str!("dashboard/socket.js"),
+        body: include_str!("../../clients/js/src/backoff.js"),
+    },
+    Asset {
+        name: "errors.js",
+        content_type: JS,
+        body: include_str!("../../clients/js/src/errors.js"),
+    },
+    Asset {
+        name: "subscription.js",
+        content_type: JS,
+        body: include_str!("../../clients/js/src/subscription.js"),
+    },
+    Asset {
+        name: "resume.js",
+        content_type: JS,
+        body: include_str!("../../clients/js/src/resume.js"),
+    },
+    Asset {
+        name: "stream.js",
+        content_type: JS,
+        body: include_str!("../../clients/js/src/stream.js"),
+    },
+    Asset {
+        name: "index.js",
+        content_type: JS,
+        body: include_str!("../../clients/js/src/index.js"),
     },
     Asset {
         name: "timeline.js",

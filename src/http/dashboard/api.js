@@ -26,7 +26,7 @@ export function setToken(token) {
 
 let memoryToken = "";
 
-function currentToken() {
+export function currentToken() {
   return getToken() || memoryToken;
 }
 
@@ -72,10 +72,8 @@ export async function api(path, { method = "GET", body } = {}) {
   return data;
 }
 
-/** The WebSocket URL of this server, with the token when there is one. */
+/** The WebSocket URL of this server (the client adds the token as `?token=`). */
 export function socketUrl() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const token = currentToken();
-  const query = token ? `?token=${encodeURIComponent(token)}` : "";
-  return `${scheme}://${location.host}/ws${query}`;
+  return `${scheme}://${location.host}/ws`;
 }

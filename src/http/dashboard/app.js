@@ -2,10 +2,10 @@
 // dead-letter view and token prompt together. Every piece of data comes from the public
 // API: the WebSocket protocol on /ws, GET /api/stats and the /api/dead-letters endpoints.
 
-import { api, getToken, setToken, socketUrl } from "./api.js";
+import { api, currentToken, getToken, setToken, socketUrl } from "./api.js";
 import { DeadLetters } from "./deadletters.js";
 import { FilterBar, describe } from "./filters.js";
-import { Connection } from "./socket.js";
+import { Feed } from "./feed.js";
 import { StatsPanel } from "./stats.js";
 import { Timeline, MAX_ROWS } from "./timeline.js";
 
@@ -56,10 +56,13 @@ const timeline = new Timeline(timelineList, {
   },
 });
 
-const connection = new Connection({
+const connection = new Feed({
   url: socketUrl,
+  token: currentToken,
+  history: MAX_ROWS,
   onStatus: setStatus,
   onEvent: (event) => timeline.add(event),
+  onReset: () => timeline.clear(),
   onNotice: showNotice,
   onSubscribed: (sub, id) => {
     subStatus.textContent = `Subscribed: ${describe(sub)}`;
@@ -73,7 +76,6 @@ const connection = new Connection({
 const filters = new FilterBar($("#filters"), {
   onChange: async (spec) => {
     const id = await connection.change(spec);
-    timeline.clear();
     if (id === null) subStatus.textContent = `Not connected; will subscribe to: ${describe(spec)}`;
   },
 });
@@ -100,7 +102,6 @@ $("#replay-form").addEventListener("submit", async (e) => {
   }
   try {
     await connection.change(filters.spec(), cursor);
-    timeline.clear();
     showNotice({ level: "info", text: `Replaying stored events after cursor ${cursor}…` });
   } catch (err) {
     showNotice({ level: "error", text: `${err.code}: ${err.message}` });
@@ -112,7 +113,7 @@ $("#reconnect").addEventListener("click", () => {
     askForToken("");
     return;
   }
-  connection.start();
+  connection.connectNow();
 });
 
 $("#token-button").addEventListener("click", () => askForToken(""));
