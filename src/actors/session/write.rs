@@ -197,7 +197,9 @@ impl Session {
     /// `dropped`) in line with its events. Not through the reply queue: a reply owed
     /// to a pending publish or ack must not hold it back while later events pass it.
     fn notice(&mut self, ctx: &mut Ctx, reply: &Reply) {
-        ctx.text(reply.to_text());
+        if let Some(text) = self.reply_text(reply) {
+            ctx.text(text);
+        }
     }
 }
 
