@@ -253,6 +253,7 @@ impl prometheus_client::collector::Collector for Exporter {
                 cluster.cursor_regressions.load(Relaxed),
             )?;
         }
+        encode_sources(&mut encoder, m)?;
         if let Some(bytes) = resident_memory_bytes() {
             gauge(
                 &mut encoder,
@@ -263,6 +264,66 @@ impl prometheus_client::collector::Collector for Exporter {
         }
         Ok(())
     }
+}
+
+/// Per source (`[[sources]]`): `source_up`, `source_events_published`,
+/// `source_skipped`, `source_lag`, each labelled with the source's name.
+fn encode_sources(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    m: &Metrics,
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::encoding::EncodeMetric;
+    use prometheus_client::metrics::counter::ConstCounter;
+    use prometheus_client::metrics::gauge::ConstGauge;
+    use prometheus_client::metrics::MetricType;
+
+    let sources = m.sources.snapshot();
+    if sources.is_empty() {
+        return Ok(());
+    }
+    let up = |s: &super::sources::SourceStatus| {
+        i64::from(s.state() == super::sources::SourceState::Running)
+    };
+    let gauges: [(&str, &str, &dyn Fn(&super::sources::SourceStatus) -> i64); 2] = [
+        (
+            "source_up",
+            "1 while the event source reads and publishes",
+            &up,
+        ),
+        (
+            "source_lag",
+            "What an event source has seen but not published: outbox rows (sqlite) or \
+             bytes (file)",
+            &|s| s.lag.load(Relaxed) as i64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for s in &sources {
+            let labels = [("source", s.name.as_str())];
+            ConstGauge::new(value(s)).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    let counters: [(&str, &str, &dyn Fn(&super::sources::SourceStatus) -> u64); 2] = [
+        (
+            "source_events_published",
+            "Events an event source published",
+            &|s| s.published.load(Relaxed),
+        ),
+        (
+            "source_skipped",
+            "Changes or lines an event source skipped as unusable (logged)",
+            &|s| s.skipped.load(Relaxed),
+        ),
+    ];
+    for (name, help, value) in counters {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for s in &sources {
+            let labels = [("source", s.name.as_str())];
+            ConstCounter::new(value(s)).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
 }
 
 /// One counter without labels.
