@@ -266,61 +266,59 @@ impl prometheus_client::collector::Collector for Exporter {
     }
 }
 
-/// Per source (`[[sources]]`): `source_up`, `source_events_published`,
-/// `source_skipped`, `source_lag`, each labelled with the source's name.
+/// Per source (`[[sources]]`): `source_up`, `source_lag`, `source_events_published`,
+/// `source_skipped`, each labelled with the source's name.
 fn encode_sources(
     encoder: &mut prometheus_client::encoding::DescriptorEncoder,
     m: &Metrics,
 ) -> Result<(), std::fmt::Error> {
-    use prometheus_client::encoding::EncodeMetric;
-    use prometheus_client::metrics::counter::ConstCounter;
-    use prometheus_client::metrics::gauge::ConstGauge;
+    use super::sources::{SourceState, SourceStatus};
     use prometheus_client::metrics::MetricType;
 
     let sources = m.sources.snapshot();
     if sources.is_empty() {
         return Ok(());
     }
-    let up = |s: &super::sources::SourceStatus| {
-        i64::from(s.state() == super::sources::SourceState::Running)
-    };
-    let gauges: [(&str, &str, &dyn Fn(&super::sources::SourceStatus) -> i64); 2] = [
+    type Value = fn(&SourceStatus) -> u64;
+    let families: [(&str, &str, MetricType, Value); 4] = [
         (
             "source_up",
             "1 while the event source reads and publishes",
-            &up,
+            MetricType::Gauge,
+            |s| u64::from(s.state() == SourceState::Running),
         ),
         (
             "source_lag",
             "What an event source has seen but not published: outbox rows (sqlite) or \
              bytes (file)",
-            &|s| s.lag.load(Relaxed) as i64,
+            MetricType::Gauge,
+            |s| s.lag.load(Relaxed),
         ),
-    ];
-    for (name, help, value) in gauges {
-        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-        for s in &sources {
-            let labels = [("source", s.name.as_str())];
-            ConstGauge::new(value(s)).encode(family.encode_family(&labels)?)?;
-        }
-    }
-    let counters: [(&str, &str, &dyn Fn(&super::sources::SourceStatus) -> u64); 2] = [
         (
             "source_events_published",
             "Events an event source published",
-            &|s| s.published.load(Relaxed),
+            MetricType::Counter,
+            |s| s.published.load(Relaxed),
         ),
         (
             "source_skipped",
             "Changes or lines an event source skipped as unusable (logged)",
-            &|s| s.skipped.load(Relaxed),
+            MetricType::Counter,
+            |s| s.skipped.load(Relaxed),
         ),
     ];
-    for (name, help, value) in counters {
-        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (name, help, kind, value) in families {
+        use prometheus_client::encoding::EncodeMetric;
+        let is_counter = matches!(kind, MetricType::Counter);
+        let mut family = encoder.encode_descriptor(name, help, None, kind)?;
         for s in &sources {
             let labels = [("source", s.name.as_str())];
-            ConstCounter::new(value(s)).encode(family.encode_family(&labels)?)?;
+            let at = family.encode_family(&labels)?;
+            if is_counter {
+                prometheus_client::metrics::counter::ConstCounter::new(value(s)).encode(at)?;
+            } else {
+                prometheus_client::metrics::gauge::ConstGauge::new(value(s) as i64).encode(at)?;
+            }
         }
     }
     Ok(())

@@ -139,7 +139,9 @@ mod tests {
 
     #[test]
     fn splits_whole_lines_within_bounds() {
-        let table: [(&str, usize, usize, Vec<Piece>, usize, bool); 6] = [
+        /// Buffer, line limit, lines at most; pieces, bytes consumed, over-long tail.
+        type Case = (&'static str, usize, usize, Vec<Piece>, usize, bool);
+        let table: [Case; 6] = [
             (
                 "a\nbb\n",
                 10,
