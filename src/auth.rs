@@ -342,6 +342,15 @@ impl Authenticator {
     }
 
     /// Is any credential configured?
+    /// The principal of the configured token named `name`: an event source of that
+    /// name publishes with its grants (`crate::actors::sources`).
+    pub fn principal_named(&self, name: &str) -> Option<Arc<Principal>> {
+        self.tokens
+            .iter()
+            .find(|(_, p)| p.name == name)
+            .map(|(_, p)| p.clone())
+    }
+
     pub fn enabled(&self) -> bool {
         !self.tokens.is_empty() || self.jwt.is_some()
     }

@@ -203,7 +203,7 @@ pub async fn run(
     let shutting_down = Arc::new(AtomicBool::new(false));
     let ingress = Ingress::new(router.clone(), metrics.clone(), admission, &config.limits);
     // Sources publish through the same ingress as every client.
-    let sources = Sources::start(&config, &ingress, &metrics);
+    let sources = Sources::start(&config, &auth, &ingress, &metrics);
     let state = web::Data::new(AppState {
         router: router.clone(),
         workers: workers.into(),

@@ -6,7 +6,8 @@
 //!
 //! Both publish through [`publish::SourcePublisher`], the ingress every client uses,
 //! as a principal named after the source: grants, duplicate suppression and stats see
-//! them as they see any publisher. Their state is in `metrics::sources`
+//! them as they see any publisher. A source named like a configured token publishes
+//! with that token's grants; any other may publish to every topic a client may. Their state is in `metrics::sources`
 //! (`GET /api/sources`, `/metrics`).
 
 pub mod file;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::ingress::Ingress;
+use crate::auth::{Authenticator, Principal};
 use crate::config::{Config, SourceKind};
 use crate::metrics::Metrics;
 use publish::SourcePublisher;
@@ -30,7 +32,12 @@ pub struct Sources {
 
 impl Sources {
     /// Starts every configured source.
-    pub fn start(config: &Config, ingress: &Ingress, metrics: &Arc<Metrics>) -> Sources {
+    pub fn start(
+        config: &Config,
+        auth: &Authenticator,
+        ingress: &Ingress,
+        metrics: &Arc<Metrics>,
+    ) -> Sources {
         let mut arbiters = Vec::new();
         for source in &config.sources {
             let status = metrics.sources.register(
@@ -39,7 +46,10 @@ impl Sources {
                 &source.path.display().to_string(),
                 &source.topic,
             );
-            let publisher = SourcePublisher::new(ingress.clone(), &source.name, &config.limits);
+            let principal = auth
+                .principal_named(&source.name)
+                .unwrap_or_else(|| Principal::source(&source.name));
+            let publisher = SourcePublisher::new(ingress.clone(), principal, &config.limits);
             let arbiter = Arbiter::new();
             let source = source.clone();
             match source.kind {

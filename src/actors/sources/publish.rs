@@ -45,10 +45,12 @@ pub struct SourcePublisher {
 }
 
 impl SourcePublisher {
-    pub fn new(ingress: Ingress, name: &str, limits: &LimitsConfig) -> Self {
+    /// Publishes as `principal`: a configured token's of the source's name, so that
+    /// its grants apply, or else [`Principal::source`].
+    pub fn new(ingress: Ingress, principal: Arc<Principal>, limits: &LimitsConfig) -> Self {
         SourcePublisher {
             ingress,
-            principal: Principal::source(name),
+            principal,
             budget: Arc::new(PublishBudget::with_clock(0, 0, Default::default())),
             max_event_bytes: limits.max_event_bytes,
             max_batch_events: limits.max_batch_events,

@@ -244,7 +244,8 @@ impl SqliteSource {
             // Left in the outbox: read again after reopening, published as duplicates.
             return self.fail(format!("cannot drain the outbox: {e}"));
         }
-        self.pending.retain(|(c, _)| !drained.contains(&c.id));
+        let gone: std::collections::HashSet<i64> = drained.iter().copied().collect();
+        self.pending.retain(|(c, _)| !gone.contains(&c.id));
         if let Some(last) = drained.iter().max() {
             self.status
                 .set_position(serde_json::json!({ "outbox_id": last }));
