@@ -216,6 +216,22 @@ async fn sqlite_changes_are_events_exactly_once_across_restarts() {
         "{metrics}"
     );
 
+    // A column added while running: the triggers are installed again and carry it.
+    sql(&db, &["ALTER TABLE tasks ADD COLUMN priority TEXT"]);
+    let mut added = 0;
+    loop {
+        added += 1;
+        let insert =
+            format!("INSERT INTO tasks (id, status, priority) VALUES ('p{added}', 'new', 'high')");
+        sql(&db, &[&insert]);
+        let e = ws.recv_event().await["event"].clone();
+        assert_eq!(e["payload"]["task_id"], format!("p{added}"));
+        if e["payload"]["task"]["priority"] == "high" {
+            break;
+        }
+        assert!(added < 50, "the new column never reached the events: {e}");
+    }
+
     // Down: changes wait in the outbox. A crash after publishing, before draining, is
     // the first outbox row back in the outbox.
     let data = server.data_dir.clone();
@@ -223,13 +239,13 @@ async fn sqlite_changes_are_events_exactly_once_across_restarts() {
     sql(
         &db,
         &[
-            "INSERT INTO tasks VALUES ('t3', 'new', NULL, 'while down')",
+            "INSERT INTO tasks VALUES ('t3', 'new', NULL, 'while down', NULL)",
             "DELETE FROM tasks WHERE id = 't2'",
             "INSERT INTO switchyard_outbox (id, source, op, key, row, at) \
              SELECT 1, 'sqlite-tasks', 'insert', 't1', '{}', '2026-01-01T00:00:00Z'",
         ],
     );
-    let before = 4 + updates.len();
+    let before = 4 + updates.len() + added;
     let server = TestServer::with_data_dir(data, tweak(db.clone())).await;
     let s = settled(&server).await;
     assert_eq!(

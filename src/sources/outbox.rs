@@ -156,6 +156,12 @@ pub fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("PRAGMA data_version", [], |r| r.get(0))
 }
 
+/// A counter SQLite moves at every schema change (`PRAGMA schema_version`): the
+/// table altered, or dropped and created again, may need its triggers again.
+pub fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA schema_version", [], |r| r.get(0))
+}
+
 /// One outbox row that could not be read as a change: skipped, and drained.
 #[derive(Debug)]
 pub struct Unreadable {

@@ -51,6 +51,8 @@ struct Db {
     read_to: i64,
     /// The last read filled `pending` up: more rows may wait.
     more: bool,
+    /// `PRAGMA schema_version` once the triggers were installed.
+    schema: i64,
 }
 
 impl SqliteSource {
@@ -89,6 +91,7 @@ impl SqliteSource {
             .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| e.to_string())?;
         let identity = outbox::install(&conn, &self.watch()).map_err(|e| e.to_string())?;
+        let schema = outbox::schema_version(&conn).map_err(|e| e.to_string())?;
         log::info!(
             "source `{}`: watching table `{}` of {} (outbox identity {identity})",
             self.config.name,
@@ -101,6 +104,7 @@ impl SqliteSource {
             version: None,
             read_to: 0,
             more: false,
+            schema,
         })
     }
 
@@ -123,6 +127,21 @@ impl SqliteSource {
         let version = outbox::data_version(&db.conn).map_err(|e| e.to_string())?;
         if db.version == Some(version) && !db.more {
             return Ok(());
+        }
+        // The table was altered, or dropped and created again (which drops triggers):
+        // install them again, with its columns as they are now.
+        let schema = outbox::schema_version(&db.conn).map_err(|e| e.to_string())?;
+        if schema != db.schema {
+            let watch = Watch {
+                source: &name,
+                table: &self.config.table,
+                key: &self.config.key,
+                status_column: (!self.config.status_column.is_empty())
+                    .then_some(self.config.status_column.as_str()),
+            };
+            outbox::install(&db.conn, &watch).map_err(|e| e.to_string())?;
+            db.schema = outbox::schema_version(&db.conn).map_err(|e| e.to_string())?;
+            log::info!("source `{name}`: the schema changed; triggers installed again");
         }
         let room = MAX_PENDING.saturating_sub(self.pending.len());
         let rows = outbox::read(&db.conn, &name, db.read_to, room).map_err(|e| e.to_string())?;
