@@ -386,6 +386,122 @@ async fn a_source_named_like_a_token_has_its_grants() {
     server.stop().await;
 }
 
+/// GET `path` of a spawned server, as JSON.
+async fn get_json(addr: std::net::SocketAddr, path: &str) -> Value {
+    let mut res = awc::Client::new()
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .expect("GET");
+    let body = res.body().limit(16 << 20).await.expect("body");
+    serde_json::from_slice(&body).unwrap_or(Value::Null)
+}
+
+/// Waits until every source of a spawned server is running with nothing left.
+async fn spawned_settled(addr: std::net::SocketAddr) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let body = get_json(addr, "/api/sources").await;
+        let sources = body["sources"].as_array().cloned().unwrap_or_default();
+        if !sources.is_empty()
+            && sources
+                .iter()
+                .all(|s| s["state"] == "running" && s["lag"] == 0)
+        {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "sources never settled: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `kill -9` while both sources publish, then a restart: every change and line is
+/// stored exactly once, and the bad line is logged with its file and line number.
+#[actix_rt::test]
+async fn a_killed_server_loses_and_repeats_nothing() {
+    use common::process::{signal, ChildGuard, SpawnedServer};
+    let dir = tempfile::tempdir().unwrap();
+    let (db, watched, data) = (
+        dir.path().join("state.db"),
+        dir.path().join("events"),
+        dir.path().join("data"),
+    );
+    std::fs::create_dir_all(&watched).unwrap();
+    sql(
+        &db,
+        &["CREATE TABLE tasks (id TEXT PRIMARY KEY, status TEXT)"],
+    );
+    let config = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[sources]]\nkind = \"sqlite\"\npath = {db:?}\ntable = \"tasks\"\nkey = \"id\"\n\
+             topic = \"task\"\ndebounce_ms = 0\npoll_interval_ms = 20\n\
+             [[sources]]\nkind = \"file\"\npath = {watched:?}\npoll_interval_ms = 20\n"
+        ),
+    )
+    .unwrap();
+    let env = [("SWITCHYARD_CONFIG", config.to_str().unwrap())];
+    let server = SpawnedServer::start_in(&data, &env);
+    spawned_settled(server.addr).await;
+
+    // Two writers, each its own process, slow enough to be cut in the middle.
+    let rows = "import sqlite3, sys, time\n\
+                c = sqlite3.connect(sys.argv[1], timeout=10, isolation_level=None)\n\
+                for i in range(300):\n    \
+                c.execute(\"INSERT INTO tasks VALUES (?, 'new')\", ('t%d' % i,)); time.sleep(0.002)\n";
+    let mut rows = ChildGuard::spawn(Command::new("python3").args(["-c", rows]).arg(&db), false)
+        .expect("python3");
+    let lines = "for i in $(seq 0 299); do \
+                 if [ $i = 1 ]; then echo 'bad line' >> run.jsonl; \
+                 else echo \"{\\\"i\\\": $i}\" >> run.jsonl; fi; \
+                 case $i in *0) sleep 0.01;; esac; done";
+    let mut lines = ChildGuard::spawn(
+        Command::new("sh").args(["-c", lines]).current_dir(&watched),
+        false,
+    )
+    .expect("sh");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let body = get_json(server.addr, "/api/sources").await;
+        if body["sources"][0]["published"].as_u64() >= Some(30) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    signal(server.pid(), "KILL");
+    let first_log = server.log();
+    let _ = server.wait();
+    assert!(rows.wait().unwrap().success());
+    assert!(lines.wait().unwrap().success());
+
+    let server = SpawnedServer::start_in(&data, &env);
+    spawned_settled(server.addr).await;
+    let tasks = get_json(server.addr, "/api/events?topic=task.%3E&limit=1000").await;
+    let tasks = tasks.as_array().cloned().unwrap_or_default();
+    assert_unique_ids(&tasks);
+    let mut keys: Vec<String> = tasks
+        .iter()
+        .map(|e| e["payload"]["task_id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!((tasks.len(), keys.len()), (300, 300), "each insert once");
+    let files = get_json(server.addr, "/api/events?topic=file.%3E&limit=1000").await;
+    let files = files.as_array().cloned().unwrap_or_default();
+    assert_unique_ids(&files);
+    let mut seen: Vec<u64> = files
+        .iter()
+        .filter_map(|e| e["payload"]["i"].as_u64())
+        .collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!((files.len(), seen.len()), (299, 299), "each good line once");
+    let log = format!("{first_log}{}", server.log());
+    assert!(log.contains("run.jsonl line 2 skipped"), "{log}");
+}
+
 #[test]
 fn a_bad_source_is_a_one_line_error_naming_the_key_with_exit_code_2() {
     let dir = tempfile::tempdir().unwrap();
