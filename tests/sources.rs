@@ -345,6 +345,45 @@ async fn file_lines_are_events_through_new_files_rotation_truncation_and_restart
     server.stop().await;
 }
 
+/// A source that cannot read says why in `/api/sources`, and starts once it can.
+#[actix_rt::test]
+async fn a_source_that_cannot_read_says_why_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("later.db");
+    let server = TestServer::with(|c| c.sources = vec![sqlite_source(&db)]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        let s = source(&server).await;
+        if s["state"] == "error" {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "{s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        s["error"].as_str().unwrap_or("").contains("later.db"),
+        "{s}"
+    );
+    let (_, metrics) = server.get_text("/metrics").await;
+    assert!(
+        metrics.contains("switchyard_source_up{source=\"sqlite-tasks\"} 0"),
+        "{metrics}"
+    );
+
+    sql(
+        &db,
+        &["CREATE TABLE tasks (id TEXT PRIMARY KEY, status TEXT)"],
+    );
+    settled(&server).await;
+    sql(&db, &["INSERT INTO tasks VALUES ('t1', 'new')"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stored(&server, "task.%3E").await.len() != 1 {
+        assert!(Instant::now() < deadline, "the insert was never published");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}
+
 /// A source named like a configured token publishes with that token's grants.
 #[actix_rt::test]
 async fn a_source_named_like_a_token_has_its_grants() {
