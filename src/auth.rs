@@ -116,6 +116,21 @@ impl Principal {
         })
     }
 
+    /// An event source the server runs itself (`[[sources]]`): its own principal, so
+    /// that its event ids are scoped to it and its events carry its name as `source`.
+    /// It may publish to any topic outside `switchyard.>` and name any `source` (a
+    /// line of a watched file may), and may read nothing.
+    pub fn source(name: &str) -> Arc<Principal> {
+        Arc::new(Principal {
+            name: name.to_owned(),
+            publish: Grant::All,
+            subscribe: Grant::Patterns(Vec::new()),
+            sources: None,
+            admin: false,
+            expires_at: None,
+        })
+    }
+
     fn from_grants(
         name: String,
         grants: Grants<'_>,
@@ -327,6 +342,15 @@ impl Authenticator {
     }
 
     /// Is any credential configured?
+    /// The principal of the configured token named `name`: an event source of that
+    /// name publishes with its grants (`crate::actors::sources`).
+    pub fn principal_named(&self, name: &str) -> Option<Arc<Principal>> {
+        self.tokens
+            .iter()
+            .find(|(_, p)| p.name == name)
+            .map(|(_, p)| p.clone())
+    }
+
     pub fn enabled(&self) -> bool {
         !self.tokens.is_empty() || self.jwt.is_some()
     }

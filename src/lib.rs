@@ -9,7 +9,7 @@
 //!
 //! Lowest layer first; a module names only modules of the layers below its own
 //! (`tests/layers.rs` checks this). `error`, `tls` and `client` form the lowest layer,
-//! `auth`, `rate_limit` and `overload` one layer; they do not name each other.
+//! `auth`, `rate_limit`, `overload` and `sources` one layer; they do not name each other.
 //!
 //! - [`error`]: typed errors and their stable wire codes.
 //! - [`tls`]: optional TLS (rustls) from PEM files.
@@ -23,6 +23,7 @@
 //! - [`auth`]: bearer tokens and JWTs, principals and their topic grants.
 //! - [`rate_limit`]: the per-connection publish budget (a token bucket).
 //! - [`overload`]: low-priority admission while urgent deliveries run late.
+//! - [`sources`]: event sources' pure parts: SQLite outbox, change and line events.
 //! - [`actors`]: router, store actor, delivery workers, sessions, and the publish path.
 //! - [`http`]: routes, the JSON API, the WebSocket upgrade and the embedded dashboard.
 //! - [`server`]: starts the actors and the HTTP server, and runs graceful shutdown.
@@ -44,6 +45,7 @@ pub mod protocol;
 pub mod rate_limit;
 pub mod routing;
 pub mod server;
+pub mod sources;
 pub mod store;
 pub mod tls;
 

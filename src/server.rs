@@ -24,6 +24,7 @@ use crate::actors::delivery::{AttachRouter, DeliveryWorker};
 use crate::actors::ingress::Ingress;
 use crate::actors::log_tail::{ClusterView, LogTail, TailSettings};
 use crate::actors::router::{self, Router, StoredState};
+use crate::actors::sources::Sources;
 use crate::actors::store::StoreActor;
 use crate::config::{Config, StoreKind};
 use crate::delivery::QueueBounds;
@@ -51,6 +52,8 @@ pub enum ServerError {
     Auth(#[from] crate::auth::AuthSetupError),
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// The store the configuration names; for a Redis log, also the epoch this node joins.
@@ -82,6 +85,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let listen = listener.local_addr()?;
+    config.prepare_sources()?;
     if config.cluster.node_name.is_empty() {
         config.cluster.node_name = default_node_name(listen);
     }
@@ -197,6 +201,9 @@ pub async fn run(
     }
 
     let shutting_down = Arc::new(AtomicBool::new(false));
+    let ingress = Ingress::new(router.clone(), metrics.clone(), admission, &config.limits);
+    // Sources publish through the same ingress as every client.
+    let sources = Sources::start(&config, &auth, &ingress, &metrics);
     let state = web::Data::new(AppState {
         router: router.clone(),
         workers: workers.into(),
@@ -205,7 +212,7 @@ pub async fn run(
         config: config.clone(),
         auth,
         registry: crate::metrics::registry(metrics.clone()),
-        ingress: Ingress::new(router.clone(), metrics.clone(), admission, &config.limits),
+        ingress,
         metrics,
         cluster: tail.is_some().then_some(cluster),
         shutting_down: shutting_down.clone(),
@@ -254,6 +261,8 @@ pub async fn run(
     shutdown.await;
     log::info!("shutting down: closing sessions");
     shutting_down.store(true, Ordering::Relaxed);
+    // Sources first: what they published is then committed with the rest.
+    let _ = actix_web::rt::task::spawn_blocking(move || sources.stop()).await;
     let timeout = Duration::from_millis(config.server.shutdown_timeout_ms);
     let _ = actix_web::rt::time::timeout(timeout, router.send(router::Shutdown)).await;
     // Give sessions a moment to flush their close frames before connections go.

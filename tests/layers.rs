@@ -25,7 +25,7 @@ const LAYERS: &[&[&str]] = &[
     &["metrics"],
     &["delivery"],
     &["store"],
-    &["auth", "rate_limit", "overload"],
+    &["auth", "rate_limit", "overload", "sources"],
     &["actors"],
     &["http"],
     &["server"],

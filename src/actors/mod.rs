@@ -11,6 +11,7 @@
 //!   connection's subscriptions, writes frames.
 //! - [`store::StoreActor`]: the event log's owner, on a thread of its own.
 //! - [`store_reader::StoreReader`]: the log's read pool, so reads never wait on commits.
+//! - [`sources`]: the event sources of `[[sources]]`, which publish like clients.
 //!
 //! [`ingress`] is not an actor: the one publish path every way in shares.
 //!
@@ -22,6 +23,7 @@ pub mod ingress;
 pub mod log_tail;
 pub mod router;
 pub mod session;
+pub mod sources;
 pub mod store;
 pub mod store_reader;
 

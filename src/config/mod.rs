@@ -11,11 +11,13 @@ use std::time::Duration;
 
 mod cluster;
 mod limits;
+mod sources;
 mod web;
 
 pub use limits::{DEFAULT_ACK_TIMEOUT_MS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_IN_FLIGHT};
 
 pub use cluster::ClusterConfig;
+pub use sources::{SourceConfig, SourceKind, MAX_SOURCE_NAME_LEN};
 pub use web::{parse_origin, split_host};
 
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -36,6 +38,9 @@ pub struct Config {
     pub store: StoreConfig,
     pub cluster: ClusterConfig,
     pub auth: AuthConfig,
+    /// `[[sources]]`: events the server reads itself (docs/sources.md).
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -293,6 +298,12 @@ pub enum ConfigError {
     Parse(String),
     #[error("config key `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
+    #[error("config key `sources[{index}].{key}`: {message}")]
+    Source {
+        index: usize,
+        key: &'static str,
+        message: String,
+    },
 }
 
 /// Settings given on the command line; they win over every other source.
@@ -338,8 +349,17 @@ impl Config {
                 .unwrap_or_default();
             ConfigError::Parse(first.replace('\n', " "))
         })?;
+        let mut config = config;
+        config.prepare_sources()?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Fills in each source's defaults that follow from its other keys (`name`,
+    /// `topic`) and validates them; [`load`](Self::load) does, and so does the server
+    /// for a configuration built in code. Idempotent.
+    pub fn prepare_sources(&mut self) -> Result<(), ConfigError> {
+        sources::validate_all(&mut self.sources)
     }
 
     /// The embedded defaults alone (tests start from these).

@@ -104,6 +104,18 @@ pub async fn stats(state: web::Data<AppState>, _caller: Caller) -> Result<HttpRe
     Ok(HttpResponse::Ok().json(stats))
 }
 
+/// `GET /api/sources`: each configured event source's state, counts and position.
+pub async fn sources(state: web::Data<AppState>, _caller: Caller) -> HttpResponse {
+    let sources: Vec<Value> = state
+        .metrics
+        .sources
+        .snapshot()
+        .iter()
+        .map(|s| s.to_json())
+        .collect();
+    HttpResponse::Ok().json(serde_json::json!({ "sources": sources }))
+}
+
 /// `GET /api/cluster`: this node and the live nodes of its cluster (as of the last
 /// beat); a single node lists itself alone.
 pub async fn cluster(state: web::Data<AppState>, _caller: Caller) -> HttpResponse {

@@ -225,6 +225,7 @@ routes! {
     post "/api/events" => api::publish,
     get "/api/subscriptions" => api::subscriptions,
     get "/api/dead-letters" => api::dead_letters,
+    get "/api/sources" => api::sources,
     post "/api/dead-letters/{id}/retry" => api::retry_dead_letter,
     delete "/api/dead-letters/{id}" => api::delete_dead_letter,
     get "/stats" => api::stats,

@@ -253,6 +253,7 @@ impl prometheus_client::collector::Collector for Exporter {
                 cluster.cursor_regressions.load(Relaxed),
             )?;
         }
+        encode_sources(&mut encoder, m)?;
         if let Some(bytes) = resident_memory_bytes() {
             gauge(
                 &mut encoder,
@@ -263,6 +264,64 @@ impl prometheus_client::collector::Collector for Exporter {
         }
         Ok(())
     }
+}
+
+/// Per source (`[[sources]]`): `source_up`, `source_lag`, `source_events_published`,
+/// `source_skipped`, each labelled with the source's name.
+fn encode_sources(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    m: &Metrics,
+) -> Result<(), std::fmt::Error> {
+    use super::sources::{SourceState, SourceStatus};
+    use prometheus_client::metrics::MetricType;
+
+    let sources = m.sources.snapshot();
+    if sources.is_empty() {
+        return Ok(());
+    }
+    type Value = fn(&SourceStatus) -> u64;
+    let families: [(&str, &str, MetricType, Value); 4] = [
+        (
+            "source_up",
+            "1 while the event source reads and publishes",
+            MetricType::Gauge,
+            |s| u64::from(s.state() == SourceState::Running),
+        ),
+        (
+            "source_lag",
+            "What an event source has seen but not published: outbox rows (sqlite) or \
+             bytes (file)",
+            MetricType::Gauge,
+            |s| s.lag.load(Relaxed),
+        ),
+        (
+            "source_events_published",
+            "Events an event source published",
+            MetricType::Counter,
+            |s| s.published.load(Relaxed),
+        ),
+        (
+            "source_skipped",
+            "Changes or lines an event source skipped as unusable (logged)",
+            MetricType::Counter,
+            |s| s.skipped.load(Relaxed),
+        ),
+    ];
+    for (name, help, kind, value) in families {
+        use prometheus_client::encoding::EncodeMetric;
+        let is_counter = matches!(kind, MetricType::Counter);
+        let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+        for s in &sources {
+            let labels = [("source", s.name.as_str())];
+            let at = family.encode_family(&labels)?;
+            if is_counter {
+                prometheus_client::metrics::counter::ConstCounter::new(value(s)).encode(at)?;
+            } else {
+                prometheus_client::metrics::gauge::ConstGauge::new(value(s) as i64).encode(at)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One counter without labels.

@@ -18,6 +18,7 @@ use crate::protocol::Priority;
 
 mod export;
 mod rate;
+pub mod sources;
 
 pub use export::registry;
 pub use rate::RateWindow;
@@ -99,6 +100,8 @@ pub struct Metrics {
     pub latency: PriorityLatency,
     /// Time publishes waited in the router's inbox, by priority.
     pub inbox_wait: PriorityLatency,
+    /// The configured event sources (`[[sources]]`).
+    pub sources: sources::SourceBoard,
 }
 
 impl Metrics {
@@ -280,6 +283,7 @@ impl Default for Metrics {
             families: TopicFamilies::default(),
             latency: PriorityLatency::default(),
             inbox_wait: PriorityLatency::default(),
+            sources: sources::SourceBoard::default(),
         }
     }
 }

@@ -156,6 +156,11 @@ impl SpawnedServer {
         self.process.pid()
     }
 
+    /// Its log (standard error) so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)
     }
