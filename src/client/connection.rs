@@ -185,9 +185,9 @@ impl Task {
             .collect();
         let frames: Vec<Value> = self
             .subs
-            .iter()
+            .iter_mut()
             .filter(|(id, _)| !awaiting.contains(&id.as_str()))
-            .map(|(_, s)| s.resume_frame())
+            .map(|(_, s)| s.resume())
             .collect();
         for frame in frames {
             send(&mut conn, &frame).await.map_err(|e| e.to_string())?;
@@ -231,16 +231,7 @@ impl Task {
                 reply,
             } => {
                 let frame = json!({"type": "subscribe", "subscription": spec.clone()});
-                self.subs.insert(
-                    id,
-                    Sub {
-                        spec,
-                        deliveries,
-                        last_cursor: None,
-                        since: chrono::Utc::now()
-                            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                    },
-                );
+                self.subs.insert(id, Sub::new(spec, deliveries));
                 self.queue(Op::Request {
                     frame,
                     retry: true,
@@ -335,9 +326,10 @@ impl Task {
             .to_owned();
         if let Some(delivery) = subs::delivery(&msg) {
             if let Some(sub) = self.subs.get_mut(&sub_id) {
-                sub.note(&delivery);
-                // A full buffer holds the connection: the server sees a slow reader.
-                let _ = sub.deliveries.send(delivery).await;
+                if sub.note(&delivery) {
+                    // A full buffer holds the connection: the server sees a slow reader.
+                    let _ = sub.deliveries.send(delivery).await;
+                }
             }
             return;
         }
