@@ -172,7 +172,8 @@ mod tests {
     /// start, not past the low event (protocol 5.3).
     #[test]
     fn resumes_after_the_smallest_mark() {
-        let cases: &[(&str, Value, &[(u64, &str)], Value)] = &[
+        type Case<'a> = (&'a str, Value, &'a [(u64, &'a str)], Value);
+        let cases: &[Case] = &[
             (
                 "all four seen",
                 json!({"from_cursor": 40}),
