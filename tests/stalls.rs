@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{TestServer, WsClient};
 use serde_json::{json, Value};
+use switchyard::config::StoreKind;
 
 /// Events stored before measuring (the issue's figure).
 const STORED: usize = 200_000;
@@ -147,7 +148,18 @@ fn start_load(
 
 #[actix_rt::test]
 async fn long_reads_do_not_stall_a_bystanders_publishes() {
+    long_reads_beside_a_bystander(StoreKind::Sqlite).await;
+}
+
+/// The same on the memory store, whose readers scan its log a chunk at a time.
+#[actix_rt::test]
+async fn long_reads_do_not_stall_a_bystanders_publishes_on_the_memory_store() {
+    long_reads_beside_a_bystander(StoreKind::Memory).await;
+}
+
+async fn long_reads_beside_a_bystander(kind: StoreKind) {
     let server = TestServer::with(|c| {
+        c.store.kind = kind;
         c.limits.publish_rate_per_sec = 10_000_000;
         c.limits.publish_burst = 10_000_000;
     })
@@ -175,7 +187,7 @@ async fn long_reads_do_not_stall_a_bystanders_publishes() {
     let loaded = round_trips(&mut publisher, &mut sent).await;
     let (idle_p99, loaded_p99) = (p99(&idle), p99(&loaded));
     println!(
-        "bystander publish p99: idle {idle_p99:?} ({} samples), under long reads \
+        "{kind:?} store: bystander publish p99: idle {idle_p99:?} ({} samples), under long reads \
          {loaded_p99:?} ({} samples, max {:?})",
         idle.len(),
         loaded.len(),

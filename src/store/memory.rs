@@ -5,17 +5,20 @@
 //! nearly double what a retained event costs when the default retention is a million
 //! events. Queries decode the envelopes they return, as the SQLite backend does.
 //!
+//! The log sits behind a lock shared with the read pool's [`MemoryReads`], which scan
+//! it a chunk at a time, so a long query never holds an append back for long.
+//!
 //! Owns: the in-process log, dead letters and durable state. Must not: decide
 //! retention limits or when they apply (the store actor does), or assign cursors.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use chrono::{DateTime, Utc};
 
 use super::{
-    decode_envelope, DeadLetter, DurableState, EventQuery, EventStore, NewDeadLetter, Order,
-    Retention, StoreError, StoreStats, StoredId,
+    decode_envelope, DeadLetter, DurableState, EventQuery, EventReads, EventStore, NewDeadLetter,
+    Order, Retention, StoreError, StoreStats, StoredId,
 };
 use crate::protocol::Priority;
 use crate::protocol::{EncodedEvent, ANONYMOUS};
@@ -76,15 +79,24 @@ impl Stored {
     fn matches(&self, q: &EventQuery) -> bool {
         q.matches_fields(&self.topic, &self.event_type, self.priority)
     }
+}
 
-    fn decode(&self) -> Result<Arc<EncodedEvent>, StoreError> {
-        decode_envelope(self.cursor, self.json.clone())
-    }
+/// The log, shared with the read pool's readers ([`MemoryReads`]).
+type Log = Arc<RwLock<VecDeque<Stored>>>;
+
+/// The log to read. A panic while it was held left it whole (every change to it is one
+/// call that cannot fail half-way), so a poisoned lock is read all the same.
+fn read(log: &Log) -> RwLockReadGuard<'_, VecDeque<Stored>> {
+    log.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write(log: &Log) -> RwLockWriteGuard<'_, VecDeque<Stored>> {
+    log.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    events: VecDeque<Stored>,
+    events: Log,
     last_cursor: u64,
     dead_letters: std::collections::BTreeMap<u64, DeadLetter>,
     durables: std::collections::HashMap<(String, String), DurableState>,
@@ -112,7 +124,7 @@ impl MemoryStore {
         let reserve =
             max_events.map_or(0, |n| n.saturating_add(n / 8).min(MAX_RESERVED_EVENTS)) as usize;
         MemoryStore {
-            events: VecDeque::with_capacity(reserve),
+            events: Arc::new(RwLock::new(VecDeque::with_capacity(reserve))),
             ..Self::default()
         }
     }
@@ -133,8 +145,7 @@ impl EventStore for MemoryStore {
         struct Id {
             id: String,
         }
-        let mut ids = self
-            .events
+        let mut ids = read(&self.events)
             .iter()
             .rev()
             .take(limit)
@@ -153,11 +164,12 @@ impl EventStore for MemoryStore {
 
     fn append(&mut self, events: &[Arc<EncodedEvent>]) -> Result<(), StoreError> {
         let now = Utc::now();
+        let mut log = write(&self.events);
         for e in events {
             let ev = &e.event;
             debug_assert!(ev.cursor > self.last_cursor, "cursors must increase");
             self.last_cursor = ev.cursor;
-            self.events.push_back(Stored {
+            log.push_back(Stored {
                 at: now,
                 cursor: ev.cursor,
                 priority: ev.priority,
@@ -171,51 +183,46 @@ impl EventStore for MemoryStore {
     }
 
     fn query(&self, q: &EventQuery) -> Result<Vec<Arc<EncodedEvent>>, StoreError> {
-        let after = q.after.unwrap_or(0);
-        // Cursors are increasing: binary-search the first event after `after`.
-        let start = self.events.partition_point(|e| e.cursor <= after);
-        let range = self.events.range(start..);
-        match q.order {
-            Order::Asc => range
-                .filter(|e| e.matches(q))
-                .take(q.limit)
-                .map(Stored::decode)
-                .collect(),
-            Order::Desc => range
-                .rev()
-                .filter(|e| e.matches(q))
-                .take(q.limit)
-                .map(Stored::decode)
-                .collect(),
+        MemoryReads {
+            events: self.events.clone(),
         }
+        .query(q)
+    }
+
+    fn reader(&self) -> Result<Option<Box<dyn EventReads>>, StoreError> {
+        Ok(Some(Box::new(MemoryReads {
+            events: self.events.clone(),
+        })))
     }
 
     fn stats(&self) -> Result<StoreStats, StoreError> {
+        let log = read(&self.events);
         Ok(StoreStats {
             kind: self.kind(),
-            event_count: self.events.len() as u64,
+            event_count: log.len() as u64,
             dead_letters: self.dead_letters.len() as u64,
-            first_cursor: self.events.front().map(|e| e.cursor),
-            last_cursor: self.events.back().map(|e| e.cursor),
+            first_cursor: log.front().map(|e| e.cursor),
+            last_cursor: log.back().map(|e| e.cursor),
             dead_letters_evicted: 0,
         })
     }
 
     fn apply_retention(&mut self, retention: &Retention) -> Result<u64, StoreError> {
-        let before = self.events.len();
+        let mut log = write(&self.events);
+        let before = log.len();
         if let Some(max) = retention.max_events {
             let max = usize::try_from(max).unwrap_or(usize::MAX);
-            let excess = self.events.len().saturating_sub(max);
-            self.events.drain(..excess);
+            let excess = log.len().saturating_sub(max);
+            log.drain(..excess);
         }
         if let Some(age) = retention.max_age {
             let oldest_kept =
                 Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
-            while self.events.front().is_some_and(|e| e.at < oldest_kept) {
-                self.events.pop_front();
+            while log.front().is_some_and(|e| e.at < oldest_kept) {
+                log.pop_front();
             }
         }
-        Ok((before - self.events.len()) as u64)
+        Ok((before - log.len()) as u64)
     }
 
     fn add_dead_letter(&mut self, dl: NewDeadLetter) -> Result<DeadLetter, StoreError> {
@@ -325,20 +332,123 @@ impl EventStore for MemoryStore {
     }
 }
 
+/// Events a query looks at per hold of the log's lock: a query over the whole log
+/// (an unanchored topic matching nothing) holds an append back for one chunk at most.
+const SCAN_CHUNK: usize = 1024;
+
+/// Reads the log beside the store actor (the read pool), a chunk at a time.
+pub struct MemoryReads {
+    events: Log,
+}
+
+impl EventReads for MemoryReads {
+    fn query(&mut self, q: &EventQuery) -> Result<Vec<Arc<EncodedEvent>>, StoreError> {
+        let floor = q.after.unwrap_or(0);
+        let mut found: Vec<(u64, Arc<str>)> = Vec::new();
+        // Asc: the next chunk starts after `edge`; Desc: it ends below it.
+        let mut edge = match q.order {
+            Order::Asc => floor,
+            Order::Desc => u64::MAX,
+        };
+        while found.len() < q.limit {
+            let log = read(&self.events);
+            // Cursors are increasing: binary-search the chunk's bounds.
+            let (from, to) = match q.order {
+                Order::Asc => (log.partition_point(|e| e.cursor <= edge), log.len()),
+                Order::Desc => (
+                    log.partition_point(|e| e.cursor <= floor),
+                    log.partition_point(|e| e.cursor < edge),
+                ),
+            };
+            let range = log.range(from..to.max(from));
+            let chunk: Box<dyn Iterator<Item = &Stored>> = match q.order {
+                Order::Asc => Box::new(range.take(SCAN_CHUNK)),
+                Order::Desc => Box::new(range.rev().take(SCAN_CHUNK)),
+            };
+            let mut scanned = 0;
+            for e in chunk {
+                scanned += 1;
+                edge = e.cursor;
+                if e.matches(q) {
+                    found.push((e.cursor, e.json.clone()));
+                    if found.len() == q.limit {
+                        break;
+                    }
+                }
+            }
+            if scanned < SCAN_CHUNK {
+                break;
+            }
+        }
+        // Decoded outside the lock.
+        found
+            .into_iter()
+            .map(|(cursor, json)| decode_envelope(cursor, json))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Event;
+    use crate::routing::pattern::Pattern;
+
+    fn ev(cursor: u64, topic: &str, priority: &str) -> Arc<EncodedEvent> {
+        let mut e = Event::from_json(
+            serde_json::json!({"topic": topic, "priority": priority}),
+            "s",
+        )
+        .unwrap();
+        e.cursor = cursor;
+        EncodedEvent::new(e)
+    }
+
+    fn cursors(v: Vec<Arc<EncodedEvent>>) -> Vec<u64> {
+        v.iter().map(|e| e.event.cursor).collect()
+    }
+
+    /// Queries that scan past many non-matching events (more than a reader's chunk) find the same events as a full scan would, in both orders and from a cursor.
+    #[test]
+    fn sparse_matches_are_found_across_chunks() {
+        {
+            let s = &mut MemoryStore::new();
+            let events: Vec<_> = (1..=4_000u64)
+                .map(|c| ev(c, if c % 1_201 == 0 { "rare.x" } else { "common.y" }, "low"))
+                .collect();
+            s.append(&events).unwrap();
+            let rare = |after: Option<u64>, order: Order, limit: usize| EventQuery {
+                topic: Some(Pattern::parse("rare.>").unwrap()),
+                after,
+                limit,
+                order,
+                ..Default::default()
+            };
+            let mut readers: Vec<Box<dyn EventReads>> = s.reader().unwrap().into_iter().collect();
+            for (q, want) in [
+                (rare(None, Order::Asc, 10), vec![1_201, 2_402, 3_603]),
+                (rare(Some(1_201), Order::Asc, 1), vec![2_402]),
+                (rare(None, Order::Desc, 2), vec![3_603, 2_402]),
+                (rare(Some(2_402), Order::Desc, 10), vec![3_603]),
+            ] {
+                assert_eq!(cursors(s.query(&q).unwrap()), want, "{q:?}");
+                for r in &mut readers {
+                    assert_eq!(cursors(r.query(&q).unwrap()), want, "reader: {q:?}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn the_log_has_room_for_the_retained_events_from_the_start() {
-        assert!(MemoryStore::with_capacity(Some(8000)).events.capacity() >= 9000);
+        assert!(read(&MemoryStore::with_capacity(Some(8000)).events).capacity() >= 9000);
         assert_eq!(
             std::mem::size_of::<Stored>(),
             72,
             "the slot size docs/architecture.md quotes"
         );
-        assert_eq!(MemoryStore::with_capacity(None).events.capacity(), 0);
+        assert_eq!(read(&MemoryStore::with_capacity(None).events).capacity(), 0);
         let huge = MemoryStore::with_capacity(Some(u64::MAX));
-        assert!(huge.events.capacity() < 2 * MAX_RESERVED_EVENTS as usize);
+        assert!(read(&huge.events).capacity() < 2 * MAX_RESERVED_EVENTS as usize);
     }
 }

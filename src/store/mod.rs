@@ -272,8 +272,8 @@ pub trait EventStore: Send {
     fn kind(&self) -> &'static str;
 
     /// A connection that only reads, for the store's read pool; `None` when reads must
-    /// go through this one (the memory store: its log lives in this value, and is
-    /// bounded by `store.max_events`).
+    /// go through this one. (The memory store's readers share its log behind a lock
+    /// and scan it a chunk at a time.)
     fn reader(&self) -> Result<Option<Box<dyn EventReads>>, StoreError> {
         Ok(None)
     }
