@@ -1187,6 +1187,42 @@ async fn spawned_server_memory_returns_near_baseline_after_hostile_clients() {
         expect_error(&mut big, &deep, "payload_too_large").await;
     }
     peak = peak.max(server.rss_mib());
+    // Issue 21's shapes: subscriptions at the pattern and filter-value limits, a
+    // coalescing subscription holding thousands of windows open, and a dead-letter
+    // storm (every delivery on 50 subscriptions times out after 1 ms).
+    let mut wide = WsClient::connect(&url).await;
+    let patterns: Vec<String> = (0..64).map(|i| format!("wide.{i}.>")).collect();
+    let values: Vec<String> = (0..256).map(|i| format!("agent-{i}")).collect();
+    for _ in 0..50 {
+        wide.subscribe(json!({"patterns": patterns, "filter": {"agent_ids": values}}))
+            .await;
+    }
+    wide.subscribe(json!({"patterns": ["windows.>"],
+                          "coalesce": {"key": "payload.k", "window_ms": 3_600_000}}))
+        .await;
+    for round in 0..5 {
+        let batch: Vec<Value> = (0..1000)
+            .map(|k| json!({"topic": "windows.k", "payload": {"k": round * 1000 + k}}))
+            .collect();
+        http.publish(&batch).await;
+    }
+    let mut storm = WsClient::connect(&url).await;
+    for i in 0..50 {
+        storm
+            .subscribe(
+                json!({"patterns": ["storm.>"], "id": format!("s{i}"), "ack": true,
+                              "max_attempts": 1, "ack_timeout_ms": 1}),
+            )
+            .await;
+    }
+    for _ in 0..4 {
+        let batch: Vec<Value> = (0..25)
+            .map(|i| json!({"topic": "storm.t", "payload": {"i": i}}))
+            .collect();
+        http.publish(&batch).await;
+        expected.extend(http.tick(1).await);
+        peak = peak.max(server.rss_mib());
+    }
     // Churn.
     for i in 0..500 {
         let c = WsClient::connect(&url).await;
@@ -1201,6 +1237,8 @@ async fn spawned_server_memory_returns_near_baseline_after_hostile_clients() {
 
     // Everyone hostile leaves (the deaf ones are closed by the server).
     drop(big);
+    drop(wide);
+    drop(storm);
     subscribers.clear();
     http.wait_open_connections(1).await;
     stop.store(true, Ordering::Relaxed);
