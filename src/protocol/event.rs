@@ -23,6 +23,24 @@ pub const ANONYMOUS: &str = "anonymous";
 /// Longest accepted `id`, `type`, `source`, `target`, `correlation_id`, `agent_id` or `task_id`.
 pub const MAX_FIELD_LEN: usize = 256;
 
+/// The fields of a serialized envelope (docs/protocol.md section 2), in order.
+pub const ENVELOPE_FIELDS: [&str; 14] = [
+    "id",
+    "type",
+    "topic",
+    "priority",
+    "timestamp",
+    "source",
+    "target",
+    "correlation_id",
+    "agent_id",
+    "task_id",
+    "payload",
+    "metadata",
+    "ttl_ms",
+    "cursor",
+];
+
 /// The full envelope, every defaulted field filled in. `cursor` is `0` until the router
 /// accepts the event. Deserialising is for envelopes this server wrote (the store);
 /// publishers' input goes through [`Event::from_raw`].
@@ -558,24 +576,11 @@ mod tests {
     fn serialized_envelope_has_every_field() {
         let e = Event::from_json(json!({"type": "task_created"}), "s").unwrap();
         let v = serde_json::to_value(&e).unwrap();
-        for key in [
-            "id",
-            "type",
-            "topic",
-            "priority",
-            "timestamp",
-            "source",
-            "target",
-            "correlation_id",
-            "agent_id",
-            "task_id",
-            "payload",
-            "metadata",
-            "ttl_ms",
-            "cursor",
-        ] {
+        for key in ENVELOPE_FIELDS {
             assert!(v.get(key).is_some(), "missing {key}");
         }
+        let fields = v.as_object().map_or(0, |o| o.len());
+        assert_eq!(fields, ENVELOPE_FIELDS.len(), "{v}");
         assert!(DateTime::parse_from_rfc3339(v["timestamp"].as_str().unwrap()).is_ok());
     }
 }

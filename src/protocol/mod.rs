@@ -12,7 +12,7 @@ pub mod topic;
 use std::sync::Arc;
 
 pub use command::{decode, Command, Decoded, SubscribeRequest};
-pub use event::{Event, ANONYMOUS};
+pub use event::{Event, ANONYMOUS, ENVELOPE_FIELDS};
 pub use priority::Priority;
 pub use reply::{PublishOk, PublishResult, Reply};
 

@@ -11,23 +11,7 @@ use std::ops::Range;
 
 use serde_json::value::RawValue;
 
-/// The fields of an event envelope (docs/protocol.md section 2).
-const ENVELOPE: &[&str] = &[
-    "id",
-    "type",
-    "topic",
-    "priority",
-    "timestamp",
-    "source",
-    "target",
-    "correlation_id",
-    "agent_id",
-    "task_id",
-    "payload",
-    "metadata",
-    "ttl_ms",
-    "cursor",
-];
+use crate::protocol::ENVELOPE_FIELDS;
 
 /// A piece of a buffer read from a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +77,7 @@ pub fn event_of(line: &[u8], topic: &str, default_id: &str) -> Option<Result<Str
         Err(e) => return Some(Err(format!("invalid JSON: {e}"))),
     };
     let quoted = |s: &str| serde_json::Value::from(s).to_string();
-    if !fields.keys().all(|k| ENVELOPE.contains(&k.as_str())) {
+    if !fields.keys().all(|k| ENVELOPE_FIELDS.contains(&k.as_str())) {
         return Some(Ok(format!(
             "{{\"id\":{},\"topic\":{},\"payload\":{text}}}",
             quoted(default_id),

@@ -391,24 +391,9 @@ impl EventReads for MemoryReads {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Event;
     use crate::routing::pattern::Pattern;
+    use crate::store::contract::{cursors, ev};
 
-    fn ev(cursor: u64, topic: &str, priority: &str) -> Arc<EncodedEvent> {
-        let mut e = Event::from_json(
-            serde_json::json!({"topic": topic, "priority": priority}),
-            "s",
-        )
-        .unwrap();
-        e.cursor = cursor;
-        EncodedEvent::new(e)
-    }
-
-    fn cursors(v: Vec<Arc<EncodedEvent>>) -> Vec<u64> {
-        v.iter().map(|e| e.event.cursor).collect()
-    }
-
-    /// Queries that scan past many non-matching events (more than a reader's chunk) find the same events as a full scan would, in both orders and from a cursor.
     #[test]
     fn sparse_matches_are_found_across_chunks() {
         {
