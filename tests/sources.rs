@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::process::switchyard;
+use common::process::{assert_config_refused, switchyard};
 use common::{TestServer, WsClient};
 use serde_json::{json, Value};
 use switchyard::config::{SourceConfig, SourceKind};
@@ -558,15 +558,11 @@ fn a_bad_source_is_a_one_line_error_naming_the_key_with_exit_code_2() {
         ("[[sources]]\nkind = \"kafka\"\npath = \"d\"\n", "kafka"),
     ] {
         std::fs::write(&file, content).unwrap();
-        let out = switchyard()
+        let mut serve = switchyard();
+        serve
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{content}");
-        let err = String::from_utf8(out.stderr).unwrap();
-        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
-        assert!(err.contains(key), "{err} names {key}");
+            .arg(&file);
+        assert_config_refused(&mut serve, content, key);
     }
 }
 

@@ -26,6 +26,16 @@ pub fn switchyard() -> Command {
     cmd
 }
 
+/// Runs `cmd` and asserts that it refused its configuration the way every bad config
+/// is refused: exit code 2 and one line on stderr that names `key`.
+pub fn assert_config_refused(cmd: &mut Command, content: &str, key: &str) {
+    let out = cmd.output().expect("run switchyard");
+    assert_eq!(out.status.code(), Some(2), "{content}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.contains(key), "{err} names {key}");
+}
+
 /// Sends signal `name` (`KILL`, `TERM`, `STOP`, `CONT` ...) to process `pid`; panics
 /// if `kill` fails (the process is gone).
 pub fn signal(pid: u32, name: &str) {
