@@ -20,7 +20,7 @@ use crate::routing::subscription::SubscriptionLimits;
 use crate::routing::SubscriptionSpec;
 
 /// Publishes of one connection awaiting their commit before it stops reading frames.
-const MAX_PIPELINED_PUBLISHES: usize = 64;
+pub(super) const MAX_PIPELINED_PUBLISHES: usize = 64;
 /// Published events a session reads and validates before it ends its context's turn
 /// (it waits on [`super::turn::end_turn`]): a `publish_batch` frame may hold hundreds
 /// of events, and the other connections of its HTTP worker thread, a critical
@@ -183,12 +183,11 @@ impl Session {
             };
             act.settle(ctx, ticket, Some(reply));
         });
-        if self.publishes_in_flight > MAX_PIPELINED_PUBLISHES {
-            // Enough in flight: stop reading frames until this one is answered.
-            ctx.wait(answer);
-        } else {
-            ctx.spawn(answer);
-        }
+        // Past MAX_PIPELINED_PUBLISHES the session reads no more frames until some are
+        // answered (`read_blocked`). Not `ctx.wait` on this one: that stopped the whole
+        // actor, so each later publish waited for its own commit and a deep pipeline
+        // committed one event at a time.
+        ctx.spawn(answer);
         self.read.events += raw.len();
         if let Some(pause) = pause {
             // Urgent events are late and this publish was all low: read nothing more

@@ -116,8 +116,8 @@ impl Session {
         for text in self.replies.settle(ticket, text) {
             ctx.text(text);
         }
-        if !self.replies_full() && !self.read.deferred.is_empty() {
-            // Frames held back while too many replies were owed.
+        if !self.read_blocked() && !self.read.deferred.is_empty() {
+            // Frames held back while too many replies or publishes were owed.
             self.handle_deferred_soon(ctx);
         }
     }
@@ -128,6 +128,13 @@ impl Session {
     /// the bytes wait in its socket instead (TCP back-pressure), as publishes do.
     fn replies_full(&self) -> bool {
         self.replies.owed() >= self.shared.config.limits.max_pending_replies
+    }
+
+    /// Reads no more frames: too many replies owed, or too many publishes awaiting
+    /// their commit (the bytes wait in the socket; commits go on grouping what is in
+    /// flight, and each answer lets the next frame in).
+    fn read_blocked(&self) -> bool {
+        self.replies_full() || self.publishes_in_flight >= commands::MAX_PIPELINED_PUBLISHES
     }
 
     fn fail(&mut self, ctx: &mut Ctx, err: &ProtocolError, request_id: Option<Value>) {

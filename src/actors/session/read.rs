@@ -71,11 +71,11 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
         }
         if self.read.deferred.is_empty()
             && self.read.pause.remaining().is_none()
-            && !self.replies_full()
+            && !self.read_blocked()
         {
             return self.on_message(msg, ctx);
         }
-        // Read before the pause began, or while replies are owed past the bound (the
+        // Read before the pause began, or while replies or publishes are owed past their bound (the
         // decoder had it buffered): handled, in order, once that is over.
         self.read.deferred.push_back(msg);
         self.read.pause.hold();
@@ -102,13 +102,13 @@ impl Handler<HandleDeferred> for Session {
 
     fn handle(&mut self, _: HandleDeferred, ctx: &mut Ctx) {
         self.read.deferred_due = false;
-        if self.read.pause.remaining().is_none() && !self.replies_full() {
+        if self.read.pause.remaining().is_none() && !self.read_blocked() {
             if let Some(msg) = self.read.deferred.pop_front() {
                 self.on_message(msg, ctx);
             }
         }
         if !self.read.deferred.is_empty() {
-            if !self.replies_full() {
+            if !self.read_blocked() {
                 self.handle_deferred_soon(ctx);
             }
             // Otherwise `settle` calls again once enough replies are written.
