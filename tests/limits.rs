@@ -184,6 +184,17 @@ async fn silent_connection_is_closed_after_two_heartbeat_intervals() {
     live.assert_alive().await;
 }
 
+/// Of a `published_batch` reply: events stored, and events refused `rate_limited`.
+fn accepted_and_limited(reply: &Value) -> (usize, usize) {
+    let results = reply["results"].as_array().expect("results");
+    let accepted = results.iter().filter(|r| r["cursor"].is_u64()).count();
+    let limited = results
+        .iter()
+        .filter(|r| r["error"]["code"] == "rate_limited")
+        .count();
+    (accepted, limited)
+}
+
 #[actix_rt::test]
 async fn router_queue_full_answers_rate_limited_and_loses_nothing_accepted() {
     let server = TestServer::with(|c| c.router.max_queued_events = 5).await;
@@ -195,12 +206,7 @@ async fn router_queue_full_answers_rate_limited_and_loses_nothing_accepted() {
     let reply = p
         .request(json!({"type": "publish_batch", "events": events}))
         .await;
-    let results = reply["results"].as_array().unwrap();
-    let accepted = results.iter().filter(|r| r["cursor"].is_u64()).count();
-    let limited = results
-        .iter()
-        .filter(|r| r["error"]["code"] == "rate_limited")
-        .count();
+    let (accepted, limited) = accepted_and_limited(&reply);
     assert_eq!((accepted, limited), (5, 3), "{reply}");
     // Once routed, the queue has room again.
     assert!(publishes_once_drained(&mut p).await, "queue drains");
@@ -228,12 +234,7 @@ async fn router_queue_full_of_bytes_answers_rate_limited_and_loses_nothing_accep
     let reply = p
         .request(json!({"type": "publish_batch", "events": events}))
         .await;
-    let results = reply["results"].as_array().unwrap();
-    let accepted = results.iter().filter(|r| r["cursor"].is_u64()).count();
-    let limited = results
-        .iter()
-        .filter(|r| r["error"]["code"] == "rate_limited")
-        .count();
+    let (accepted, limited) = accepted_and_limited(&reply);
     assert!(accepted > 0 && limited > 0, "{reply}");
     assert_eq!(accepted + limited, 100, "{reply}");
     let (_, stats) = server.get("/api/stats").await;

@@ -27,6 +27,9 @@ pub(super) struct Sub {
     /// A replay is running: its events set no mark (they come in cursor order, not
     /// priority order, and end with `replay_complete`).
     replaying: bool,
+    /// Repeats are dropped: not with acks (a redelivery is expected) or coalescing
+    /// (which reorders by design). Decided once, from the spec.
+    drops_repeats: bool,
     /// When it was made: a resume with no known start replays from then.
     since: String,
 }
@@ -35,7 +38,11 @@ impl Sub {
     pub fn new(spec: Value, deliveries: mpsc::Sender<Delivery>) -> Sub {
         let start = spec["from_cursor"].as_u64();
         let replaying = start.is_some() || spec.get("since").is_some();
+        let drops_repeats = ["ack", "durable", "coalesce"]
+            .iter()
+            .all(|k| spec.get(k).is_none_or(|v| v.is_null() || *v == false));
         Sub {
+            drops_repeats,
             spec,
             deliveries,
             start,
@@ -95,12 +102,8 @@ impl Sub {
                 let (Some(c), Some(p)) = (cursor, priority) else {
                     return true; // A server notice: never replayed.
                 };
-                // With acks a redelivery is expected; coalescing reorders by design.
-                let filters = ["ack", "durable", "coalesce"]
-                    .iter()
-                    .all(|k| self.spec.get(k).is_none_or(|v| v.is_null() || *v == false));
                 let mark = &mut self.marks[p];
-                if filters && mark.is_some_and(|m| c <= m) {
+                if self.drops_repeats && mark.is_some_and(|m| c <= m) {
                     return false;
                 }
                 if !self.replaying {

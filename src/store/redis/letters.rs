@@ -84,7 +84,8 @@ pub(super) fn take(store: &RedisStore, dl_id: u64) -> Result<Option<DeadLetter>,
 const EVICT_SCAN_LIMIT: u64 = 20_000;
 
 pub(super) fn trim(store: &RedisStore, max: u64) -> Result<u64, StoreError> {
-    let excess = count(store)?.saturating_sub(max);
+    let total = count(store)?;
+    let excess = total.saturating_sub(max);
     if excess == 0 {
         return Ok(0);
     }
@@ -103,7 +104,6 @@ pub(super) fn trim(store: &RedisStore, max: u64) -> Result<u64, StoreError> {
     }
     // Entries from before the owners hash: counted as one principal, `''`.
     let owned: u64 = counts.iter().map(|(_, n)| n).sum();
-    let total = count(store)?;
     if total > owned && !counts.iter().any(|(p, _)| p.is_empty()) {
         counts.push((String::new(), total - owned));
     }
