@@ -23,7 +23,6 @@ impl SqliteStore {
             return Ok(());
         }
         let now = Utc::now().timestamp_millis();
-        let mut bytes = 0;
         let mut created = Vec::new();
         let mut added: BTreeMap<u64, u64> = BTreeMap::new();
         let tx = self.conn.transaction()?;
@@ -54,7 +53,6 @@ impl SqliteStore {
                     &*e.json,
                     (ev.publisher != ANONYMOUS).then_some(ev.publisher.as_str()),
                 ])?;
-                bytes += e.json.len();
             }
             *added.entry(n).or_default() += run.len() as u64;
         }
@@ -81,13 +79,9 @@ impl SqliteStore {
         for (n, k) in added {
             *self.rows.entry(n).or_default() += k;
         }
-        if self
-            .checkpointer
-            .as_mut()
-            .is_some_and(|c| c.committed(bytes))
-        {
-            // Between commits, so it delays none; it fails only if another checkpoint
-            // is running, and then the next catch-up does it.
+        if self.checkpointer.as_mut().is_some_and(|c| c.committed()) {
+            // Copies the last commit's frames or so; it fails only if another
+            // checkpoint is running, and then the next catch-up does it.
             if let Err(e) = checkpoint::passive(&self.conn) {
                 log::debug!("WAL catch-up checkpoint skipped: {e}");
             }

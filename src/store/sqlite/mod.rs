@@ -107,21 +107,33 @@ impl SqliteStore {
     }
 
     pub fn open(path: &Path, options: &SqliteOptions) -> Result<SqliteStore, StoreError> {
-        Self::open_with(path, options, checkpoint::CHECKPOINT_BYTES)
+        Self::open_with(
+            path,
+            options,
+            checkpoint::CHECKPOINT_BYTES,
+            checkpoint::RESTART_BYTES,
+        )
     }
 
     fn open_with(
         path: &Path,
         options: &SqliteOptions,
         checkpoint_bytes: usize,
+        restart_bytes: usize,
     ) -> Result<SqliteStore, StoreError> {
         let mut conn = schema::connect(path, options)?;
+        checkpoint::watch(&conn);
         let segments = Segments::load(&conn, options.segment_events)?;
         for &n in &segments.tables {
             schema::add_publisher_column(&conn, &Segments::name(n))?;
         }
         let (rows, recorded) = segments::count_rows(&mut conn, &segments, true)?;
-        let checkpointer = Checkpointer::start(path, options.synchronous_full, checkpoint_bytes)?;
+        let checkpointer = Checkpointer::start(
+            path,
+            options.synchronous_full,
+            checkpoint_bytes,
+            restart_bytes,
+        )?;
         Ok(SqliteStore {
             conn,
             path: Some(path.to_owned()),

@@ -270,8 +270,7 @@ fn wal_is_checkpointed_and_bounded_under_steady_appends() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("events.db");
     let wal = dir.path().join("events.db-wal");
-    let every = 8 << 10;
-    let mut store = SqliteStore::open_with(&db, &fast(), every).unwrap();
+    let mut store = SqliteStore::open_with(&db, &fast(), 64 << 10, 256 << 10).unwrap();
     let (batches, per_batch) = (400, 10);
     let mut max_wal = 0;
     for b in 0..batches {
