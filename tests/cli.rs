@@ -254,8 +254,8 @@ async fn wait_for_subscriptions(server: &TestServer, n: usize) {
 }
 
 /// The overload and idle-memory scenarios against a running server: a critical lane and
-/// a ping lane beside the load, idle connections held open, the server's memory read
-/// from /metrics.
+/// a ping lane beside a load of single publishes without a window (`--window 0`), idle
+/// connections held open, the server's memory read from /metrics.
 #[actix_rt::test]
 async fn bench_critical_lane_and_idle_connections() {
     let server = TestServer::start().await;
@@ -270,6 +270,7 @@ async fn bench_critical_lane_and_idle_connections() {
             "--rate",
             "3000",
         ])
+        .args(["--batch", "1", "--window", "0"])
         .args(["--priorities", "low=1", "--critical-rate", "200"])
         .args(["--ping-rate", "200", "--idle-connections", "40"]);
     let out = run_to_end(cmd, None).await;

@@ -137,7 +137,11 @@ pub async fn run(
         let lane = Lane {
             rate: args.rate as f64 / args.publishers as f64,
             batch: args.batch,
-            window: args.window,
+            window: if args.window == 0 {
+                u64::MAX
+            } else {
+                args.window
+            },
             priority: None,
             done: None,
         };

@@ -18,7 +18,7 @@ use std::time::Duration;
 use actix_web::rt::time::{sleep_until, Instant};
 use awc::ws::Message;
 use bytes::Bytes;
-use futures_util::future::{select, Either};
+use futures_util::future::{select, Either, FutureExt as _};
 use futures_util::SinkExt as _;
 use hdrhistogram::Histogram;
 use serde_json::Value;
@@ -157,6 +157,19 @@ pub async fn publisher(
                         }
                     }
                 }
+            }
+            // Replies already here are read first: a publisher that sends whenever its
+            // schedule says so (no window, or one it never fills) must still read, or a
+            // server that waits on its replies stops reading too.
+            let mut gone = false;
+            while let Some(reply) = next_text(&mut ws, &mut timer).now_or_never() {
+                if !handle_reply(reply, &mut in_flight, &mut out, &plan) {
+                    gone = true;
+                    break;
+                }
+            }
+            if gone {
+                break;
             }
             let text = command(&plan, &lane, seqs.start, n);
             in_flight.push_back((seqs.start, n, Instant::now()));
