@@ -58,6 +58,8 @@ if epoch ~= ARGV[1] then return redis.error_reply('EPOCH ' .. (epoch or '')) end
 /// `add(stream, maxlen, last, n, lengths, blob, publishers)`: appends one entry
 /// holding `n` events numbered up to `last` (the format: `batch.rs`), trimming whole
 /// entries older than the newest `maxlen` cursors (`'0'`: no bound) as it goes.
+/// Returns `true`, or `false` and the error reply (Redis refuses an id at or below the
+/// stream's last one: a `seq` behind the stream is caught here, see [`APPEND_NEW`]).
 macro_rules! lua_add {
     () => {
         r#"
@@ -69,12 +71,15 @@ local function add(stream, maxlen, last, n, lengths, blob, publishers)
     fields[10] = publishers
   end
   local keep = tonumber(maxlen)
+  local r
   if keep == 0 or last - keep < 1 then
-    redis.call('XADD', stream, id, unpack(fields))
+    r = redis.pcall('XADD', stream, id, unpack(fields))
   else
     local oldest = string.format('%d', last - keep + 1) .. '-0'
-    redis.call('XADD', stream, 'MINID', '~', oldest, id, unpack(fields))
+    r = redis.pcall('XADD', stream, 'MINID', '~', oldest, id, unpack(fields))
   end
+  if type(r) == 'table' and r.err then return false, r end
+  return true
 end
 "#
     };
@@ -109,9 +114,17 @@ for k = 4, #KEYS do
 end
 if #dups > 0 then return dups end
 local n = tonumber(ARGV[4])
-local first = top(stream, seq) + 1
+-- `seq` first: `top` reads the stream's last id with XINFO STREAM, which also copies
+-- its first and last entries (whole group commits) into Lua. A `seq` behind the
+-- stream makes the XADD fail, and only then is `top` asked.
+local first = tonumber(redis.call('GET', seq) or '0') + 1
+local ok, err = add(stream, ARGV[2], first + n - 1, ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+if not ok then
+  first = top(stream, seq) + 1
+  ok, err = add(stream, ARGV[2], first + n - 1, ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+  if not ok then return err end
+end
 local last = first + n - 1
-add(stream, ARGV[2], last, ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 for k = 4, #KEYS do
   local c = first + tonumber(ARGV[6 + 2 * (k - 3)])
   redis.call('SET', KEYS[k], string.format('%d', c), 'EX', ARGV[3])
@@ -145,7 +158,8 @@ for r = 0, runs - 1 do
 end
 for r = 0, runs - 1 do
   local b = 5 + 5 * r
-  add(stream, ARGV[2], tonumber(ARGV[b]), ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4])
+  local ok, err = add(stream, ARGV[2], tonumber(ARGV[b]), ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4])
+  if not ok then return err end
 end
 local ids = 5 + 5 * runs
 for k = 4, #KEYS do

@@ -146,6 +146,18 @@ fn cursors_survive_trimming_and_a_lost_seq_key() {
         .exec(&mut redis.conn())
         .unwrap();
     assert_eq!(s.append_new(&[new("f")]).unwrap(), [Appended::Stored(6)]);
+    // ... and with a `seq` set back, too (the script trusts `seq` until the append
+    // under it is refused).
+    redis::cmd("SET")
+        .arg(format!("{}:{{log}}:seq", options.prefix))
+        .arg(2)
+        .exec(&mut redis.conn())
+        .unwrap();
+    assert_eq!(
+        s.append_new(&[new("g"), new("h")]).unwrap(),
+        [Appended::Stored(7), Appended::Stored(8)]
+    );
+    assert_eq!(cursors(&s), [6, 7, 8]);
 }
 
 #[test]
