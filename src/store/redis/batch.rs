@@ -19,13 +19,44 @@
 //! `p` its publisher when not anonymous) are read as entries of one event, so a log
 //! written by an older node needs no conversion.
 //!
-//! Owns: turning envelopes into entry fields and back. Must not: talk to Redis.
+//! Owns: turning envelopes into entry fields and back, and how many entries to ask
+//! for. Must not: talk to Redis.
 
 use std::sync::Arc;
 
 use super::super::{decode_envelope, StoreError};
 use super::reply::Entry;
 use crate::protocol::{EncodedEvent, ANONYMOUS};
+
+/// Events read per round trip when a query filters, and at most when it does not.
+pub(super) const PAGE: usize = 1000;
+
+/// How many entries to ask for to get about `want` events, from the events per entry
+/// seen so far (`seen` events in `entries`): one entry first, when nothing is known
+/// yet, so that a log of large group commits never sends thousands of events for a
+/// page of a hundred.
+pub(super) fn entries_for(want: usize, seen: usize, entries: usize) -> usize {
+    if entries == 0 {
+        return 1;
+    }
+    let per_entry = (seen / entries).max(1);
+    want.div_ceil(per_entry).clamp(1, PAGE)
+}
+
+/// Runs of dense cursors: each becomes one entry.
+pub(super) fn dense_runs(events: &[Arc<EncodedEvent>]) -> Vec<&[Arc<EncodedEvent>]> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for i in 1..=events.len() {
+        let breaks = i == events.len()
+            || events[i].event.cursor != events[i - 1].event.cursor.wrapping_add(1);
+        if breaks {
+            runs.push(&events[start..i]);
+            start = i;
+        }
+    }
+    runs
+}
 
 /// The fields of one entry before the log numbers it.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -215,6 +246,25 @@ mod tests {
 
     const A: &str = r#"{"id":"a","cursor":"#;
     const B: &str = r#"{"id":"b\n","cursor":"#;
+
+    #[test]
+    fn entries_per_read_follow_the_events_per_entry_seen() {
+        // (want, events seen, entries seen, entries to ask for)
+        let table = [
+            (100, 0, 0, 1),
+            (1000, 1, 1, 1000),
+            (1000, 3000, 2, 1),
+            (100, 200, 100, 50),
+            (5000, 10, 10, PAGE),
+        ];
+        for (want, seen, entries, ask) in table {
+            assert_eq!(
+                entries_for(want, seen, entries),
+                ask,
+                "{want} {seen} {entries}"
+            );
+        }
+    }
 
     #[test]
     fn an_entry_unpacks_into_its_numbered_envelopes() {

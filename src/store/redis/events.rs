@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use redis::{RedisResult, Value};
 
-use super::batch::{self, head_of};
+use super::batch::{self, dense_runs, entries_for, head_of, PAGE};
 use super::keys::id;
 use super::reply;
 use super::{join_epoch, RedisStore};
@@ -17,21 +17,6 @@ use crate::protocol::{EncodedEvent, Event, ANONYMOUS};
 use crate::store::{
     Appended, EventQuery, NewEvent, Order, Retention, StoreError, StoreStats, StoredId,
 };
-
-/// Events read per round trip when a query filters, and at most when it does not.
-const PAGE: usize = 1000;
-
-/// How many entries to ask for to get about `want` events, from the events per entry
-/// seen so far (`seen` events in `entries`): one entry first, when nothing is known
-/// yet, so that a log of large group commits never sends thousands of events for a
-/// page of a hundred.
-pub(super) fn entries_for(want: usize, seen: usize, entries: usize) -> usize {
-    if entries == 0 {
-        return 1;
-    }
-    let per_entry = (seen / entries).max(1);
-    want.div_ceil(per_entry).clamp(1, PAGE)
-}
 
 pub(super) fn last_cursor(store: &RedisStore) -> Result<u64, StoreError> {
     let k = &store.keys;
@@ -316,21 +301,6 @@ pub(super) fn append_new(
         .collect()
 }
 
-/// Runs of dense cursors: each becomes one entry.
-fn dense_runs(events: &[Arc<EncodedEvent>]) -> Vec<&[Arc<EncodedEvent>]> {
-    let mut runs = Vec::new();
-    let mut start = 0;
-    for i in 1..=events.len() {
-        let breaks = i == events.len()
-            || events[i].event.cursor != events[i - 1].event.cursor.wrapping_add(1);
-        if breaks {
-            runs.push(&events[start..i]);
-            start = i;
-        }
-    }
-    runs
-}
-
 pub(super) fn append(
     store: &mut RedisStore,
     events: &[Arc<EncodedEvent>],
@@ -601,25 +571,6 @@ mod tests {
         ];
         for (keys, want) in table {
             assert_eq!(fates(&keys), want, "{keys:?}");
-        }
-    }
-
-    #[test]
-    fn entries_per_read_follow_the_events_per_entry_seen() {
-        // (want, events seen, entries seen, entries to ask for)
-        let table = [
-            (100, 0, 0, 1),
-            (1000, 1, 1, 1000),
-            (1000, 3000, 2, 1),
-            (100, 200, 100, 50),
-            (5000, 10, 10, PAGE),
-        ];
-        for (want, seen, entries, ask) in table {
-            assert_eq!(
-                entries_for(want, seen, entries),
-                ask,
-                "{want} {seen} {entries}"
-            );
         }
     }
 }

@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use redis::Value;
 
-use super::batch;
+use super::batch::{self, entries_for};
 use super::conn::Link;
-use super::events::entries_for;
 use super::keys::{id, Keys};
 use super::reply;
 use super::scripts::Scripts;
