@@ -2,6 +2,7 @@
 # Cluster-mode benchmarks (docs/benchmarks.md, "Cluster mode"): each run starts a fresh
 # redis-server and fresh nodes on 127.0.0.1, runs one `switchyard bench`, and stops
 # them. Usage: scripts/bench-cluster.sh SCENARIO [RUNS]; prints one JSON report a run.
+# BENCH_EXTRA adds `switchyard bench` options (e.g. BENCH_EXTRA="--window 32").
 #   ingest-redis     one node on Redis (appendfsync everysec), no subscribers
 #   ingest-redis-always  the same with appendfsync always
 #   ingest-sqlite    one node on SQLite (store.synchronous_full), for the ratio
@@ -49,7 +50,8 @@ run_once() {
             --duration-secs 10 --events 0 --priorities low=1 --critical-rate 100) ;;
         *) echo "unknown scenario $scenario" >&2; exit 2 ;;
     esac
-    "$bin" bench --json "${args[@]}" || true
+    # shellcheck disable=SC2086 # BENCH_EXTRA is a list of options
+    "$bin" bench --json "${args[@]}" ${BENCH_EXTRA:-} || true
     kill "${pids[@]}" 2>/dev/null || true
     wait 2>/dev/null || true
     rm -rf "$dir"

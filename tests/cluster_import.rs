@@ -173,11 +173,12 @@ async fn a_single_nodes_log_moves_to_redis_with_cursors_durables_and_dead_letter
     assert_eq!(again.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("not empty"), "{stderr}");
     assert!(stderr.contains("import into an empty log"), "{stderr}");
-    assert_eq!(stream_len(&redis, "sy:{log}:events"), 10);
     assert_eq!(stream_len(&redis, "sy:{dl}:letters"), 1);
 
     let node = cluster_node(&redis, "a");
     assert_eq!(whole_log(&node).await, before, "same cursors and payloads");
+    let (_, stats, _) = http("GET", &node, "/api/stats", None).await;
+    assert_eq!(stats["store"]["event_count"], 10, "imported once: {stats}");
     let resumed = replay(&node, durable()).await;
     // Retention removed unacknowledged events below `first` on the single node: the
     // resumed subscription is told, once, up to the cursor before the oldest kept.
@@ -235,4 +236,60 @@ async fn a_log_that_retention_emptied_keeps_its_last_cursor() {
     let mut publisher = WsClient::connect(&node.ws_url()).await;
     let reply = publisher.publish(json!({"topic": "job.next"})).await;
     assert_eq!(reply["cursor"], 4, "no cursor is handed out twice: {reply}");
+}
+
+/// A log written by nodes from before one entry per group commit (one event per
+/// entry: `e`, `t`, `p`) is replayed as it is, and new events are numbered after it.
+#[actix_rt::test]
+async fn a_log_written_one_event_per_entry_is_replayed_and_continued() {
+    let redis = RedisServer::start();
+    let mut conn = redis.connection();
+    for cursor in 1..=3u64 {
+        let envelope = json!({
+            "id": format!("old-{cursor}"), "type": "job_old", "topic": "job.old",
+            "priority": "normal", "timestamp": "2026-12-01T00:00:00.000000Z",
+            "source": "old", "target": null, "correlation_id": null, "agent_id": null,
+            "task_id": null, "payload": {"i": cursor}, "metadata": {}, "ttl_ms": null,
+            "cursor": cursor
+        });
+        redis::cmd("XADD")
+            .arg("sy:{log}:events")
+            .arg(format!("{cursor}-0"))
+            .arg("e")
+            .arg(envelope.to_string())
+            .arg("t")
+            .arg(1_764_547_200_000u64)
+            .query::<String>(&mut conn)
+            .expect("XADD");
+    }
+    redis::cmd("SET")
+        .arg("sy:{log}:seq")
+        .arg(3)
+        .query::<()>(&mut conn)
+        .expect("SET seq");
+
+    let node = cluster_node(&redis, "a");
+    let mut sub = ws(&node).await;
+    sub.subscribe(json!({"id": "r", "patterns": ["job.>"], "from_cursor": 0}))
+        .await;
+    let (mut got, mut published) = (Vec::new(), false);
+    let mut publisher = ws(&node).await;
+    while got.len() < 5 {
+        if got.len() == 3 && !published {
+            published = true;
+            // Replayed: now two live ones, numbered after the old log.
+            assert_eq!(publish_batch(&mut publisher, "new", 2).await, [4, 5]);
+        }
+        let msg = sub.recv().await;
+        if msg["type"] == "event" {
+            let e = &msg["event"];
+            got.push((e["cursor"].as_u64().expect("cursor"), e["id"].clone()));
+        }
+    }
+    let want: Vec<(u64, Value)> = (1..=3)
+        .map(|c| (c, json!(format!("old-{c}"))))
+        .chain((0..2).map(|i| (4 + i, json!(format!("new-{i}")))))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(whole_log(&node).await.len(), 5);
 }

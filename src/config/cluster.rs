@@ -27,7 +27,8 @@ pub struct ClusterConfig {
     /// Every Redis command gives up after this long: a publish is then answered
     /// `unavailable` instead of waiting.
     pub command_timeout_ms: u64,
-    /// Events read from the log per round trip of a node's tail.
+    /// About how many events a node's tail reads per round trip (it reads whole
+    /// group commits, so one may hold more).
     pub tail_batch: usize,
     /// Go on with a log whose epoch changed (it was wiped or replaced) instead of
     /// refusing publishes: cursors start again from what the new log holds.

@@ -560,12 +560,13 @@ fn a_reader_sees_what_the_store_commits() {
         }
         assert_eq!(cursors(reader.query(&task).unwrap()), [1, 3, 4]);
         s.append(&[ev(6, "task.f", "normal")]).unwrap();
+        // Three: a shared log deletes whole appends (seed's second is 4 and 5).
         s.apply_retention(&Retention {
-            max_events: Some(2),
+            max_events: Some(3),
             max_age: None,
         })
         .unwrap();
-        assert_eq!(cursors(reader.query(&all(100)).unwrap()), [5, 6]);
-        assert_eq!(cursors(reader.query(&task).unwrap()), [6]);
+        assert_eq!(cursors(reader.query(&all(100)).unwrap()), [4, 5, 6]);
+        assert_eq!(cursors(reader.query(&task).unwrap()), [4, 6]);
     });
 }

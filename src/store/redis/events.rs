@@ -9,16 +9,14 @@ use std::time::Duration;
 
 use redis::{RedisResult, Value};
 
+use super::batch::{self, dense_runs, entries_for, head_of, PAGE};
 use super::keys::id;
-use super::reply::{self, Entry};
+use super::reply;
 use super::{join_epoch, RedisStore};
 use crate::protocol::{EncodedEvent, Event, ANONYMOUS};
 use crate::store::{
     Appended, EventQuery, NewEvent, Order, Retention, StoreError, StoreStats, StoredId,
 };
-
-/// Entries read per round trip when a query filters, and at most when it does not.
-const PAGE: usize = 1000;
 
 pub(super) fn last_cursor(store: &RedisStore) -> Result<u64, StoreError> {
     let k = &store.keys;
@@ -66,8 +64,9 @@ pub(super) fn recent_ids(store: &RedisStore, limit: usize) -> Result<Vec<StoredI
     }
     let mut ids = Vec::new();
     let mut before: Option<u64> = None;
+    let (mut seen, mut entries_seen) = (0, 0);
     while ids.len() < limit {
-        let page = (limit - ids.len()).min(PAGE);
+        let page = entries_for(limit - ids.len(), seen, entries_seen);
         let end = before.map_or_else(|| "+".to_owned(), |b| format!("({}", id(b)));
         let entries = reply::entries(store.link.run("XREVRANGE", true, |c| {
             redis::cmd("XREVRANGE")
@@ -80,17 +79,19 @@ pub(super) fn recent_ids(store: &RedisStore, limit: usize) -> Result<Vec<StoredI
         })?)?;
         let full = entries.len() == page;
         for e in entries {
-            let Id { id } =
-                serde_json::from_str(e.text("e")?).map_err(|err| StoreError::Corrupt {
-                    cursor: e.id,
-                    message: err.to_string(),
-                })?;
             before = Some(e.id);
-            let publisher = match e.field("p") {
-                Some(_) => e.text("p")?,
-                None => ANONYMOUS,
-            };
-            ids.push(StoredId::new(publisher, id, e.id));
+            entries_seen += 1;
+            for stored in batch::envelopes(&e, 0)?.into_iter().rev() {
+                seen += 1;
+                let Id { id } =
+                    serde_json::from_str(&stored.json).map_err(|err| StoreError::Corrupt {
+                        cursor: stored.cursor,
+                        message: err.to_string(),
+                    })?;
+                if ids.len() < limit {
+                    ids.push(StoredId::new(stored.publisher, id, stored.cursor));
+                }
+            }
         }
         if !full {
             break;
@@ -161,6 +162,38 @@ fn ttl_secs(store: &RedisStore) -> u64 {
     store.options.dedupe_ttl.as_secs().max(1)
 }
 
+/// What becomes of one event of [`append_new`]'s batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Goes to the log (if the log does not hold its id already).
+    Send,
+    /// A repeat of the batch's event at this index: answered as that one's duplicate.
+    SameAs(usize),
+    Done(Appended),
+}
+
+/// The id keys a batch sends, per event: `None` for an id the server made up (no
+/// other publish can repeat it), else the key and whether to check it (`false`:
+/// store again and remember, a republished dead letter). Also finds repeats within
+/// the batch, which the log cannot see since it checks before it writes: an event
+/// checked against an id an earlier event of the batch keeps is that one's duplicate.
+fn fates(keys: &[Option<(String, bool)>]) -> Vec<Fate> {
+    let mut kept: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    keys.iter()
+        .enumerate()
+        .map(|(i, key)| match key {
+            None => Fate::Send,
+            Some((key, check)) => match kept.get(key.as_str()) {
+                Some(&earlier) if *check => Fate::SameAs(earlier),
+                _ => {
+                    kept.insert(key, i);
+                    Fate::Send
+                }
+            },
+        })
+        .collect()
+}
+
 pub(super) fn append_new(
     store: &mut RedisStore,
     events: &[NewEvent],
@@ -179,44 +212,93 @@ pub(super) fn append_new(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let (maxlen, ttl) = (maxlen(store), ttl_secs(store));
-    let out = epoch_guarded(store, "append", |store, c| {
-        let k = &store.keys;
-        let mut call = store.scripts.append_new.prepare_invoke();
-        call.key(&k.events).key(&k.seq).key(&k.epoch);
-        for e in events {
-            call.key(k.event_id(&e.event.event.publisher, &e.event.event.id));
-        }
-        call.arg(&store.epoch).arg(&maxlen).arg(ttl);
-        for (e, head) in events.iter().zip(&heads) {
-            // 1: check and remember the id; 0: store again and remember (a republished
-            // dead letter); 2: neither (an id the server made up cannot come again).
-            let dedupe = match (e.id_is_unique(), e.check_duplicate) {
-                (true, _) => "2",
-                (false, true) => "1",
-                (false, false) => "0",
-            };
-            call.arg(dedupe)
-                .arg(*head)
-                .arg(publisher_field(&e.event.event));
-        }
-        call.invoke(c)
-    })?;
-    let outcomes = reply::array(out)?
-        .into_iter()
-        .map(|v| {
-            let n = reply::int(v)?;
-            Ok(if n < 0 {
-                Appended::Duplicate(n.unsigned_abs())
-            } else {
-                Appended::Stored(n as u64)
+    let keys: Vec<Option<(String, bool)>> = events
+        .iter()
+        .map(|e| {
+            let ev = &e.event.event;
+            (!e.id_is_unique()).then(|| {
+                (
+                    store.keys.event_id(&ev.publisher, &ev.id),
+                    e.check_duplicate,
+                )
             })
         })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    if outcomes.len() != events.len() {
-        return Err(reply::unexpected("append answered for a different count"));
+        .collect();
+    let mut fate = fates(&keys);
+    let (maxlen, ttl) = (maxlen(store), ttl_secs(store));
+    // Each round either stores every event left or takes out at least one duplicate.
+    loop {
+        let sending: Vec<usize> = (0..events.len())
+            .filter(|&i| fate[i] == Fate::Send)
+            .collect();
+        if sending.is_empty() {
+            break;
+        }
+        let fields = batch::pack(
+            sending
+                .iter()
+                .map(|&i| (heads[i], publisher_field(&events[i].event.event))),
+        );
+        let out = epoch_guarded(store, "append", |store, c| {
+            let k = &store.keys;
+            let mut call = store.scripts.append_new.prepare_invoke();
+            call.key(&k.events).key(&k.seq).key(&k.epoch);
+            for &i in &sending {
+                if let Some((key, _)) = &keys[i] {
+                    call.key(key);
+                }
+            }
+            call.arg(&store.epoch)
+                .arg(&maxlen)
+                .arg(ttl)
+                .arg(fields.count)
+                .arg(&fields.lengths)
+                .arg(&fields.blob)
+                .arg(&fields.publishers);
+            for (at, &i) in sending.iter().enumerate() {
+                if let Some((_, check)) = &keys[i] {
+                    call.arg(at).arg(if *check { "1" } else { "0" });
+                }
+            }
+            call.invoke(c)
+        })?;
+        match out {
+            Value::Array(pairs) => {
+                if pairs.is_empty() || pairs.len() % 2 != 0 {
+                    return Err(reply::unexpected("append answered an odd list"));
+                }
+                let mut pairs = pairs.into_iter();
+                while let (Some(at), Some(cursor)) = (pairs.next(), pairs.next()) {
+                    let at = usize::try_from(reply::count(at)?)
+                        .ok()
+                        .and_then(|at| sending.get(at))
+                        .ok_or_else(|| reply::unexpected("append named no event of the batch"))?;
+                    fate[*at] = Fate::Done(Appended::Duplicate(reply::count(cursor)?));
+                }
+            }
+            first => {
+                let first = reply::count(first)?;
+                for (k, &i) in sending.iter().enumerate() {
+                    fate[i] = Fate::Done(Appended::Stored(first + k as u64));
+                }
+            }
+        }
     }
-    Ok(outcomes)
+    let settled = |f: Fate| match f {
+        Fate::Done(a) => Some(a),
+        _ => None,
+    };
+    (0..events.len())
+        .map(|i| {
+            let outcome = match fate[i] {
+                Fate::SameAs(j) => settled(fate[j]).map(|a| match a {
+                    Appended::Stored(c) | Appended::Duplicate(c) => Appended::Duplicate(c),
+                }),
+                f => settled(f),
+            };
+            outcome.ok_or_else(|| reply::unexpected("append left an event unanswered"))
+        })
+        .collect()
 }
 
 pub(super) fn append(
@@ -226,6 +308,20 @@ pub(super) fn append(
     if events.is_empty() {
         return Ok(());
     }
+    let heads: Vec<_> = events.iter().map(|e| head_of(e)).collect();
+    let runs = dense_runs(events);
+    let mut packed = Vec::with_capacity(runs.len());
+    let mut at = 0;
+    for run in &runs {
+        let fields = batch::pack(
+            run.iter()
+                .zip(&heads[at..])
+                .map(|(e, h)| (h.as_ref(), publisher_field(&e.event))),
+        );
+        at += run.len();
+        let last = run.last().map_or(0, |e| e.event.cursor);
+        packed.push((last, fields));
+    }
     let (maxlen, ttl) = (maxlen(store), ttl_secs(store));
     epoch_guarded(store, "append", |store, c| {
         let k = &store.keys;
@@ -234,11 +330,19 @@ pub(super) fn append(
         for e in events {
             call.key(k.event_id(&e.event.publisher, &e.event.id));
         }
-        call.arg(&store.epoch).arg(&maxlen).arg(ttl);
+        call.arg(&store.epoch)
+            .arg(&maxlen)
+            .arg(ttl)
+            .arg(packed.len());
+        for (last, f) in &packed {
+            call.arg(*last)
+                .arg(f.count)
+                .arg(&f.lengths)
+                .arg(&f.blob)
+                .arg(&f.publishers);
+        }
         for e in events {
-            call.arg(e.event.cursor)
-                .arg(&*e.json)
-                .arg(publisher_field(&e.event));
+            call.arg(e.event.cursor);
         }
         call.invoke(c)
     })?;
@@ -253,26 +357,33 @@ pub(super) fn query(
     if q.limit == 0 {
         return Ok(found);
     }
-    let after = format!("({}", id(q.after.unwrap_or(0)));
+    let after = q.after.unwrap_or(0);
+    let from = format!("({}", id(after));
     let filtered = q.topic.is_some() || q.event_type.is_some() || q.priority.is_some();
-    let page = if filtered { PAGE } else { q.limit.min(PAGE) };
     // The last entry read: the next page starts past it.
     let mut last: Option<String> = None;
+    let (mut seen, mut entries_seen) = (0, 0);
     loop {
+        let want = if filtered {
+            PAGE
+        } else {
+            q.limit - found.len()
+        };
+        let page = entries_for(want, seen, entries_seen);
         let v = store.link.run("read events", true, |c| {
             let mut cmd;
             match q.order {
                 Order::Asc => {
                     cmd = redis::cmd("XRANGE");
                     cmd.arg(&store.keys.events)
-                        .arg(last.as_deref().unwrap_or(&after))
+                        .arg(last.as_deref().unwrap_or(&from))
                         .arg("+");
                 }
                 Order::Desc => {
                     cmd = redis::cmd("XREVRANGE");
                     cmd.arg(&store.keys.events)
                         .arg(last.as_deref().unwrap_or("+"))
-                        .arg(&after);
+                        .arg(&from);
                 }
             }
             cmd.arg("COUNT").arg(page).query::<Value>(c)
@@ -281,11 +392,18 @@ pub(super) fn query(
         let full = entries.len() == page;
         for entry in entries {
             last = Some(format!("({}", id(entry.id)));
-            let event = entry.event()?;
-            if q.matches(&event) {
-                found.push(event);
-                if found.len() >= q.limit {
-                    return Ok(found);
+            let mut events = batch::events(&entry, after)?;
+            entries_seen += 1;
+            seen += events.len();
+            if q.order == Order::Desc {
+                events.reverse();
+            }
+            for event in events {
+                if q.matches(&event) {
+                    found.push(event);
+                    if found.len() >= q.limit {
+                        return Ok(found);
+                    }
                 }
             }
         }
@@ -297,35 +415,26 @@ pub(super) fn query(
 
 pub(super) fn stats(store: &RedisStore) -> Result<StoreStats, StoreError> {
     let k = &store.keys;
-    let replies: Vec<Value> = store.link.run("stats", true, |c| {
-        redis::pipe()
-            .cmd("XLEN")
-            .arg(&k.events)
-            .cmd("XRANGE")
-            .arg(&k.events)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1)
-            .cmd("XREVRANGE")
-            .arg(&k.events)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .cmd("XLEN")
-            .arg(&k.letters)
-            .query(c)
+    let v = store.link.run("stats", true, |c| {
+        store
+            .scripts
+            .stats
+            .key(&k.events)
+            .key(&k.letters)
+            .invoke::<Value>(c)
     })?;
-    let [len, first, last, letters] = <[Value; 4]>::try_from(replies)
-        .map_err(|_| reply::unexpected("stats pipeline answered for a different count"))?;
-    let edge = |v| reply::entries(v).map(|e| e.first().map(|e| e.id));
+    let [first, last, letters] = <[Value; 3]>::try_from(reply::array(v)?)
+        .map_err(|_| reply::unexpected("stats is not [first, last, dead letters]"))?;
+    let (first, last) = (reply::count(first)?, reply::count(last)?);
+    let held = first > 0 && last >= first;
     Ok(StoreStats {
         kind: "redis",
-        event_count: reply::count(len)?,
+        // Cursors are dense within and across entries, but for the gaps of a log
+        // imported from a single node, which count here until retention drops them.
+        event_count: if held { last - first + 1 } else { 0 },
         dead_letters: reply::count(letters)?,
-        first_cursor: edge(first)?,
-        last_cursor: edge(last)?,
+        first_cursor: held.then_some(first),
+        last_cursor: held.then_some(last),
         dead_letters_evicted: 0,
     })
 }
@@ -336,30 +445,40 @@ pub(super) fn apply_retention(
 ) -> Result<u64, StoreError> {
     let mut deleted = 0;
     if let Some(max) = retention.max_events {
-        deleted += trim(store, &["MAXLEN", "=", &max.to_string()])?;
+        deleted += trim(store, "count", max)?;
     }
     if let Some(age) = retention.max_age {
         if let Some(first_young) = first_young(store, age)? {
-            deleted += trim(store, &["MINID", "=", &id(first_young)])?;
+            deleted += trim(store, "below", first_young)?;
         }
     }
     Ok(deleted)
 }
 
-fn trim(store: &RedisStore, how: &[&str]) -> Result<u64, StoreError> {
-    let v = store.link.run("XTRIM", false, |c| {
-        redis::cmd("XTRIM")
-            .arg(&store.keys.events)
+/// Deletes whole entries (the trim script); answers how many events went.
+fn trim(store: &RedisStore, how: &str, n: u64) -> Result<u64, StoreError> {
+    let v = store.link.run("trim the log", false, |c| {
+        store
+            .scripts
+            .trim
+            .key(&store.keys.events)
             .arg(how)
-            .query::<Value>(c)
+            .arg(n)
+            .invoke::<Value>(c)
     })?;
     reply::count(v)
 }
 
-/// The first cursor retention by `age` keeps (one past the newest entry when it
+/// An entry's id and storage time, without its envelopes.
+struct Probe {
+    id: u64,
+    stored_at: u64,
+}
+
+/// The id of the first entry retention by `age` keeps (one past the newest when it
 /// keeps none), or `None` when it deletes nothing. Entries carry their storage time
 /// from Redis's clock, in cursor order, so a binary search over cursors finds it in
-/// a few dozen single-entry reads instead of reading the log's head.
+/// a few dozen single-entry probes instead of reading the log's head.
 fn first_young(store: &RedisStore, age: Duration) -> Result<Option<u64>, StoreError> {
     let now = reply::array(
         store
@@ -371,14 +490,14 @@ fn first_young(store: &RedisStore, age: Duration) -> Result<Option<u64>, StoreEr
         Err(_) => return Err(reply::unexpected("TIME is not [secs, micros]")),
     };
     let cutoff = now_ms.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
-    let young = |e: &Entry| e.stored_at() >= cutoff;
+    let young = |e: &Probe| e.stored_at >= cutoff;
     let Some(first) = probe(store, "-")? else {
         return Ok(None);
     };
     if young(&first) {
         return Ok(None);
     }
-    let Some(last) = probe_last(store)? else {
+    let Some(last) = probe(store, "+")? else {
         return Ok(None);
     };
     if !young(&last) {
@@ -401,29 +520,57 @@ fn first_young(store: &RedisStore, age: Duration) -> Result<Option<u64>, StoreEr
     Ok(Some(answer))
 }
 
-/// The first entry at or after stream id `from`.
-fn probe(store: &RedisStore, from: &str) -> Result<Option<Entry>, StoreError> {
-    let v = store.link.run("XRANGE", true, |c| {
-        redis::cmd("XRANGE")
-            .arg(&store.keys.events)
+/// The first entry at or after stream id `from` (`-`: the oldest, `+`: the newest).
+fn probe(store: &RedisStore, from: &str) -> Result<Option<Probe>, StoreError> {
+    let v = store.link.run("probe the log", true, |c| {
+        store
+            .scripts
+            .probe
+            .key(&store.keys.events)
             .arg(from)
-            .arg("+")
-            .arg("COUNT")
-            .arg(1)
-            .query::<Value>(c)
+            .invoke::<Value>(c)
     })?;
-    Ok(reply::entries(v)?.into_iter().next())
+    let mut found = reply::array(v)?.into_iter();
+    match (found.next(), found.next()) {
+        (Some(entry), Some(at)) => {
+            let text = reply::text(entry)?;
+            let id = super::keys::cursor_of(text.as_bytes())
+                .ok_or_else(|| reply::unexpected("stream id is not <n>-0"))?;
+            Ok(Some(Probe {
+                id,
+                stored_at: reply::count(at).unwrap_or(0),
+            }))
+        }
+        _ => Ok(None),
+    }
 }
 
-fn probe_last(store: &RedisStore) -> Result<Option<Entry>, StoreError> {
-    let v = store.link.run("XREVRANGE", true, |c| {
-        redis::cmd("XREVRANGE")
-            .arg(&store.keys.events)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query::<Value>(c)
-    })?;
-    Ok(reply::entries(v)?.into_iter().next())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeats_within_a_batch_are_answered_as_the_first() {
+        let k = |key: &str, check: bool| Some((key.to_owned(), check));
+        // (keys, fates)
+        let table = [
+            (vec![None, None], vec![Fate::Send, Fate::Send]),
+            (
+                vec![k("a", true), k("a", true)],
+                vec![Fate::Send, Fate::SameAs(0)],
+            ),
+            // Stored again on purpose, then a checked repeat of it.
+            (
+                vec![k("a", false), k("a", false), k("a", true)],
+                vec![Fate::Send, Fate::Send, Fate::SameAs(1)],
+            ),
+            (
+                vec![k("a", true), k("b", true)],
+                vec![Fate::Send, Fate::Send],
+            ),
+        ];
+        for (keys, want) in table {
+            assert_eq!(fates(&keys), want, "{keys:?}");
+        }
+    }
 }

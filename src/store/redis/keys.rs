@@ -9,7 +9,7 @@
 #[derive(Debug, Clone)]
 pub(super) struct Keys {
     prefix: String,
-    /// STREAM: ids `<cursor>-0`, fields `e` (envelope) and `t` (stored at, unix ms).
+    /// STREAM: one entry per group commit, id `<its last cursor>-0` (`batch.rs`).
     pub events: String,
     /// STRING: the highest cursor ever assigned.
     pub seq: String,

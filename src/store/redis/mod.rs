@@ -4,13 +4,15 @@
 //! - `keys`: the key space under `cluster.prefix`;
 //! - `scripts`: the Lua scripts that make each write atomic;
 //! - `reply`: parsing stream entries and other replies;
+//! - `batch`: the log's entry format, one entry per group commit;
 //! - `events`, `letters`, `durable`: the [`EventStore`] methods, by the state they own;
 //! - [`tail`]: a node's live read of the log, on a connection of its own;
 //! - [`nodes`]: the node registry behind `/api/cluster`.
 //!
 //! The log numbers events itself ([`EventStore::numbers_events`]): one script per
-//! batch checks the epoch, checks each event id against the cluster's duplicate
-//! keys, and appends under the next cursors, so two nodes never hand out one cursor.
+//! batch checks the epoch, checks the ids publishers chose against the cluster's
+//! duplicate keys, and appends the batch as one stream entry under the next cursors,
+//! so two nodes never hand out one cursor.
 //!
 //! Owns: everything the cluster keeps in Redis under its prefix. Must not: route or
 //! deliver (nodes read the log back through a [`tail::Tail`]), decide retention limits
@@ -18,6 +20,7 @@
 //! Blocking: every call waits on Redis for up to `cluster.command_timeout_ms`, so it
 //! runs only on a thread of its own.
 
+mod batch;
 mod conn;
 mod durable;
 mod events;
@@ -63,7 +66,8 @@ pub struct RedisOptions {
     pub dedupe_ttl: Duration,
     /// Connect, read and write timeout of every command.
     pub command_timeout: Duration,
-    /// Approximate bound (`XADD MAXLEN ~`) between retention passes; `None`: no bound.
+    /// Approximate bound (`XADD MINID ~`, in cursors) between retention passes;
+    /// `None`: no bound.
     pub max_events: Option<u64>,
     /// Go on after the log's epoch changed instead of answering `LogReplaced`.
     pub accept_new_log: bool,

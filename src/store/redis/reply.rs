@@ -6,13 +6,10 @@
 //!
 //! Owns: reply shapes. Must not: send commands.
 
-use std::sync::Arc;
-
 use redis::Value;
 
-use super::super::{decode_envelope, StoreError};
+use super::super::StoreError;
 use super::keys::cursor_of;
-use crate::protocol::EncodedEvent;
 
 /// One stream entry.
 #[derive(Debug)]
@@ -42,17 +39,6 @@ impl Entry {
         self.text(name)?
             .parse()
             .map_err(|_| unexpected(&format!("entry {} field `{name}` is not a number", self.id)))
-    }
-
-    /// When it was stored (unix ms); 0 for an entry written without one.
-    pub(super) fn stored_at(&self) -> u64 {
-        self.number("t").unwrap_or(0)
-    }
-
-    /// The event of an entry of the log.
-    pub(super) fn event(&self) -> Result<Arc<EncodedEvent>, StoreError> {
-        let json: Arc<str> = Arc::from(self.text("e")?);
-        decode_envelope(self.id, json)
     }
 }
 
@@ -152,7 +138,7 @@ mod tests {
         let got = entries(reply).unwrap();
         assert_eq!(got[0].id, 7);
         assert_eq!(got[0].field("e"), Some(&b"{}"[..]));
-        assert_eq!(got[0].stored_at(), 12);
+        assert_eq!(got[0].number::<u64>("t").unwrap(), 12);
         assert!(got[0].text("missing").is_err());
 
         let bad = [

@@ -55,87 +55,191 @@ if epoch ~= ARGV[1] then return redis.error_reply('EPOCH ' .. (epoch or '')) end
     };
 }
 
-/// KEYS: events, seq, epoch, then one id key per event (in its publisher's scope).
-/// ARGV: joined epoch, MAXLEN (`0`: none), dedupe TTL (s), then per event its
-/// duplicate handling (`1`: check and remember its id, `0`: only remember it, `2`:
-/// neither), its envelope up to `"cursor":`, and its publisher (field `p`; empty for
-/// `anonymous`, whose entries have no `p`, as before publishers were recorded).
-/// Returns per event its new cursor, or minus the cursor it was already stored under.
+/// `add(stream, maxlen, last, n, lengths, blob, publishers)`: appends one entry
+/// holding `n` events numbered up to `last` (the format: `batch.rs`), trimming whole
+/// entries older than the newest `maxlen` cursors (`'0'`: no bound) as it goes.
+/// Returns `true`, or `false` and the error reply (Redis refuses an id at or below the
+/// stream's last one: a `seq` behind the stream is caught here, see [`APPEND_NEW`]).
+macro_rules! lua_add {
+    () => {
+        r#"
+local function add(stream, maxlen, last, n, lengths, blob, publishers)
+  local id = string.format('%d', last) .. '-0'
+  local fields = {'t', now_ms(), 'n', n, 'l', lengths, 'b', blob}
+  if publishers ~= '' then
+    fields[9] = 'ps'
+    fields[10] = publishers
+  end
+  local keep = tonumber(maxlen)
+  local r
+  if keep == 0 or last - keep < 1 then
+    r = redis.pcall('XADD', stream, id, unpack(fields))
+  else
+    local oldest = string.format('%d', last - keep + 1) .. '-0'
+    r = redis.pcall('XADD', stream, 'MINID', '~', oldest, id, unpack(fields))
+  end
+  if type(r) == 'table' and r.err then return false, r end
+  return true
+end
+"#
+    };
+}
+
+/// KEYS: events, seq, epoch, then the id key of each event whose id is checked or
+/// kept (none for ids the server made up). ARGV: joined epoch, MAXLEN (`0`: none),
+/// dedupe TTL (s), the events' count, lengths, envelopes and publishers (`batch.rs`),
+/// then per id key the event's index in the batch (from 0) and `1` (check and keep
+/// the id) or `0` (only keep it: a republished dead letter).
+///
+/// Returns the first cursor of the stored events, or, when some checked ids are
+/// already in the log, writes nothing and returns pairs of (index, cursor it was
+/// stored under): the caller takes those events out and calls again. So Lua touches
+/// no envelope: one entry is appended whatever the batch's size.
 const APPEND_NEW: &str = concat!(
     lua_top!(),
     lua_now!(),
     lua_epoch!(),
+    lua_add!(),
     r#"
 local stream, seq = KEYS[1], KEYS[2]
-local n = top(stream, seq)
-local at = now_ms()
-local out = {}
-for i = 1, (#ARGV - 3) / 3 do
-  local idkey = KEYS[3 + i]
-  local dedupe = ARGV[1 + 3 * i]
-  local prev = false
-  if dedupe == '1' then prev = redis.call('GET', idkey) end
-  if prev then
-    out[i] = -tonumber(prev)
-  else
-    n = n + 1
-    local c = string.format('%d', n)
-    local fields = {'e', ARGV[2 + 3 * i] .. c .. '}', 't', at}
-    if ARGV[3 + 3 * i] ~= '' then
-      fields[5] = 'p'
-      fields[6] = ARGV[3 + 3 * i]
+local dups = {}
+for k = 4, #KEYS do
+  if ARGV[7 + 2 * (k - 3)] == '1' then
+    local prev = redis.call('GET', KEYS[k])
+    if prev then
+      dups[#dups + 1] = tonumber(ARGV[6 + 2 * (k - 3)])
+      dups[#dups + 1] = tonumber(prev)
     end
-    if ARGV[2] == '0' then
-      redis.call('XADD', stream, c .. '-0', unpack(fields))
-    else
-      redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], c .. '-0', unpack(fields))
-    end
-    if dedupe ~= '2' then redis.call('SET', idkey, c, 'EX', ARGV[3]) end
-    out[i] = n
   end
 end
-redis.call('SET', seq, string.format('%d', n))
-return out
+if #dups > 0 then return dups end
+local n = tonumber(ARGV[4])
+-- `seq` first: `top` reads the stream's last id with XINFO STREAM, which also copies
+-- its first and last entries (whole group commits) into Lua. A `seq` behind the
+-- stream makes the XADD fail, and only then is `top` asked.
+local first = tonumber(redis.call('GET', seq) or '0') + 1
+local ok, err = add(stream, ARGV[2], first + n - 1, ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+if not ok then
+  first = top(stream, seq) + 1
+  ok, err = add(stream, ARGV[2], first + n - 1, ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+  if not ok then return err end
+end
+local last = first + n - 1
+for k = 4, #KEYS do
+  local c = first + tonumber(ARGV[6 + 2 * (k - 3)])
+  redis.call('SET', KEYS[k], string.format('%d', c), 'EX', ARGV[3])
+end
+redis.call('SET', seq, string.format('%d', last))
+return first
 "#
 );
 
-/// Events that already have cursors (import, tests). KEYS as [`APPEND_NEW`]; ARGV:
-/// joined epoch, MAXLEN, dedupe TTL, then per event its cursor, full envelope and
-/// publisher (as in [`APPEND_NEW`]). Checks every cursor before writing any: all or
-/// nothing.
+/// Events that already have cursors (import, tests), in runs of dense cursors, one
+/// entry per run. KEYS as [`APPEND_NEW`], one id key per event. ARGV: joined epoch,
+/// MAXLEN, dedupe TTL, the number of runs, then per run its last cursor, count,
+/// lengths, envelopes and publishers, then per id key its event's cursor. Checks
+/// every run before writing any: all or nothing.
 const APPEND: &str = concat!(
     lua_top!(),
     lua_now!(),
     lua_epoch!(),
+    lua_add!(),
     r#"
 local stream, seq = KEYS[1], KEYS[2]
 local last = top(stream, seq)
-for i = 1, (#ARGV - 3) / 3 do
-  local c = tonumber(ARGV[1 + 3 * i])
-  if c <= last then
-    return redis.error_reply('CURSOR ' .. ARGV[1 + 3 * i] .. ' is not above ' .. string.format('%d', last))
+local runs = tonumber(ARGV[4])
+for r = 0, runs - 1 do
+  local c = tonumber(ARGV[5 + 5 * r])
+  local first = c - tonumber(ARGV[6 + 5 * r]) + 1
+  if first <= last then
+    return redis.error_reply('CURSOR ' .. string.format('%d', first) .. ' is not above ' .. string.format('%d', last))
   end
   last = c
 end
-local at = now_ms()
-for i = 1, (#ARGV - 3) / 3 do
-  local c = ARGV[1 + 3 * i]
-  local fields = {'e', ARGV[2 + 3 * i], 't', at}
-  if ARGV[3 + 3 * i] ~= '' then
-    fields[5] = 'p'
-    fields[6] = ARGV[3 + 3 * i]
-  end
-  if ARGV[2] == '0' then
-    redis.call('XADD', stream, c .. '-0', unpack(fields))
-  else
-    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], c .. '-0', unpack(fields))
-  end
-  redis.call('SET', KEYS[3 + i], c, 'EX', ARGV[3])
+for r = 0, runs - 1 do
+  local b = 5 + 5 * r
+  local ok, err = add(stream, ARGV[2], tonumber(ARGV[b]), ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4])
+  if not ok then return err end
+end
+local ids = 5 + 5 * runs
+for k = 4, #KEYS do
+  redis.call('SET', KEYS[k], ARGV[ids + k - 4], 'EX', ARGV[3])
 end
 redis.call('SET', seq, string.format('%d', last))
 return 0
 "#
 );
+
+/// `first(stream)`: the first cursor the log holds (nil when empty): the first
+/// entry's id less its other events (an entry of the old format holds one).
+macro_rules! lua_first {
+    () => {
+        r#"
+local function first(stream)
+  local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+  if #head == 0 then return nil end
+  local id = tonumber(string.match(head[1][1], '^(%d+)'))
+  local fields = head[1][2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'n' then return id - tonumber(fields[i + 1]) + 1 end
+  end
+  return id
+end
+local function newest(stream)
+  local tip = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  if #tip == 0 then return 0 end
+  return tonumber(string.match(tip[1][1], '^(%d+)'))
+end
+"#
+    };
+}
+
+/// KEYS: events. ARGV: `count` and how many of the newest cursors to keep, or `below`
+/// and the first entry id to keep. Deletes whole entries only: with `count`, the
+/// entry holding the oldest cursor kept stays whole. Returns how many events went
+/// (entries hold dense cursors, so the first cursor held before and after tells).
+const TRIM: &str = concat!(
+    lua_first!(),
+    r#"
+local before = first(KEYS[1])
+if not before then return 0 end
+local tip = newest(KEYS[1])
+local keep_from = tonumber(ARGV[2])
+if ARGV[1] == 'count' then keep_from = tip - keep_from + 1 end
+if keep_from <= before then return 0 end
+redis.call('XTRIM', KEYS[1], 'MINID', '=', string.format('%d', keep_from) .. '-0')
+local after = first(KEYS[1]) or (tip + 1)
+return after - before
+"#
+);
+
+/// KEYS: events, letters. Returns {first cursor or 0, last cursor held or 0, dead
+/// letters}.
+const STATS: &str = concat!(
+    lua_first!(),
+    r#"
+return {first(KEYS[1]) or 0, newest(KEYS[1]), redis.call('XLEN', KEYS[2])}
+"#
+);
+
+/// KEYS: events. ARGV: `+` or `-` (the newest or the oldest entry) or a stream id
+/// (the first entry at or after it). Returns {entry id, stored at} or {}: a probe for
+/// retention by age that does not carry the entry's envelopes back.
+const PROBE: &str = r#"
+local found
+if ARGV[1] == '+' then
+  found = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+else
+  found = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', 1)
+end
+if #found == 0 then return {} end
+local at = '0'
+local fields = found[1][2]
+for i = 1, #fields, 2 do
+  if fields[i] == 't' then at = fields[i + 1] end
+end
+return {found[1][1], at}
+"#;
 
 /// KEYS: events, seq. Returns the highest cursor ever assigned.
 const LAST_CURSOR: &str = concat!(lua_top!(), "return top(KEYS[1], KEYS[2])\n");
@@ -160,11 +264,9 @@ return n
 /// KEYS: events, seq, epoch. Returns {first cursor or 0, last cursor, epoch or ''}.
 const HEAD: &str = concat!(
     lua_top!(),
+    lua_first!(),
     r#"
-local first = 0
-local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-if #head > 0 then first = tonumber(string.match(head[1][1], '^(%d+)')) end
-return {first, top(KEYS[1], KEYS[2]), redis.call('GET', KEYS[3]) or ''}
+return {first(KEYS[1]) or 0, top(KEYS[1], KEYS[2]), redis.call('GET', KEYS[3]) or ''}
 "#
 );
 
@@ -295,6 +397,9 @@ pub(super) struct Scripts {
     pub append: Script,
     pub last_cursor: Script,
     pub head: Script,
+    pub trim: Script,
+    pub stats: Script,
+    pub probe: Script,
     pub fence: Script,
     pub add_dead_letter: Script,
     pub take_dead_letter: Script,
@@ -313,6 +418,9 @@ impl Scripts {
             append: Script::new(APPEND),
             last_cursor: Script::new(LAST_CURSOR),
             head: Script::new(HEAD),
+            trim: Script::new(TRIM),
+            stats: Script::new(STATS),
+            probe: Script::new(PROBE),
             fence: Script::new(FENCE),
             add_dead_letter: Script::new(ADD_DEAD_LETTER),
             take_dead_letter: Script::new(TAKE_DEAD_LETTER),

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use redis::Value;
 
+use super::batch::{self, entries_for};
 use super::conn::Link;
 use super::keys::{id, Keys};
 use super::reply;
@@ -38,6 +39,9 @@ pub struct Tail {
     link: Link,
     keys: Keys,
     scripts: Scripts,
+    /// Events and entries of the last read: each entry holds one group commit, so the
+    /// next read asks for as many entries as make about `count` events.
+    last_read: (usize, usize),
 }
 
 impl Tail {
@@ -47,14 +51,16 @@ impl Tail {
             link: Link::new(&options.url, options.command_timeout)?,
             keys: Keys::new(&options.prefix),
             scripts: Scripts::new(),
+            last_read: (0, 0),
         };
         tail.link
             .run("PING", true, |c| redis::cmd("PING").exec(c))?;
         Ok(tail)
     }
 
-    /// Up to `count` events with a cursor above `after`, in cursor order; waits up to
-    /// `block` for the first one (an empty result when none came).
+    /// The events with a cursor above `after` of the next entries of the log, about
+    /// `count` events (whole entries: one group commit may hold more), in cursor
+    /// order; waits up to `block` for the first one (an empty result when none came).
     pub fn read(
         &mut self,
         after: u64,
@@ -65,11 +71,12 @@ impl Tail {
         // usual command timeout before it counts as lost.
         let wait = block + self.link.timeout();
         let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
+        let entries = entries_for(count.max(1), self.last_read.0, self.last_read.1);
         let v = self.link.run("read the log", true, |c| {
             c.set_read_timeout(Some(wait))?;
             redis::cmd("XREAD")
                 .arg("COUNT")
-                .arg(count.max(1))
+                .arg(entries)
                 .arg("BLOCK")
                 .arg(block_ms)
                 .arg("STREAMS")
@@ -77,7 +84,15 @@ impl Tail {
                 .arg(id(after))
                 .query::<Value>(c)
         })?;
-        reply::read_entries(v)?.iter().map(|e| e.event()).collect()
+        let mut events = Vec::new();
+        let read = reply::read_entries(v)?;
+        for entry in &read {
+            events.extend(batch::events(entry, after)?);
+        }
+        if !read.is_empty() {
+            self.last_read = (events.len(), read.len());
+        }
+        Ok(events)
     }
 
     /// The log's first and last cursor and its epoch, read at one instant.

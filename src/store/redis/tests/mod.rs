@@ -146,6 +146,18 @@ fn cursors_survive_trimming_and_a_lost_seq_key() {
         .exec(&mut redis.conn())
         .unwrap();
     assert_eq!(s.append_new(&[new("f")]).unwrap(), [Appended::Stored(6)]);
+    // ... and with a `seq` set back, too (the script trusts `seq` until the append
+    // under it is refused).
+    redis::cmd("SET")
+        .arg(format!("{}:{{log}}:seq", options.prefix))
+        .arg(2)
+        .exec(&mut redis.conn())
+        .unwrap();
+    assert_eq!(
+        s.append_new(&[new("g"), new("h")]).unwrap(),
+        [Appended::Stored(7), Appended::Stored(8)]
+    );
+    assert_eq!(cursors(&s), [6, 7, 8]);
 }
 
 #[test]
@@ -365,12 +377,14 @@ fn the_tail_reads_what_was_appended_and_reports_the_head() {
 
     let batch: Vec<_> = (0..3).map(|i| new(&format!("e{i}"))).collect();
     s.append_new(&batch).unwrap();
+    // One group commit is one entry, read whole even past the count asked for.
     let read = tail.read(0, 2, Duration::from_millis(100)).unwrap();
     assert_eq!(
         read.iter().map(|e| e.event.cursor).collect::<Vec<_>>(),
-        [1, 2]
+        [1, 2, 3]
     );
     assert_eq!(read[0].event.id, "e0");
+    // Reading after a cursor inside an entry skips what is at or below it.
     let rest = tail.read(2, 10, Duration::from_millis(100)).unwrap();
     assert_eq!(rest.iter().map(|e| e.event.cursor).collect::<Vec<_>>(), [3]);
 
@@ -545,3 +559,5 @@ fn ids_the_server_made_up_are_stored_but_not_kept_for_duplicate_checks() {
     // Stored and read back like any other.
     assert_eq!(cursors(&s), [1, 2]);
 }
+
+mod log;
