@@ -204,9 +204,17 @@ pub async fn run(
     let ingress = Ingress::new(router.clone(), metrics.clone(), admission, &config.limits);
     // Sources publish through the same ingress as every client.
     let sources = Sources::start(&config, &auth, &ingress, &metrics);
+    let workers: Arc<[Addr<DeliveryWorker>]> = workers.into();
+    let sessions = Arc::new(crate::actors::session::Shared {
+        router: router.clone(),
+        workers: workers.clone(),
+        config: config.clone(),
+        metrics: metrics.clone(),
+        ingress: ingress.clone(),
+    });
     let state = web::Data::new(AppState {
         router: router.clone(),
-        workers: workers.into(),
+        workers,
         store,
         reads,
         config: config.clone(),
@@ -216,6 +224,7 @@ pub async fn run(
         metrics,
         cluster: tail.is_some().then_some(cluster),
         shutting_down: shutting_down.clone(),
+        sessions,
     });
     // No handler buffers a body before authenticating (`http::body`); this bounds any
     // extractor that would, at the largest publish.

@@ -253,9 +253,10 @@ async fn wait_for_subscriptions(server: &TestServer, n: usize) {
     panic!("{n} subscriptions never appeared");
 }
 
-/// The overload and idle-memory scenarios against a running server: a critical lane and
-/// a ping lane beside a load of single publishes without a window (`--window 0`), idle
-/// connections held open, the server's memory read from /metrics.
+/// The overload, idle-memory and idle-CPU scenarios against a running server: a critical
+/// lane and a ping lane beside a load of single publishes without a window
+/// (`--window 0`), idle connections held open and a quiet spell, the server's memory
+/// and CPU read from /metrics.
 #[actix_rt::test]
 async fn bench_critical_lane_and_idle_connections() {
     let server = TestServer::start().await;
@@ -272,7 +273,8 @@ async fn bench_critical_lane_and_idle_connections() {
         ])
         .args(["--batch", "1", "--window", "0"])
         .args(["--priorities", "low=1", "--critical-rate", "200"])
-        .args(["--ping-rate", "200", "--idle-connections", "40"]);
+        .args(["--ping-rate", "200", "--idle-connections", "40"])
+        .args(["--quiet-secs", "1"]);
     let out = run_to_end(cmd, None).await;
     assert!(out.status.success(), "{out:?}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
@@ -294,10 +296,19 @@ async fn bench_critical_lane_and_idle_connections() {
     assert_eq!(idle["connections"], 40, "{report}");
     assert_eq!(idle["closed_by_server"], 0, "{report}");
     #[cfg(target_os = "linux")]
-    assert!(
-        idle["server_rss_with_idle"].as_u64().unwrap() > 0,
-        "{report}"
-    );
+    {
+        assert!(
+            idle["server_rss_with_idle"].as_u64().unwrap() > 0,
+            "{report}"
+        );
+        // The server's CPU over the quiet second and over the load, from /metrics.
+        assert_eq!(report["quiet_seconds"], 1, "{report}");
+        assert!(report["quiet_server_cpu"]["cores"].is_f64(), "{report}");
+        assert!(
+            report["server_cpu"]["seconds"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
+    }
     server.stop().await;
 }
 

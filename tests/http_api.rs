@@ -416,5 +416,13 @@ async fn metrics_in_prometheus_text_format() {
             .parse()
             .unwrap();
         assert!(rss > 1 << 20, "{rss}");
+        // And its CPU time, which `switchyard bench` reports as the server's cores used.
+        let cpu: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("switchyard_process_cpu_seconds_total "))
+            .expect("CPU time counter")
+            .parse()
+            .unwrap();
+        assert!(cpu > 0.0, "{cpu}");
     }
 }

@@ -16,9 +16,11 @@
 //! `limits.max_waiting_bytes_per_subscriber`), replay, and ack
 //! tracking. A session whose mailbox is full is not draining its socket (actix stops
 //! polling the session while the socket is blocked): its events wait, the worker
-//! retries on a short tick, and on overflow the lowest-priority, oldest events are
-//! dropped and announced (`dropped`), or, with acks, dead-lettered. The same tick runs
-//! ack deadlines: timeouts redeliver with the next `attempt` until `max_attempts`.
+//! retries shortly, and on overflow the lowest-priority, oldest events are dropped and
+//! announced (`dropped`), or, with acks, dead-lettered. Ack deadlines (timeouts
+//! redeliver with the next `attempt` until `max_attempts`) and the ends of coalescing
+//! windows run on the same timer. It is armed only for the next such deadline, so an
+//! idle worker sleeps until a message arrives.
 //! Dead letters are budgeted per connection (`limits.dead_letters_per_sec`): past it
 //! they are counted as shed, not sent to the router, so one subscriber that fails
 //! everything on many subscriptions cannot flood the store. A server notice
@@ -51,8 +53,11 @@ const SHED_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A durable subscription's stored state is compacted every this many resolved cursors.
 const COMPACT_EVERY: u64 = 1000;
-/// How often stalled sessions are retried and ack deadlines checked.
-const TICK: Duration = Duration::from_millis(5);
+/// How soon a session whose mailbox was full is offered its frames again.
+const STALL_RETRY: Duration = Duration::from_millis(5);
+/// The shortest sleep the timer is armed for: a deadline already past is run this soon,
+/// so the worker never spins on one.
+const MIN_SLEEP: Duration = Duration::from_millis(1);
 /// Mailbox size: the router holds a dispatch back (and stops routing) when it is full.
 const MAILBOX_CAPACITY: usize = 256;
 
@@ -193,6 +198,9 @@ pub struct DeliveryWorker {
     dead_budgets: HashMap<SessionId, PublishBudget>,
     /// When shedding was last logged (a storm logs once a minute).
     shed_logged: Option<Instant>,
+    /// The one timer armed, and when it fires: never later than the earliest deadline
+    /// of any outbox or stalled session; none when there is none.
+    timer: Option<(Instant, SpawnHandle)>,
 }
 
 impl DeliveryWorker {
@@ -207,6 +215,7 @@ impl DeliveryWorker {
             dead_rate,
             dead_budgets: HashMap::new(),
             shed_logged: None,
+            timer: None,
         }
     }
 
@@ -255,6 +264,7 @@ impl DeliveryWorker {
                 self.stalled.remove(&session);
                 if outbox.subs.is_empty() {
                     self.outboxes.remove(&session);
+                    self.dead_budgets.remove(&session);
                 }
             }
             Flush::Stalled => {
@@ -266,16 +276,51 @@ impl DeliveryWorker {
             Flush::Closed => {
                 self.stalled.remove(&session);
                 self.outboxes.remove(&session);
+                self.dead_budgets.remove(&session);
             }
         }
         self.send_dead(dead);
     }
 
-    /// Flushes now unless the session is stalled (the tick retries those).
-    fn flush_soon(&mut self, session: SessionId) {
+    /// Flushes now unless the session is stalled (its retry is armed already), then
+    /// makes sure the timer wakes the worker for the session's next deadline.
+    fn flush_soon(&mut self, session: SessionId, ctx: &mut Context<Self>) {
         if !self.stalled.contains(&session) {
             self.flush(session);
         }
+        self.arm_for(session, ctx);
+    }
+
+    /// When `session` needs the worker back without a message: its retry if stalled,
+    /// else its earliest ack deadline or window end.
+    fn deadline_of(&self, session: SessionId, now: Instant) -> Option<Instant> {
+        let retry = self.stalled.contains(&session).then(|| now + STALL_RETRY);
+        let own = self.outboxes.get(&session).and_then(Outbox::next_deadline);
+        retry.into_iter().chain(own).min()
+    }
+
+    fn arm_for(&mut self, session: SessionId, ctx: &mut Context<Self>) {
+        if let Some(at) = self.deadline_of(session, Instant::now()) {
+            self.wake_by(at, ctx);
+        }
+    }
+
+    /// Arms the timer for `at` unless it fires by then already. A timer left armed for
+    /// a deadline that went away (an ack) just finds nothing to do.
+    fn wake_by(&mut self, at: Instant, ctx: &mut Context<Self>) {
+        if self.timer.as_ref().is_some_and(|(fires, _)| *fires <= at) {
+            return;
+        }
+        if let Some((_, handle)) = self.timer.take() {
+            ctx.cancel_future(handle);
+        }
+        let now = Instant::now();
+        let sleep = at.saturating_duration_since(now).max(MIN_SLEEP);
+        let handle = ctx.run_later(sleep, |act, ctx| {
+            act.timer = None;
+            act.tick(ctx);
+        });
+        self.timer = Some((now + sleep, handle));
     }
 
     /// Records resolved cursors of a durable subscription; asks for compaction every
@@ -349,7 +394,9 @@ impl DeliveryWorker {
         }
     }
 
-    fn tick(&mut self) {
+    /// The timer fired: runs what is due in every outbox, retries stalled sessions,
+    /// forgets idle outboxes, and arms the timer for the earliest deadline left.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
         let mut dead = Vec::new();
         let mut changed = Vec::new();
@@ -369,6 +416,16 @@ impl DeliveryWorker {
             .retain(|_, o| !(o.subs.is_empty() && o.is_idle()));
         let outboxes = &self.outboxes;
         self.dead_budgets.retain(|s, _| outboxes.contains_key(s));
+        let now = Instant::now();
+        let next = self
+            .outboxes
+            .keys()
+            .chain(self.stalled.iter())
+            .filter_map(|s| self.deadline_of(*s, now))
+            .min();
+        if let Some(at) = next {
+            self.wake_by(at, ctx);
+        }
     }
 }
 
@@ -377,7 +434,6 @@ impl Actor for DeliveryWorker {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-        ctx.run_interval(TICK, |act, _| act.tick());
     }
 }
 
@@ -393,15 +449,16 @@ impl Handler<AttachRouter> for DeliveryWorker {
 impl Handler<Resume> for DeliveryWorker {
     type Result = ();
 
-    fn handle(&mut self, msg: Resume, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Resume, ctx: &mut Context<Self>) {
         self.flush(msg.session);
+        self.arm_for(msg.session, ctx);
     }
 }
 
 impl Handler<Dispatch> for DeliveryWorker {
     type Result = ();
 
-    fn handle(&mut self, msg: Dispatch, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Dispatch, ctx: &mut Context<Self>) {
         let mut touched = HashSet::new();
         let mut dead = Vec::new();
         for item in msg.items {
@@ -420,7 +477,7 @@ impl Handler<Dispatch> for DeliveryWorker {
         self.send_dead(dead);
         self.resolve_replaced(touched.iter().copied());
         for session in touched {
-            self.flush_soon(session);
+            self.flush_soon(session, ctx);
         }
     }
 }
@@ -428,35 +485,35 @@ impl Handler<Dispatch> for DeliveryWorker {
 impl Handler<ReplayEvents> for DeliveryWorker {
     type Result = ();
 
-    fn handle(&mut self, msg: ReplayEvents, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: ReplayEvents, ctx: &mut Context<Self>) {
         if !msg.sub.is_active() {
             return;
         }
         self.outbox(&msg.sub)
             .queue(&msg.sub)
             .add_replay(msg.events, msg.complete_at);
-        self.flush_soon(msg.sub.session_id);
+        self.flush_soon(msg.sub.session_id, ctx);
     }
 }
 
 impl Handler<AnnounceGap> for DeliveryWorker {
     type Result = ();
 
-    fn handle(&mut self, msg: AnnounceGap, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: AnnounceGap, ctx: &mut Context<Self>) {
         if !msg.sub.is_active() {
             return;
         }
         self.outbox(&msg.sub)
             .queue(&msg.sub)
             .add_gap(msg.from, msg.to);
-        self.flush_soon(msg.sub.session_id);
+        self.flush_soon(msg.sub.session_id, ctx);
     }
 }
 
 impl Handler<Ack> for DeliveryWorker {
     type Result = MessageResult<Ack>;
 
-    fn handle(&mut self, msg: Ack, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Ack, ctx: &mut Context<Self>) -> Self::Result {
         let q = self.outbox(&msg.sub).queue(&msg.sub);
         let mut unknown = Vec::new();
         let mut acked = Vec::new();
@@ -472,7 +529,7 @@ impl Handler<Ack> for DeliveryWorker {
             None => unknown = msg.event_ids,
         }
         self.resolve_durable(&msg.sub, acked);
-        self.flush_soon(msg.sub.session_id);
+        self.flush_soon(msg.sub.session_id, ctx);
         MessageResult(unknown)
     }
 }
@@ -480,7 +537,7 @@ impl Handler<Ack> for DeliveryWorker {
 impl Handler<Nack> for DeliveryWorker {
     type Result = Result<(), ProtocolError>;
 
-    fn handle(&mut self, msg: Nack, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Nack, ctx: &mut Context<Self>) -> Self::Result {
         let q = self.outbox(&msg.sub).queue(&msg.sub);
         let outcome = q
             .ack
@@ -498,7 +555,7 @@ impl Handler<Nack> for DeliveryWorker {
         let mut dead = Vec::new();
         q.apply(outcome.into_iter().collect(), &mut dead);
         self.send_dead(dead);
-        self.flush_soon(msg.sub.session_id);
+        self.flush_soon(msg.sub.session_id, ctx);
         Ok(())
     }
 }
@@ -506,12 +563,12 @@ impl Handler<Nack> for DeliveryWorker {
 impl Handler<Redeliver> for DeliveryWorker {
     type Result = bool;
 
-    fn handle(&mut self, msg: Redeliver, _: &mut Context<Self>) -> bool {
+    fn handle(&mut self, msg: Redeliver, ctx: &mut Context<Self>) -> bool {
         if !msg.sub.is_active() {
             return false;
         }
         self.outbox(&msg.sub).queue(&msg.sub).requeue(msg.event, 1);
-        self.flush_soon(msg.sub.session_id);
+        self.flush_soon(msg.sub.session_id, ctx);
         true
     }
 }

@@ -29,7 +29,7 @@ use crate::store::{
     StoreError, StoreStats,
 };
 
-/// How often retention runs. It runs between commits, never inside one.
+/// How often age-based retention runs. It runs between commits, never inside one.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(1);
 /// Dead letters deleted over the limit are logged at most this often.
 const EVICTION_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -154,15 +154,14 @@ impl Actor for StoreActor {
         if self.reads.is_none() {
             self.reads = Some(ctx.address().recipient());
         }
-        if self.retention != Retention::default() {
+        // Only an age limit needs a timer: a count limit is enforced after appends.
+        if self.retention.max_age.is_some() {
             ctx.run_interval(RETENTION_INTERVAL, |act, ctx| {
-                if act.retention.max_age.is_some() {
-                    let age_only = Retention {
-                        max_events: None,
-                        ..act.retention
-                    };
-                    act.enforce_retention(age_only, ctx);
-                }
+                let age_only = Retention {
+                    max_events: None,
+                    ..act.retention
+                };
+                act.enforce_retention(age_only, ctx);
             });
         }
     }

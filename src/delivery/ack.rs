@@ -96,6 +96,11 @@ impl AckTracker {
         self.pending.is_empty()
     }
 
+    /// The earliest deadline: a delivery timing out or a scheduled redelivery due.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.peek().map(|(_, Reverse(at))| *at)
+    }
+
     /// Records a delivery of `event` as attempt `attempt`.
     pub fn sent(&mut self, event: Arc<EncodedEvent>, attempt: u32, now: Instant) {
         let id = event.event.id.clone();
@@ -275,7 +280,11 @@ mod tests {
         let t0 = Instant::now();
         let mut t = AckTracker::new(opts(3, 10));
         let step = Duration::from_secs(10);
+        assert_eq!(t.next_deadline(), None, "nothing in flight: no deadline");
         t.sent(ev("a"), 1, t0);
+        t.sent(ev("b"), 1, t0 + Duration::from_secs(1));
+        assert_eq!(t.next_deadline(), Some(t0 + step), "the earliest");
+        assert!(t.ack("b").is_some());
         assert!(
             t.due(t0 + step - Duration::from_millis(1)).is_empty(),
             "not before the timeout"
@@ -346,6 +355,7 @@ mod tests {
             "but unacknowledged: max_in_flight still holds"
         );
         assert!(t.ack("a").is_none(), "a scheduled retry cannot be acked");
+        assert_eq!(t.next_deadline(), Some(t0 + Duration::from_secs(1)));
         assert!(t.due(t0 + Duration::from_millis(999)).is_empty());
         let out = t.due(t0 + Duration::from_secs(1));
         assert_eq!(describe(&out[0]), ("a".into(), "redeliver", 2));

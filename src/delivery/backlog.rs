@@ -24,8 +24,8 @@ pub const URGENT_FRAMES: usize = FRAMES_PER_BATCH / 4;
 /// Frames handed to one session and not written yet, shared by the session and the
 /// delivery worker that serves it. The worker hands over no more past
 /// [`MAX_UNWRITTEN_FRAMES`] and says it is waiting; the session, once it has written
-/// down to half of that, tells the worker (`Resume`), so a fast subscriber never waits
-/// for the worker's tick.
+/// down to half of that, tells the worker (`Resume`): the worker keeps no timer for a
+/// waiting session, so a fast subscriber never waits on one.
 #[derive(Debug, Default)]
 pub struct Backlog {
     unwritten: AtomicUsize,

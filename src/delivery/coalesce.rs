@@ -137,6 +137,12 @@ impl Coalescer {
         out
     }
 
+    /// When the first open window ends (possibly a stale entry of a window reopened
+    /// since: waking early for it is harmless, [`due`](Self::due) skips it).
+    pub fn next_end(&self) -> Option<Instant> {
+        self.ends.front().map(|(at, _)| *at)
+    }
+
     /// Events held back, not yet delivered.
     pub fn held(&self) -> usize {
         self.held
@@ -179,7 +185,9 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut c = Coalescer::new(ms(100));
+        assert_eq!(c.next_end(), None, "no window: nothing to wake for");
         assert_eq!(cursor(&c.offer("a".into(), ev(1), t0, MAX)), Some(1));
+        assert_eq!(c.next_end(), Some(t0 + ms(100)));
         let mut replaced = 0;
         for n in 2..=20 {
             match c.offer("a".into(), ev(n), t0 + ms(n), MAX) {
@@ -198,6 +206,7 @@ mod tests {
         assert!(c.due(t0 + ms(99)).is_empty());
         let out: Vec<u64> = c.due(t0 + ms(100)).iter().map(|e| e.event.cursor).collect();
         assert_eq!(out, [20]);
+        assert_eq!(c.next_end(), Some(t0 + ms(150)), "then `b`'s window");
         // The window of `a` was reopened at 100 ms; `b`'s (idle) closes at 150 ms.
         assert!(c.due(t0 + ms(150)).is_empty());
         assert_eq!(
@@ -212,6 +221,7 @@ mod tests {
         assert_eq!(out, [23]);
         assert!(c.due(t0 + ms(400)).is_empty());
         assert!(c.is_idle());
+        assert_eq!(c.next_end(), None);
     }
 
     #[test]

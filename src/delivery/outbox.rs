@@ -23,8 +23,8 @@ use crate::protocol::Priority;
 pub enum Flush {
     /// Nothing left that may be sent now.
     Done,
-    /// The session's mailbox is full (or this flush's share is used up): retried on
-    /// the worker's tick.
+    /// The session's mailbox is full (or this flush's share is used up): the worker
+    /// retries shortly.
     Stalled,
     /// The session has [`MAX_UNWRITTEN_FRAMES`](super::backlog::MAX_UNWRITTEN_FRAMES)
     /// to write: it sends `Resume` when it has written half of them.
@@ -225,6 +225,12 @@ impl Outbox {
             changed |= q.end_windows(now, max, metrics, dead);
         }
         changed
+    }
+
+    /// The earliest time any of its subscriptions needs the worker back (ack deadlines,
+    /// coalescing windows); `None`: nothing happens here without new work.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.subs.values().filter_map(SubQueue::next_deadline).min()
     }
 
     /// Cursors that coalescing replaced, per subscription, since the last call.

@@ -164,6 +164,14 @@ impl SubQueue {
         any
     }
 
+    /// The earliest time this queue needs the worker back: an ack deadline or the end
+    /// of a coalescing window.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let ack = self.ack.as_ref().and_then(AckTracker::next_deadline);
+        let window = self.coalesce.as_ref().and_then(|(_, c)| c.next_end());
+        ack.into_iter().chain(window).min()
+    }
+
     /// Cursors replaced by coalescing since the last call.
     pub fn take_replaced(&mut self) -> Vec<u64> {
         std::mem::take(&mut self.replaced)

@@ -47,6 +47,8 @@ pub struct AppState {
     pub cluster: Option<Arc<ClusterView>>,
     /// Set once shutdown begins; `/ready` answers 503 from then on.
     pub shutting_down: Arc<std::sync::atomic::AtomicBool>,
+    /// What every session of this server shares.
+    pub sessions: Arc<session::Shared>,
 }
 
 /// The authenticated caller of a request (`Authorization: Bearer`); extracting it
@@ -111,19 +113,6 @@ pub fn authenticate(req: &HttpRequest, allow_query: bool) -> Result<Arc<Principa
     Ok(principal)
 }
 
-impl AppState {
-    /// What a session of this server needs.
-    fn session_shared(&self) -> session::Shared {
-        session::Shared {
-            router: self.router.clone(),
-            workers: self.workers.clone(),
-            config: self.config.clone(),
-            metrics: self.metrics.clone(),
-            ingress: self.ingress.clone(),
-        }
-    }
-}
-
 /// `GET /ws`: authenticates first (401, no upgrade, without a valid token), then
 /// hands the connection to a new session.
 async fn ws(
@@ -174,7 +163,7 @@ fn upgrade(
     session::upgrade(
         req,
         stream,
-        &state.session_shared(),
+        &state.sessions,
         principal,
         budget,
         query,

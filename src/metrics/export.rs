@@ -50,6 +50,18 @@ fn resident_memory_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// CPU time the process has used so far, every thread, user and system.
+#[cfg(target_os = "linux")]
+fn cpu_seconds() -> Option<f64> {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Some(t.tv_sec as f64 + t.tv_nsec as f64 / 1e9)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn cpu_seconds() -> Option<f64> {
+    None
+}
+
 /// Reads [`Metrics`] into the registry on each scrape.
 #[derive(Debug)]
 struct Exporter {
@@ -261,6 +273,15 @@ impl prometheus_client::collector::Collector for Exporter {
                 "Resident memory of the server process (Linux only)",
                 bytes,
             )?;
+        }
+        if let Some(secs) = cpu_seconds() {
+            let descriptor = encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "CPU time the server process has used, user and system (Linux only)",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(secs).encode(descriptor)?;
         }
         Ok(())
     }

@@ -67,14 +67,17 @@ pub struct Shared {
 pub struct Session {
     id: SessionId,
     peer: String,
-    shared: Shared,
+    /// One per server, not a copy per connection (each copy of an address allocates).
+    shared: Arc<Shared>,
     /// Who authenticated the upgrade, with their grants.
     principal: Arc<Principal>,
     /// The client dialect it reads and writes frames in; `None` for the native protocol.
     dialect: Option<Dialect>,
     subscriptions: HashMap<String, Arc<SubscriptionHandle>>,
-    /// Made once the router has registered the session.
-    connect_subscription: Option<SubscriptionSpec>,
+    /// Made once the router has registered the session. Boxed: a spec is about 650
+    /// bytes, and most connections have none or drop it at once, so every idle
+    /// connection would carry that space for nothing.
+    connect_subscription: Option<Box<SubscriptionSpec>>,
     /// Replies leave in command order, though publishes are answered after their commit.
     replies: ReplyOrder,
     /// Publishes sent to the router and not yet answered.
@@ -238,7 +241,7 @@ impl Actor for Session {
                         return;
                     }
                     if let Some(spec) = act.connect_subscription.take() {
-                        act.subscribe(spec, None, ctx);
+                        act.subscribe(*spec, None, ctx);
                     }
                 }),
         );

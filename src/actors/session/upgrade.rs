@@ -57,7 +57,7 @@ pub enum Speaks {
 pub fn upgrade(
     req: &HttpRequest,
     stream: web::Payload,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     principal: Arc<Principal>,
     budget: Arc<PublishBudget>,
     query: &ConnectQuery,
@@ -102,7 +102,7 @@ pub fn upgrade(
         principal,
         dialect,
         subscriptions: HashMap::new(),
-        connect_subscription,
+        connect_subscription: connect_subscription.map(Box::new),
         replies: ReplyOrder::default(),
         publishes_in_flight: 0,
         budget,

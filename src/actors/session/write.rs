@@ -12,6 +12,7 @@ use actix::prelude::*;
 use super::turn;
 use super::{Ctx, Session};
 use crate::actors::delivery::{worker_for, Resume, WriteFrames};
+use crate::actors::send_or_wait;
 use crate::delivery::{Backlog, OutFrame};
 use crate::protocol::reply::event_frame;
 use crate::protocol::{Priority, Reply};
@@ -116,9 +117,11 @@ impl Session {
             }
         }
         if self.write.backlog.written(written) {
-            // If the worker's mailbox is full, its tick resumes this session anyway.
+            // The worker has no timer for a waiting session: this message is its only
+            // wake-up, so a full worker mailbox is waited on, not a reason to drop it.
             let resume = Resume { session: self.id };
-            let _ = worker_for(self.id, &self.shared.workers).try_send(resume);
+            let worker = worker_for(self.id, &self.shared.workers);
+            send_or_wait(&worker.recipient(), resume);
         }
     }
 

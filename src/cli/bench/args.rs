@@ -75,6 +75,10 @@ pub struct BenchArgs {
     /// resident memory per connection (read from its `/metrics`).
     #[arg(long, default_value_t = 0)]
     pub idle_connections: u64,
+    /// Before publishing, hold every connection open and quiet for this many seconds
+    /// and report the server's CPU use over that time (what idle connections cost).
+    #[arg(long, default_value_t = 0)]
+    pub quiet_secs: u64,
     /// Publish nothing: subscribe to everything from cursor 0 and time the replay of
     /// the stored log until `replay_complete` (against `--url`, which must hold events).
     #[arg(long, conflicts_with = "in_process")]

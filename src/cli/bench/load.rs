@@ -1,7 +1,7 @@
 //! The load run, in order: idle connections (if any), subscribers on their client
-//! threads, publishers, the critical and ping lanes beside them; then it waits for the
-//! publishers, tells the subscribers how many events to expect, and collects what
-//! everyone saw.
+//! threads, publishers, a quiet spell (`--quiet-secs`), the critical and ping lanes
+//! beside the publishers; then it waits for the publishers, tells the subscribers how
+//! many events to expect, and collects what everyone saw, with the server's CPU time.
 //!
 //! Owns: the order of a run, its threads and the progress bar. Must not: format the
 //! report (`report.rs`) or speak frames itself (the publisher, subscriber and lane
@@ -23,6 +23,7 @@ use super::idle::open_idle;
 use super::ping::pinger;
 use super::publisher::{publisher, Lane, Plan, PubResult, CRITICAL_SEQ};
 use super::report::summary;
+use super::server::{cpu_used, server_cpu};
 use super::subscriber::{subscriber_group, SubResult};
 use super::threads::{all_ready, connected_lane, on_own_thread};
 use super::wire::connect;
@@ -43,6 +44,10 @@ pub struct Outcome {
     pub ping_problem: Option<String>,
     /// What `--idle-connections` measured (null without them).
     pub idle: Value,
+    /// The server's CPU use over `--quiet-secs` (null without them) and over the load
+    /// (null with `--in-process`, where the generator shares the process).
+    pub quiet_cpu: Value,
+    pub load_cpu: Value,
     /// When the first event was sent.
     pub start: Instant,
     /// Seconds from the start of the run to the first send (opening connections).
@@ -90,6 +95,21 @@ pub async fn run(
     for _ in 0..args.publishers {
         conns.push(connect(&args.url, token.as_deref()).await?);
     }
+    let cpu = || async {
+        match args.in_process {
+            true => None,
+            false => server_cpu(&args.url, token.as_deref()).await,
+        }
+    };
+    let quiet_cpu = match args.quiet_secs {
+        0 => Value::Null,
+        secs => {
+            let (before, at) = (cpu().await, Instant::now());
+            sleep(Duration::from_secs(secs)).await;
+            cpu_used(before, cpu().await, at.elapsed().as_secs_f64())
+        }
+    };
+    let cpu_before = cpu().await;
     let progress = Rc::new(Cell::new(0));
     let stop_at = args
         .duration_secs
@@ -179,6 +199,7 @@ pub async fn run(
         .filter_map(Result::ok)
         .flatten()
         .collect();
+    let load_cpu = cpu_used(cpu_before, cpu().await, start.elapsed().as_secs_f64());
     let idle = match idle {
         Some(idle) => idle.close().await,
         None => Value::Null,
@@ -196,6 +217,8 @@ pub async fn run(
         ping_latency,
         ping_problem,
         idle,
+        quiet_cpu,
+        load_cpu,
         start,
         setup,
     })

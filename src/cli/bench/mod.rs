@@ -14,7 +14,9 @@
 //! N pings per second and reports their round trip, the floor under any routed latency
 //! on the same machine and load. `--idle-connections N` opens N connections that only
 //! answer pings and reports the server's resident memory before and with them (from its
-//! `/metrics`). `--replay` publishes nothing: it reads the whole stored log back from
+//! `/metrics`); `--quiet-secs N` holds every connection open and silent for N seconds
+//! before publishing and reports the server's CPU use meanwhile (every run reports the
+//! server's CPU over the load too, from `/metrics`). `--replay` publishes nothing: it reads the whole stored log back from
 //! cursor 0 and reports how fast it came. `--in-process` starts a router with the
 //! memory store on 127.0.0.1:0 in this process (the figures then include the client's
 //! work on the same cores). The run stops at `--events` (or `--duration-secs`) and never

@@ -102,6 +102,9 @@ pub fn load(args: &BenchArgs, outcome: Outcome) -> bool {
         "end_to_end_latency_us": summary(&e2e),
         "end_to_end_latency_us_by_priority": e2e_by_priority,
         "idle": outcome.idle,
+        "quiet_seconds": args.quiet_secs,
+        "quiet_server_cpu": outcome.quiet_cpu,
+        "server_cpu": outcome.load_cpu,
         "seconds": millis(start.elapsed().as_secs_f64()),
         "setup_seconds": millis(outcome.setup),
         "problems": problems,
@@ -159,6 +162,20 @@ fn print_load(r: &Value) {
             "idle       {} connections: server resident memory {} → {} bytes, {} bytes per connection; {} closed by the server",
             idle["connections"], idle["server_rss_before"], idle["server_rss_with_idle"],
             idle["rss_per_connection_bytes"], idle["closed_by_server"]
+        );
+    }
+    let quiet = &r["quiet_server_cpu"];
+    if !quiet.is_null() {
+        println!(
+            "quiet      {} s with every connection open and silent: server CPU {} s, {} cores",
+            r["quiet_seconds"], quiet["seconds"], quiet["cores"]
+        );
+    }
+    let cpu = &r["server_cpu"];
+    if !cpu.is_null() {
+        println!(
+            "server CPU {} s over the load, {} cores",
+            cpu["seconds"], cpu["cores"]
         );
     }
     println!(

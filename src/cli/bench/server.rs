@@ -1,5 +1,5 @@
 //! The router under load, seen from outside: starting one in this process
-//! (`--in-process`) and reading its resident memory from `/metrics`.
+//! (`--in-process`) and reading its resident memory and CPU time from `/metrics`.
 //!
 //! Owns: those two. Must not: reach into a running router's internals; the in-process
 //! one is started through the library's public `run`, like any embedding program.
@@ -32,6 +32,17 @@ pub fn start_in_process() -> Result<(String, tokio::sync::oneshot::Sender<()>), 
 
 /// The server's resident memory from its `/metrics` (`None` when it does not say).
 pub async fn server_rss(url: &str, token: Option<&str>) -> Option<u64> {
+    let bytes = server_metric(url, token, "switchyard_process_resident_memory_bytes").await?;
+    Some(bytes as u64)
+}
+
+/// The CPU time the server has used so far, in seconds, from its `/metrics`.
+pub async fn server_cpu(url: &str, token: Option<&str>) -> Option<f64> {
+    server_metric(url, token, "switchyard_process_cpu_seconds_total").await
+}
+
+/// One unlabelled sample of the server's `/metrics`.
+async fn server_metric(url: &str, token: Option<&str>, name: &str) -> Option<f64> {
     let uri: awc::http::Uri = url.parse().ok()?;
     let scheme = if uri.scheme_str() == Some("wss") {
         "https"
@@ -47,8 +58,20 @@ pub async fn server_rss(url: &str, token: Option<&str>) -> Option<u64> {
     std::str::from_utf8(&body)
         .ok()?
         .lines()
-        .find_map(|l| l.strip_prefix("switchyard_process_resident_memory_bytes "))?
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))?
         .trim()
         .parse()
         .ok()
+}
+
+/// The server's CPU use between two readings of [`server_cpu`]: seconds, and cores
+/// (seconds per second of `wall`). Null when either reading is missing.
+pub fn cpu_used(before: Option<f64>, after: Option<f64>, wall: f64) -> serde_json::Value {
+    match (before, after) {
+        (Some(b), Some(a)) if wall > 0.0 => serde_json::json!({
+            "seconds": ((a - b).max(0.0) * 1e3).round() / 1e3,
+            "cores": ((a - b).max(0.0) / wall * 1e4).round() / 1e4,
+        }),
+        _ => serde_json::Value::Null,
+    }
 }
