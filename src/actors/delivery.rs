@@ -5,8 +5,8 @@
 //! matched), [`ReplayEvents`] (stored events for one subscription, from the router's
 //! replay task), [`AnnounceGap`] (before a durable subscription's replay), [`Ack`]
 //! and [`Nack`] (from sessions), [`Redeliver`] (a dead letter retried from the HTTP
-//! API), [`Resume`] (a session has written what it was handed), [`AttachRouter`] once
-//! at start (from the server).
+//! API), [`Resume`] (a session has written what it was handed), [`SessionClosed`] (from
+//! the router), [`AttachRouter`] once at start (from the server).
 //! Out of a worker: [`WriteFrames`] to sessions, sent with `try_send`; [`DeadLettered`]
 //! to the router; `DurableAcked` (resolved cursors of durable subscriptions) to the
 //! store.
@@ -132,6 +132,14 @@ pub struct Redeliver {
     pub event: Arc<EncodedEvent>,
 }
 
+/// From the router: the session is gone, its subscriptions are inactive; whatever the
+/// worker holds for it is let go now, not at some later flush that may never come.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SessionClosed {
+    pub session: SessionId,
+}
+
 /// From a session: it has written down to half of what it was handed, and this worker
 /// was waiting for that (`delivery::Backlog`).
 #[derive(Message)]
@@ -201,6 +209,8 @@ pub struct DeliveryWorker {
     /// The one timer armed, and when it fires: never later than the earliest deadline
     /// of any outbox or stalled session; none when there is none.
     timer: Option<(Instant, SpawnHandle)>,
+    /// Sessions this worker had counted into `metrics.delivery_sessions`.
+    counted: usize,
 }
 
 impl DeliveryWorker {
@@ -216,6 +226,7 @@ impl DeliveryWorker {
             dead_budgets: HashMap::new(),
             shed_logged: None,
             timer: None,
+            counted: 0,
         }
     }
 
@@ -253,7 +264,24 @@ impl DeliveryWorker {
             .or_insert_with(|| Outbox::new(sub.sink.clone()))
     }
 
+    /// Brings this worker's share of `delivery_sessions` up to date.
+    fn count_sessions(&mut self) {
+        let now = self.outboxes.len();
+        let gauge = &self.metrics.delivery_sessions;
+        if now > self.counted {
+            gauge.fetch_add((now - self.counted) as u64, Relaxed);
+        } else {
+            gauge.fetch_sub((self.counted - now) as u64, Relaxed);
+        }
+        self.counted = now;
+    }
+
     fn flush(&mut self, session: SessionId) {
+        self.flush_one(session);
+        self.count_sessions();
+    }
+
+    fn flush_one(&mut self, session: SessionId) {
         let mut dead = Vec::new();
         let Some(outbox) = self.outboxes.get_mut(&session) else {
             self.stalled.remove(&session);
@@ -287,6 +315,8 @@ impl DeliveryWorker {
     fn flush_soon(&mut self, session: SessionId, ctx: &mut Context<Self>) {
         if !self.stalled.contains(&session) {
             self.flush(session);
+        } else {
+            self.count_sessions();
         }
         self.arm_for(session, ctx);
     }
@@ -416,6 +446,7 @@ impl DeliveryWorker {
             .retain(|_, o| !(o.subs.is_empty() && o.is_idle()));
         let outboxes = &self.outboxes;
         self.dead_budgets.retain(|s, _| outboxes.contains_key(s));
+        self.count_sessions();
         let now = Instant::now();
         let next = self
             .outboxes
@@ -443,6 +474,16 @@ impl Handler<AttachRouter> for DeliveryWorker {
     fn handle(&mut self, msg: AttachRouter, _: &mut Context<Self>) {
         self.dead_letters = Some(msg.dead_letters);
         self.durable_acks = Some(msg.durable_acks);
+    }
+}
+
+impl Handler<SessionClosed> for DeliveryWorker {
+    type Result = ();
+
+    fn handle(&mut self, msg: SessionClosed, _: &mut Context<Self>) {
+        // Its subscriptions are inactive: the flush drops what waits and forgets the
+        // outbox.
+        self.flush(msg.session);
     }
 }
 

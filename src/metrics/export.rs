@@ -231,6 +231,11 @@ impl prometheus_client::collector::Collector for Exporter {
                 m.router.in_flight.load(Relaxed),
             ),
             (
+                "delivery_sessions",
+                "Connections the delivery workers hold state for",
+                m.delivery_sessions.load(Relaxed),
+            ),
+            (
                 "low_admission_rate",
                 "Low events per second admitted while urgent events are late; 0: no limit",
                 m.low_admission_rate.load(Relaxed),

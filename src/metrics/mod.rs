@@ -90,6 +90,9 @@ pub struct Metrics {
     pub dead_letters_evicted: AtomicU64,
     /// Dead letters not stored: their connection was over `limits.dead_letters_per_sec`.
     pub dead_letters_shed: AtomicU64,
+    /// Connections the delivery workers hold state for (`/metrics`): live ones that
+    /// were ever delivered to; a closed one is let go when it closes.
+    pub delivery_sessions: AtomicU64,
     pub router: RouterGauges,
     pub commits: CommitHistograms,
     /// The shared log (cluster mode); untouched on a single node.
@@ -277,6 +280,7 @@ impl Default for Metrics {
             coalesced: AtomicU64::default(),
             dead_letters_evicted: AtomicU64::default(),
             dead_letters_shed: AtomicU64::default(),
+            delivery_sessions: AtomicU64::default(),
             router: RouterGauges::default(),
             commits: CommitHistograms::default(),
             cluster: ClusterMetrics::default(),

@@ -8,6 +8,7 @@ use actix::prelude::*;
 use chrono::Utc;
 
 use super::{CloseSession, DurableHold, Router, SessionEntry};
+use crate::actors::delivery::{worker_for, SessionClosed};
 use crate::actors::send_or_wait;
 use crate::actors::store::{OpenDurable, ReleaseDurable, RenewDurables};
 use crate::delivery::{SessionId, SubscriptionHandle};
@@ -73,6 +74,11 @@ impl Handler<Disconnect> for Router {
     fn handle(&mut self, msg: Disconnect, _: &mut Context<Self>) {
         self.sessions.remove(&msg.session_id);
         self.remove_subscriptions(|s| s.session_id == msg.session_id);
+        // After every dispatch already sent for it (one mailbox, in order). Not bounded
+        // by the mailbox: one small message per closed connection.
+        worker_for(msg.session_id, &self.workers).do_send(SessionClosed {
+            session: msg.session_id,
+        });
     }
 }
 
