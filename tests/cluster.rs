@@ -310,10 +310,5 @@ async fn late_urgent_deliveries_on_one_node_slow_a_low_flood_published_on_anothe
 
 /// `switchyard_low_admission_rate` of a node: 0 while low events are not throttled.
 async fn low_admission_rate(node: &SpawnedServer) -> u64 {
-    metrics_text(node)
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix("switchyard_low_admission_rate "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    common::metric(&metrics_text(node).await, "low_admission_rate").unwrap_or(0.0) as u64
 }

@@ -327,15 +327,9 @@ async fn kill_9_loses_nothing_that_was_acknowledged() {
 
 /// `switchyard_store_commit_batch_size` from `/metrics`: (commits, events).
 async fn commit_totals(server: &TestServer) -> (f64, f64) {
-    let (_, text) = server.get_text("/metrics").await;
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("{name} in /metrics"))
-    };
     (
-        value("switchyard_store_commit_batch_size_count "),
-        value("switchyard_store_commit_batch_size_sum "),
+        server.metric("store_commit_batch_size_count").await,
+        server.metric("store_commit_batch_size_sum").await,
     )
 }
 

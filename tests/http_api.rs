@@ -409,20 +409,10 @@ async fn metrics_in_prometheus_text_format() {
       // reads (Linux only).
     #[cfg(target_os = "linux")]
     {
-        let rss: u64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("switchyard_process_resident_memory_bytes "))
-            .expect("resident memory gauge")
-            .parse()
-            .unwrap();
-        assert!(rss > 1 << 20, "{rss}");
+        let rss = common::metric(&text, "process_resident_memory_bytes").expect("RSS gauge");
+        assert!(rss > f64::from(1 << 20), "{rss}");
         // And its CPU time, which `switchyard bench` reports as the server's cores used.
-        let cpu: f64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("switchyard_process_cpu_seconds_total "))
-            .expect("CPU time counter")
-            .parse()
-            .unwrap();
+        let cpu = common::metric(&text, "process_cpu_seconds_total").expect("CPU counter");
         assert!(cpu > 0.0, "{cpu}");
     }
 }

@@ -479,19 +479,6 @@ async fn a_burst_larger_than_a_write_turn_arrives_whole_and_in_order() {
     sub.expect_silence(Duration::from_millis(200)).await;
 }
 
-/// `switchyard_delivery_sessions` from `/metrics`.
-async fn delivery_sessions(server: &TestServer) -> u64 {
-    let (_, text) = server.get_text("/metrics").await;
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("switchyard_delivery_sessions ")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .expect("switchyard_delivery_sessions in /metrics")
-}
-
 /// Connections that were delivered to and then closed leave nothing behind in the
 /// delivery workers: a router with connections coming and going does not grow.
 #[actix_rt::test]
@@ -509,14 +496,14 @@ async fn closed_connections_leave_no_delivery_state_behind() {
     for c in &mut subscribers {
         assert_eq!(c.recv_event().await["event"]["topic"], "churn.one");
     }
-    assert_eq!(delivery_sessions(&server).await, 10);
+    assert_eq!(server.metric("delivery_sessions").await, 10.0);
     drop(subscribers);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while delivery_sessions(&server).await > 0 {
+    while server.metric("delivery_sessions").await > 0.0 {
         assert!(
             std::time::Instant::now() < deadline,
             "{} closed connections still held",
-            delivery_sessions(&server).await
+            server.metric("delivery_sessions").await
         );
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }

@@ -6,6 +6,13 @@
 
 #![allow(dead_code)]
 
+/// The value of the unlabelled series `switchyard_` + `name` in a `/metrics` text.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    let prefix = format!("switchyard_{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+}
+
 pub mod bystander;
 pub mod cluster;
 pub mod process;
@@ -153,6 +160,12 @@ impl TestServer {
             res.status().as_u16(),
             serde_json::from_slice(&body).unwrap_or(Value::Null),
         )
+    }
+
+    /// One unlabelled series of `/metrics` (`switchyard_` + `name`).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, text) = self.get_text("/metrics").await;
+        metric(&text, name).unwrap_or_else(|| panic!("switchyard_{name} in /metrics"))
     }
 
     /// A GET whose body is not JSON (`/metrics`).
