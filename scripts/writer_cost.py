@@ -79,8 +79,15 @@ class Router:
             time.sleep(0.05)
 
     def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+        """Stops the router if it runs (again: a no-op)."""
+        proc = getattr(self, "proc", None)
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def main():
@@ -92,16 +99,19 @@ def main():
             for db in (plain, watched):
                 sqlite3.connect(db).execute(CREATE)
             router = Router(binary, watched, work)
-            router.start()  # installs the triggers
-            router.settle()
-            router.stop()
             none, triggers, running = [], [], []
-            for r in range(rounds):
-                none.append(writer(plain, journal, sync, f"n{r}"))
-                triggers.append(writer(watched, journal, sync, f"t{r}"))
-                router.start()
-                running.append(writer(watched, journal, sync, f"r{r}"))
+            try:
+                router.start()  # installs the triggers
                 router.settle()
+                router.stop()
+                for r in range(rounds):
+                    none.append(writer(plain, journal, sync, f"n{r}"))
+                    triggers.append(writer(watched, journal, sync, f"t{r}"))
+                    router.start()
+                    running.append(writer(watched, journal, sync, f"r{r}"))
+                    router.settle()
+                    router.stop()
+            finally:
                 router.stop()
         m = [statistics.median(x) for x in (none, triggers, running)]
         cost = [(1e6 / m[i] - 1e6 / m[0]) for i in (1, 2)]
