@@ -264,15 +264,16 @@ impl DeliveryWorker {
             .or_insert_with(|| Outbox::new(sub.sink.clone()))
     }
 
-    /// Brings this worker's share of `delivery_sessions` up to date.
+    /// Brings this worker's share of `delivery_sessions` up to date: it runs after every
+    /// flush, so it touches the shared counter only when the count moved.
     fn count_sessions(&mut self) {
         let now = self.outboxes.len();
         let gauge = &self.metrics.delivery_sessions;
-        if now > self.counted {
-            gauge.fetch_add((now - self.counted) as u64, Relaxed);
-        } else {
-            gauge.fetch_sub((self.counted - now) as u64, Relaxed);
-        }
+        match now.cmp(&self.counted) {
+            std::cmp::Ordering::Equal => return,
+            std::cmp::Ordering::Greater => gauge.fetch_add((now - self.counted) as u64, Relaxed),
+            std::cmp::Ordering::Less => gauge.fetch_sub((self.counted - now) as u64, Relaxed),
+        };
         self.counted = now;
     }
 

@@ -134,7 +134,7 @@ pub async fn publisher(
     let mut timer = pin!(sleep_until(plan.deadline));
     let mut in_flight: VecDeque<(u64, u64, Instant)> = VecDeque::new(); // (first, n, sent)
     let mut sent_events = 0u64;
-    loop {
+    'run: loop {
         let more = seqs.start < seqs.end
             && plan.stop_at.is_none_or(|t| Instant::now() < t)
             && !lane.done.as_ref().is_some_and(|d| d.load(Relaxed));
@@ -161,15 +161,10 @@ pub async fn publisher(
             // Replies already here are read first: a publisher that sends whenever its
             // schedule says so (no window, or one it never fills) must still read, or a
             // server that waits on its replies stops reading too.
-            let mut gone = false;
             while let Some(reply) = next_text(&mut ws, &mut timer).now_or_never() {
                 if !handle_reply(reply, &mut in_flight, &mut out, &plan) {
-                    gone = true;
-                    break;
+                    break 'run;
                 }
-            }
-            if gone {
-                break;
             }
             let text = command(&plan, &lane, seqs.start, n);
             in_flight.push_back((seqs.start, n, Instant::now()));
