@@ -60,6 +60,27 @@ const MAX_CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 /// checkpointer could not keep up with; a WAL this large is overdue.
 pub const WAL_SIZE_LIMIT: i64 = 64 << 20;
 
+/// When the WAL is checkpointed, in bytes (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub struct WalSizes {
+    /// Growth between two wakes of the thread.
+    pub every: usize,
+    /// The WAL starts over once the thread has copied this much.
+    pub restart: usize,
+    /// A WAL this long is overdue: the writer waits for the thread (bounded).
+    pub overdue: usize,
+}
+
+impl Default for WalSizes {
+    fn default() -> WalSizes {
+        WalSizes {
+            every: CHECKPOINT_BYTES,
+            restart: RESTART_BYTES,
+            overdue: WAL_SIZE_LIMIT as usize,
+        }
+    }
+}
+
 thread_local! {
     /// Frames in the WAL after the last commit on this thread (see [`watch`]).
     static WAL_FRAMES: Cell<i64> = const { Cell::new(0) };
@@ -98,21 +119,19 @@ pub struct Checkpointer {
 
 impl Checkpointer {
     /// Opens a second connection to `path` and starts the thread, which checkpoints
-    /// each time the WAL has grown by `every` bytes; the WAL starts over at
-    /// `restart` bytes.
+    /// as `sizes` say.
     pub fn start(
         path: &Path,
         synchronous_full: bool,
-        every: usize,
-        restart: usize,
+        sizes: WalSizes,
     ) -> Result<Checkpointer, StoreError> {
         let conn = Connection::open(path)?;
         let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         let frames = |bytes: usize| i64::try_from(bytes).unwrap_or(i64::MAX) / page.max(1);
         let policy = Policy::new(
-            frames(every),
-            frames(restart),
-            frames(WAL_SIZE_LIMIT as usize),
+            frames(sizes.every),
+            frames(sizes.restart),
+            frames(sizes.overdue),
         );
         // The checkpoint's fsyncs follow the connection that runs it.
         conn.pragma_update(

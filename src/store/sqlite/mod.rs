@@ -36,7 +36,7 @@ use std::sync::Arc;
 use rusqlite::Connection;
 
 use self::segments::Segments;
-use super::checkpoint::{self, Checkpointer};
+use super::checkpoint::{self, Checkpointer, WalSizes};
 use super::{
     DeadLetter, DurableState, EventQuery, EventReads, EventStore, NewDeadLetter, Order, Retention,
     StoreError, StoreStats, StoredId,
@@ -107,19 +107,13 @@ impl SqliteStore {
     }
 
     pub fn open(path: &Path, options: &SqliteOptions) -> Result<SqliteStore, StoreError> {
-        Self::open_with(
-            path,
-            options,
-            checkpoint::CHECKPOINT_BYTES,
-            checkpoint::RESTART_BYTES,
-        )
+        Self::open_with(path, options, WalSizes::default())
     }
 
     fn open_with(
         path: &Path,
         options: &SqliteOptions,
-        checkpoint_bytes: usize,
-        restart_bytes: usize,
+        wal: WalSizes,
     ) -> Result<SqliteStore, StoreError> {
         let mut conn = schema::connect(path, options)?;
         checkpoint::watch(&conn);
@@ -128,12 +122,7 @@ impl SqliteStore {
             schema::add_publisher_column(&conn, &Segments::name(n))?;
         }
         let (rows, recorded) = segments::count_rows(&mut conn, &segments, true)?;
-        let checkpointer = Checkpointer::start(
-            path,
-            options.synchronous_full,
-            checkpoint_bytes,
-            restart_bytes,
-        )?;
+        let checkpointer = Checkpointer::start(path, options.synchronous_full, wal)?;
         Ok(SqliteStore {
             conn,
             path: Some(path.to_owned()),
