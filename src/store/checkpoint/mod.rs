@@ -104,6 +104,17 @@ pub fn passive(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
     })
 }
 
+/// Writes the pages the thread's passes copied into the database file through to the
+/// disk. SQLite flushes the database file only at the end of a checkpoint that copied
+/// the whole WAL, which under load is the writer's catch-up: without this, that one
+/// commit would wait for every page copied since the last one (megabytes). A failure
+/// costs only that wait, so it is logged, not returned.
+fn flush_copies(db_file: &std::fs::File) {
+    if let Err(e) = db_file.sync_data() {
+        log::warn!("flushing the database file after a WAL checkpoint failed: {e}");
+    }
+}
+
 /// The writer's side: reads the WAL's length after each commit, wakes the thread,
 /// decides catch-ups.
 pub struct Checkpointer {
@@ -139,6 +150,16 @@ impl Checkpointer {
             "synchronous",
             if synchronous_full { "FULL" } else { "NORMAL" },
         )?;
+        // The thread's own handle on the database file, to flush what its passes
+        // copied (see `flush_copies`).
+        let db_file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|source| StoreError::DataDir {
+                path: path.to_owned(),
+                source,
+            })?;
         let (wake, woken) = sync_channel::<()>(1);
         let busy = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
@@ -149,10 +170,12 @@ impl Checkpointer {
                 // Ends when the writer drops its sender.
                 while woken.recv().is_ok() {
                     thread_busy.store(true, Ordering::Release);
+                    let mut copied_any = false;
                     for _ in 0..MAX_PASSES {
                         match passive(&conn) {
                             Ok((frames, copied)) => {
                                 log::debug!("WAL checkpoint: {copied} of {frames} frames copied");
+                                copied_any |= copied > 0;
                                 if frames - copied <= SMALL_REMAINDER_FRAMES {
                                     break;
                                 }
@@ -162,6 +185,9 @@ impl Checkpointer {
                                 break;
                             }
                         }
+                    }
+                    if copied_any {
+                        flush_copies(&db_file);
                     }
                     thread_done.fetch_add(1, Ordering::AcqRel);
                     thread_busy.store(false, Ordering::Release);
