@@ -127,12 +127,16 @@ pub fn event_frame_prefix(subscription_id: &str) -> String {
 }
 
 /// Assembles one `event` frame from a subscription's prefix and an encoded envelope.
+/// One allocation per frame: the attempt is written into the frame, not formatted
+/// into a string of its own.
 pub fn event_frame(prefix: &str, envelope_json: &str, attempt: u32) -> String {
-    let mut s = String::with_capacity(prefix.len() + envelope_json.len() + 16);
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(prefix.len() + envelope_json.len() + 24);
     s.push_str(prefix);
     s.push_str(envelope_json);
     s.push_str(",\"attempt\":");
-    s.push_str(&attempt.to_string());
+    // Writing a number into a `String` cannot fail.
+    let _ = write!(s, "{attempt}");
     s.push('}');
     s
 }
