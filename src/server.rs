@@ -108,7 +108,6 @@ pub async fn run(
         last_cursor: store.last_cursor()?,
         recent_ids: store.recent_ids(config.router.dedupe_window)?,
         shared_log: store.numbers_events(),
-        inline_log: store.inline_appender(),
     };
     log::info!(
         "event store: {} (last cursor {}; {} ids of its newest events in the duplicate window)",

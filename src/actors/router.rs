@@ -55,7 +55,7 @@ use crate::protocol::{EncodedEvent, Event};
 use crate::routing::condition::MatchInput;
 use crate::routing::dedupe::DedupeWindow;
 use crate::routing::index::SubscriptionIndex;
-use crate::store::{InlineAppend, NewEvent, StoredId};
+use crate::store::{NewEvent, StoredId};
 
 /// Events routed per `Drain` turn before the router yields to its mailbox, so that a
 /// critical publish is never stuck behind a long backlog for more than one turn.
@@ -123,11 +123,6 @@ pub struct Router {
     /// The log numbers events and is read back by the tail (cluster mode,
     /// `commit.rs`); otherwise this router numbers them.
     shared_log: bool,
-    /// Where the router appends itself, for a memory log (`commit.rs`).
-    inline_log: Option<Box<dyn InlineAppend>>,
-    /// Events appended through `inline_log` that the store actor has not been told of
-    /// yet (its mailbox was full): they count towards retention all the same.
-    unreported_appends: usize,
     /// Accepted, not yet sent to the store.
     commit_buffer: Vec<NewEvent>,
     /// The publishes whose results wait for `commit_buffer` to commit.
@@ -175,9 +170,6 @@ pub struct StoredState {
     pub recent_ids: Vec<StoredId>,
     /// The log numbers events itself (`EventStore::numbers_events`).
     pub shared_log: bool,
-    /// The log takes appends on the router's own thread
-    /// (`EventStore::inline_appender`, the memory store).
-    pub inline_log: Option<Box<dyn InlineAppend>>,
 }
 
 impl Router {
@@ -195,7 +187,6 @@ impl Router {
             last_cursor,
             recent_ids,
             shared_log,
-            inline_log,
         } = stored;
         let mut dedupe = DedupeWindow::new(config.router.dedupe_window);
         for stored in &recent_ids {
@@ -205,8 +196,6 @@ impl Router {
             store,
             reads,
             shared_log,
-            inline_log,
-            unreported_appends: 0,
             commit_buffer: Vec::new(),
             commit_waiters: Vec::new(),
             committing: false,

@@ -2,8 +2,7 @@
 //! written (`server::run` reads the last cursor and recent ids before it starts).
 //!
 //! Into the store: [`Append`] or, for a log that numbers events itself, [`AppendNew`]
-//! (from the router: one group commit), or [`AppendedInline`] (the router appended to
-//! a memory log itself and reports the count for retention), [`Query`] (only for a backend without a read
+//! (from the router: one group commit), [`Query`] (only for a backend without a read
 //! pool, see `store_reader`), [`Stats`] and [`Ping`] (HTTP API); durable state: [`OpenDurable`],
 //! [`RenewDurables`], [`ReleaseDurable`] (router) and [`DurableAcked`] (router and
 //! delivery workers); the dead letters:
@@ -48,14 +47,6 @@ pub struct Append {
 #[rtype(result = "Result<Vec<Appended>, StoreError>")]
 pub struct AppendNew {
     pub events: Vec<NewEvent>,
-}
-
-/// The router appended `count` events to the log itself (a backend with an
-/// [`EventStore::inline_appender`]): counted for retention as an [`Append`] is.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct AppendedInline {
-    pub count: usize,
 }
 
 /// Read stored events.
@@ -183,14 +174,6 @@ impl Handler<Append> for StoreActor {
         self.store.append(&msg.events)?;
         self.appended(msg.events.len(), ctx);
         Ok(())
-    }
-}
-
-impl Handler<AppendedInline> for StoreActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: AppendedInline, ctx: &mut Context<Self>) {
-        self.appended(msg.count, ctx);
     }
 }
 

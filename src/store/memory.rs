@@ -6,21 +6,19 @@
 //! events. Queries decode the envelopes they return, as the SQLite backend does.
 //!
 //! The log sits behind a lock shared with the read pool's [`MemoryReads`], which scan
-//! it a chunk at a time, so a long query never holds an append back for long, and
-//! with the router's [`MemoryAppender`], which appends on the router's thread (an
-//! append is a push under the lock; nothing waits on a disk).
+//! it a chunk at a time, so a long query never holds an append back for long.
 //!
 //! Owns: the in-process log, dead letters and durable state. Must not: decide
 //! retention limits or when they apply (the store actor does), or assign cursors.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use chrono::{DateTime, Utc};
 
 use super::{
-    decode_envelope, DeadLetter, DurableState, EventQuery, EventReads, EventStore, InlineAppend,
-    NewDeadLetter, Order, Retention, StoreError, StoreStats, StoredId,
+    decode_envelope, DeadLetter, DurableState, EventQuery, EventReads, EventStore, NewDeadLetter,
+    Order, Retention, StoreError, StoreStats, StoredId,
 };
 use crate::protocol::Priority;
 use crate::protocol::{EncodedEvent, ANONYMOUS};
@@ -96,64 +94,14 @@ fn write(log: &Log) -> RwLockWriteGuard<'_, VecDeque<Stored>> {
     log.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// What an append changes beside the log: shared by the store and its
-/// [`MemoryAppender`]. Locked before the log whenever both are.
-#[derive(Debug, Default)]
-struct Head {
-    last_cursor: u64,
-    publishers: Publishers,
-}
-
-type SharedHead = Arc<Mutex<Head>>;
-
-/// As [`read`]: every change under this lock is one call that cannot fail half-way.
-fn head(head: &SharedHead) -> std::sync::MutexGuard<'_, Head> {
-    head.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Appends `events` to the log: the one append, for the store and its appender.
-fn append_to(shared: &SharedHead, log: &Log, events: &[Arc<EncodedEvent>]) {
-    let now = Utc::now();
-    let mut head = head(shared);
-    let mut log = write(log);
-    for e in events {
-        let ev = &e.event;
-        debug_assert!(ev.cursor > head.last_cursor, "cursors must increase");
-        head.last_cursor = ev.cursor;
-        let publisher = head.publishers.intern(&ev.publisher);
-        log.push_back(Stored {
-            at: now,
-            cursor: ev.cursor,
-            priority: ev.priority,
-            topic: ev.topic.as_str().into(),
-            event_type: ev.event_type.as_str().into(),
-            json: e.json.clone(),
-            publisher,
-        });
-    }
-}
-
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     events: Log,
-    head: SharedHead,
+    last_cursor: u64,
     dead_letters: std::collections::BTreeMap<u64, DeadLetter>,
     durables: std::collections::HashMap<(String, String), DurableState>,
     last_dead_letter: u64,
-}
-
-/// Appends to a [`MemoryStore`]'s log from another thread (the router's).
-#[derive(Debug)]
-pub struct MemoryAppender {
-    events: Log,
-    head: SharedHead,
-}
-
-impl InlineAppend for MemoryAppender {
-    fn append(&mut self, events: &[Arc<EncodedEvent>]) -> Result<(), StoreError> {
-        append_to(&self.head, &self.events, events);
-        Ok(())
-    }
+    publishers: Publishers,
 }
 
 /// The most log slots reserved up front, so that a huge `store.max_events` does not
@@ -188,14 +136,7 @@ impl EventStore for MemoryStore {
     }
 
     fn last_cursor(&self) -> Result<u64, StoreError> {
-        Ok(head(&self.head).last_cursor)
-    }
-
-    fn inline_appender(&self) -> Option<Box<dyn InlineAppend>> {
-        Some(Box::new(MemoryAppender {
-            events: self.events.clone(),
-            head: self.head.clone(),
-        }))
+        Ok(self.last_cursor)
     }
 
     fn recent_ids(&self, limit: usize) -> Result<Vec<StoredId>, StoreError> {
@@ -204,14 +145,13 @@ impl EventStore for MemoryStore {
         struct Id {
             id: String,
         }
-        let head = head(&self.head);
         let mut ids = read(&self.events)
             .iter()
             .rev()
             .take(limit)
             .map(|e| {
                 serde_json::from_str::<Id>(&e.json)
-                    .map(|Id { id }| StoredId::new(head.publishers.name(e.publisher), id, e.cursor))
+                    .map(|Id { id }| StoredId::new(self.publishers.name(e.publisher), id, e.cursor))
                     .map_err(|err| StoreError::Corrupt {
                         cursor: e.cursor,
                         message: err.to_string(),
@@ -223,7 +163,22 @@ impl EventStore for MemoryStore {
     }
 
     fn append(&mut self, events: &[Arc<EncodedEvent>]) -> Result<(), StoreError> {
-        append_to(&self.head, &self.events, events);
+        let now = Utc::now();
+        let mut log = write(&self.events);
+        for e in events {
+            let ev = &e.event;
+            debug_assert!(ev.cursor > self.last_cursor, "cursors must increase");
+            self.last_cursor = ev.cursor;
+            log.push_back(Stored {
+                at: now,
+                cursor: ev.cursor,
+                priority: ev.priority,
+                topic: ev.topic.as_str().into(),
+                event_type: ev.event_type.as_str().into(),
+                json: e.json.clone(),
+                publisher: self.publishers.intern(&ev.publisher),
+            });
+        }
         Ok(())
     }
 

@@ -267,25 +267,9 @@ pub trait EventReads: Send {
     fn query(&mut self, q: &EventQuery) -> Result<Vec<Arc<EncodedEvent>>, StoreError>;
 }
 
-/// Appends to a log held in memory, on the caller's thread: see
-/// [`EventStore::inline_appender`].
-pub trait InlineAppend: Send + std::fmt::Debug {
-    /// As [`EventStore::append`]: all or nothing, cursors strictly increasing.
-    fn append(&mut self, events: &[Arc<EncodedEvent>]) -> Result<(), StoreError>;
-}
-
 /// A backend for the event log.
 pub trait EventStore: Send {
     fn kind(&self) -> &'static str;
-
-    /// A handle that appends to this log on the caller's thread, for a backend whose
-    /// append never waits on a disk or a network (the memory store): the router then
-    /// commits without sending each batch to the store actor's thread and waiting for
-    /// the answer, two thread hops on every event's way to its subscribers. `None`
-    /// (the default): appends go through the store actor.
-    fn inline_appender(&self) -> Option<Box<dyn InlineAppend>> {
-        None
-    }
 
     /// A connection that only reads, for the store's read pool; `None` when reads must
     /// go through this one. (The memory store's readers share its log behind a lock

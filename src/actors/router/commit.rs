@@ -11,9 +11,6 @@
 //!   event, its own too, comes back from the log's tail as [`Tailed`], in cursor
 //!   order, so that every node routes one order and replay has one boundary.
 //!
-//! A memory log ([`crate::store::InlineAppend`]) is appended to here, on the router's
-//! thread: the commit is done within the publish's turn.
-//!
 //! Owns: the commit buffer and its waiters, `last_queued`. Must not: route (the
 //! `Drain` turns do) or talk to Redis (the store actor and the log tail do).
 
@@ -24,7 +21,7 @@ use std::time::Instant;
 use actix::prelude::*;
 
 use super::{CloseSession, Dedupe, PublishReply, PublishResults, Router};
-use crate::actors::store::{Append, AppendNew, AppendedInline};
+use crate::actors::store::{Append, AppendNew};
 use crate::error::{ErrorCode, ProtocolError};
 use crate::protocol::{EncodedEvent, Event, PublishOk};
 use crate::routing::dedupe::DedupeWindow;
@@ -145,19 +142,6 @@ impl Router {
                 }
                 act.commit(ctx);
             }));
-        } else if let Some(log) = self.inline_log.as_mut() {
-            // A memory log: appended here, so the events are routed in this turn
-            // instead of after a round trip through the store actor's thread.
-            let events: Vec<_> = batch.iter().map(|p| p.event.clone()).collect();
-            let appended = log.append(&events);
-            finish(self);
-            match appended {
-                Ok(()) => {
-                    self.report_inline(events.len());
-                    self.committed(events, waiters, ctx);
-                }
-                Err(e) => self.commit_failed(refused(e), batch, waiters),
-            }
         } else {
             let events: Vec<_> = batch.iter().map(|p| p.event.clone()).collect();
             let append = self.store.send(Append {
@@ -172,19 +156,6 @@ impl Router {
                 act.commit(ctx);
             }));
         }
-    }
-
-    /// Tells the store actor of events appended through `inline_log`, which it counts
-    /// for retention; off the event's path (`try_send`), and a full mailbox only
-    /// defers the count to the next commit.
-    fn report_inline(&mut self, count: usize) {
-        let count = self.unreported_appends + count;
-        self.unreported_appends = match self.store.try_send(AppendedInline { count }) {
-            Ok(()) => 0,
-            Err(SendError::Full(_)) => count,
-            // The store has stopped (shutdown): nothing left to count for.
-            Err(SendError::Closed(_)) => 0,
-        };
     }
 
     /// A single node's commit is done: answer it and queue its events for routing.
