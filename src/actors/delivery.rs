@@ -28,12 +28,14 @@
 //! dead letter it announces is stored already.
 //! Must not: match events (the router does) or encode envelopes (done once, upstream).
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+// Session ids and handle addresses are the server's own, not a client's: the faster
+// hash is safe here, and SipHash was a visible share of handling a `Dispatch`.
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use super::send_or_wait;
 use super::store::DurableAcked;

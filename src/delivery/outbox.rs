@@ -4,11 +4,12 @@
 //! handing over. Must not: know the session actor (frames go through its
 //! [`FrameSink`](super::subscription::FrameSink)).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
+// Keys are handle addresses, not client input: the faster hash is safe.
+use foldhash::{HashMap, HashMapExt};
 
 use super::backlog::{BATCHES_PER_FLUSH, FRAMES_PER_BATCH};
 use std::sync::atomic::Ordering::Relaxed;

@@ -127,12 +127,19 @@ pub fn event_frame_prefix(subscription_id: &str) -> String {
 }
 
 /// Assembles one `event` frame from a subscription's prefix and an encoded envelope.
+/// One allocation per frame, sized exactly: the attempt is written into the frame, not
+/// formatted into a string of its own, and a `String` whose length is its capacity
+/// becomes the WebSocket message's bytes without another allocation.
 pub fn event_frame(prefix: &str, envelope_json: &str, attempt: u32) -> String {
-    let mut s = String::with_capacity(prefix.len() + envelope_json.len() + 16);
+    use std::fmt::Write as _;
+    let digits = attempt.checked_ilog10().unwrap_or(0) as usize + 1;
+    let len = prefix.len() + envelope_json.len() + ",\"attempt\":".len() + digits + 1;
+    let mut s = String::with_capacity(len);
     s.push_str(prefix);
     s.push_str(envelope_json);
     s.push_str(",\"attempt\":");
-    s.push_str(&attempt.to_string());
+    // Writing a number into a `String` cannot fail.
+    let _ = write!(s, "{attempt}");
     s.push('}');
     s
 }
@@ -151,6 +158,15 @@ mod tests {
             v,
             json!({"type": "event", "subscription_id": "we\"ird", "event": {"id": "e1", "cursor": 3}, "attempt": 1})
         );
+    }
+
+    #[test]
+    fn event_frame_is_sized_exactly() {
+        for attempt in [1, 9, 10, 99, 100, 4_000_000_000] {
+            let frame = event_frame("{\"e\":", "{}", attempt);
+            assert_eq!(frame.len(), frame.capacity(), "attempt {attempt}");
+            assert!(frame.ends_with(&format!(":{attempt}}}")));
+        }
     }
 
     #[test]

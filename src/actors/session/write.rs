@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::prelude::*;
 
@@ -104,9 +105,11 @@ impl Session {
     /// order [`enqueue`] put them in.
     fn write_pending(&mut self, ctx: &mut Ctx) {
         let mut written = 0;
+        // One clock read per turn: the frames of a turn leave together.
+        let now = Instant::now();
         while let Some(frame) = self.write.pending.pop_front() {
             written += 1;
-            self.write_frame(frame, ctx);
+            self.write_frame(frame, now, ctx);
             if self.write.unwritten_bytes >= WRITE_CHUNK_BYTES {
                 self.write.unwritten_bytes = 0;
                 end_turn(ctx);
@@ -125,7 +128,7 @@ impl Session {
         }
     }
 
-    fn write_frame(&mut self, frame: OutFrame, ctx: &mut Ctx) {
+    fn write_frame(&mut self, frame: OutFrame, now: Instant, ctx: &mut Ctx) {
         // Only a live event's first delivery measures publish-to-deliver latency.
         let first_live = matches!(frame, OutFrame::Event { attempt: 1, .. });
         let replayed = matches!(frame, OutFrame::Replayed { .. });
@@ -150,7 +153,7 @@ impl Session {
                 self.write.unwritten_bytes += text.len();
                 ctx.text(text);
                 sub.delivered.fetch_add(1, Relaxed);
-                self.shared.metrics.count_delivered(&event, first_live);
+                self.shared.metrics.count_delivered(&event, first_live, now);
                 if first_live {
                     self.shared.ingress.admission().observe(&event, &sub.spec);
                 }
