@@ -19,7 +19,12 @@
 //! blocks, and the file system's next journal commit, which every commit's fsync waits
 //! on, pays for that.
 //!
-//! Owns: the checkpoint thread and its connection, and when the writer catches up.
+//! SQLite flushes the database file only when a checkpoint has copied the whole WAL,
+//! which under load is the writer's catch-up; so the thread flushes the file itself
+//! after its passes, and the catch-up's flush finds only its own few pages to write.
+//!
+//! Owns: the checkpoint thread, its connection and its handle on the database file,
+//! and when the writer catches up.
 //! Must not: write rows.
 
 mod policy;
