@@ -110,10 +110,8 @@ pub fn passive(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
 }
 
 /// Writes the pages the thread's passes copied into the database file through to the
-/// disk. SQLite flushes the database file only at the end of a checkpoint that copied
-/// the whole WAL, which under load is the writer's catch-up: without this, that one
-/// commit would wait for every page copied since the last one (megabytes). A failure
-/// costs only that wait, so it is logged, not returned.
+/// disk, so the catch-up need not (module docs). A failure only puts that wait back on
+/// the catch-up, so it is logged, not returned.
 fn flush_copies(db_file: &std::fs::File) {
     if let Err(e) = db_file.sync_data() {
         log::warn!("flushing the database file after a WAL checkpoint failed: {e}");
